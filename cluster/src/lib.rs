@@ -1,0 +1,152 @@
+//! The runtime every Tandem process shares: gossip membership, the admin endpoint, metrics
+//! and a graceful leave on SIGTERM.
+
+pub mod admin;
+pub mod gossip;
+pub mod metrics;
+pub mod net;
+pub mod transport;
+
+use std::net::SocketAddr;
+
+use tandem_common::config::NodeConfig;
+use tandem_common::schema::NodeAdvert;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::admin::AdminServer;
+use crate::gossip::{GossipNode, GossipSettings};
+
+/// A process could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("node id must not be empty")]
+    EmptyNodeId,
+    #[error("gossip address {0}: a fixed port is required (other nodes must know it)")]
+    GossipPortZero(SocketAddr),
+    #[error(transparent)]
+    Seed(#[from] net::SeedError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminBindError),
+    #[error(transparent)]
+    Gossip(#[from] gossip::GossipError),
+    #[error("metrics recorder: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A started process: in the cluster, serving its admin endpoint.
+pub struct NodeRuntime {
+    pub gossip: GossipNode,
+    /// Where the admin endpoint actually listens.
+    pub admin_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    admin_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    watch_task: tokio::task::JoinHandle<()>,
+}
+
+impl NodeRuntime {
+    /// Checks the configuration, binds the admin endpoint, joins gossip.
+    ///
+    /// `advert` is what the process publishes; its `admin` and `subnet` are filled here.
+    ///
+    /// # Errors
+    /// [`StartError`] for an invalid configuration, an unusable seed or an address in use.
+    pub async fn start(config: &NodeConfig, mut advert: NodeAdvert) -> Result<Self, StartError> {
+        if config.node_id.trim().is_empty() {
+            return Err(StartError::EmptyNodeId);
+        }
+        if config.gossip_addr.port() == 0 && config.advertise_addr.is_none() {
+            return Err(StartError::GossipPortZero(config.gossip_addr));
+        }
+        let prometheus = metrics::install()?;
+        let resolved_seeds = net::resolve_seeds(&config.join).await?;
+        let advertise_addr =
+            net::advertise_addr(config.gossip_addr, config.advertise_addr, &resolved_seeds);
+        // A node listed among its own seeds (a common, convenient configuration: the same
+        // seed list on every host) does not wait for itself.
+        let seeds = if resolved_seeds.iter().all(|seed| *seed == advertise_addr) {
+            Vec::new()
+        } else {
+            config.join.clone()
+        };
+        let admin = AdminServer::bind(config.admin_addr).await?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|source| admin::AdminBindError::from_io(config.admin_addr, source))?;
+        let admin_advertised = if admin_addr.ip().is_unspecified() {
+            SocketAddr::new(advertise_addr.ip(), admin_addr.port())
+        } else {
+            admin_addr
+        };
+        advert.admin = Some(admin_advertised.to_string());
+        advert.subnet = net::subnet_of(advertise_addr.ip());
+
+        let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
+
+        let gossip = GossipNode::start(
+            GossipSettings {
+                node_id: config.node_id.clone(),
+                cluster: config.cluster.clone(),
+                listen_addr: config.gossip_addr,
+                advertise_addr,
+                seeds,
+                tuning: config.gossip.clone(),
+            },
+            advert,
+        )
+        .await?;
+        let watch_task = gossip.spawn_watch();
+
+        let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+        let admin_shutdown = {
+            let mut rx = shutdown_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let admin_task = tokio::spawn(admin.serve(gossip.clone(), prometheus, admin_shutdown));
+        info!(admin = %admin_addr, "admin endpoint listening");
+
+        // Signals end the process through the same path as an explicit stop.
+        let signal_tx = shutdown_tx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => info!("SIGTERM received"),
+                _ = interrupt.recv() => info!("SIGINT received"),
+                _ = shutdown_rx.wait_for(|stop| *stop) => return,
+            }
+            let _ = signal_tx.send(true);
+        });
+
+        Ok(NodeRuntime {
+            gossip,
+            admin_addr,
+            shutdown_tx,
+            admin_task,
+            watch_task,
+        })
+    }
+
+    /// A receiver that turns `true` when the process is asked to stop.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Runs until SIGTERM or SIGINT, then leaves the cluster gracefully.
+    pub async fn run_until_stopped(self) {
+        let mut stopping = self.stopping();
+        let _ = stopping.wait_for(|stop| *stop).await;
+        self.gossip.leave().await;
+        self.watch_task.abort();
+        match self.admin_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(error = %err, "admin endpoint failed"),
+            Err(err) => warn!(error = %err, "admin endpoint task failed"),
+        }
+        info!("stopped");
+    }
+}

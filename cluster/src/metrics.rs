@@ -1,0 +1,36 @@
+//! The Prometheus recorder and the names of the metrics this crate records.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Metric names. Every Tandem metric starts with `tandem_`.
+pub mod names {
+    /// Gauge: cluster members by `role` and `liveness` (`live`, `dead`).
+    pub const MEMBERS: &str = "tandem_members";
+    /// Gauge: 1 for this process, labelled with `node_id`, `role`, `version`.
+    pub const NODE_INFO: &str = "tandem_node_info";
+    /// Gauge: 1 for this process's current `state`, 0 for the others.
+    pub const NODE_STATE: &str = "tandem_node_state";
+    /// Counter: membership changes seen, by `event` (`joined`, `died`).
+    pub const MEMBER_EVENTS: &str = "tandem_member_events_total";
+    pub const GOSSIP_MESSAGES_SENT: &str = "tandem_gossip_messages_sent_total";
+    pub const GOSSIP_BYTES_SENT: &str = "tandem_gossip_bytes_sent_total";
+    pub const GOSSIP_MESSAGES_RECEIVED: &str = "tandem_gossip_messages_received_total";
+    pub const GOSSIP_BYTES_RECEIVED: &str = "tandem_gossip_bytes_received_total";
+    pub const GOSSIP_SEND_ERRORS: &str = "tandem_gossip_send_errors_total";
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+///
+/// # Errors
+/// When another metrics recorder was installed first.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}

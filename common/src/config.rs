@@ -1,0 +1,188 @@
+//! Configuration types of every component, with their documented defaults.
+//!
+//! These are plain data: the binary fills them from a TOML file, then `TANDEM_*` environment
+//! variables, then flags. Field names are the TOML keys; the flag is the same name with
+//! dashes (`gossip_addr` → `--gossip-addr`) and the variable the same name upper-cased with
+//! the `TANDEM_` prefix (`TANDEM_GOSSIP_ADDR`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Default UDP port for gossip.
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// Default TCP port for the admin HTTP endpoint.
+pub const DEFAULT_ADMIN_PORT: u16 = 7951;
+/// Default TCP port the balancer serves users on.
+pub const DEFAULT_LISTEN_PORT: u16 = 8080;
+/// Default cluster name.
+pub const DEFAULT_CLUSTER: &str = "tandem";
+
+/// Gossip and failure-detection tuning, shared by agents and balancers.
+///
+/// The defaults are tuned for a LAN: a node killed without warning is reported dead by the
+/// others in about one second on a LAN (phi threshold × the mean interval at which its
+/// heartbeat reaches us, plus a gossip round).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GossipConfig {
+    /// How often a node gossips with a few peers. Default `200ms`.
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// Phi-accrual threshold above which a silent node is declared dead; the detection time
+    /// is about this many mean heartbeat intervals. Default `8`.
+    pub phi_threshold: f64,
+    /// How long a dead node is remembered before it is forgotten. Default `15m`.
+    #[serde(with = "humantime_serde")]
+    pub dead_node_grace_period: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            gossip_interval: Duration::from_millis(200),
+            phi_threshold: 8.0,
+            dead_node_grace_period: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings every cluster process (agent or balancer) has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// This node's id, unique in the cluster. Default: the host name.
+    pub node_id: String,
+    /// Cluster name; nodes of other clusters are ignored. Default `tandem`.
+    pub cluster: String,
+    /// UDP address gossip listens on. Default `0.0.0.0:7946`.
+    pub gossip_addr: SocketAddr,
+    /// Address other nodes reach this node's gossip at. Default: `gossip_addr`, with an
+    /// unspecified IP replaced by the address of the interface that routes to the seeds.
+    pub advertise_addr: Option<SocketAddr>,
+    /// Seed nodes, `HOST:PORT` (host names are resolved, and resolved again while running).
+    /// In the environment, a comma-separated list.
+    #[serde(deserialize_with = "comma_separated")]
+    pub join: Vec<String>,
+    /// Admin HTTP address: health, members, metrics. Default `0.0.0.0:7951`.
+    pub admin_addr: SocketAddr,
+    /// Log format: `text` or `json`. Default `text`; the filter is `RUST_LOG`.
+    pub log_format: LogFormat,
+    #[serde(flatten)]
+    pub gossip: GossipConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: String::new(),
+            cluster: DEFAULT_CLUSTER.to_string(),
+            gossip_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_GOSSIP_PORT)),
+            advertise_addr: None,
+            join: Vec::new(),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT)),
+            log_format: LogFormat::Text,
+            gossip: GossipConfig::default(),
+        }
+    }
+}
+
+/// Configuration of `tandem agent`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    #[serde(flatten)]
+    pub node: NodeConfig,
+    /// URL balancers send this node's users to, e.g. `http://10.0.0.5:8000`.
+    pub app_url: Option<String>,
+}
+
+/// Configuration of `tandem balancer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BalancerConfig {
+    #[serde(flatten)]
+    pub node: NodeConfig,
+    /// HTTP address users connect to. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        BalancerConfig {
+            node: NodeConfig::default(),
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_LISTEN_PORT)),
+        }
+    }
+}
+
+/// Accepts a list, or one string of comma-separated items (as environment variables give).
+fn comma_separated<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(items) => items,
+    };
+    Ok(items
+        .iter()
+        .flat_map(|item| item.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_accepts_lists_and_comma_separated_text() {
+        let config: NodeConfig = serde_json::from_str(r#"{"join": ["a:1, b:2", "c:3"]}"#).unwrap();
+        assert_eq!(config.join, ["a:1", "b:2", "c:3"]);
+        let config: NodeConfig = serde_json::from_str(r#"{"join": "a:1,,b:2"}"#).unwrap();
+        assert_eq!(config.join, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = BalancerConfig::default();
+        assert_eq!(config.node.gossip_addr.port(), 7946);
+        assert_eq!(config.node.admin_addr.port(), 7951);
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.node.cluster, "tandem");
+        assert_eq!(
+            config.node.gossip.gossip_interval,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            config.node.gossip.dead_node_grace_period,
+            Duration::from_secs(900)
+        );
+    }
+
+    #[test]
+    fn durations_read_as_human_text() {
+        let config: NodeConfig =
+            serde_json::from_str(r#"{"gossip_interval": "150ms", "phi_threshold": 6}"#).unwrap();
+        assert_eq!(config.gossip.gossip_interval, Duration::from_millis(150));
+        assert_eq!(config.gossip.phi_threshold, 6.0);
+    }
+}

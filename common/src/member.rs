@@ -1,0 +1,206 @@
+//! The member view: one row per node as `/v1/members` serves it and `tandem members` prints it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{HaSwitch, NodeAdvert, NodeState, PartnerRef, Role, SchemaError, Subnet};
+
+/// One node of the cluster as this process sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    /// Start time of this incarnation (nanoseconds since the Unix epoch); a restart changes it.
+    pub generation: u64,
+    pub gossip_addr: String,
+    /// Whether the failure detector considers the node alive.
+    pub live: bool,
+    /// `None` when the node has not (yet) published a readable advertisement.
+    pub role: Option<Role>,
+    pub state: Option<NodeState>,
+    pub app: Option<String>,
+    pub repl: Option<String>,
+    pub admin: Option<String>,
+    pub subnet: Option<Subnet>,
+    pub partner: Option<PartnerRef>,
+    pub sessions: u64,
+    pub ha: Option<HaSwitch>,
+    pub version: Option<String>,
+    /// Why the advertisement could not be read, if it could not.
+    pub problem: Option<String>,
+}
+
+impl Member {
+    /// Builds the view of one node from its identity, liveness and advertisement.
+    pub fn new(
+        id: &str,
+        generation: u64,
+        gossip_addr: String,
+        live: bool,
+        advert: Result<NodeAdvert, SchemaError>,
+    ) -> Self {
+        let mut member = Member {
+            id: id.to_string(),
+            generation,
+            gossip_addr,
+            live,
+            role: None,
+            state: None,
+            app: None,
+            repl: None,
+            admin: None,
+            subnet: None,
+            partner: None,
+            sessions: 0,
+            ha: None,
+            version: None,
+            problem: None,
+        };
+        match advert {
+            Ok(advert) => {
+                member.role = Some(advert.role);
+                member.state = Some(advert.state);
+                member.app = advert.app;
+                member.repl = advert.repl;
+                member.admin = advert.admin;
+                member.subnet = advert.subnet;
+                member.partner = advert.partner;
+                member.sessions = advert.sessions;
+                member.ha = Some(advert.ha);
+                member.version = Some(advert.version);
+            }
+            Err(err) => member.problem = Some(err.to_string()),
+        }
+        member
+    }
+}
+
+/// Keeps only the newest incarnation of each node id, sorted by id.
+///
+/// A restarted node is a new gossip identity (new generation) while its previous
+/// incarnation lingers as dead until the grace period ends; operators want the current one.
+pub fn newest_incarnations(members: impl IntoIterator<Item = Member>) -> Vec<Member> {
+    let mut newest: BTreeMap<String, Member> = BTreeMap::new();
+    for member in members {
+        match newest.get(&member.id) {
+            Some(kept) if kept.generation >= member.generation => {}
+            _ => {
+                newest.insert(member.id.clone(), member);
+            }
+        }
+    }
+    newest.into_values().collect()
+}
+
+/// The body of `GET /v1/members`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembersResponse {
+    pub cluster: String,
+    /// Id of the node that answered.
+    pub self_id: String,
+    pub members: Vec<Member>,
+}
+
+/// Renders members as an aligned text table.
+pub fn members_table(members: &[Member]) -> String {
+    const HEADER: [&str; 7] = [
+        "ID", "ROLE", "STATE", "ADDRESS", "LIVE", "PARTNER", "SESSIONS",
+    ];
+    let rows: Vec<[String; 7]> = members
+        .iter()
+        .map(|m| {
+            let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_string());
+            [
+                m.id.clone(),
+                or_dash(m.role.map(|r| r.to_string())),
+                or_dash(m.state.map(|s| s.to_string())),
+                m.gossip_addr.clone(),
+                if m.live { "live" } else { "dead" }.to_string(),
+                or_dash(m.partner.as_ref().map(|p| p.node_id.clone())),
+                if m.role == Some(Role::Agent) {
+                    m.sessions.to_string()
+                } else {
+                    "-".to_string()
+                },
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADER.map(str::to_string);
+    for row in std::iter::once(&header).chain(&rows) {
+        let line = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, generation: u64, live: bool) -> Member {
+        let mut advert = NodeAdvert::new(Role::Agent, "0.1.0");
+        advert.state = NodeState::Ready;
+        advert.sessions = generation;
+        Member::new(id, generation, "127.0.0.1:7946".into(), live, Ok(advert))
+    }
+
+    #[test]
+    fn newest_incarnation_wins() {
+        let members = newest_incarnations(vec![
+            member("b", 5, true),
+            member("a", 9, false),
+            member("a", 12, true),
+            member("a", 3, false),
+        ]);
+        let seen: Vec<(&str, u64, bool)> = members
+            .iter()
+            .map(|m| (m.id.as_str(), m.generation, m.live))
+            .collect();
+        assert_eq!(seen, [("a", 12, true), ("b", 5, true)]);
+    }
+
+    #[test]
+    fn table_aligns_columns_and_marks_unknowns() {
+        let broken = Member::new(
+            "garbled-node",
+            1,
+            "10.0.0.9:7946".into(),
+            false,
+            Err("role".parse::<Role>().unwrap_err()),
+        );
+        let table = members_table(&[member("web-1", 4, true), broken]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID            ROLE   STATE  ADDRESS"));
+        assert!(
+            lines[1].starts_with("web-1         agent  ready  127.0.0.1:7946  live  -        4")
+        );
+        assert!(lines[2].starts_with("garbled-node  -      -      10.0.0.9:7946   dead"));
+    }
+
+    #[test]
+    fn unreadable_adverts_carry_the_reason() {
+        let broken = Member::new(
+            "x",
+            1,
+            "a".into(),
+            true,
+            Err("bad".parse::<Role>().unwrap_err()),
+        );
+        assert!(broken.problem.unwrap().contains("role"));
+        assert_eq!(broken.role, None);
+    }
+}

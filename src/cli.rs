@@ -1,0 +1,193 @@
+//! Command-line definitions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
+use tandem_common::config::{AgentConfig, BalancerConfig, LogFormat, NodeConfig};
+
+/// Highly available user sessions: paired session agents and a sticky balancer.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent beside an app server.
+    Agent(AgentArgs),
+    /// Run a sticky balancer in front of the agents' apps.
+    Balancer(BalancerArgs),
+    /// Show the cluster as one node's admin endpoint sees it.
+    Members(MembersArgs),
+    /// Start a local cluster on loopback (agents and a balancer) until Ctrl-C.
+    Demo(DemoArgs),
+    /// Print the version.
+    Version,
+}
+
+const LAYERS_HELP: &str = "Every option can also be set in the environment (the variable \
+shown with it) and in the --config TOML file, under the option's name with underscores \
+(e.g. gossip_addr = \"0.0.0.0:7946\"). Flags win over the environment, the environment \
+over the file, the file over the defaults.";
+
+/// Options every cluster process has. Unset options fall back to the environment, the
+/// config file, then the defaults shown.
+#[derive(Debug, Default, Args)]
+pub struct NodeFlags {
+    /// TOML configuration file.
+    #[arg(long, env = "TANDEM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node id, unique in the cluster [default: the host name].
+    #[arg(long, env = "TANDEM_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Cluster name [default: tandem].
+    #[arg(long, env = "TANDEM_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// UDP address gossip listens on [default: 0.0.0.0:7946].
+    #[arg(long, env = "TANDEM_GOSSIP_ADDR", value_name = "ADDR")]
+    pub gossip_addr: Option<SocketAddr>,
+    /// Gossip address other nodes reach this node at [default: the gossip address, or the
+    /// interface address routing to the seeds when it listens on 0.0.0.0].
+    #[arg(long, env = "TANDEM_ADVERTISE_ADDR", value_name = "ADDR")]
+    pub advertise_addr: Option<SocketAddr>,
+    /// Seed node HOST:PORT to join through; repeatable and comma-separated.
+    #[arg(
+        long,
+        env = "TANDEM_JOIN",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub join: Vec<String>,
+    /// Admin HTTP address: /healthz, /readyz, /v1/members, /metrics [default: 0.0.0.0:7951].
+    #[arg(long, env = "TANDEM_ADMIN_ADDR", value_name = "ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Log format, text or json; the filter is RUST_LOG [default: text].
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// How often to gossip, e.g. 200ms [default: 200ms].
+    #[arg(long, env = "TANDEM_GOSSIP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub gossip_interval: Option<Duration>,
+    /// Failure detector threshold, in mean heartbeat intervals of silence [default: 8].
+    #[arg(long, env = "TANDEM_PHI_THRESHOLD", value_name = "PHI")]
+    pub phi_threshold: Option<f64>,
+    /// How long dead nodes are remembered, e.g. 15m [default: 15m].
+    #[arg(long, env = "TANDEM_DEAD_NODE_GRACE_PERIOD", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub dead_node_grace_period: Option<Duration>,
+}
+
+#[derive(Debug, Default, Args)]
+#[command(after_help = LAYERS_HELP)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// URL balancers send this node's users to, e.g. http://10.0.0.5:8000.
+    #[arg(long, env = "TANDEM_APP_URL", value_name = "URL")]
+    pub app_url: Option<String>,
+}
+
+#[derive(Debug, Default, Args)]
+#[command(after_help = LAYERS_HELP)]
+pub struct BalancerArgs {
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// HTTP address users connect to [default: 0.0.0.0:8080].
+    #[arg(long, env = "TANDEM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Admin endpoint of any node, e.g. http://127.0.0.1:7951.
+    #[arg(
+        long,
+        env = "TANDEM_ADMIN",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7951"
+    )]
+    pub admin: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub agents: u16,
+    /// Number of balancers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=8))]
+    pub balancers: u16,
+    /// Directory for the nodes' log files [default: a new directory under the temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl NodeFlags {
+    /// Overrides the fields of `node` that were given as flags or in the environment.
+    pub fn apply(self, node: &mut NodeConfig) {
+        if let Some(node_id) = self.node_id {
+            node.node_id = node_id;
+        }
+        if let Some(cluster) = self.cluster {
+            node.cluster = cluster;
+        }
+        if let Some(addr) = self.gossip_addr {
+            node.gossip_addr = addr;
+        }
+        if self.advertise_addr.is_some() {
+            node.advertise_addr = self.advertise_addr;
+        }
+        if !self.join.is_empty() {
+            node.join = self.join;
+        }
+        if let Some(addr) = self.admin_addr {
+            node.admin_addr = addr;
+        }
+        if let Some(format) = self.log_format {
+            node.log_format = match format {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            };
+        }
+        if let Some(interval) = self.gossip_interval {
+            node.gossip.gossip_interval = interval;
+        }
+        if let Some(phi) = self.phi_threshold {
+            node.gossip.phi_threshold = phi;
+        }
+        if let Some(period) = self.dead_node_grace_period {
+            node.gossip.dead_node_grace_period = period;
+        }
+    }
+}
+
+impl AgentArgs {
+    pub fn apply(self, config: &mut AgentConfig) {
+        self.node.apply(&mut config.node);
+        if self.app_url.is_some() {
+            config.app_url = self.app_url;
+        }
+    }
+}
+
+impl BalancerArgs {
+    pub fn apply(self, config: &mut BalancerConfig) {
+        self.node.apply(&mut config.node);
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+    }
+}

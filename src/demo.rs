@@ -1,0 +1,212 @@
+//! `tandem demo`: a local cluster on loopback, as child processes of this binary.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::DemoArgs;
+
+/// How long the nodes get to leave gracefully before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the cluster to see all its members.
+const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct DemoNode {
+    name: String,
+    role: &'static str,
+    gossip: SocketAddr,
+    admin: SocketAddr,
+    listen: Option<SocketAddr>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+fn free_udp() -> anyhow::Result<UdpSocket> {
+    UdpSocket::bind("127.0.0.1:0").context("no free UDP port on loopback")
+}
+
+fn free_tcp() -> anyhow::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0").context("no free TCP port on loopback")
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tandem-demo-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the tandem binary")?;
+
+    // Ports are reserved together and released just before the nodes start, so that no
+    // two nodes of the demo get the same one.
+    let mut reserved_udp = Vec::new();
+    let mut reserved_tcp = Vec::new();
+    let mut nodes = Vec::new();
+    let roles = (1..=args.agents)
+        .map(|i| ("agent", i))
+        .chain((1..=args.balancers).map(|i| ("balancer", i)));
+    for (role, i) in roles {
+        let gossip = free_udp()?;
+        let admin = free_tcp()?;
+        let listen = if role == "balancer" {
+            Some(free_tcp()?)
+        } else {
+            None
+        };
+        let name = format!("{role}-{i}");
+        nodes.push(DemoNode {
+            log: dir.join(format!("{name}.log")),
+            name,
+            role,
+            gossip: gossip.local_addr()?,
+            admin: admin.local_addr()?,
+            listen: listen.as_ref().map(TcpListener::local_addr).transpose()?,
+            child: None,
+        });
+        reserved_udp.push(gossip);
+        reserved_tcp.extend([Some(admin), listen].into_iter().flatten());
+    }
+    let seeds: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.role == "agent")
+        .take(2)
+        .map(|n| n.gossip.to_string())
+        .collect();
+    drop(reserved_udp);
+    drop(reserved_tcp);
+
+    for node in &mut nodes {
+        let log = std::fs::File::create(&node.log)
+            .with_context(|| format!("cannot create {}", node.log.display()))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg(node.role)
+            .args(["--node-id", &node.name, "--cluster", "tandem-demo"])
+            .args(["--gossip-addr", &node.gossip.to_string()])
+            .args(["--admin-addr", &node.admin.to_string()])
+            .args(["--join", &seeds.join(",")])
+            .env_remove("TANDEM_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(listen) = node.listen {
+            command.args(["--listen", &listen.to_string()]);
+        }
+        // SAFETY: set_pdeathsig only makes a syscall; it allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        node.child = Some(
+            command
+                .spawn()
+                .with_context(|| format!("cannot start {}", node.name))?,
+        );
+    }
+
+    println!(
+        "tandem demo: {} agents, {} balancers on loopback\n",
+        args.agents, args.balancers
+    );
+    println!(
+        "{:<12} {:<22} {:<22} {:<22}",
+        "NODE", "GOSSIP (udp)", "ADMIN (http)", "LISTEN (http)"
+    );
+    for node in &nodes {
+        let listen = node.listen.map_or("-".to_string(), |addr| addr.to_string());
+        println!(
+            "{:<12} {:<22} {:<22} {:<22}",
+            node.name,
+            node.gossip,
+            format!("http://{}", node.admin),
+            listen
+        );
+    }
+    println!("\nlogs: {}", dir.display());
+
+    let admin = nodes
+        .last()
+        .map(|n| n.admin)
+        .context("the demo has no nodes")?;
+    wait_until_formed(admin, nodes.len()).await;
+    println!("see it:  tandem members --admin http://{admin}");
+    println!("stop it: Ctrl-C (or kill -TERM {})\n", std::process::id());
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = poll.tick() => report_exits(&mut nodes),
+        }
+    }
+    println!("\nstopping the demo cluster…");
+    stop_all(&mut nodes).await;
+    println!("stopped");
+    Ok(())
+}
+
+async fn wait_until_formed(admin: SocketAddr, expected: usize) {
+    let started = Instant::now();
+    while started.elapsed() < FORM_TIMEOUT {
+        if let Ok(view) = crate::members::fetch(&admin.to_string()).await {
+            let live = view.members.iter().filter(|m| m.live).count();
+            if live >= expected {
+                println!(
+                    "cluster formed: {live} live members after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("warning: the cluster has not formed after {FORM_TIMEOUT:?}; see the logs");
+}
+
+fn report_exits(nodes: &mut [DemoNode]) {
+    for node in nodes.iter_mut() {
+        let Some(child) = node.child.as_mut() else {
+            continue;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            println!(
+                "{} exited ({status}); log: {}",
+                node.name,
+                node.log.display()
+            );
+            node.child = None;
+        }
+    }
+}
+
+async fn stop_all(nodes: &mut [DemoNode]) {
+    for node in nodes.iter() {
+        if let Some(pid) = node.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    for node in nodes.iter_mut() {
+        let Some(child) = node.child.as_mut() else {
+            continue;
+        };
+        if tokio::time::timeout_at(deadline, child.wait())
+            .await
+            .is_err()
+        {
+            println!("{} did not stop in {STOP_GRACE:?}; killing it", node.name);
+            let _ = child.kill().await;
+        }
+    }
+}

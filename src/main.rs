@@ -1,0 +1,99 @@
+//! The `tandem` binary: parses the command line and hands over to the components.
+
+mod cli;
+mod config;
+mod demo;
+mod members;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use tandem_common::config::{AgentConfig, BalancerConfig, LogFormat, NodeConfig};
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_error(err),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go out as clap renders them; a usage error is one line.
+fn clap_error(err: clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
+        _ => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid command line");
+            eprintln!("{first} (see 'tandem --help')");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Version => {
+            println!("tandem {}", tandem_common::VERSION);
+            Ok(())
+        }
+        Command::Agent(args) => {
+            let mut defaults = AgentConfig::default();
+            host_defaults(&mut defaults.node);
+            let mut config = config::load(defaults, args.node.config.as_deref())?;
+            args.apply(&mut config);
+            init_logging(&config.node);
+            runtime()?.block_on(tandem_agent::run(config))?;
+            Ok(())
+        }
+        Command::Balancer(args) => {
+            let mut defaults = BalancerConfig::default();
+            host_defaults(&mut defaults.node);
+            let mut config = config::load(defaults, args.node.config.as_deref())?;
+            args.apply(&mut config);
+            init_logging(&config.node);
+            runtime()?.block_on(tandem_balancer::run(config))?;
+            Ok(())
+        }
+        Command::Members(args) => runtime()?.block_on(members::run(args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+    }
+}
+
+/// Defaults that depend on the host.
+fn host_defaults(node: &mut NodeConfig) {
+    if let Ok(name) = nix::unistd::gethostname() {
+        node.node_id = name.to_string_lossy().into_owned();
+    }
+}
+
+fn init_logging(node: &NodeConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match node.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
