@@ -223,4 +223,43 @@ mod tests {
             "{err:#}"
         );
     }
+
+    /// The example file documents every option, and each example value is valid.
+    #[test]
+    fn example_file_documents_every_option() {
+        let example = include_str!("../deploy/tandem.example.toml");
+        let (agent_part, balancer_part) = example.split_once("# --- balancer only").unwrap();
+        let uncomment = |text: &str| -> String {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("# "))
+                .filter(|line| {
+                    line.split_once(" = ")
+                        .is_some_and(|(key, _)| !key.contains(' '))
+                })
+                .map(|line| format!("{line}\n"))
+                .collect()
+        };
+        let common_part = agent_part.split_once("# --- agent only").unwrap().0;
+        let agent_text = uncomment(agent_part);
+        let balancer_text = uncomment(common_part) + &uncomment(balancer_part);
+        overlay(AgentConfig::default(), &agent_text).unwrap();
+        overlay(BalancerConfig::default(), &balancer_text).unwrap();
+        for (config, text) in [
+            (
+                serde_json::to_value(AgentConfig::default()).unwrap(),
+                &agent_text,
+            ),
+            (
+                serde_json::to_value(BalancerConfig::default()).unwrap(),
+                &balancer_text,
+            ),
+        ] {
+            for key in config.as_object().unwrap().keys() {
+                assert!(
+                    text.contains(&format!("{key} = ")),
+                    "{key} is not documented"
+                );
+            }
+        }
+    }
 }

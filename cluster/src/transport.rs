@@ -98,10 +98,7 @@ mod tests {
             version: chitchat::ProtocolVersion::V0,
             message: chitchat::ChitchatMessage::BadCluster,
         };
-        let sent = a
-            .send(b.local_addr().unwrap(), envelope())
-            .await
-            .unwrap();
+        let sent = a.send(b.local_addr().unwrap(), envelope()).await.unwrap();
         let received = b.recv().await.unwrap();
         assert_eq!(received.envelope, envelope());
         assert_eq!(received.from_addr, a.local_addr().unwrap());

@@ -1,0 +1,195 @@
+//! The command line's promises: one clear line and a non-zero exit for every mistake, and
+//! `tandem members` showing a live cluster.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::Output;
+use std::time::Duration;
+
+use support::{Node, member, tandem, wait_for};
+use tandem_common::member::MembersResponse;
+
+fn run(args: &[&str]) -> Output {
+    tandem().args(args).output().unwrap()
+}
+
+/// The error output, which must be exactly one line starting with `error:`.
+fn one_error_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    let output = run(&["agent", "--no-such-flag"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(one_error_line(&output).contains("--no-such-flag"));
+
+    let output = run(&["agent", "--gossip-addr", "nowhere"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(one_error_line(&output).contains("--gossip-addr"));
+
+    let output = run(&["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2));
+    one_error_line(&output);
+}
+
+#[test]
+fn configuration_errors_exit_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = support::free_tcp_addr().to_string();
+    let gossip = support::free_udp_addr().to_string();
+    let base = ["agent", "--admin-addr", &admin, "--gossip-addr", &gossip];
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--join", "no-such-host.invalid:7946"],
+            "no-such-host.invalid",
+        ),
+        (vec!["--join", "127.0.0.1"], "expected HOST:PORT"),
+        (vec!["--app-url", "localhost:8000"], "app URL"),
+        (vec!["--node-id", " "], "node id"),
+        (
+            vec!["--config", "/nonexistent/tandem.toml"],
+            "/nonexistent/tandem.toml",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let line = one_error_line(&output);
+        assert!(line.contains(expected), "{args:?}: {line}");
+    }
+
+    let file = dir.path().join("tandem.toml");
+    std::fs::write(&file, "gossip_adr = \"0.0.0.0:1\"\n").unwrap();
+    let output = run(&["balancer", "--config", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(one_error_line(&output).contains("unknown option `gossip_adr`"));
+}
+
+#[test]
+fn ports_in_use_exit_1_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let gossip = support::free_udp_addr().to_string();
+    let output = run(&[
+        "agent",
+        "--admin-addr",
+        &taken_addr,
+        "--gossip-addr",
+        &gossip,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let line = one_error_line(&output);
+    assert!(
+        line.contains(&taken_addr) && line.contains("in use"),
+        "{line}"
+    );
+
+    let taken_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken_udp_addr = taken_udp.local_addr().unwrap().to_string();
+    let admin = support::free_tcp_addr().to_string();
+    let output = run(&[
+        "balancer",
+        "--admin-addr",
+        &admin,
+        "--gossip-addr",
+        &taken_udp_addr,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let line = one_error_line(&output);
+    assert!(
+        line.contains(&taken_udp_addr) && line.contains("in use"),
+        "{line}"
+    );
+}
+
+#[test]
+fn members_of_an_unreachable_endpoint_is_one_error_line() {
+    let nobody = support::free_tcp_addr().to_string();
+    let output = run(&["members", "--admin", &nobody]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(one_error_line(&output).contains(&nobody));
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let output = run(&["version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!("tandem {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_prints_a_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let a1 = Node::start(dir.path(), "agent", "node-one", &[]);
+    let b1 = Node::start(dir.path(), "balancer", "node-two", &[a1.gossip]);
+    wait_for(
+        "the two nodes to see each other",
+        Duration::from_secs(20),
+        || async {
+            member(a1.admin, "node-two").await.is_some_and(|m| m.live)
+                && member(b1.admin, "node-one").await.is_some_and(|m| m.live)
+        },
+    )
+    .await;
+
+    let admin = format!("http://{}", a1.admin);
+    let output = run(&["members", "--admin", &admin]);
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("PARTNER"),
+        "{table}"
+    );
+    let row = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(id))
+            .copied()
+            .unwrap_or_default()
+    };
+    let one: Vec<&str> = row("node-one").split_whitespace().collect();
+    assert_eq!(
+        one,
+        [
+            "node-one",
+            "agent",
+            "ready",
+            &a1.gossip.to_string(),
+            "live",
+            "-",
+            "0"
+        ]
+    );
+    let two: Vec<&str> = row("node-two").split_whitespace().collect();
+    assert_eq!(
+        two,
+        [
+            "node-two",
+            "balancer",
+            "ready",
+            &b1.gossip.to_string(),
+            "live",
+            "-",
+            "-"
+        ]
+    );
+    assert!(table.contains("2 live, 0 dead"), "{table}");
+
+    let output = run(&["members", "--admin", &b1.admin.to_string(), "--json"]);
+    assert!(output.status.success());
+    let view: MembersResponse = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(view.self_id, "node-two");
+    assert_eq!(view.members.len(), 2);
+}

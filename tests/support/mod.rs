@@ -1,0 +1,215 @@
+//! Test support: real `tandem` processes on loopback, and waiting for what they report.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tandem_common::member::{Member, MembersResponse};
+
+/// The binary under test.
+pub fn tandem() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    // Nothing from the caller's environment may change what the test starts.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TANDEM_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+pub fn free_udp_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn free_tcp_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One `tandem agent` or `tandem balancer` process, killed when dropped.
+pub struct Node {
+    pub name: String,
+    pub gossip: SocketAddr,
+    pub admin: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts a node of `role` named `name` that joins through `seeds`.
+    pub fn start(dir: &Path, role: &str, name: &str, seeds: &[SocketAddr]) -> Node {
+        Node::start_at(dir, role, name, seeds, free_udp_addr())
+    }
+
+    /// Like [`Node::start`], gossiping on a given address.
+    pub fn start_at(
+        dir: &Path,
+        role: &str,
+        name: &str,
+        seeds: &[SocketAddr],
+        gossip: SocketAddr,
+    ) -> Node {
+        let admin = free_tcp_addr();
+        let mut args: Vec<String> = vec![
+            role.into(),
+            "--node-id".into(),
+            name.into(),
+            "--gossip-addr".into(),
+            gossip.to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+        ];
+        if !seeds.is_empty() {
+            let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+            args.extend(["--join".into(), seeds.join(",")]);
+        }
+        if role == "balancer" {
+            args.extend(["--listen".into(), free_tcp_addr().to_string()]);
+        }
+        let mut node = Node {
+            name: name.into(),
+            gossip,
+            admin,
+            args,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = tandem()
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+
+    /// `kill -9`: no goodbye, the cluster must find out by itself.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the node again with the same addresses.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        self.spawn();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        signal(child.id(), "TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > within {
+                child.kill().unwrap();
+                panic!(
+                    "{} did not exit within {within:?} of SIGTERM\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Sends a signal by name (`TERM`, `INT`, `KILL`).
+pub fn signal(pid: u32, name: &str) {
+    let signal: nix::sys::signal::Signal = format!("SIG{name}").parse().expect("signal name");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .unwrap_or_else(|err| panic!("kill -{name} {pid}: {err}"));
+}
+
+/// GET `path` from an admin endpoint; `None` when it does not answer.
+pub async fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{admin}{path}"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// The members list of one node; `None` when it does not answer.
+pub async fn members(admin: SocketAddr) -> Option<MembersResponse> {
+    let (status, body) = get(admin, "/v1/members").await?;
+    assert_eq!(status, 200, "{body}");
+    Some(serde_json::from_str(&body).expect("members JSON"))
+}
+
+/// What `admin` says about node `id`, if it knows it.
+pub async fn member(admin: SocketAddr, id: &str) -> Option<Member> {
+    members(admin)
+        .await?
+        .members
+        .into_iter()
+        .find(|m| m.id == id)
+}
+
+/// Polls `check` until it holds; returns how long that took. Panics after `timeout`,
+/// naming what was awaited.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
