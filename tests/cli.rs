@@ -8,7 +8,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use support::{Node, member, tandem, wait_for};
-use tandem_common::member::MembersResponse;
+use tandem_common::member::{Member, MembersResponse};
+use tandem_common::schema::NodeState;
 
 fn run(args: &[&str]) -> Output {
     tandem().args(args).output().unwrap()
@@ -133,12 +134,12 @@ async fn members_prints_a_table_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let a1 = Node::start(dir.path(), "agent", "node-one", &[]);
     let b1 = Node::start(dir.path(), "balancer", "node-two", &[a1.gossip]);
+    let ready = |m: Option<Member>| m.is_some_and(|m| m.live && m.state == Some(NodeState::Ready));
     wait_for(
-        "the two nodes to see each other",
+        "the two nodes to see each other ready",
         Duration::from_secs(20),
         || async {
-            member(a1.admin, "node-two").await.is_some_and(|m| m.live)
-                && member(b1.admin, "node-one").await.is_some_and(|m| m.live)
+            ready(member(a1.admin, "node-two").await) && ready(member(b1.admin, "node-one").await)
         },
     )
     .await;

@@ -28,11 +28,19 @@ async fn three_agents_and_a_balancer_detect_a_killed_agent_and_its_restart() {
     ];
 
     for (name, admin) in all {
-        wait_for(&format!("{name} to see 4 live members"), FORM, || async {
-            members(admin)
-                .await
-                .is_some_and(|view| view.members.iter().filter(|m| m.live).count() == 4)
-        })
+        wait_for(
+            &format!("{name} to see 4 live, ready members"),
+            FORM,
+            || async {
+                members(admin).await.is_some_and(|view| {
+                    view.members
+                        .iter()
+                        .filter(|m| m.live && m.state == Some(NodeState::Ready))
+                        .count()
+                        == 4
+                })
+            },
+        )
         .await;
     }
     let view = members(b1.admin).await.unwrap();
