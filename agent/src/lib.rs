@@ -1,6 +1,8 @@
 //! The Tandem agent: runs beside an app server, joins the cluster and (in later layers)
 //! holds and replicates the app's sessions.
 
+pub mod store;
+
 use tandem_cluster::{NodeRuntime, StartError};
 use tandem_common::config::AgentConfig;
 use tandem_common::schema::{NodeAdvert, Role};

@@ -59,11 +59,16 @@ impl FromStr for Version {
     }
 }
 
-/// A stable 32-bit tag of a node id (FNV-1a), the same on every node and every release.
+/// A stable 32-bit tag of a node id, the same on every node and every release.
 pub fn node_tag(node_id: &str) -> u32 {
+    fnv1a(node_id.as_bytes())
+}
+
+/// 32-bit FNV-1a: a fixed, fast hash for short keys (not for untrusted hash tables).
+pub fn fnv1a(bytes: &[u8]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for byte in node_id.bytes() {
-        hash ^= u32::from(byte);
+    for byte in bytes {
+        hash ^= u32::from(*byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
     hash

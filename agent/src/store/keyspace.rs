@@ -1,0 +1,854 @@
+//! The keyspace: sessions in memory, with expiry, limits and versioned mutations.
+//!
+//! Pure data structure: the caller passes the current time and holds the lock. Every change
+//! goes through [`Keyspace::apply`], for local writes (which first stamp a new version) and
+//! for mutations received from a partner alike, so both sides converge on the same state.
+
+use std::collections::{BTreeSet, HashMap};
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use tandem_common::ops::{Mutation, Op};
+use tandem_common::version::{HybridClock, Version, fnv1a, node_tag};
+
+use super::glob::glob_match;
+
+/// Keys are spread over this many shards; `SCAN` walks shard by shard, so a key present
+/// for a whole scan is always returned.
+pub const SHARDS: usize = 1024;
+/// Bytes accounted for each key beyond its key and value bytes (map slot, entry, index).
+const KEY_OVERHEAD: usize = 96;
+/// Bytes accounted for each hash field beyond its name and value.
+const FIELD_OVERHEAD: usize = 48;
+/// How long a deleted key's version is remembered, so a late stale write cannot revive it.
+pub const TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// A session's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Str(Bytes),
+    /// Fields keep their insertion order, as Redis' small hashes do.
+    Hash(IndexMap<Bytes, Bytes>),
+}
+
+/// One key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Value,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at_ms: Option<u64>,
+    pub version: Version,
+}
+
+impl Entry {
+    fn size(&self, key: &[u8]) -> usize {
+        KEY_OVERHEAD
+            + key.len()
+            + match &self.value {
+                Value::Str(value) => value.len(),
+                Value::Hash(fields) => fields.iter().map(|(f, v)| field_size(f, v)).sum(),
+            }
+    }
+
+    fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+fn field_size(field: &[u8], value: &[u8]) -> usize {
+    FIELD_OVERHEAD + field.len() + value.len()
+}
+
+/// Store limits. Writes past a limit fail; nothing is evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest key, string value, hash field name or field value, in bytes.
+    pub max_value_bytes: usize,
+    /// Total accounted memory for sessions, in bytes.
+    pub max_memory_bytes: usize,
+    /// Most keys.
+    pub max_keys: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 1 << 20,
+            max_memory_bytes: usize::MAX,
+            max_keys: usize::MAX,
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("operation against a key holding the wrong kind of value")]
+    WrongType,
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    #[error("hash value is not an integer")]
+    HashNotInteger,
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    #[error("{what} of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+    },
+    #[error("session memory limit of {max} bytes reached")]
+    OutOfMemory { max: usize },
+    #[error("key limit of {max} keys reached")]
+    TooManyKeys { max: usize },
+}
+
+/// How `SET` treats the key's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetExpiry {
+    /// No expiry (plain `SET` clears one).
+    None,
+    /// `KEEPTTL`.
+    Keep,
+    /// Expire at this time (ms since the epoch).
+    At(u64),
+}
+
+/// `SET`'s `NX`/`XX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCondition {
+    Always,
+    IfAbsent,
+    IfPresent,
+}
+
+/// `EXPIRE`'s `NX`/`XX`/`GT`/`LT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireCondition {
+    Always,
+    /// Only if the key has no expiry.
+    IfNone,
+    /// Only if the key has an expiry.
+    IfSome,
+    /// Only if the new expiry is later (no expiry counts as infinitely late).
+    IfLater,
+    /// Only if the new expiry is earlier.
+    IfEarlier,
+}
+
+/// Type filter and kind names as `TYPE` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Hash,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Hash => "hash",
+        }
+    }
+
+    fn of(value: &Value) -> Kind {
+        match value {
+            Value::Str(_) => Kind::String,
+            Value::Hash(_) => Kind::Hash,
+        }
+    }
+}
+
+/// All sessions of one agent.
+pub struct Keyspace {
+    shards: Vec<HashMap<Bytes, Entry>>,
+    tombstones: HashMap<Bytes, Version>,
+    /// (deadline, key) for every key with an expiry.
+    expiries: BTreeSet<(u64, Bytes)>,
+    used_bytes: usize,
+    len: usize,
+    clock: HybridClock,
+    limits: Limits,
+    /// Mutations made by local writes since the caller last took them.
+    outbox: Vec<Mutation>,
+}
+
+impl Keyspace {
+    pub fn new(node_id: &str, limits: Limits) -> Self {
+        Keyspace {
+            shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
+            tombstones: HashMap::new(),
+            expiries: BTreeSet::new(),
+            used_bytes: 0,
+            len: 0,
+            clock: HybridClock::new(node_tag(node_id)),
+            limits,
+            outbox: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The mutations local writes made since the last call.
+    pub fn take_outbox(&mut self) -> Vec<Mutation> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn shard_of(key: &[u8]) -> usize {
+        fnv1a(key) as usize % SHARDS
+    }
+
+    /// The entry under `key` if it exists and has not expired; an expired one is removed.
+    pub fn entry(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let shard = Self::shard_of(key);
+        if self.shards[shard].get(key)?.is_expired(now_ms) {
+            self.expire_now(key);
+            return None;
+        }
+        self.shards[shard].get(key)
+    }
+
+    /// The stored entry, expired or not (for replication and repair).
+    pub fn raw_entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.shards[Self::shard_of(key)].get(key)
+    }
+
+    fn expire_now(&mut self, key: &[u8]) {
+        if let Some((key, entry)) = self.remove(key) {
+            // An expired key keeps its version so that no older write revives it.
+            self.tombstones.insert(key, entry.version);
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<(Bytes, Entry)> {
+        let (key, entry) = self.shards[Self::shard_of(key)].remove_entry(key)?;
+        self.used_bytes -= entry.size(&key);
+        self.len -= 1;
+        if let Some(at) = entry.expires_at_ms {
+            self.expiries.remove(&(at, key.clone()));
+        }
+        Some((key, entry))
+    }
+
+    fn insert(&mut self, key: Bytes, entry: Entry) {
+        self.tombstones.remove(&key);
+        if let Some(at) = entry.expires_at_ms {
+            self.expiries.insert((at, key.clone()));
+        }
+        self.used_bytes += entry.size(&key);
+        self.len += 1;
+        self.shards[Self::shard_of(&key)].insert(key, entry);
+    }
+
+    fn current_version(&self, key: &[u8]) -> Version {
+        self.raw_entry(key)
+            .map(|entry| entry.version)
+            .or_else(|| self.tombstones.get(key).copied())
+            .unwrap_or(Version::ZERO)
+    }
+
+    /// Applies a mutation unless the key already holds the same or a newer version.
+    /// Returns whether it was applied.
+    pub fn apply(&mut self, mutation: &Mutation) -> bool {
+        self.clock.observe(mutation.version);
+        if mutation.version <= self.current_version(&mutation.key) {
+            return false;
+        }
+        let key = &mutation.key;
+        let version = mutation.version;
+        match &mutation.op {
+            Op::Set {
+                value,
+                expires_at_ms,
+            } => {
+                self.remove(key);
+                self.insert(
+                    key.clone(),
+                    Entry {
+                        value: Value::Str(value.clone()),
+                        expires_at_ms: *expires_at_ms,
+                        version,
+                    },
+                );
+            }
+            Op::SetFields { fields } => {
+                let (mut hash, expires_at_ms) = match self.remove(key) {
+                    Some((
+                        _,
+                        Entry {
+                            value: Value::Hash(hash),
+                            expires_at_ms,
+                            ..
+                        },
+                    )) => (hash, expires_at_ms),
+                    // A newer hash write replaces a string, as a delete and a new hash would.
+                    _ => (IndexMap::new(), None),
+                };
+                for (field, value) in fields {
+                    hash.insert(field.clone(), value.clone());
+                }
+                self.insert(
+                    key.clone(),
+                    Entry {
+                        value: Value::Hash(hash),
+                        expires_at_ms,
+                        version,
+                    },
+                );
+            }
+            Op::DeleteFields { fields } => {
+                let Some((key, mut entry)) = self.remove(key) else {
+                    self.tombstones.insert(key.clone(), version);
+                    return true;
+                };
+                if let Value::Hash(hash) = &mut entry.value {
+                    for field in fields {
+                        hash.shift_remove(field);
+                    }
+                    if hash.is_empty() {
+                        self.tombstones.insert(key, version);
+                        return true;
+                    }
+                }
+                entry.version = version;
+                self.insert(key, entry);
+            }
+            Op::Delete => {
+                self.remove(key);
+                self.tombstones.insert(key.clone(), version);
+            }
+            Op::Expire { expires_at_ms } => {
+                if let Some((key, mut entry)) = self.remove(key) {
+                    entry.expires_at_ms = *expires_at_ms;
+                    entry.version = version;
+                    self.insert(key, entry);
+                }
+            }
+        }
+        true
+    }
+
+    /// Stamps, applies and records a local write.
+    fn commit(&mut self, key: Bytes, op: Op, now_ms: u64) {
+        let mutation = Mutation {
+            key,
+            version: self.clock.tick(now_ms),
+            op,
+        };
+        let applied = self.apply(&mutation);
+        debug_assert!(applied, "a fresh local version is always the newest");
+        self.outbox.push(mutation);
+    }
+
+    fn check_size(&self, what: &'static str, bytes: &[u8]) -> Result<(), StoreError> {
+        let max = self.limits.max_value_bytes;
+        if bytes.len() > max {
+            return Err(StoreError::TooLarge {
+                what,
+                size: bytes.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a write that would add `growth` bytes (and a key, if `new_key`) past the
+    /// limits. Writes that shrink the store always pass.
+    fn check_room(&self, growth: usize, new_key: bool) -> Result<(), StoreError> {
+        if new_key && self.len >= self.limits.max_keys {
+            return Err(StoreError::TooManyKeys {
+                max: self.limits.max_keys,
+            });
+        }
+        if growth > 0 && self.used_bytes.saturating_add(growth) > self.limits.max_memory_bytes {
+            return Err(StoreError::OutOfMemory {
+                max: self.limits.max_memory_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn string(&mut self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, StoreError> {
+        match self.entry(key, now_ms) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::Str(value),
+                ..
+            }) => Ok(Some(value.clone())),
+            Some(_) => Err(StoreError::WrongType),
+        }
+    }
+
+    fn hash(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<&IndexMap<Bytes, Bytes>>, StoreError> {
+        match self.entry(key, now_ms) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::Hash(hash),
+                ..
+            }) => Ok(Some(hash)),
+            Some(_) => Err(StoreError::WrongType),
+        }
+    }
+
+    // ----- strings -----
+
+    /// `GET`.
+    ///
+    /// # Errors
+    /// [`StoreError::WrongType`] for a hash.
+    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, StoreError> {
+        self.string(key, now_ms)
+    }
+
+    /// `SET` with its options. Returns whether the value was written and, if `get`, the
+    /// previous value.
+    ///
+    /// # Errors
+    /// Size and memory limits; [`StoreError::WrongType`] when `get` meets a hash.
+    pub fn set(
+        &mut self,
+        key: Bytes,
+        value: Bytes,
+        expiry: SetExpiry,
+        condition: SetCondition,
+        get: bool,
+        now_ms: u64,
+    ) -> Result<(bool, Option<Bytes>), StoreError> {
+        let previous = if get {
+            self.string(&key, now_ms)?
+        } else {
+            None
+        };
+        let existing = self
+            .entry(&key, now_ms)
+            .map(|e| (e.expires_at_ms, e.size(&key)));
+        let allowed = match condition {
+            SetCondition::Always => true,
+            SetCondition::IfAbsent => existing.is_none(),
+            SetCondition::IfPresent => existing.is_some(),
+        };
+        if !allowed {
+            return Ok((false, previous));
+        }
+        self.check_size("key", &key)?;
+        self.check_size("value", &value)?;
+        let expires_at_ms = match expiry {
+            SetExpiry::None => None,
+            SetExpiry::Keep => existing.and_then(|(at, _)| at),
+            SetExpiry::At(at) => Some(at),
+        };
+        if expires_at_ms.is_some_and(|at| at <= now_ms) {
+            // Already expired: the write is a delete.
+            if existing.is_some() {
+                self.commit(key, Op::Delete, now_ms);
+            }
+            return Ok((true, previous));
+        }
+        let old_size = existing.map_or(0, |(_, size)| size);
+        let new_size = KEY_OVERHEAD + key.len() + value.len();
+        self.check_room(new_size.saturating_sub(old_size), existing.is_none())?;
+        self.commit(
+            key,
+            Op::Set {
+                value,
+                expires_at_ms,
+            },
+            now_ms,
+        );
+        Ok((true, previous))
+    }
+
+    /// `GETDEL`.
+    ///
+    /// # Errors
+    /// [`StoreError::WrongType`] for a hash.
+    pub fn getdel(&mut self, key: Bytes, now_ms: u64) -> Result<Option<Bytes>, StoreError> {
+        let value = self.string(&key, now_ms)?;
+        if value.is_some() {
+            self.commit(key, Op::Delete, now_ms);
+        }
+        Ok(value)
+    }
+
+    /// `INCRBY` (and `INCR`, `DECR`): the key keeps its expiry.
+    ///
+    /// # Errors
+    /// A value that is not a 64-bit integer, overflow, a hash.
+    pub fn incr_by(&mut self, key: Bytes, delta: i64, now_ms: u64) -> Result<i64, StoreError> {
+        let (current, expires_at_ms, existed) = match self.entry(&key, now_ms) {
+            None => (0, None, false),
+            Some(Entry {
+                value: Value::Str(value),
+                expires_at_ms,
+                ..
+            }) => (
+                parse_i64(value).ok_or(StoreError::NotInteger)?,
+                *expires_at_ms,
+                true,
+            ),
+            Some(_) => return Err(StoreError::WrongType),
+        };
+        let next = current.checked_add(delta).ok_or(StoreError::Overflow)?;
+        let value = Bytes::from(next.to_string());
+        if !existed {
+            self.check_room(KEY_OVERHEAD + key.len() + value.len(), true)?;
+        }
+        self.commit(
+            key,
+            Op::Set {
+                value,
+                expires_at_ms,
+            },
+            now_ms,
+        );
+        Ok(next)
+    }
+
+    // ----- keys -----
+
+    /// `DEL`/`UNLINK`: how many of the keys existed.
+    pub fn delete(&mut self, keys: &[Bytes], now_ms: u64) -> usize {
+        let mut deleted = 0;
+        for key in keys {
+            if self.entry(key, now_ms).is_some() {
+                self.commit(key.clone(), Op::Delete, now_ms);
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+
+    /// `EXISTS`: how many of the keys exist (a key named twice counts twice).
+    pub fn exists(&mut self, keys: &[Bytes], now_ms: u64) -> usize {
+        keys.iter()
+            .filter(|key| self.entry(key, now_ms).is_some())
+            .count()
+    }
+
+    /// `TYPE`.
+    pub fn kind(&mut self, key: &[u8], now_ms: u64) -> Option<Kind> {
+        self.entry(key, now_ms).map(|entry| Kind::of(&entry.value))
+    }
+
+    /// `EXPIRE` and friends: sets the expiry to `at_ms` if `condition` allows; a deadline
+    /// already past deletes the key. Returns whether anything changed.
+    pub fn expire(
+        &mut self,
+        key: Bytes,
+        at_ms: u64,
+        condition: ExpireCondition,
+        now_ms: u64,
+    ) -> bool {
+        let Some(current) = self.entry(&key, now_ms).map(|e| e.expires_at_ms) else {
+            return false;
+        };
+        let allowed = match (condition, current) {
+            (ExpireCondition::Always, _) => true,
+            (ExpireCondition::IfNone, current) => current.is_none(),
+            (ExpireCondition::IfSome, current) => current.is_some(),
+            (ExpireCondition::IfLater, None) => false,
+            (ExpireCondition::IfLater, Some(current)) => at_ms > current,
+            (ExpireCondition::IfEarlier, None) => true,
+            (ExpireCondition::IfEarlier, Some(current)) => at_ms < current,
+        };
+        if !allowed {
+            return false;
+        }
+        if at_ms <= now_ms {
+            self.commit(key, Op::Delete, now_ms);
+        } else {
+            self.commit(
+                key,
+                Op::Expire {
+                    expires_at_ms: Some(at_ms),
+                },
+                now_ms,
+            );
+        }
+        true
+    }
+
+    /// `PERSIST`: whether an expiry was removed.
+    pub fn persist(&mut self, key: Bytes, now_ms: u64) -> bool {
+        match self.entry(&key, now_ms) {
+            Some(Entry {
+                expires_at_ms: Some(_),
+                ..
+            }) => {
+                self.commit(
+                    key,
+                    Op::Expire {
+                        expires_at_ms: None,
+                    },
+                    now_ms,
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Milliseconds to live: `-2` without the key, `-1` without an expiry.
+    pub fn pttl(&mut self, key: &[u8], now_ms: u64) -> i64 {
+        match self.entry(key, now_ms) {
+            None => -2,
+            Some(Entry {
+                expires_at_ms: None,
+                ..
+            }) => -1,
+            Some(Entry {
+                expires_at_ms: Some(at),
+                ..
+            }) => (at - now_ms) as i64,
+        }
+    }
+
+    /// `SCAN`: keys of the shards from `cursor` on, until about `count` keys are collected;
+    /// the next cursor is 0 at the end.
+    pub fn scan(
+        &mut self,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+        kind: Option<&[u8]>,
+        now_ms: u64,
+    ) -> (u64, Vec<Bytes>) {
+        let mut keys = Vec::new();
+        let mut shard = cursor as usize;
+        while shard < SHARDS && keys.len() < count.max(1) {
+            keys.extend(self.matching(shard, pattern, kind, now_ms));
+            shard += 1;
+        }
+        let next = if shard >= SHARDS { 0 } else { shard as u64 };
+        (next, keys)
+    }
+
+    /// `KEYS`.
+    pub fn keys(&mut self, pattern: &[u8], now_ms: u64) -> Vec<Bytes> {
+        (0..SHARDS)
+            .flat_map(|shard| self.matching(shard, Some(pattern), None, now_ms))
+            .collect()
+    }
+
+    fn matching(
+        &self,
+        shard: usize,
+        pattern: Option<&[u8]>,
+        kind: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Vec<Bytes> {
+        self.shards[shard]
+            .iter()
+            .filter(|(key, entry)| {
+                !entry.is_expired(now_ms)
+                    && pattern.is_none_or(|p| glob_match(p, key))
+                    && kind.is_none_or(|k| {
+                        k.eq_ignore_ascii_case(Kind::of(&entry.value).name().as_bytes())
+                    })
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    // ----- hashes -----
+
+    /// `HSET`: how many fields are new.
+    ///
+    /// # Errors
+    /// Size and memory limits; [`StoreError::WrongType`] for a string.
+    pub fn hset(
+        &mut self,
+        key: Bytes,
+        fields: Vec<(Bytes, Bytes)>,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        self.check_size("key", &key)?;
+        let mut growth = 0;
+        let mut added = 0;
+        let exists;
+        {
+            let hash = self.hash(&key, now_ms)?;
+            exists = hash.is_some();
+            let mut new_fields = std::collections::HashSet::new();
+            for (field, value) in &fields {
+                match hash.and_then(|h| h.get(field)) {
+                    Some(old) => growth += value.len().saturating_sub(old.len()),
+                    // A field named twice in one call is new once.
+                    None if new_fields.insert(field) => {
+                        growth += field_size(field, value);
+                        added += 1;
+                    }
+                    None => growth += value.len(),
+                }
+            }
+        }
+        for (field, value) in &fields {
+            self.check_size("field", field)?;
+            self.check_size("value", value)?;
+        }
+        if !exists {
+            growth += KEY_OVERHEAD + key.len();
+        }
+        self.check_room(growth, !exists)?;
+        self.commit(key, Op::SetFields { fields }, now_ms);
+        Ok(added)
+    }
+
+    /// `HSETNX`: whether the field was set.
+    ///
+    /// # Errors
+    /// As [`Keyspace::hset`].
+    pub fn hsetnx(
+        &mut self,
+        key: Bytes,
+        field: Bytes,
+        value: Bytes,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if self
+            .hash(&key, now_ms)?
+            .is_some_and(|h| h.contains_key(&field))
+        {
+            return Ok(false);
+        }
+        self.hset(key, vec![(field, value)], now_ms)?;
+        Ok(true)
+    }
+
+    /// `HGET`.
+    ///
+    /// # Errors
+    /// [`StoreError::WrongType`] for a string.
+    pub fn hget(
+        &mut self,
+        key: &[u8],
+        field: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.hash(key, now_ms)?.and_then(|h| h.get(field).cloned()))
+    }
+
+    /// `HGETALL` and the basis of `HKEYS`, `HVALS`, `HLEN`, `HMGET`, `HEXISTS`.
+    ///
+    /// # Errors
+    /// [`StoreError::WrongType`] for a string.
+    pub fn hgetall(&mut self, key: &[u8], now_ms: u64) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
+        Ok(self
+            .hash(key, now_ms)?
+            .map(|h| h.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    /// Runs `read` over the hash at `key` (empty when absent).
+    ///
+    /// # Errors
+    /// [`StoreError::WrongType`] for a string.
+    pub fn with_hash<T>(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+        read: impl FnOnce(Option<&IndexMap<Bytes, Bytes>>) -> T,
+    ) -> Result<T, StoreError> {
+        Ok(read(self.hash(key, now_ms)?))
+    }
+
+    /// `HDEL`: how many of the fields existed.
+    ///
+    /// # Errors
+    /// [`StoreError::WrongType`] for a string.
+    pub fn hdel(
+        &mut self,
+        key: Bytes,
+        fields: Vec<Bytes>,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let Some(hash) = self.hash(&key, now_ms)? else {
+            return Ok(0);
+        };
+        let present: Vec<Bytes> = fields
+            .into_iter()
+            .filter(|f| hash.contains_key(f))
+            .collect::<indexmap::IndexSet<_>>()
+            .into_iter()
+            .collect();
+        let removed = present.len();
+        if removed > 0 {
+            self.commit(key, Op::DeleteFields { fields: present }, now_ms);
+        }
+        Ok(removed)
+    }
+
+    /// `HINCRBY`.
+    ///
+    /// # Errors
+    /// A field that is not a 64-bit integer, overflow, a string, limits.
+    pub fn hincr_by(
+        &mut self,
+        key: Bytes,
+        field: Bytes,
+        delta: i64,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let current = match self.hash(&key, now_ms)?.and_then(|h| h.get(&field)) {
+            None => 0,
+            Some(value) => parse_i64(value).ok_or(StoreError::HashNotInteger)?,
+        };
+        let next = current.checked_add(delta).ok_or(StoreError::Overflow)?;
+        self.hset(key, vec![(field, Bytes::from(next.to_string()))], now_ms)?;
+        Ok(next)
+    }
+
+    // ----- maintenance -----
+
+    /// Removes up to `max` expired keys and forgets old tombstones; returns how many keys
+    /// expired.
+    pub fn sweep(&mut self, now_ms: u64, max: usize) -> usize {
+        let due: Vec<Bytes> = self
+            .expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(max)
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in &due {
+            self.expire_now(key);
+        }
+        if due.len() < max {
+            self.tombstones
+                .retain(|_, version| version.millis + TOMBSTONE_TTL_MS > now_ms);
+        }
+        due.len()
+    }
+}
+
+/// Parses a decimal 64-bit integer as Redis does: no spaces, no `+`, no leading zeros.
+pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+        || text == "-0"
+    {
+        return None;
+    }
+    text.parse().ok()
+}

@@ -1,0 +1,129 @@
+//! The session store: the keyspace behind a lock, with its clock and expiry sweeper.
+//!
+//! [`SessionStore`] is the one API every front end uses (RESP, HTTP, the demo app): it runs
+//! a command against the keyspace and hands back the mutations the command made, which is
+//! what replication ships to the partner.
+
+pub mod clock;
+mod glob;
+pub mod keyspace;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tandem_common::ops::Mutation;
+use tokio::task::JoinHandle;
+
+pub use self::clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use self::keyspace::{
+    Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError, Value,
+};
+
+/// How often expired keys are removed in the background (besides on access).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// Most keys expired per lock hold, so that a mass expiry does not stall commands.
+const SWEEP_BATCH: usize = 2_000;
+
+/// Shared handle to one agent's sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionStore {
+    keyspace: Arc<Mutex<Keyspace>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What a command returned, and the mutations it made.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    pub value: T,
+    pub mutations: Vec<Mutation>,
+}
+
+impl SessionStore {
+    pub fn new(node_id: &str, limits: Limits, clock: impl Clock) -> Self {
+        SessionStore {
+            keyspace: Arc::new(Mutex::new(Keyspace::new(node_id, limits))),
+            clock: Arc::new(clock),
+        }
+    }
+
+    /// Current time of the store's clock, in ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Runs one command atomically against the keyspace.
+    pub fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
+        let now_ms = self.clock.now_ms();
+        let mut keyspace = self.keyspace.lock();
+        let value = command(&mut keyspace, now_ms);
+        let mutations = keyspace.take_outbox();
+        drop(keyspace);
+        if !mutations.is_empty() {
+            metrics::counter!(names::MUTATIONS).increment(mutations.len() as u64);
+        }
+        Outcome { value, mutations }
+    }
+
+    /// Applies mutations made elsewhere (a partner's writes); returns how many were newer
+    /// than what the store held.
+    pub fn apply(&self, mutations: &[Mutation]) -> usize {
+        let mut keyspace = self.keyspace.lock();
+        mutations.iter().filter(|m| keyspace.apply(m)).count()
+    }
+
+    /// (keys, accounted bytes).
+    pub fn stats(&self) -> (usize, usize) {
+        let keyspace = self.keyspace.lock();
+        (keyspace.len(), keyspace.used_bytes())
+    }
+
+    /// Removes expired keys every 100 ms and keeps the store gauges current.
+    pub fn spawn_sweeper(&self) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                store.sweep_once();
+            }
+        })
+    }
+
+    /// One sweep pass: expires everything due, in batches.
+    pub fn sweep_once(&self) -> usize {
+        let mut total = 0;
+        loop {
+            let now_ms = self.clock.now_ms();
+            let expired = self.keyspace.lock().sweep(now_ms, SWEEP_BATCH);
+            total += expired;
+            if expired < SWEEP_BATCH {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        if total > 0 {
+            metrics::counter!(names::EXPIRED).increment(total as u64);
+        }
+        let (keys, bytes) = self.stats();
+        metrics::gauge!(names::KEYS).set(keys as f64);
+        metrics::gauge!(names::USED_BYTES).set(bytes as f64);
+        total
+    }
+}
+
+/// Metric names of the store.
+pub mod names {
+    /// Gauge: keys held.
+    pub const KEYS: &str = "tandem_store_keys";
+    /// Gauge: bytes accounted for sessions (compared against the memory limit).
+    pub const USED_BYTES: &str = "tandem_store_used_bytes";
+    /// Counter: mutations made by local writes.
+    pub const MUTATIONS: &str = "tandem_store_mutations_total";
+    /// Counter: keys removed because they expired.
+    pub const EXPIRED: &str = "tandem_store_expired_keys_total";
+}

@@ -1,0 +1,508 @@
+//! Store unit tests: command semantics, versions, limits, expiry on paused time.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_common::ops::{Mutation, Op};
+use tandem_common::version::Version;
+
+use super::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn b(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+fn store() -> (SessionStore, ManualClock) {
+    let clock = ManualClock::at(T0);
+    (
+        SessionStore::new("node-a", Limits::default(), clock.clone()),
+        clock,
+    )
+}
+
+fn set(store: &SessionStore, key: &str, value: &str, expiry: SetExpiry) -> Vec<Mutation> {
+    store
+        .run(|ks, now| {
+            ks.set(b(key), b(value), expiry, SetCondition::Always, false, now)
+                .unwrap()
+        })
+        .mutations
+}
+
+fn get(store: &SessionStore, key: &str) -> Option<Bytes> {
+    store
+        .run(|ks, now| ks.get(key.as_bytes(), now).unwrap())
+        .value
+}
+
+#[test]
+fn every_write_is_one_versioned_mutation() {
+    let (store, _) = store();
+    let first = set(&store, "k", "v1", SetExpiry::None);
+    let second = set(&store, "k", "v2", SetExpiry::At(T0 + 5_000));
+    assert_eq!(first.len(), 1);
+    assert_eq!(second.len(), 1);
+    assert!(second[0].version > first[0].version);
+    assert_eq!(
+        second[0].op,
+        Op::Set {
+            value: b("v2"),
+            expires_at_ms: Some(T0 + 5_000)
+        }
+    );
+    // Reads make no mutations.
+    assert!(store.run(|ks, now| ks.get(b"k", now)).mutations.is_empty());
+    // A write that changes nothing makes none either.
+    assert!(
+        store
+            .run(|ks, now| ks.delete(&[b("absent")], now))
+            .mutations
+            .is_empty()
+    );
+}
+
+#[test]
+fn mutations_replay_to_the_same_state_and_stale_ones_are_ignored() {
+    let (primary, _) = store();
+    let replica = SessionStore::new("node-b", Limits::default(), ManualClock::at(T0));
+    let mut log = Vec::new();
+    log.extend(set(&primary, "s", "1", SetExpiry::At(T0 + 60_000)));
+    log.extend(
+        primary
+            .run(|ks, now| {
+                ks.hset(b("h"), vec![(b("a"), b("1")), (b("b"), b("2"))], now)
+                    .unwrap()
+            })
+            .mutations,
+    );
+    log.extend(
+        primary
+            .run(|ks, now| ks.hdel(b("h"), vec![b("a")], now).unwrap())
+            .mutations,
+    );
+    log.extend(
+        primary
+            .run(|ks, now| ks.incr_by(b("n"), 5, now).unwrap())
+            .mutations,
+    );
+    log.extend(primary.run(|ks, now| ks.delete(&[b("n")], now)).mutations);
+    assert_eq!(replica.apply(&log), log.len());
+    // Applying everything again, or in reverse, changes nothing.
+    assert_eq!(replica.apply(&log), 0);
+    let reversed: Vec<Mutation> = log.iter().rev().cloned().collect();
+    assert_eq!(replica.apply(&reversed), 0);
+    for key in ["s", "h", "n"] {
+        let a = primary
+            .run(|ks, now| ks.entry(key.as_bytes(), now).cloned())
+            .value;
+        let b = replica
+            .run(|ks, now| ks.entry(key.as_bytes(), now).cloned())
+            .value;
+        assert_eq!(a, b, "{key}");
+    }
+    assert_eq!(
+        get(&replica, "n"),
+        None,
+        "a deleted key is not revived by its older set"
+    );
+}
+
+#[test]
+fn newest_version_wins_whichever_order_it_arrives_in() {
+    let old = Mutation {
+        key: b("k"),
+        version: Version {
+            millis: T0,
+            counter: 0,
+            node: 1,
+        },
+        op: Op::Set {
+            value: b("old"),
+            expires_at_ms: None,
+        },
+    };
+    let new = Mutation {
+        key: b("k"),
+        version: Version {
+            millis: T0,
+            counter: 0,
+            node: 2,
+        },
+        op: Op::Set {
+            value: b("new"),
+            expires_at_ms: None,
+        },
+    };
+    for order in [[&old, &new], [&new, &old]] {
+        let (store, _) = store();
+        for m in order {
+            store.apply(std::slice::from_ref(m));
+        }
+        assert_eq!(get(&store, "k"), Some(b("new")));
+    }
+}
+
+#[test]
+fn local_writes_after_a_newer_remote_one_order_after_it() {
+    let (store, _) = store();
+    let future = Version {
+        millis: T0 + 60_000,
+        counter: 9,
+        node: 99,
+    };
+    store.apply(&[Mutation {
+        key: b("k"),
+        version: future,
+        op: Op::Delete,
+    }]);
+    let written = set(&store, "k", "mine", SetExpiry::None);
+    assert!(written[0].version > future);
+    assert_eq!(get(&store, "k"), Some(b("mine")));
+}
+
+#[test]
+fn set_options() {
+    let (store, _) = store();
+    let run = |key: &str, value: &str, expiry, condition, get| {
+        store
+            .run(|ks, now| ks.set(b(key), b(value), expiry, condition, get, now))
+            .value
+    };
+    assert_eq!(
+        run("k", "1", SetExpiry::None, SetCondition::IfPresent, false),
+        Ok((false, None))
+    );
+    assert_eq!(
+        run(
+            "k",
+            "1",
+            SetExpiry::At(T0 + 1_000),
+            SetCondition::IfAbsent,
+            false
+        ),
+        Ok((true, None))
+    );
+    assert_eq!(
+        run("k", "2", SetExpiry::None, SetCondition::IfAbsent, true),
+        Ok((false, Some(b("1"))))
+    );
+    assert_eq!(
+        run("k", "3", SetExpiry::Keep, SetCondition::IfPresent, true),
+        Ok((true, Some(b("1"))))
+    );
+    assert_eq!(store.run(|ks, now| ks.pttl(b"k", now)).value, 1_000);
+    assert_eq!(
+        run("k", "4", SetExpiry::None, SetCondition::Always, false),
+        Ok((true, None))
+    );
+    assert_eq!(store.run(|ks, now| ks.pttl(b"k", now)).value, -1);
+    store.run(|ks, now| ks.hset(b("h"), vec![(b("f"), b("v"))], now).unwrap());
+    assert_eq!(
+        run("h", "x", SetExpiry::None, SetCondition::Always, true),
+        Err(StoreError::WrongType)
+    );
+    assert_eq!(
+        run("h", "x", SetExpiry::None, SetCondition::Always, false),
+        Ok((true, None))
+    );
+    assert_eq!(get(&store, "h"), Some(b("x")), "SET replaces a hash");
+    // A deadline in the past deletes.
+    assert_eq!(
+        run("h", "y", SetExpiry::At(T0 - 1), SetCondition::Always, false),
+        Ok((true, None))
+    );
+    assert_eq!(get(&store, "h"), None);
+}
+
+#[test]
+fn counters() {
+    let (store, _) = store();
+    let incr = |key: &str, by| store.run(|ks, now| ks.incr_by(b(key), by, now)).value;
+    assert_eq!(incr("n", 1), Ok(1));
+    assert_eq!(incr("n", -11), Ok(-10));
+    set(
+        &store,
+        "big",
+        &i64::MAX.to_string(),
+        SetExpiry::At(T0 + 10_000),
+    );
+    assert_eq!(incr("big", 1), Err(StoreError::Overflow));
+    assert_eq!(incr("big", -1), Ok(i64::MAX - 1));
+    assert_eq!(
+        store.run(|ks, now| ks.pttl(b"big", now)).value,
+        10_000,
+        "INCR keeps the TTL"
+    );
+    for bad in [
+        "x",
+        " 1",
+        "1 ",
+        "+1",
+        "01",
+        "-0",
+        "",
+        "99999999999999999999",
+    ] {
+        set(&store, "bad", bad, SetExpiry::None);
+        assert_eq!(incr("bad", 1), Err(StoreError::NotInteger), "{bad:?}");
+    }
+    let hincr = |by| {
+        store
+            .run(|ks, now| ks.hincr_by(b("h"), b("f"), by, now))
+            .value
+    };
+    assert_eq!(hincr(2), Ok(2));
+    assert_eq!(hincr(3), Ok(5));
+    store.run(|ks, now| ks.hset(b("h"), vec![(b("f"), b("x"))], now).unwrap());
+    assert_eq!(hincr(1), Err(StoreError::HashNotInteger));
+}
+
+#[test]
+fn hashes_keep_insertion_order_and_delete_empty_hashes() {
+    let (store, _) = store();
+    let added = store
+        .run(|ks, now| {
+            ks.hset(
+                b("h"),
+                vec![(b("z"), b("1")), (b("a"), b("2")), (b("z"), b("3"))],
+                now,
+            )
+        })
+        .value;
+    assert_eq!(added, Ok(2));
+    let all = store.run(|ks, now| ks.hgetall(b"h", now)).value.unwrap();
+    assert_eq!(all, vec![(b("z"), b("3")), (b("a"), b("2"))]);
+    assert_eq!(
+        store
+            .run(|ks, now| ks.hsetnx(b("h"), b("a"), b("9"), now))
+            .value,
+        Ok(false)
+    );
+    assert_eq!(
+        store
+            .run(|ks, now| ks.hdel(b("h"), vec![b("a"), b("a"), b("q")], now))
+            .value,
+        Ok(1)
+    );
+    assert_eq!(
+        store
+            .run(|ks, now| ks.hdel(b("h"), vec![b("z")], now))
+            .value,
+        Ok(1)
+    );
+    assert_eq!(store.run(|ks, now| ks.kind(b"h", now)).value, None);
+    set(&store, "s", "v", SetExpiry::None);
+    assert_eq!(
+        store.run(|ks, now| ks.hget(b"s", b"f", now)).value,
+        Err(StoreError::WrongType)
+    );
+    assert_eq!(
+        store
+            .run(|ks, now| ks.hset(b("s"), vec![(b("f"), b("v"))], now))
+            .value,
+        Err(StoreError::WrongType)
+    );
+}
+
+#[test]
+fn expire_conditions() {
+    let (store, _) = store();
+    set(&store, "k", "v", SetExpiry::None);
+    let expire = |at, cond| store.run(|ks, now| ks.expire(b("k"), at, cond, now)).value;
+    assert!(!expire(T0 + 5_000, ExpireCondition::IfSome));
+    assert!(
+        !expire(T0 + 5_000, ExpireCondition::IfLater),
+        "no expiry counts as infinite"
+    );
+    assert!(expire(T0 + 5_000, ExpireCondition::IfNone));
+    assert!(!expire(T0 + 9_000, ExpireCondition::IfNone));
+    assert!(!expire(T0 + 4_000, ExpireCondition::IfLater));
+    assert!(expire(T0 + 9_000, ExpireCondition::IfLater));
+    assert!(expire(T0 + 2_000, ExpireCondition::IfEarlier));
+    assert_eq!(store.run(|ks, now| ks.pttl(b"k", now)).value, 2_000);
+    assert!(store.run(|ks, now| ks.persist(b("k"), now)).value);
+    assert!(!store.run(|ks, now| ks.persist(b("k"), now)).value);
+    assert!(
+        expire(T0 - 1, ExpireCondition::Always),
+        "a past deadline deletes"
+    );
+    assert_eq!(store.run(|ks, now| ks.pttl(b"k", now)).value, -2);
+    assert!(
+        !expire(T0 + 1, ExpireCondition::Always),
+        "no key, nothing to expire"
+    );
+}
+
+#[test]
+fn expired_keys_are_never_returned() {
+    let (store, clock) = store();
+    set(&store, "k", "v", SetExpiry::At(T0 + 1_000));
+    store.run(|ks, now| ks.hset(b("h"), vec![(b("f"), b("v"))], now).unwrap());
+    store.run(|ks, now| ks.expire(b("h"), T0 + 1_000, ExpireCondition::Always, now));
+    clock.advance(999);
+    assert_eq!(get(&store, "k"), Some(b("v")));
+    clock.advance(1);
+    assert_eq!(get(&store, "k"), None);
+    assert_eq!(store.run(|ks, now| ks.hgetall(b"h", now)).value, Ok(vec![]));
+    assert_eq!(
+        store.run(|ks, now| ks.exists(&[b("k"), b("h")], now)).value,
+        0
+    );
+    assert!(store.run(|ks, now| ks.keys(b"*", now)).value.is_empty());
+    assert_eq!(
+        store.run(|ks, now| ks.scan(0, None, 10, None, now)).value,
+        (0, vec![])
+    );
+    // Expiry by time is not a write: nothing to replicate.
+    assert!(store.run(|ks, now| ks.get(b"k", now)).mutations.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_removes_expired_keys_without_access() {
+    let store = SessionStore::new("node-a", Limits::default(), TokioClock::starting_at(T0));
+    for i in 0..5_000 {
+        let key = format!("k{i}");
+        store.run(|ks, now| {
+            let ttl = if i % 2 == 0 { 1_000 } else { 60_000 };
+            ks.set(
+                b(&key),
+                b("v"),
+                SetExpiry::At(now + ttl),
+                SetCondition::Always,
+                false,
+                now,
+            )
+            .unwrap()
+        });
+    }
+    let sweeper = store.spawn_sweeper();
+    assert_eq!(store.stats().0, 5_000);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        store.stats().0,
+        2_500,
+        "half expired after 1 s, removed in the background"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        store.stats(),
+        (0, 0),
+        "all gone, memory accounted back to zero"
+    );
+    sweeper.abort();
+}
+
+#[test]
+fn limits_refuse_writes_and_evict_nothing() {
+    let set_size = |store: &SessionStore, key: &str, size: usize| {
+        store
+            .run(|ks, now| {
+                let value = Bytes::from(vec![b'x'; size]);
+                ks.set(
+                    b(key),
+                    value,
+                    SetExpiry::None,
+                    SetCondition::Always,
+                    false,
+                    now,
+                )
+            })
+            .value
+            .map(|_| ())
+    };
+
+    let limits = Limits {
+        max_value_bytes: 100,
+        max_memory_bytes: usize::MAX,
+        max_keys: 5,
+    };
+    let store = SessionStore::new("node-a", limits, ManualClock::at(T0));
+    let too_large = set_size(&store, "big", 101);
+    assert_eq!(
+        too_large,
+        Err(StoreError::TooLarge {
+            what: "value",
+            size: 101,
+            max: 100
+        })
+    );
+    for i in 0..5 {
+        set_size(&store, &format!("k{i}"), 10).unwrap();
+    }
+    assert_eq!(
+        set_size(&store, "k5", 10),
+        Err(StoreError::TooManyKeys { max: 5 })
+    );
+    set_size(&store, "k0", 20).unwrap(); // overwriting is not a new key
+    let field = store
+        .run(|ks, now| ks.hset(b("h"), vec![(Bytes::from(vec![b'f'; 101]), b("v"))], now))
+        .value;
+    assert!(
+        matches!(field, Err(StoreError::TooLarge { what: "field", .. })),
+        "{field:?}"
+    );
+
+    let limits = Limits {
+        max_value_bytes: 100,
+        max_memory_bytes: 1_000,
+        max_keys: usize::MAX,
+    };
+    let store = SessionStore::new("node-a", limits, ManualClock::at(T0));
+    set_size(&store, "first", 20).unwrap();
+    let mut written = 0;
+    let refused = loop {
+        match set_size(&store, &format!("m{written}"), 100) {
+            Ok(()) => written += 1,
+            Err(err) => break err,
+        }
+        assert!(written < 100, "the memory limit never applied");
+    };
+    assert_eq!(
+        refused,
+        Err::<(), _>(StoreError::OutOfMemory { max: 1_000 }).unwrap_err()
+    );
+    let (keys, used) = store.stats();
+    assert!(used <= 1_000, "{used}");
+    assert_eq!(keys, written + 1, "nothing was evicted");
+    assert_eq!(get(&store, "first").map(|v| v.len()), Some(20));
+    // Deleting frees room again.
+    store.run(|ks, now| ks.delete(&[b("m0")], now));
+    set_size(&store, "again", 100).unwrap();
+}
+
+#[test]
+fn scan_visits_every_key_once_across_calls() {
+    let (store, _) = store();
+    for i in 0..3_000 {
+        set(&store, &format!("session:{i}"), "v", SetExpiry::None);
+    }
+    store.run(|ks, now| ks.hset(b("hash:1"), vec![(b("f"), b("v"))], now).unwrap());
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = 0;
+    let mut calls = 0;
+    loop {
+        let (next, keys) = store
+            .run(|ks, now| ks.scan(cursor, Some(b"session:*"), 100, None, now))
+            .value;
+        for key in keys {
+            assert!(seen.insert(key), "a key returned twice");
+        }
+        calls += 1;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3_000);
+    assert!(calls > 10, "COUNT bounds the work per call ({calls} calls)");
+    let (_, hashes) = store
+        .run(|ks, now| ks.scan(0, None, 100_000, Some(b"hash"), now))
+        .value;
+    assert_eq!(hashes, vec![b("hash:1")]);
+    assert_eq!(
+        store.run(|ks, now| ks.keys(b"hash:*", now)).value,
+        vec![b("hash:1")]
+    );
+}
