@@ -459,10 +459,7 @@ fn limits_refuse_writes_and_evict_nothing() {
         }
         assert!(written < 100, "the memory limit never applied");
     };
-    assert_eq!(
-        refused,
-        Err::<(), _>(StoreError::OutOfMemory { max: 1_000 }).unwrap_err()
-    );
+    assert_eq!(refused, StoreError::OutOfMemory { max: 1_000 });
     let (keys, used) = store.stats();
     assert!(used <= 1_000, "{used}");
     assert_eq!(keys, written + 1, "nothing was evicted");
