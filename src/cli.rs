@@ -88,6 +88,24 @@ pub struct AgentArgs {
     /// URL balancers send this node's users to, e.g. http://10.0.0.5:8000.
     #[arg(long, env = "TANDEM_APP_URL", value_name = "URL")]
     pub app_url: Option<String>,
+    /// Redis-protocol endpoint for the app [default: 127.0.0.1:6380].
+    #[arg(long, env = "TANDEM_RESP_ADDR", value_name = "ADDR")]
+    pub resp_addr: Option<SocketAddr>,
+    /// HTTP session API for the app [default: 127.0.0.1:7950].
+    #[arg(long, env = "TANDEM_API_ADDR", value_name = "ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Serve the built-in demo app on HOST:PORT and send this node's users to it.
+    #[arg(long, env = "TANDEM_DEMO_APP", value_name = "HOST:PORT")]
+    pub demo_app: Option<SocketAddr>,
+    /// Largest key, value or hash field, in bytes [default: 1048576].
+    #[arg(long, env = "TANDEM_MAX_VALUE_BYTES", value_name = "BYTES")]
+    pub max_value_bytes: Option<u64>,
+    /// Memory for sessions, in bytes; writes past it are refused [default: 1/4 of RAM].
+    #[arg(long, env = "TANDEM_MAX_MEMORY_BYTES", value_name = "BYTES")]
+    pub max_memory_bytes: Option<u64>,
+    /// Most keys held [default: 50000000].
+    #[arg(long, env = "TANDEM_MAX_KEYS", value_name = "N")]
+    pub max_keys: Option<u64>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -179,6 +197,24 @@ impl AgentArgs {
         self.node.apply(&mut config.node);
         if self.app_url.is_some() {
             config.app_url = self.app_url;
+        }
+        if let Some(addr) = self.resp_addr {
+            config.resp_addr = addr;
+        }
+        if let Some(addr) = self.api_addr {
+            config.api_addr = addr;
+        }
+        if self.demo_app.is_some() {
+            config.demo_app = self.demo_app;
+        }
+        if let Some(bytes) = self.max_value_bytes {
+            config.max_value_bytes = bytes;
+        }
+        if self.max_memory_bytes.is_some() {
+            config.max_memory_bytes = self.max_memory_bytes;
+        }
+        if let Some(keys) = self.max_keys {
+            config.max_keys = keys;
         }
     }
 }

@@ -23,7 +23,11 @@ struct DemoNode {
     role: &'static str,
     gossip: SocketAddr,
     admin: SocketAddr,
+    /// Balancers: where users connect. Agents: the demo app.
     listen: Option<SocketAddr>,
+    /// Agents: the Redis-protocol and HTTP session endpoints.
+    resp: Option<SocketAddr>,
+    api: Option<SocketAddr>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -54,11 +58,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (role, i) in roles {
         let gossip = free_udp()?;
         let admin = free_tcp()?;
-        let listen = if role == "balancer" {
-            Some(free_tcp()?)
+        let listen = free_tcp()?;
+        let (resp, api) = if role == "agent" {
+            (Some(free_tcp()?), Some(free_tcp()?))
         } else {
-            None
+            (None, None)
         };
+        let addr = |l: &Option<TcpListener>| l.as_ref().map(TcpListener::local_addr).transpose();
         let name = format!("{role}-{i}");
         nodes.push(DemoNode {
             log: dir.join(format!("{name}.log")),
@@ -66,11 +72,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             role,
             gossip: gossip.local_addr()?,
             admin: admin.local_addr()?,
-            listen: listen.as_ref().map(TcpListener::local_addr).transpose()?,
+            listen: Some(listen.local_addr()?),
+            resp: addr(&resp)?,
+            api: addr(&api)?,
             child: None,
         });
         reserved_udp.push(gossip);
-        reserved_tcp.extend([Some(admin), listen].into_iter().flatten());
+        reserved_tcp.extend([Some(admin), Some(listen), resp, api].into_iter().flatten());
     }
     let seeds: Vec<String> = nodes
         .iter()
@@ -96,8 +104,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        if let Some(listen) = node.listen {
-            command.args(["--listen", &listen.to_string()]);
+        match (node.role, node.listen) {
+            ("agent", Some(app)) => command.args(["--demo-app", &app.to_string()]),
+            (_, Some(listen)) => command.args(["--listen", &listen.to_string()]),
+            _ => &mut command,
+        };
+        if let (Some(resp), Some(api)) = (node.resp, node.api) {
+            command.args([
+                "--resp-addr",
+                &resp.to_string(),
+                "--api-addr",
+                &api.to_string(),
+            ]);
         }
         // SAFETY: set_pdeathsig only makes a syscall; it allocates nothing and takes no lock.
         unsafe {
@@ -113,21 +131,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     println!(
-        "tandem demo: {} agents, {} balancers on loopback\n",
+        "tandem demo: {} agent(s) and {} balancer(s) on loopback\n",
         args.agents, args.balancers
     );
     println!(
-        "{:<12} {:<22} {:<22} {:<22}",
-        "NODE", "GOSSIP (udp)", "ADMIN (http)", "LISTEN (http)"
+        "{:<12} {:<28} {:<28} {:<17} GOSSIP (udp)",
+        "NODE", "ADMIN", "APP / LISTEN", "RESP"
     );
     for node in &nodes {
-        let listen = node.listen.map_or("-".to_string(), |addr| addr.to_string());
+        let url =
+            |addr: Option<SocketAddr>| addr.map_or("-".to_string(), |a| format!("http://{a}"));
+        let resp = node.resp.map_or("-".to_string(), |a| a.to_string());
         println!(
-            "{:<12} {:<22} {:<22} {:<22}",
+            "{:<12} {:<28} {:<28} {:<17} {}",
             node.name,
-            node.gossip,
-            format!("http://{}", node.admin),
-            listen
+            url(Some(node.admin)),
+            url(node.listen),
+            resp,
+            node.gossip
         );
     }
     println!("\nlogs: {}", dir.display());
@@ -137,6 +158,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|n| n.admin)
         .context("the demo has no nodes")?;
     wait_until_formed(admin, nodes.len()).await;
+    if let Some(app) = nodes
+        .iter()
+        .find(|n| n.role == "agent")
+        .and_then(|n| n.listen)
+    {
+        println!(
+            "try it:  open http://{app}/ (a demo app; a balancer in front of them comes next)"
+        );
+    }
+    if let Some(resp) = nodes.iter().find_map(|n| n.resp) {
+        println!("store:   redis-cli -p {} ping", resp.port());
+    }
     println!("see it:  tandem members --admin http://{admin}");
     println!("stop it: Ctrl-C (or kill -TERM {})\n", std::process::id());
 

@@ -44,7 +44,9 @@ fn configuration_errors_exit_1_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let admin = support::free_tcp_addr().to_string();
     let gossip = support::free_udp_addr().to_string();
-    let base = ["agent", "--admin-addr", &admin, "--gossip-addr", &gossip];
+    let endpoints = support::agent_endpoint_args();
+    let mut base = vec!["agent", "--admin-addr", &admin, "--gossip-addr", &gossip];
+    base.extend(endpoints.iter().map(String::as_str));
 
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (

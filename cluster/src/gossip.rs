@@ -139,6 +139,11 @@ impl GossipNode {
         &self.inner.self_id.node_id
     }
 
+    /// The gossip address other nodes reach this node at (its IP is the node's address).
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.inner.self_id.gossip_advertise_addr
+    }
+
     pub fn generation(&self) -> u64 {
         self.inner.self_id.generation_id
     }

@@ -37,6 +37,12 @@ pub enum StartError {
     Signal(std::io::Error),
 }
 
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here, not in the caller's task.
+    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+}
+
 /// A started process: in the cluster, serving its admin endpoint.
 pub struct NodeRuntime {
     pub gossip: GossipNode,
@@ -104,9 +110,7 @@ impl NodeRuntime {
         let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
         let admin_shutdown = {
             let mut rx = shutdown_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
+            async move { stopped(&mut rx).await }
         };
         let admin_task = tokio::spawn(admin.serve(gossip.clone(), prometheus, admin_shutdown));
         info!(admin = %admin_addr, "admin endpoint listening");
@@ -117,7 +121,7 @@ impl NodeRuntime {
             tokio::select! {
                 _ = terminate.recv() => info!("SIGTERM received"),
                 _ = interrupt.recv() => info!("SIGINT received"),
-                _ = shutdown_rx.wait_for(|stop| *stop) => return,
+                _ = stopped(&mut shutdown_rx) => return,
             }
             let _ = signal_tx.send(true);
         });
@@ -138,8 +142,7 @@ impl NodeRuntime {
 
     /// Runs until SIGTERM or SIGINT, then leaves the cluster gracefully.
     pub async fn run_until_stopped(self) {
-        let mut stopping = self.stopping();
-        let _ = stopping.wait_for(|stop| *stop).await;
+        stopped(&mut self.stopping()).await;
         self.gossip.leave().await;
         self.watch_task.abort();
         match self.admin_task.await {

@@ -99,14 +99,47 @@ impl Default for NodeConfig {
     }
 }
 
+/// Default TCP port of the agent's Redis-protocol endpoint.
+pub const DEFAULT_RESP_PORT: u16 = 6380;
+/// Default TCP port of the agent's HTTP session API.
+pub const DEFAULT_API_PORT: u16 = 7950;
+
 /// Configuration of `tandem agent`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentConfig {
     #[serde(flatten)]
     pub node: NodeConfig,
     /// URL balancers send this node's users to, e.g. `http://10.0.0.5:8000`.
     pub app_url: Option<String>,
+    /// Redis-protocol endpoint for the app. Default `127.0.0.1:6380` (local apps only).
+    pub resp_addr: SocketAddr,
+    /// HTTP session API for the app. Default `127.0.0.1:7950` (local apps only).
+    pub api_addr: SocketAddr,
+    /// Serve the built-in demo app here (and send this node's users to it).
+    pub demo_app: Option<SocketAddr>,
+    /// Largest key, value, hash field or field value, in bytes. Default 1 MiB.
+    pub max_value_bytes: u64,
+    /// Memory for sessions, in bytes; writes past it fail with Redis' OOM error and nothing
+    /// is evicted. Default: a quarter of the host's memory.
+    pub max_memory_bytes: Option<u64>,
+    /// Most keys held. Default 50,000,000.
+    pub max_keys: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node: NodeConfig::default(),
+            app_url: None,
+            resp_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_RESP_PORT)),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            demo_app: None,
+            max_value_bytes: 1 << 20,
+            max_memory_bytes: None,
+            max_keys: 50_000_000,
+        }
+    }
 }
 
 /// Configuration of `tandem balancer`.

@@ -21,6 +21,17 @@ pub fn tandem() -> Command {
     command
 }
 
+/// Free loopback ports for an agent's RESP and HTTP API endpoints (their defaults are fixed
+/// ports, which parallel tests would share).
+pub fn agent_endpoint_args() -> Vec<String> {
+    vec![
+        "--resp-addr".into(),
+        free_tcp_addr().to_string(),
+        "--api-addr".into(),
+        free_tcp_addr().to_string(),
+    ]
+}
+
 pub fn free_udp_addr() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -75,6 +86,8 @@ impl Node {
         }
         if role == "balancer" {
             args.extend(["--listen".into(), free_tcp_addr().to_string()]);
+        } else {
+            args.extend(agent_endpoint_args());
         }
         let mut node = Node {
             name: name.into(),

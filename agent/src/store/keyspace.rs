@@ -195,6 +195,11 @@ impl Keyspace {
         self.len == 0
     }
 
+    /// How many keys have an expiry.
+    pub fn expiring(&self) -> usize {
+        self.expiries.len()
+    }
+
     pub fn used_bytes(&self) -> usize {
         self.used_bytes
     }
@@ -474,6 +479,39 @@ impl Keyspace {
             now_ms,
         );
         Ok((true, previous))
+    }
+
+    /// `MSET`: all keys or none (limits are checked before anything is written).
+    ///
+    /// # Errors
+    /// Size, key and memory limits.
+    pub fn mset(&mut self, pairs: Vec<(Bytes, Bytes)>, now_ms: u64) -> Result<(), StoreError> {
+        let mut growth = 0usize;
+        let mut new_keys = 0;
+        for (key, value) in &pairs {
+            self.check_size("key", key)?;
+            self.check_size("value", value)?;
+            let old = self.entry(key, now_ms).map(|e| e.size(key));
+            new_keys += usize::from(old.is_none());
+            growth += (KEY_OVERHEAD + key.len() + value.len()).saturating_sub(old.unwrap_or(0));
+        }
+        if new_keys > 0 && self.len + new_keys > self.limits.max_keys {
+            return Err(StoreError::TooManyKeys {
+                max: self.limits.max_keys,
+            });
+        }
+        self.check_room(growth, false)?;
+        for (key, value) in pairs {
+            self.commit(
+                key,
+                Op::Set {
+                    value,
+                    expires_at_ms: None,
+                },
+                now_ms,
+            );
+        }
+        Ok(())
     }
 
     /// `GETDEL`.

@@ -6,6 +6,7 @@
 
 pub mod clock;
 mod glob;
+pub use self::glob::glob_match;
 pub mod keyspace;
 
 #[cfg(test)]

@@ -1,0 +1,180 @@
+//! Connection commands: PING ECHO QUIT AUTH HELLO SELECT CLIENT.
+
+use bytes::Bytes;
+
+use super::{CmdError, CmdResult, Ctx};
+use crate::resp::parse::{Args, is, parse_int};
+use crate::resp::reply::Reply;
+
+pub fn ping(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    match args.remaining() {
+        0 => Ok(Reply::Simple("PONG")),
+        1 => Ok(Reply::Bulk(args.arg()?)),
+        _ => Err(CmdError::Arity("ping")),
+    }
+}
+
+pub fn echo(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    Ok(Reply::Bulk(args.arg()?))
+}
+
+pub fn quit(ctx: &mut Ctx<'_>, _: &mut Args) -> CmdResult {
+    ctx.session.quit = true;
+    Ok(Reply::OK)
+}
+
+pub fn auth(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    match args.remaining() {
+        1 => Err(CmdError::Other(
+            "ERR AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?"
+                .into(),
+        )),
+        2 => Err(CmdError::Other(
+            "WRONGPASS invalid username-password pair or user is disabled.".into(),
+        )),
+        _ => Err(CmdError::Syntax),
+    }
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`.
+pub fn hello(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    let mut protocol = ctx.session.protocol;
+    if let Some(version) = args.arg_opt() {
+        protocol = match parse_int(&version) {
+            Ok(2) => 2,
+            Ok(3) => 3,
+            Ok(_) => {
+                return Err(CmdError::Other(
+                    "NOPROTO unsupported protocol version".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(CmdError::Other(
+                    "ERR Protocol version is not an integer or out of range".into(),
+                ));
+            }
+        };
+    }
+    let mut name = None;
+    while let Some(option) = args.arg_opt() {
+        if is(&option, "AUTH") {
+            let (_user, _password) = (args.arg()?, args.arg()?);
+            return Err(CmdError::Other(
+                "WRONGPASS invalid username-password pair or user is disabled.".into(),
+            ));
+        } else if is(&option, "SETNAME") {
+            name = Some(valid_client_name(args.arg()?)?);
+        } else {
+            return Err(CmdError::Other(format!(
+                "ERR Syntax error in HELLO option '{}'",
+                super::sanitize(&option)
+            )));
+        }
+    }
+    ctx.session.protocol = protocol;
+    if let Some(name) = name {
+        ctx.session.name = name;
+    }
+    ctx.clients.update(ctx.session);
+    Ok(Reply::Map(vec![
+        (Reply::text("server"), Reply::text("redis")),
+        (
+            Reply::text("version"),
+            Reply::text(super::server::REDIS_VERSION),
+        ),
+        (Reply::text("proto"), Reply::Int(i64::from(protocol))),
+        (Reply::text("id"), Reply::Int(ctx.session.id as i64)),
+        (Reply::text("mode"), Reply::text("standalone")),
+        (Reply::text("role"), Reply::text("master")),
+        (Reply::text("modules"), Reply::Array(vec![])),
+    ]))
+}
+
+/// Only database 0 exists: sessions are one keyspace.
+pub fn select(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    match args.next_i64()? {
+        0 => Ok(Reply::OK),
+        _ => Err(CmdError::Other("ERR DB index is out of range".into())),
+    }
+}
+
+/// `CLIENT SETNAME|GETNAME|ID|SETINFO|INFO|LIST`.
+pub fn client(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    let sub = args.arg()?;
+    let sub_lower = String::from_utf8_lossy(&sub).to_ascii_lowercase();
+    let arity = |expected: usize, name: &'static str, args: &Args| {
+        if args.remaining() == expected {
+            Ok(())
+        } else {
+            Err(CmdError::Arity(name))
+        }
+    };
+    match sub_lower.as_str() {
+        "setname" => {
+            arity(1, "client|setname", args)?;
+            ctx.session.name = valid_client_name(args.arg()?)?;
+            ctx.clients.update(ctx.session);
+            Ok(Reply::OK)
+        }
+        "getname" => {
+            arity(0, "client|getname", args)?;
+            Ok(Reply::bulk_or_nil(ctx.session.name.clone()))
+        }
+        "id" => {
+            arity(0, "client|id", args)?;
+            Ok(Reply::Int(ctx.session.id as i64))
+        }
+        "setinfo" => {
+            arity(2, "client|setinfo", args)?;
+            let (attribute, value) = (args.arg()?, args.arg()?);
+            if value
+                .iter()
+                .any(|b| *b == b' ' || *b == b'\n' || *b < 0x21 || *b > 0x7e)
+            {
+                return Err(CmdError::Other(format!(
+                    "ERR {} cannot contain spaces, newlines or special characters.",
+                    String::from_utf8_lossy(&attribute).to_ascii_lowercase()
+                )));
+            }
+            if is(&attribute, "LIB-NAME") {
+                ctx.session.lib_name = Some(value);
+            } else if is(&attribute, "LIB-VER") {
+                ctx.session.lib_ver = Some(value);
+            } else {
+                return Err(CmdError::Other(format!(
+                    "ERR Unrecognized option '{}'",
+                    super::sanitize(&attribute)
+                )));
+            }
+            ctx.clients.update(ctx.session);
+            Ok(Reply::OK)
+        }
+        "info" => {
+            arity(0, "client|info", args)?;
+            ctx.session.last_command = "client|info";
+            Ok(Reply::bulk(format!("{}\n", ctx.session.describe())))
+        }
+        "list" => {
+            ctx.session.last_command = "client|list";
+            Ok(Reply::bulk(ctx.clients.list(ctx.session)))
+        }
+        _ => Err(CmdError::Other(format!(
+            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            super::sanitize(&sub)
+        ))),
+    }
+}
+
+/// Client names are printable ASCII without spaces; an empty name clears it.
+fn valid_client_name(name: Bytes) -> Result<Option<Bytes>, CmdError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.iter().any(|b| *b < b'!' || *b > b'~') {
+        return Err(CmdError::Other(
+            "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+        ));
+    }
+    Ok(Some(name))
+}

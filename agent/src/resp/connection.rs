@@ -1,0 +1,356 @@
+//! One client connection: bytes in, requests out; replies in, bytes out.
+//!
+//! Requests are RESP arrays of bulk strings (decoded by `redis-protocol`) or inline
+//! commands (a line of words, as typed into telnet). Every complete request in the buffer
+//! is executed before replies are written, so a pipeline costs one write.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::{BytesFrame, Resp2Frame};
+use tandem_common::ops::Mutation;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::clients::{ClientSession, Clients};
+use super::cmd::{Ctx, execute};
+use super::reply::Reply;
+use super::{RespLimits, names};
+use crate::store::SessionStore;
+
+/// Redis' limit on the element count of one request.
+const MAX_ARRAY_LEN: usize = 1024 * 1024;
+/// Redis' limit on an inline request line.
+const MAX_INLINE_LEN: usize = 64 * 1024;
+
+/// Input that is not a valid request; the connection is answered and closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+fn protocol_error(text: impl Into<String>) -> ProtocolError {
+    ProtocolError(text.into())
+}
+
+/// Takes the next complete request off the front of `buf`: `Ok(None)` when more bytes are
+/// needed, `Ok(Some(vec![]))` for an empty request (ignored, as Redis does).
+///
+/// # Errors
+/// [`ProtocolError`] for malformed input or declared lengths past the limits.
+pub fn next_request(
+    buf: &mut BytesMut,
+    limits: &RespLimits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != b'*' {
+        return inline_request(buf);
+    }
+    check_declared_lengths(buf, limits)?;
+    match redis_protocol::resp2::decode::decode_bytes_mut(buf) {
+        Ok(Some((frame, _, _))) => frame_to_args(frame).map(Some),
+        Ok(None) if buf.len() > limits.max_request_bytes => Err(protocol_error(format!(
+            "request larger than {} bytes",
+            limits.max_request_bytes
+        ))),
+        Ok(None) => Ok(None),
+        Err(err) => Err(protocol_error(err.details().to_string())),
+    }
+}
+
+fn frame_to_args(frame: BytesFrame) -> Result<Vec<Bytes>, ProtocolError> {
+    match frame {
+        BytesFrame::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                BytesFrame::BulkString(bytes) => Ok(bytes),
+                other => Err(protocol_error(format!(
+                    "expected '$', got '{}'",
+                    char::from(other.kind().to_byte())
+                ))),
+            })
+            .collect(),
+        // `*-1` and `*0` are empty requests.
+        BytesFrame::Null => Ok(Vec::new()),
+        _ => Err(protocol_error("expected an array")),
+    }
+}
+
+/// Validates the `*<count>` and `$<len>` headers present so far, before the payload
+/// arrives, so a client cannot make the agent buffer past the limits.
+fn check_declared_lengths(buf: &[u8], limits: &RespLimits) -> Result<(), ProtocolError> {
+    let mut pos = 0;
+    let Some(count) = header_number(buf, &mut pos, "invalid multibulk length")? else {
+        return Ok(());
+    };
+    if count > MAX_ARRAY_LEN as i64 {
+        return Err(protocol_error("invalid multibulk length"));
+    }
+    for _ in 0..count.max(0) {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(());
+        };
+        if kind != b'$' {
+            return Err(protocol_error(format!(
+                "expected '$', got '{}'",
+                char::from(kind)
+            )));
+        }
+        let Some(len) = header_number(buf, &mut pos, "invalid bulk length")? else {
+            return Ok(());
+        };
+        if len < 0 || len as usize > limits.max_bulk_bytes {
+            return Err(protocol_error("invalid bulk length"));
+        }
+        pos += len as usize + 2;
+    }
+    Ok(())
+}
+
+/// Reads `<prefix><decimal>\r\n` at `pos`, advancing past it; `None` if incomplete.
+fn header_number(buf: &[u8], pos: &mut usize, error: &str) -> Result<Option<i64>, ProtocolError> {
+    let start = *pos + 1;
+    if start > buf.len() {
+        return Ok(None);
+    }
+    let window = &buf[start..buf.len().min(start + 24)];
+    let Some(end) = window.iter().position(|&b| b == b'\r') else {
+        if window.len() >= 24 {
+            return Err(protocol_error(error));
+        }
+        return Ok(None);
+    };
+    if start + end + 1 >= buf.len() {
+        return Ok(None);
+    }
+    let number = std::str::from_utf8(&window[..end])
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| protocol_error(error))?;
+    *pos = start + end + 2;
+    Ok(Some(number))
+}
+
+fn inline_request(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let Some(newline) = buf.iter().take(MAX_INLINE_LEN).position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_INLINE_LEN {
+            return Err(protocol_error("too big inline request"));
+        }
+        return Ok(None);
+    };
+    let line = buf.split_to(newline + 1).freeze();
+    let text = line.slice(..newline);
+    let text = text.strip_suffix(b"\r").unwrap_or(&text);
+    Ok(Some(
+        text.split(|b| b.is_ascii_whitespace())
+            .filter(|word| !word.is_empty())
+            .map(|word| line.slice_ref(word))
+            .collect(),
+    ))
+}
+
+/// Serves one client until it quits, disconnects or sends something malformed.
+pub async fn serve(
+    mut stream: TcpStream,
+    store: SessionStore,
+    clients: Clients,
+    limits: RespLimits,
+) {
+    let (Ok(addr), Ok(laddr)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut session = clients.connect(addr, laddr);
+    debug!(client = session.id, %addr, "RESP client connected");
+    metrics::gauge!(names::CONNECTIONS).increment(1.0);
+    let result = run(&mut stream, &store, &clients, &mut session, &limits).await;
+    metrics::gauge!(names::CONNECTIONS).decrement(1.0);
+    clients.disconnect(session.id);
+    match result {
+        Ok(()) => debug!(client = session.id, "RESP client disconnected"),
+        Err(ConnectionEnd::Protocol(err)) => {
+            metrics::counter!(names::PROTOCOL_ERRORS).increment(1);
+            warn!(client = session.id, %addr, error = %err, "closing RESP connection");
+        }
+        Err(ConnectionEnd::Io(err)) => {
+            debug!(client = session.id, %addr, error = %err, "RESP connection failed");
+        }
+    }
+}
+
+enum ConnectionEnd {
+    Protocol(ProtocolError),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ConnectionEnd {
+    fn from(err: std::io::Error) -> Self {
+        ConnectionEnd::Io(err)
+    }
+}
+
+async fn run(
+    stream: &mut TcpStream,
+    store: &SessionStore,
+    clients: &Clients,
+    session: &mut ClientSession,
+    limits: &RespLimits,
+) -> Result<(), ConnectionEnd> {
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    let mut mutations: Vec<Mutation> = Vec::new();
+    loop {
+        let mut failure = None;
+        let mut commands = 0u64;
+        loop {
+            match next_request(&mut input, limits) {
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => {
+                    commands += 1;
+                    let mut ctx = Ctx {
+                        store,
+                        session,
+                        clients,
+                        mutations: &mut mutations,
+                    };
+                    let reply = execute(&mut ctx, args);
+                    reply.encode(session.protocol, &mut output);
+                    if session.quit {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    Reply::Error(format!("ERR {err}")).encode(session.protocol, &mut output);
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        if commands > 0 {
+            metrics::counter!(names::COMMANDS).increment(commands);
+        }
+        // The batch's writes are applied locally; replication of `mutations` hooks in here.
+        mutations.clear();
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
+        }
+        if let Some(err) = failure {
+            return Err(ConnectionEnd::Protocol(err));
+        }
+        if session.quit {
+            return Ok(());
+        }
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 * 1024);
+        }
+        if stream.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> RespLimits {
+        RespLimits {
+            max_bulk_bytes: 1_000,
+            max_request_bytes: 10_000,
+        }
+    }
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut requests = Vec::new();
+        while let Some(args) = next_request(&mut buf, &limits())? {
+            requests.push(args);
+        }
+        assert!(buf.is_empty(), "left over: {buf:?}");
+        Ok(requests)
+    }
+
+    fn words(request: &[Bytes]) -> Vec<&[u8]> {
+        request.iter().map(|b| b.as_ref()).collect()
+    }
+
+    #[test]
+    fn pipelined_multibulk_and_inline_requests() {
+        let requests =
+            parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n  set  a  b \n*0\r\n").unwrap();
+        assert_eq!(requests.len(), 4);
+        assert_eq!(words(&requests[0]), [&b"GET"[..], b"k"]);
+        assert_eq!(words(&requests[1]), [&b"PING"[..]]);
+        assert_eq!(words(&requests[2]), [&b"set"[..], b"a", b"b"]);
+        assert!(requests[3].is_empty());
+    }
+
+    #[test]
+    fn a_request_split_at_every_byte_is_decoded_once_complete() {
+        let request = b"*3\r\n$3\r\nSET\r\n$5\r\nkey:1\r\n$10\r\n0123456789\r\n";
+        for split in 1..request.len() {
+            let mut buf = BytesMut::from(&request[..split]);
+            assert_eq!(
+                next_request(&mut buf, &limits()),
+                Ok(None),
+                "split at {split}"
+            );
+            buf.extend_from_slice(&request[split..]);
+            let args = next_request(&mut buf, &limits()).unwrap().unwrap();
+            assert_eq!(words(&args), [&b"SET"[..], b"key:1", b"0123456789"]);
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_and_oversized_input_is_rejected_early() {
+        let table: &[(&[u8], &str)] = &[
+            (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
+            (b"*1\r\n$1001\r\n", "invalid bulk length"),
+            (b"*1\r\n$-5\r\n", "invalid bulk length"),
+            (b"*1\r\n$abc\r\n", "invalid bulk length"),
+            (b"*99999999999\r\n", "invalid multibulk length"),
+            (b"*x\r\n", "invalid multibulk length"),
+            (
+                b"*123456789012345678901234567890",
+                "invalid multibulk length",
+            ),
+            (b"*1\r\n:5\r\n", "expected '$', got ':'"),
+            (b"*2\r\n$1\r\na\r\n+b\r\n", "expected '$', got '+'"),
+        ];
+        for (input, expected) in table {
+            let err = parse_all(input).unwrap_err();
+            assert!(err.0.contains(expected), "{input:?}: {err}");
+        }
+        // A long line without a newline is not buffered forever.
+        let mut buf = BytesMut::from(&vec![b'a'; MAX_INLINE_LEN][..]);
+        assert!(next_request(&mut buf, &limits()).is_err());
+        // Nor is a frame larger than the request limit.
+        let mut big = BytesMut::from(&b"*20\r\n"[..]);
+        for _ in 0..15 {
+            big.extend_from_slice(b"$900\r\n");
+            big.extend_from_slice(&[b'x'; 900]);
+            big.extend_from_slice(b"\r\n");
+        }
+        assert!(next_request(&mut big, &limits()).is_err());
+    }
+
+    #[test]
+    fn garbage_bytes_are_an_inline_request_or_an_error_never_a_panic() {
+        let mut seed = 0x1234_5678u32;
+        for _ in 0..2_000 {
+            let len = (seed % 64) as usize;
+            let mut bytes = Vec::with_capacity(len);
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                bytes.push(b"*$\r\n0123456789-abc"[(seed % 18) as usize]);
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = next_request(&mut buf, &limits()) {}
+        }
+    }
+}

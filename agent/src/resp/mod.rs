@@ -1,0 +1,97 @@
+//! The Redis-protocol (RESP2/RESP3) endpoint apps keep their sessions through.
+
+mod clients;
+pub mod cmd;
+pub mod connection;
+pub mod parse;
+pub mod reply;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use self::clients::Clients;
+use crate::store::SessionStore;
+
+/// Bounds on what one client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RespLimits {
+    /// Largest bulk string accepted in a request; larger ones close the connection.
+    pub max_bulk_bytes: usize,
+    /// Largest single request.
+    pub max_request_bytes: usize,
+}
+
+impl RespLimits {
+    /// Limits that let every value up to the store's limit through, so oversized values get
+    /// the store's clear error rather than a protocol error.
+    pub fn for_value_limit(max_value_bytes: usize) -> Self {
+        let max_bulk_bytes = max_value_bytes.saturating_mul(2).max(1 << 20);
+        RespLimits {
+            max_bulk_bytes,
+            max_request_bytes: max_bulk_bytes.saturating_mul(4).max(64 << 20),
+        }
+    }
+}
+
+/// The RESP listener, bound before serving so an address in use fails start-up.
+pub struct RespServer {
+    listener: TcpListener,
+    limits: RespLimits,
+}
+
+/// The RESP address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("RESP endpoint on {addr}/tcp")]
+pub struct RespBindError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+impl RespServer {
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(addr: SocketAddr, limits: RespLimits) -> Result<Self, RespBindError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RespBindError { addr, source })?;
+        Ok(RespServer { listener, limits })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts clients until `stop` turns true; open connections finish on their own.
+    pub async fn serve(self, store: SessionStore, mut stop: watch::Receiver<bool>) {
+        let clients = Clients::default();
+        if let Ok(addr) = self.local_addr() {
+            info!(%addr, "RESP endpoint listening");
+        }
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(connection::serve(stream, store.clone(), clients.clone(), self.limits));
+                    }
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        warn!(error = %err, "RESP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = tandem_cluster::stopped(&mut stop) => return,
+            }
+        }
+    }
+}
+
+/// Metric names of the RESP endpoint.
+pub mod names {
+    pub const CONNECTIONS: &str = "tandem_resp_connections";
+    pub const COMMANDS: &str = "tandem_resp_commands_total";
+    pub const PROTOCOL_ERRORS: &str = "tandem_resp_protocol_errors_total";
+}
