@@ -70,6 +70,23 @@ impl Node {
         seeds: &[SocketAddr],
         gossip: SocketAddr,
     ) -> Node {
+        let extra = if role == "balancer" {
+            vec!["--listen".into(), free_tcp_addr().to_string()]
+        } else {
+            agent_endpoint_args()
+        };
+        Node::start_with(dir, role, name, seeds, gossip, extra)
+    }
+
+    /// Like [`Node::start_at`], with `extra` arguments instead of the role's defaults.
+    pub fn start_with(
+        dir: &Path,
+        role: &str,
+        name: &str,
+        seeds: &[SocketAddr],
+        gossip: SocketAddr,
+        extra: Vec<String>,
+    ) -> Node {
         let admin = free_tcp_addr();
         let mut args: Vec<String> = vec![
             role.into(),
@@ -84,11 +101,7 @@ impl Node {
             let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             args.extend(["--join".into(), seeds.join(",")]);
         }
-        if role == "balancer" {
-            args.extend(["--listen".into(), free_tcp_addr().to_string()]);
-        } else {
-            args.extend(agent_endpoint_args());
-        }
+        args.extend(extra);
         let mut node = Node {
             name: name.into(),
             gossip,
@@ -225,4 +238,72 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Whether an optional capability (a program, a Python module, root) is here. Without it a
+/// test skips with a printed reason, unless `TANDEM_REQUIRE_ALL=1` (as in CI), where a
+/// missing capability fails the test instead.
+pub fn capability(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("TANDEM_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("{what} is required (TANDEM_REQUIRE_ALL=1) but missing");
+    }
+    eprintln!("SKIP: {what} is missing; install it to run this test");
+    false
+}
+
+/// Whether `program --version` runs.
+pub fn has_program(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Whether python3 can import every one of `modules`.
+pub fn has_python_modules(modules: &[&str]) -> bool {
+    let imports = format!("import {}", modules.join(", "));
+    Command::new("python3")
+        .args(["-c", &imports])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// An agent on loopback with its own ports; `resp`/`api` are its session endpoints.
+pub struct Agent {
+    pub node: Node,
+    pub resp: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, name: &str, extra: &[&str]) -> Agent {
+        let resp = free_tcp_addr();
+        let api = free_tcp_addr();
+        let mut args: Vec<String> = vec![
+            "--resp-addr".into(),
+            resp.to_string(),
+            "--api-addr".into(),
+            api.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let node = Node::start_with(dir, "agent", name, &[], free_udp_addr(), args);
+        Agent { node, resp, api }
+    }
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub async fn wait_for_port(addr: SocketAddr) {
+    wait_for(
+        &format!("{addr} to accept connections"),
+        Duration::from_secs(20),
+        || async { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
 }

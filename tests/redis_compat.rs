@@ -1,0 +1,524 @@
+//! The agent answers like Redis: the same command script against `redis-server` and an
+//! agent must produce byte-identical replies. Real clients (`redis-cli`, redis-py) work
+//! unchanged.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{Agent, capability, has_program, has_python_modules, wait_for_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw RESP client: sends commands, returns each reply's exact bytes.
+struct RawClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn call(&mut self, args: &[&str]) -> Vec<u8> {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend(format!("${}\r\n{arg}\r\n", arg.len()).bytes());
+        }
+        self.send_raw(&request).await;
+        self.reply().await
+    }
+
+    /// The next reply's bytes; empty if the server closed the connection.
+    async fn reply(&mut self) -> Vec<u8> {
+        loop {
+            // RESP2 and RESP3 differ in a few types (`$-1` is RESP2 only): try both.
+            let complete = match redis_protocol::resp2::decode::decode(&self.buffer) {
+                Ok(Some((_, len))) => Some(len),
+                _ => redis_protocol::resp3::decode::streaming::decode(&self.buffer)
+                    .ok()
+                    .flatten()
+                    .map(|(_, len)| len),
+            };
+            if let Some(len) = complete {
+                return self.buffer.drain(..len).collect();
+            }
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("reply within 5 s")
+                .unwrap();
+            if n == 0 {
+                return std::mem::take(&mut self.buffer);
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let addr = support::free_tcp_addr();
+        let child = Command::new("redis-server")
+            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(addr).await;
+        RedisServer { child, addr }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Commands whose replies must match Redis byte for byte. Keys are chosen so that no reply
+/// depends on hash-table order or on the millisecond a command ran.
+const SCRIPT: &[&[&str]] = &[
+    &["PING"],
+    &["PING", "hello"],
+    &["ECHO", "x y"],
+    &["SET", "k", "v"],
+    &["GET", "k"],
+    &["SET", "k", "v2", "NX"],
+    &["SET", "k", "v3", "XX", "GET"],
+    &["GET", "k"],
+    &["SET", "k", "v", "EX", "0"],
+    &["SET", "k", "v", "EX", "-5"],
+    &["SET", "k", "v", "EX", "abc"],
+    &["SET", "k", "v", "PX", "100", "EX", "100"],
+    &["SET", "k", "v", "KEEPTTL", "EX", "10"],
+    &["SET", "k", "v", "NX", "XX"],
+    &["SET", "k", "v", "BOGUS"],
+    &["SET", "k"],
+    &["SET", "ttl", "v", "EX", "100"],
+    &["TTL", "ttl"],
+    &["SET", "ttl", "v2", "KEEPTTL"],
+    &["TTL", "ttl"],
+    &["SET", "ttl", "v3"],
+    &["TTL", "ttl"],
+    &["SETEX", "k2", "100", "v"],
+    &["SETEX", "k2", "0", "v"],
+    &["SETEX", "k2", "x", "v"],
+    &["TTL", "k2"],
+    &["PSETEX", "k3", "100000", "v"],
+    &["TTL", "k3"],
+    &["SETNX", "k", "v"],
+    &["SETNX", "k4", "v"],
+    &["GETDEL", "k4"],
+    &["GETDEL", "k4"],
+    &["GETEX", "k2", "PERSIST"],
+    &["TTL", "k2"],
+    &["GETEX", "k2", "EX", "50"],
+    &["TTL", "k2"],
+    &["GETEX", "k2", "EX", "50", "PERSIST"],
+    &["GETEX", "k2", "EX", "0"],
+    &["GETEX", "nokey"],
+    &["MSET", "a", "1", "b", "2"],
+    &["MSET", "a"],
+    &["MSET", "a", "1", "b"],
+    &["MGET", "a", "b", "nokey"],
+    &["INCR", "a"],
+    &["INCRBY", "a", "10"],
+    &["DECR", "a"],
+    &["DECRBY", "a", "3"],
+    &["INCR", "k"],
+    &["INCRBY", "a", "x"],
+    &["SET", "big", "9223372036854775807"],
+    &["INCR", "big"],
+    &["DECRBY", "a", "-9223372036854775808"],
+    &["SET", "spaced", " 1"],
+    &["INCR", "spaced"],
+    &["INCR", "fresh"],
+    &["DEL", "a", "b", "nokey"],
+    &["UNLINK", "k"],
+    &["EXISTS", "k2", "k2", "nokey"],
+    &["TYPE", "k2"],
+    &["TYPE", "nokey"],
+    &["EXPIRE", "k2", "100"],
+    &["TTL", "k2"],
+    &["EXPIRE", "k2", "50", "GT"],
+    &["EXPIRE", "k2", "500", "GT"],
+    &["TTL", "k2"],
+    &["EXPIRE", "k2", "100", "LT"],
+    &["EXPIRE", "k2", "100", "NX"],
+    &["EXPIRE", "k2", "100", "XX"],
+    &["EXPIRE", "k2", "100", "NX", "XX"],
+    &["EXPIRE", "k2", "100", "GT", "LT"],
+    &["EXPIRE", "k2", "100", "FOO"],
+    &["EXPIRE", "k2", "x"],
+    &["EXPIRE", "nokey", "100"],
+    &["PEXPIRE", "k2", "200000"],
+    &["TTL", "k2"],
+    &["EXPIREAT", "k2", "4102444800"],
+    &["EXISTS", "k2"],
+    &["PEXPIREAT", "k2", "4102444800000"],
+    &["PERSIST", "k2"],
+    &["PERSIST", "k2"],
+    &["TTL", "k2"],
+    &["PTTL", "k2"],
+    &["PTTL", "nokey"],
+    &["TTL", "nokey"],
+    &["EXPIRE", "k2", "-1"],
+    &["EXISTS", "k2"],
+    &["EXPIREAT", "k3", "1"],
+    &["EXISTS", "k3"],
+    &["HSET", "h", "f1", "v1", "f2", "v2"],
+    &["HSET", "h", "f1", "x"],
+    &["HSET", "h", "z", "1", "a", "2", "z", "3"],
+    &["HSET", "h"],
+    &["HSET", "h", "f"],
+    &["HSET", "h", "f", "v", "g"],
+    &["HMSET", "h", "f3", "v3"],
+    &["HGET", "h", "f1"],
+    &["HGET", "h", "nof"],
+    &["HGET", "nokey", "f"],
+    &["HMGET", "h", "f1", "nof", "f2"],
+    &["HMGET", "nokey", "a"],
+    &["HGETALL", "h"],
+    &["HKEYS", "h"],
+    &["HVALS", "h"],
+    &["HLEN", "h"],
+    &["HLEN", "nokey"],
+    &["HEXISTS", "h", "f1"],
+    &["HEXISTS", "h", "no"],
+    &["HDEL", "h", "f1", "f1", "nof"],
+    &["HGETALL", "h"],
+    &["HINCRBY", "h", "n", "5"],
+    &["HINCRBY", "h", "n", "-7"],
+    &["HINCRBY", "h", "f2", "1"],
+    &["HINCRBY", "h", "n", "x"],
+    &["HSETNX", "h", "f2", "x"],
+    &["HSETNX", "h", "f9", "x"],
+    &["HGETALL", "h"],
+    &["GET", "h"],
+    &["SET", "s", "v"],
+    &["HGET", "s", "f"],
+    &["HSET", "s", "f", "v"],
+    &["HGETALL", "s"],
+    &["HGETALL", "nokey"],
+    &["HDEL", "nokey", "f"],
+    &["HSET", "gone", "f", "v"],
+    &["HDEL", "gone", "f"],
+    &["EXISTS", "gone"],
+    &["SET", "h", "overwrites a hash"],
+    &["GET", "h"],
+    &["GETEX", "h", "PX", "100000"],
+    &["DBSIZE"],
+    &["KEYS", "ttl"],
+    &["KEYS", "nomatch*"],
+    &["SCAN", "0", "MATCH", "ttl"],
+    &["SCAN", "0", "MATCH", "ttl", "TYPE", "string"],
+    &["SCAN", "0", "MATCH", "ttl", "TYPE", "hash"],
+    &["SCAN", "x"],
+    &["SCAN", "0", "COUNT", "0"],
+    &["SCAN", "0", "COUNT", "x"],
+    &["SCAN", "0", "BOGUS"],
+    &["SELECT", "0"],
+    &["SELECT", "x"],
+    &["FOO"],
+    &["foo", "a", "b"],
+    &["GET"],
+    &["GET", "a", "b"],
+    &["CLIENT", "SETNAME", "myname"],
+    &["CLIENT", "GETNAME"],
+    &["CLIENT", "SETNAME", "a b"],
+    &["CLIENT", "SETNAME"],
+    &["CLIENT", "SETNAME", ""],
+    &["CLIENT", "GETNAME"],
+    &["CLIENT", "FOO"],
+    &["AUTH", "x"],
+    &["AUTH", "a", "b"],
+    &["HELLO", "4"],
+    &["HELLO", "x"],
+    &["QUIT"],
+];
+
+async fn replies(addr: SocketAddr, script: &[&[&str]]) -> Vec<Vec<u8>> {
+    let mut client = RawClient::connect(addr).await;
+    let mut replies = Vec::new();
+    for args in script {
+        replies.push(client.call(args).await);
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_match_redis_server_byte_for_byte() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "compat", &[]);
+    wait_for_port(agent.resp).await;
+
+    let expected = replies(redis.addr, SCRIPT).await;
+    let actual = replies(agent.resp, SCRIPT).await;
+    let mut differences = Vec::new();
+    for ((args, want), got) in SCRIPT.iter().zip(&expected).zip(&actual) {
+        if want != got {
+            differences.push(format!(
+                "{args:?}\n   redis:  {:?}\n   tandem: {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(got)
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} differences:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_replies_match_redis_server() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "compat3", &[]);
+    wait_for_port(agent.resp).await;
+    let script: &[&[&str]] = &[
+        &["HSET", "h", "a", "1", "b", "2"],
+        &["HGETALL", "h"],
+        &["GET", "nokey"],
+        &["HGET", "h", "nof"],
+        &["HMGET", "h", "a", "nof"],
+        &["HGETALL", "nokey"],
+        &["MGET", "h", "nokey"],
+        &["SCAN", "0", "MATCH", "h"],
+    ];
+    for addr in [redis.addr, agent.resp] {
+        let mut client = RawClient::connect(addr).await;
+        let hello = client.call(&["HELLO", "3"]).await;
+        assert!(
+            hello.starts_with(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"),
+            "{hello:?}"
+        );
+    }
+    let mut expected = Vec::new();
+    let mut actual = Vec::new();
+    for (addr, out) in [(redis.addr, &mut expected), (agent.resp, &mut actual)] {
+        let mut client = RawClient::connect(addr).await;
+        client.call(&["HELLO", "3"]).await;
+        for args in script {
+            out.push(client.call(args).await);
+        }
+    }
+    for ((args, want), got) in script.iter().zip(&expected).zip(&actual) {
+        assert_eq!(
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(want),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_split_frames_and_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "pipeline", &["--max-value-bytes", "1024"]);
+    wait_for_port(agent.resp).await;
+
+    // 1,000 pipelined commands in one write, replies in order.
+    let mut client = RawClient::connect(agent.resp).await;
+    let mut batch = Vec::new();
+    for i in 0..1_000 {
+        let value = format!("value-{i}");
+        batch.extend(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\nkey-{i}\r\n${}\r\n{value}\r\n",
+                format!("key-{i}").len(),
+                value.len()
+            )
+            .bytes(),
+        );
+        batch.extend(
+            format!(
+                "*2\r\n$3\r\nGET\r\n${}\r\nkey-{i}\r\n",
+                format!("key-{i}").len()
+            )
+            .bytes(),
+        );
+    }
+    client.send_raw(&batch).await;
+    for i in 0..1_000 {
+        assert_eq!(client.reply().await, b"+OK\r\n");
+        let value = format!("value-{i}");
+        assert_eq!(
+            client.reply().await,
+            format!("${}\r\n{value}\r\n", value.len()).into_bytes()
+        );
+    }
+
+    // One command dribbled in byte by byte.
+    let request = b"*3\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n";
+    let mut slow = RawClient::connect(agent.resp).await;
+    for byte in request.iter() {
+        slow.send_raw(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        slow.reply().await,
+        b"-ERR wrong number of arguments for 'hset' command\r\n"
+    );
+
+    // A value over the limit gets the store's clear error; the connection stays usable.
+    let big = "x".repeat(2_000);
+    let reply = client.call(&["SET", "big", &big]).await;
+    assert_eq!(
+        reply,
+        b"-ERR value of 2000 bytes exceeds the limit of 1024 bytes\r\n"
+    );
+    assert_eq!(client.call(&["PING"]).await, b"+PONG\r\n");
+
+    // Malformed input: an error reply, then the connection is closed.
+    for garbage in [
+        &b"*1\r\n$99999999999\r\n"[..],
+        b"*99999999999\r\n",
+        b"*2\r\n$3\r\nGET\r\n:1\r\n",
+        b"*x\r\n",
+    ] {
+        let mut bad = RawClient::connect(agent.resp).await;
+        bad.send_raw(garbage).await;
+        let reply = bad.reply().await;
+        assert!(
+            reply.starts_with(b"-ERR Protocol error: "),
+            "{garbage:?} -> {reply:?}"
+        );
+        assert!(
+            bad.reply().await.is_empty(),
+            "connection closed after {garbage:?}"
+        );
+    }
+    // Random bytes on the port never take the agent down.
+    let mut seed = 0x9e37_79b9u32;
+    for _ in 0..50 {
+        let mut noise = Vec::new();
+        for _ in 0..200 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            noise.push(seed as u8);
+        }
+        let mut bad = RawClient::connect(agent.resp).await;
+        bad.send_raw(&noise).await;
+        drop(bad);
+    }
+    let mut after = RawClient::connect(agent.resp).await;
+    assert_eq!(
+        after.call(&["GET", "key-999"]).await,
+        b"$9\r\nvalue-999\r\n"
+    );
+    // CLIENT SETINFO (Redis 7.2; clients send it on connect) is accepted and shown.
+    assert_eq!(
+        after
+            .call(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        after.call(&["CLIENT", "SETINFO", "LIB-VER", "5.0"]).await,
+        b"+OK\r\n"
+    );
+    let info = after.call(&["CLIENT", "INFO"]).await;
+    let info = String::from_utf8_lossy(&info);
+    assert!(info.contains("lib-name=redis-py lib-ver=5.0"), "{info}");
+    let err = after.call(&["CLIENT", "SETINFO", "LIB-VER", "a b"]).await;
+    assert!(
+        err.starts_with(b"-ERR lib-ver cannot contain spaces"),
+        "{err:?}"
+    );
+    // An inline command, as typed into telnet.
+    after.send_raw(b"EXISTS key-1 key-2\r\n").await;
+    assert_eq!(after.reply().await, b":2\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_works_unchanged() {
+    if !capability("redis-cli", has_program("redis-cli")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "cli", &[]);
+    wait_for_port(agent.resp).await;
+    let port = agent.resp.port().to_string();
+    let cli = |args: &[&str]| {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(cli(&["SET", "session:1", "hello", "EX", "60"]), "OK\n");
+    assert_eq!(cli(&["GET", "session:1"]), "hello\n");
+    assert_eq!(
+        cli(&["HSET", "session:2", "user", "ada", "cart", "3"]),
+        "2\n"
+    );
+    assert_eq!(cli(&["HGETALL", "session:2"]), "user\nada\ncart\n3\n");
+    assert_eq!(cli(&["--scan", "--pattern", "session:2"]), "session:2\n");
+    assert_eq!(cli(&["-3", "HGET", "session:2", "user"]), "ada\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_works_unchanged() {
+    if !capability(
+        "python3 with the redis module",
+        has_python_modules(&["redis"]),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "py", &[]);
+    wait_for_port(agent.resp).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/redis_py_client.py"
+    );
+    let output = Command::new("python3")
+        .args([script, "127.0.0.1", &agent.resp.port().to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "redis-py checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("redis-py: all checks passed"), "{stdout}");
+}
