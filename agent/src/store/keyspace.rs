@@ -291,56 +291,78 @@ impl Keyspace {
                 );
             }
             Op::SetFields { fields } => {
-                let (mut hash, expires_at_ms) = match self.remove(key) {
-                    Some((
-                        _,
-                        Entry {
-                            value: Value::Hash(hash),
-                            expires_at_ms,
-                            ..
-                        },
-                    )) => (hash, expires_at_ms),
-                    // A newer hash write replaces a string, as a delete and a new hash would.
-                    _ => (IndexMap::new(), None),
-                };
-                for (field, value) in fields {
-                    hash.insert(field.clone(), value.clone());
-                }
-                self.insert(
-                    key.clone(),
-                    Entry {
+                let shard = Self::shard_of(key);
+                if let Some(Entry {
+                    value: Value::Hash(hash),
+                    version: current,
+                    ..
+                }) = self.shards[shard].get_mut(key)
+                {
+                    // In place: a large hash is not re-measured for every field.
+                    for (field, value) in fields {
+                        let added = field_size(field, value);
+                        match hash.insert(field.clone(), value.clone()) {
+                            Some(old) => {
+                                self.used_bytes = self.used_bytes + added - field_size(field, &old);
+                            }
+                            None => self.used_bytes += added,
+                        }
+                    }
+                    *current = version;
+                } else {
+                    // Absent, or a string that a newer hash write replaces.
+                    self.remove(key);
+                    let hash = fields.iter().cloned().collect();
+                    let entry = Entry {
                         value: Value::Hash(hash),
-                        expires_at_ms,
+                        expires_at_ms: None,
                         version,
-                    },
-                );
+                    };
+                    self.insert(key.clone(), entry);
+                }
             }
             Op::DeleteFields { fields } => {
-                let Some((key, mut entry)) = self.remove(key) else {
-                    self.tombstones.insert(key.clone(), version);
-                    return true;
+                let shard = Self::shard_of(key);
+                let emptied = match self.shards[shard].get_mut(key) {
+                    Some(Entry {
+                        value: Value::Hash(hash),
+                        version: current,
+                        ..
+                    }) => {
+                        for field in fields {
+                            if let Some(old) = hash.shift_remove(field) {
+                                self.used_bytes -= field_size(field, &old);
+                            }
+                        }
+                        *current = version;
+                        hash.is_empty()
+                    }
+                    Some(entry) => {
+                        entry.version = version;
+                        false
+                    }
+                    None => true,
                 };
-                if let Value::Hash(hash) = &mut entry.value {
-                    for field in fields {
-                        hash.shift_remove(field);
-                    }
-                    if hash.is_empty() {
-                        self.tombstones.insert(key, version);
-                        return true;
-                    }
+                if emptied {
+                    self.remove(key);
+                    self.tombstones.insert(key.clone(), version);
                 }
-                entry.version = version;
-                self.insert(key, entry);
             }
             Op::Delete => {
                 self.remove(key);
                 self.tombstones.insert(key.clone(), version);
             }
             Op::Expire { expires_at_ms } => {
-                if let Some((key, mut entry)) = self.remove(key) {
+                let shard = Self::shard_of(key);
+                if let Some(entry) = self.shards[shard].get_mut(key) {
+                    if let Some(old) = entry.expires_at_ms {
+                        self.expiries.remove(&(old, key.clone()));
+                    }
+                    if let Some(new) = expires_at_ms {
+                        self.expiries.insert((*new, key.clone()));
+                    }
                     entry.expires_at_ms = *expires_at_ms;
                     entry.version = version;
-                    self.insert(key, entry);
                 }
             }
         }
@@ -874,6 +896,21 @@ impl Keyspace {
                 .retain(|_, version| version.millis + TOMBSTONE_TTL_MS > now_ms);
         }
         due.len()
+    }
+}
+
+#[cfg(test)]
+impl Keyspace {
+    /// Recomputes the accounting from scratch: (keys, bytes, keys with an expiry).
+    pub fn recount(&self) -> (usize, usize, usize) {
+        let entries = self.shards.iter().flat_map(|shard| shard.iter());
+        entries.fold((0, 0, 0), |(keys, bytes, expiring), (key, entry)| {
+            (
+                keys + 1,
+                bytes + entry.size(key),
+                expiring + usize::from(entry.expires_at_ms.is_some()),
+            )
+        })
     }
 }
 

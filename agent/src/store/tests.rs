@@ -503,3 +503,55 @@ fn scan_visits_every_key_once_across_calls() {
         vec![b("hash:1")]
     );
 }
+
+/// Whatever sequence of writes, the incremental accounting equals a full recount.
+#[test]
+fn accounting_matches_a_recount_after_random_writes() {
+    let (store, clock) = store();
+    let mut seed = 42u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for _ in 0..20_000 {
+        let key = b(&format!("k{}", next(50)));
+        let field = b(&format!("f{}", next(20)));
+        let value = Bytes::from(vec![b'v'; next(100) as usize]);
+        store.run(|ks, now| match next(9) {
+            0 => drop(ks.set(
+                key,
+                value,
+                SetExpiry::None,
+                SetCondition::Always,
+                false,
+                now,
+            )),
+            1 => drop(ks.set(
+                key,
+                value,
+                SetExpiry::At(now + 50),
+                SetCondition::Always,
+                false,
+                now,
+            )),
+            2 => drop(ks.hset(key, vec![(field, value)], now)),
+            3 => drop(ks.hdel(key, vec![field], now)),
+            4 => drop(ks.delete(&[key], now)),
+            5 => drop(ks.expire(key, now + 30, ExpireCondition::Always, now)),
+            6 => drop(ks.persist(key, now)),
+            7 => drop(ks.hincr_by(key, field, 1, now)),
+            _ => drop(ks.incr_by(key, 1, now)),
+        });
+        if next(10) == 0 {
+            clock.advance(10);
+            store.sweep_once();
+        }
+    }
+    let (len, used, expiring, recount) = store
+        .run(|ks, _| (ks.len(), ks.used_bytes(), ks.expiring(), ks.recount()))
+        .value;
+    assert_eq!((len, used, expiring), recount);
+    assert!(len > 0);
+}
