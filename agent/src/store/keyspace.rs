@@ -55,6 +55,14 @@ impl Entry {
     }
 }
 
+/// A copy of `bytes` in an allocation of its own.
+///
+/// Keys and values arrive as slices of a connection's read buffer (or a replication frame);
+/// storing the slice would keep that whole buffer alive for as long as the session lives.
+fn owned(bytes: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(bytes)
+}
+
 fn field_size(field: &[u8], value: &[u8]) -> usize {
     FIELD_OVERHEAD + field.len() + value.len()
 }
@@ -282,9 +290,9 @@ impl Keyspace {
             } => {
                 self.remove(key);
                 self.insert(
-                    key.clone(),
+                    owned(key),
                     Entry {
-                        value: Value::Str(value.clone()),
+                        value: Value::Str(owned(value)),
                         expires_at_ms: *expires_at_ms,
                         version,
                     },
@@ -301,7 +309,7 @@ impl Keyspace {
                     // In place: a large hash is not re-measured for every field.
                     for (field, value) in fields {
                         let added = field_size(field, value);
-                        match hash.insert(field.clone(), value.clone()) {
+                        match hash.insert(owned(field), owned(value)) {
                             Some(old) => {
                                 self.used_bytes = self.used_bytes + added - field_size(field, &old);
                             }
@@ -312,13 +320,13 @@ impl Keyspace {
                 } else {
                     // Absent, or a string that a newer hash write replaces.
                     self.remove(key);
-                    let hash = fields.iter().cloned().collect();
+                    let hash = fields.iter().map(|(f, v)| (owned(f), owned(v))).collect();
                     let entry = Entry {
                         value: Value::Hash(hash),
                         expires_at_ms: None,
                         version,
                     };
-                    self.insert(key.clone(), entry);
+                    self.insert(owned(key), entry);
                 }
             }
             Op::DeleteFields { fields } => {
@@ -345,21 +353,23 @@ impl Keyspace {
                 };
                 if emptied {
                     self.remove(key);
-                    self.tombstones.insert(key.clone(), version);
+                    self.tombstones.insert(owned(key), version);
                 }
             }
             Op::Delete => {
                 self.remove(key);
-                self.tombstones.insert(key.clone(), version);
+                self.tombstones.insert(owned(key), version);
             }
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(key);
-                if let Some(entry) = self.shards[shard].get_mut(key) {
+                // The index shares the map's own copy of the key.
+                let stored = self.shards[shard].get_key_value(key).map(|(k, _)| k.clone());
+                if let (Some(stored), Some(entry)) = (stored, self.shards[shard].get_mut(key)) {
                     if let Some(old) = entry.expires_at_ms {
-                        self.expiries.remove(&(old, key.clone()));
+                        self.expiries.remove(&(old, stored.clone()));
                     }
                     if let Some(new) = expires_at_ms {
-                        self.expiries.insert((*new, key.clone()));
+                        self.expiries.insert((*new, stored));
                     }
                     entry.expires_at_ms = *expires_at_ms;
                     entry.version = version;
@@ -747,12 +757,12 @@ impl Keyspace {
         {
             let hash = self.hash(&key, now_ms)?;
             exists = hash.is_some();
-            let mut new_fields = std::collections::HashSet::new();
-            for (field, value) in &fields {
+            for (i, (field, value)) in fields.iter().enumerate() {
+                // A field named twice in one call is new once (calls name few fields).
+                let seen_before = fields[..i].iter().any(|(f, _)| f == field);
                 match hash.and_then(|h| h.get(field)) {
                     Some(old) => growth += value.len().saturating_sub(old.len()),
-                    // A field named twice in one call is new once.
-                    None if new_fields.insert(field) => {
+                    None if !seen_before => {
                         growth += field_size(field, value);
                         added += 1;
                     }
