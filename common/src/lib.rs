@@ -4,8 +4,10 @@
 //! write versions and session operations, each a plain value with table-driven tests.
 
 pub mod config;
+pub mod frame;
 pub mod member;
 pub mod ops;
+pub mod pairing;
 pub mod schema;
 pub mod version;
 

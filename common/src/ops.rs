@@ -25,6 +25,11 @@ pub enum Op {
         value: Bytes,
         expires_at_ms: Option<u64>,
     },
+    /// The key becomes exactly this hash, with this expiry (snapshots and repairs).
+    SetHash {
+        fields: Vec<(Bytes, Bytes)>,
+        expires_at_ms: Option<u64>,
+    },
     /// These fields of the hash are set (the hash is created if the key is absent).
     SetFields { fields: Vec<(Bytes, Bytes)> },
     /// These fields of the hash are removed; a hash left empty is deleted.

@@ -298,6 +298,21 @@ impl Keyspace {
                     },
                 );
             }
+            Op::SetHash {
+                fields,
+                expires_at_ms,
+            } => {
+                self.remove(key);
+                let hash = fields.iter().map(|(f, v)| (owned(f), owned(v))).collect();
+                self.insert(
+                    owned(key),
+                    Entry {
+                        value: Value::Hash(hash),
+                        expires_at_ms: *expires_at_ms,
+                        version,
+                    },
+                );
+            }
             Op::SetFields { fields } => {
                 let shard = Self::shard_of(key);
                 if let Some(Entry {
@@ -363,7 +378,9 @@ impl Keyspace {
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(key);
                 // The index shares the map's own copy of the key.
-                let stored = self.shards[shard].get_key_value(key).map(|(k, _)| k.clone());
+                let stored = self.shards[shard]
+                    .get_key_value(key)
+                    .map(|(k, _)| k.clone());
                 if let (Some(stored), Some(entry)) = (stored, self.shards[shard].get_mut(key)) {
                     if let Some(old) = entry.expires_at_ms {
                         self.expiries.remove(&(old, stored.clone()));
@@ -884,6 +901,45 @@ impl Keyspace {
         let next = current.checked_add(delta).ok_or(StoreError::Overflow)?;
         self.hset(key, vec![(field, Bytes::from(next.to_string()))], now_ms)?;
         Ok(next)
+    }
+
+    // ----- replication -----
+
+    /// Part of a full copy of the store: every live key of the shards from `cursor` on,
+    /// until about `max_keys`, as mutations carrying the keys' own versions. Returns the
+    /// next cursor, `None` at the end.
+    pub fn snapshot_chunk(
+        &self,
+        cursor: usize,
+        max_keys: usize,
+        now_ms: u64,
+    ) -> (Option<usize>, Vec<Mutation>) {
+        let mut mutations = Vec::new();
+        let mut shard = cursor;
+        while shard < SHARDS && mutations.len() < max_keys {
+            for (key, entry) in &self.shards[shard] {
+                if entry.is_expired(now_ms) {
+                    continue;
+                }
+                let op = match &entry.value {
+                    Value::Str(value) => Op::Set {
+                        value: value.clone(),
+                        expires_at_ms: entry.expires_at_ms,
+                    },
+                    Value::Hash(hash) => Op::SetHash {
+                        fields: hash.iter().map(|(f, v)| (f.clone(), v.clone())).collect(),
+                        expires_at_ms: entry.expires_at_ms,
+                    },
+                };
+                mutations.push(Mutation {
+                    key: key.clone(),
+                    version: entry.version,
+                    op,
+                });
+            }
+            shard += 1;
+        }
+        ((shard < SHARDS).then_some(shard), mutations)
     }
 
     // ----- maintenance -----

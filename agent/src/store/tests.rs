@@ -555,3 +555,44 @@ fn accounting_matches_a_recount_after_random_writes() {
     assert_eq!((len, used, expiring), recount);
     assert!(len > 0);
 }
+
+#[test]
+fn a_snapshot_recreates_the_store_with_its_versions() {
+    let (primary, clock) = store();
+    for i in 0..2_500 {
+        set(&primary, &format!("s{i}"), "v", SetExpiry::At(T0 + 60_000));
+    }
+    primary.run(|ks, now| {
+        ks.hset(b("h"), vec![(b("a"), b("1")), (b("b"), b("2"))], now)
+            .unwrap()
+    });
+    primary.run(|ks, now| ks.expire(b("h"), T0 + 5_000, ExpireCondition::Always, now));
+    set(&primary, "gone", "v", SetExpiry::At(T0 + 10));
+    clock.advance(20);
+    let replica = SessionStore::new("node-b", Limits::default(), ManualClock::at(T0 + 20));
+    let mut cursor = Some(0);
+    let mut chunks = 0;
+    while let Some(at) = cursor {
+        let (next, mutations) = primary
+            .run(|ks, now| ks.snapshot_chunk(at, 1_000, now))
+            .value;
+        replica.apply(&mutations);
+        cursor = next;
+        chunks += 1;
+    }
+    assert!(chunks >= 3, "{chunks} chunks");
+    assert_eq!(
+        replica.stats().0,
+        2_501,
+        "every live key, not the expired one"
+    );
+    for key in ["s0", "s2499", "h"] {
+        let a = primary
+            .run(|ks, now| ks.entry(key.as_bytes(), now).cloned())
+            .value;
+        let b = replica
+            .run(|ks, now| ks.entry(key.as_bytes(), now).cloned())
+            .value;
+        assert_eq!(a, b, "{key}");
+    }
+}

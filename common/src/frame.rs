@@ -1,0 +1,187 @@
+//! Replication frames: what partners send each other, as versioned, length-prefixed
+//! MessagePack.
+//!
+//! Wire format: a 4-byte big-endian length, then the MessagePack encoding of a [`Frame`].
+//! A frame larger than the limit, or one that does not decode, is an error: the channel is
+//! closed with that reason and nothing is applied.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::ops::Mutation;
+
+/// Version of the replication protocol; a peer speaking another one is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame accepted (a batch of mutations, a snapshot chunk).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// One message between partners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame on a channel, from each side.
+    Hello {
+        version: u16,
+        cluster: String,
+        node_id: String,
+    },
+    /// "Be my partner", from the agent with the lower id; `epoch` names the pair.
+    Propose { epoch: u64 },
+    /// The receiver was lone and is now paired.
+    Accept { epoch: u64 },
+    /// The receiver is not available (already paired, or proposing elsewhere).
+    Reject { reason: String },
+    /// Live writes, in order; acknowledged by sequence number.
+    Mutations { seq: u64, mutations: Vec<Mutation> },
+    /// Part of the sender's full store, sent when the pair forms.
+    Snapshot {
+        seq: u64,
+        mutations: Vec<Mutation>,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+    /// Everything up to and including `seq` has been applied.
+    Ack { seq: u64 },
+}
+
+/// A frame that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+impl Frame {
+    /// Appends this frame, length-prefixed, to `out`.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the encoding exceeds the limit.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), FrameError> {
+        let body = rmp_serde::to_vec(self).map_err(|err| FrameError::Malformed(err.to_string()))?;
+        if body.len() > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge {
+                size: body.len(),
+                max: MAX_FRAME_BYTES,
+            });
+        }
+        out.reserve(4 + body.len());
+        out.put_u32(body.len() as u32);
+        out.put_slice(&body);
+        Ok(())
+    }
+
+    /// Takes the next frame off the front of `buf`; `Ok(None)` when more bytes are needed.
+    ///
+    /// # Errors
+    /// A declared length past `max` (checked before the body arrives) or a body that does
+    /// not decode.
+    pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let size = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if size > max {
+            return Err(FrameError::TooLarge { size, max });
+        }
+        if buf.len() < 4 + size {
+            return Ok(None);
+        }
+        buf.advance(4);
+        let body = buf.split_to(size);
+        rmp_serde::from_slice(&body)
+            .map(Some)
+            .map_err(|err| FrameError::Malformed(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::ops::Op;
+    use crate::version::Version;
+
+    fn sample() -> Vec<Frame> {
+        let mutation = Mutation {
+            key: Bytes::from_static(b"session:1"),
+            version: Version {
+                millis: 1,
+                counter: 2,
+                node: 3,
+            },
+            op: Op::SetFields {
+                fields: vec![(Bytes::from_static(b"f"), Bytes::from_static(b"v"))],
+            },
+        };
+        vec![
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                cluster: "c".into(),
+                node_id: "a".into(),
+            },
+            Frame::Propose { epoch: 9 },
+            Frame::Accept { epoch: 9 },
+            Frame::Reject {
+                reason: "paired".into(),
+            },
+            Frame::Mutations {
+                seq: 1,
+                mutations: vec![mutation.clone()],
+            },
+            Frame::Snapshot {
+                seq: 2,
+                mutations: vec![mutation],
+                last: true,
+            },
+            Frame::Ack { seq: 2 },
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_split_anywhere() {
+        let mut wire = BytesMut::new();
+        for frame in sample() {
+            frame.encode(&mut wire).unwrap();
+        }
+        let wire = wire.freeze();
+        for split in 0..wire.len() {
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut decoded = Vec::new();
+            while let Some(frame) = Frame::decode(&mut buf, MAX_FRAME_BYTES).unwrap() {
+                decoded.push(frame);
+            }
+            buf.extend_from_slice(&wire[split..]);
+            while let Some(frame) = Frame::decode(&mut buf, MAX_FRAME_BYTES).unwrap() {
+                decoded.push(frame);
+            }
+            assert_eq!(decoded, sample(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            Frame::decode(&mut buf, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xc1, 0xc1, 0xc1][..]);
+        assert!(matches!(
+            Frame::decode(&mut buf, 1024),
+            Err(FrameError::Malformed(_))
+        ));
+        let mut seed = 7u32;
+        for _ in 0..2_000 {
+            let mut bytes = vec![0, 0, 0, 16];
+            for _ in 0..16 {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                bytes.push(seed as u8);
+            }
+            let _ = Frame::decode(&mut BytesMut::from(&bytes[..]), 1024);
+        }
+    }
+}
