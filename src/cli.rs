@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
-use tandem_common::config::{AgentConfig, BalancerConfig, LogFormat, NodeConfig};
+use tandem_common::config::{AgentConfig, BalancerConfig, LogFormat, NodeConfig, ReplicationMode};
 
 /// Highly available user sessions: paired session agents and a sticky balancer.
 #[derive(Debug, Parser)]
@@ -16,6 +16,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an agent beside an app server.
@@ -106,6 +108,25 @@ pub struct AgentArgs {
     /// Most keys held [default: 50000000].
     #[arg(long, env = "TANDEM_MAX_KEYS", value_name = "N")]
     pub max_keys: Option<u64>,
+    /// QUIC replication address (UDP) [default: 0.0.0.0:7947].
+    #[arg(long, env = "TANDEM_REPL_ADDR", value_name = "ADDR")]
+    pub repl_addr: Option<SocketAddr>,
+    /// sync: a write returns once the partner has it; async: at once [default: sync].
+    #[arg(long, env = "TANDEM_REPLICATION", value_name = "MODE", value_enum)]
+    pub replication: Option<ReplicationArg>,
+    /// How long a sync write waits for the partner before going unprotected [default: 500ms].
+    #[arg(long, env = "TANDEM_SYNC_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub sync_timeout: Option<Duration>,
+    /// Directory of the cluster CA and node certificates [default: tandem-tls].
+    #[arg(long, env = "TANDEM_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// `--replication` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplicationArg {
+    Sync,
+    Async,
 }
 
 #[derive(Debug, Default, Args)]
@@ -215,6 +236,21 @@ impl AgentArgs {
         }
         if let Some(keys) = self.max_keys {
             config.max_keys = keys;
+        }
+        if let Some(addr) = self.repl_addr {
+            config.repl_addr = addr;
+        }
+        if let Some(mode) = self.replication {
+            config.replication = match mode {
+                ReplicationArg::Sync => ReplicationMode::Sync,
+                ReplicationArg::Async => ReplicationMode::Async,
+            };
+        }
+        if let Some(timeout) = self.sync_timeout {
+            config.sync_timeout = timeout;
+        }
+        if let Some(dir) = self.tls_dir {
+            config.tls_dir = dir;
         }
     }
 }

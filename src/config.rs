@@ -63,22 +63,12 @@ mod tests {
     /// Every test that parses flags runs under this, so that clap sees exactly these
     /// `TANDEM_*` variables (and tests that change the environment do not overlap).
     fn with_env<R>(vars: &[(&str, &str)], test: impl FnOnce() -> R) -> R {
-        let names = [
-            "TANDEM_CONFIG",
-            "TANDEM_NODE_ID",
-            "TANDEM_CLUSTER",
-            "TANDEM_GOSSIP_ADDR",
-            "TANDEM_ADVERTISE_ADDR",
-            "TANDEM_JOIN",
-            "TANDEM_ADMIN_ADDR",
-            "TANDEM_LOG_FORMAT",
-            "TANDEM_GOSSIP_INTERVAL",
-            "TANDEM_PHI_THRESHOLD",
-            "TANDEM_DEAD_NODE_GRACE_PERIOD",
-            "TANDEM_APP_URL",
-            "TANDEM_LISTEN",
-        ];
-        let mut all: Vec<(&str, Option<&str>)> = names.iter().map(|n| (*n, None)).collect();
+        let present: Vec<String> = std::env::vars()
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with("TANDEM_"))
+            .collect();
+        let mut all: Vec<(&str, Option<&str>)> =
+            present.iter().map(|n| (n.as_str(), None)).collect();
         for (name, value) in vars {
             all.retain(|(n, _)| n != name);
             all.push((name, Some(value)));

@@ -28,6 +28,8 @@ struct DemoNode {
     /// Agents: the Redis-protocol and HTTP session endpoints.
     resp: Option<SocketAddr>,
     api: Option<SocketAddr>,
+    /// Agents: the replication endpoint (UDP).
+    repl: Option<SocketAddr>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -59,10 +61,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let gossip = free_udp()?;
         let admin = free_tcp()?;
         let listen = free_tcp()?;
-        let (resp, api) = if role == "agent" {
-            (Some(free_tcp()?), Some(free_tcp()?))
+        let (resp, api, repl) = if role == "agent" {
+            (Some(free_tcp()?), Some(free_tcp()?), Some(free_udp()?))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let addr = |l: &Option<TcpListener>| l.as_ref().map(TcpListener::local_addr).transpose();
         let name = format!("{role}-{i}");
@@ -75,9 +77,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             listen: Some(listen.local_addr()?),
             resp: addr(&resp)?,
             api: addr(&api)?,
+            repl: repl.as_ref().map(UdpSocket::local_addr).transpose()?,
             child: None,
         });
-        reserved_udp.push(gossip);
+        reserved_udp.extend([Some(gossip), repl].into_iter().flatten());
         reserved_tcp.extend([Some(admin), Some(listen), resp, api].into_iter().flatten());
     }
     let seeds: Vec<String> = nodes
@@ -109,13 +112,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (_, Some(listen)) => command.args(["--listen", &listen.to_string()]),
             _ => &mut command,
         };
-        if let (Some(resp), Some(api)) = (node.resp, node.api) {
+        if let (Some(resp), Some(api), Some(repl)) = (node.resp, node.api, node.repl) {
             command.args([
                 "--resp-addr",
                 &resp.to_string(),
                 "--api-addr",
                 &api.to_string(),
             ]);
+            command.args(["--repl-addr", &repl.to_string()]);
+            command.arg("--tls-dir").arg(dir.join("tls"));
         }
         // SAFETY: set_pdeathsig only makes a syscall; it allocates nothing and takes no lock.
         unsafe {

@@ -44,7 +44,7 @@ fn configuration_errors_exit_1_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let admin = support::free_tcp_addr().to_string();
     let gossip = support::free_udp_addr().to_string();
-    let endpoints = support::agent_endpoint_args();
+    let endpoints = support::agent_endpoint_args(dir.path());
     let mut base = vec!["agent", "--admin-addr", &admin, "--gossip-addr", &gossip];
     base.extend(endpoints.iter().map(String::as_str));
 
@@ -78,26 +78,54 @@ fn configuration_errors_exit_1_with_one_line() {
 
 #[test]
 fn ports_in_use_exit_1_naming_the_address() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind(support::free_tcp_addr()).unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
-    let gossip = support::free_udp_addr().to_string();
-    let output = run(&[
-        "agent",
-        "--admin-addr",
-        &taken_addr,
-        "--gossip-addr",
-        &gossip,
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    let line = one_error_line(&output);
-    assert!(
-        line.contains(&taken_addr) && line.contains("in use"),
-        "{line}"
-    );
-
-    let taken_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken_udp = std::net::UdpSocket::bind(support::free_udp_addr()).unwrap();
     let taken_udp_addr = taken_udp.local_addr().unwrap().to_string();
+    let gossip = support::free_udp_addr().to_string();
     let admin = support::free_tcp_addr().to_string();
+    let endpoints = support::agent_endpoint_args(dir.path());
+    let agent = |extra: &[&str]| {
+        let mut args = vec!["agent", "--gossip-addr", &gossip];
+        // The default endpoints, except the ones this case sets itself.
+        for pair in endpoints.chunks(2) {
+            if !extra.contains(&pair[0].as_str()) {
+                args.extend(pair.iter().map(String::as_str));
+            }
+        }
+        args.extend(extra);
+        run(&args)
+    };
+    // Admin, RESP, HTTP API and replication addresses, each taken in turn.
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&["--admin-addr", &taken_addr], &taken_addr, "admin"),
+        (
+            &["--admin-addr", &admin, "--resp-addr", &taken_addr],
+            &taken_addr,
+            "RESP",
+        ),
+        (
+            &["--admin-addr", &admin, "--api-addr", &taken_addr],
+            &taken_addr,
+            "HTTP",
+        ),
+        (
+            &["--admin-addr", &admin, "--repl-addr", &taken_udp_addr],
+            &taken_udp_addr,
+            "replication",
+        ),
+    ];
+    for (extra, addr, what) in cases {
+        let output = agent(extra);
+        assert_eq!(output.status.code(), Some(1), "{what}");
+        let line = one_error_line(&output);
+        assert!(
+            line.contains(addr) && line.contains(what) && line.contains("in use"),
+            "{line}"
+        );
+    }
+
     let output = run(&[
         "balancer",
         "--admin-addr",
@@ -172,6 +200,7 @@ async fn members_prints_a_table_and_json() {
             &a1.gossip.to_string(),
             "live",
             "-",
+            "(unprotected)",
             "0"
         ]
     );

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::store::{ExpireCondition, SessionStore, StoreError};
+use crate::sessions::Sessions;
+use crate::store::{ExpireCondition, StoreError};
 
 /// The demo's session cookie.
 pub const COOKIE: &str = "tandem_demo";
@@ -39,7 +40,7 @@ pub struct DemoBindError {
 
 #[derive(Clone)]
 struct DemoState {
-    store: SessionStore,
+    store: Sessions,
     gossip: GossipNode,
 }
 
@@ -67,12 +68,7 @@ impl DemoApp {
     }
 
     /// Serves until `stop` turns true.
-    pub async fn serve(
-        self,
-        store: SessionStore,
-        gossip: GossipNode,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn serve(self, store: Sessions, gossip: GossipNode, mut stop: watch::Receiver<bool>) {
         if let Ok(addr) = self.local_addr() {
             info!(%addr, "demo app listening");
         }
@@ -115,7 +111,7 @@ fn counter_response(state: &DemoState, id: String, count: i64, fresh: bool) -> R
     let body = Counter {
         count,
         node: state.gossip.node_id().to_string(),
-        partner: state.gossip.advert().partner.map(|p| p.node_id),
+        partner: state.store.replicator.partner().map(|p| p.node_id),
         session: id.clone(),
     };
     let mut response = Json(body).into_response();
@@ -147,6 +143,7 @@ async fn read_counter(State(state): State<DemoState>, headers: HeaderMap) -> Res
     let count = state
         .store
         .run(|ks, now| ks.hget(&key, b"count", now))
+        .await
         .value
         .ok()
         .flatten()
@@ -162,11 +159,14 @@ async fn increment_counter(State(state): State<DemoState>, headers: HeaderMap) -
     };
     let key = session_key(&id);
     let ttl = SESSION_TTL.as_millis() as u64;
-    let outcome = state.store.run(|ks, now| {
-        let count = ks.hincr_by(key.clone(), Bytes::from_static(b"count"), 1, now)?;
-        ks.expire(key, now + ttl, ExpireCondition::Always, now);
-        Ok::<_, StoreError>(count)
-    });
+    let outcome = state
+        .store
+        .run(|ks, now| {
+            let count = ks.hincr_by(key.clone(), Bytes::from_static(b"count"), 1, now)?;
+            ks.expire(key, now + ttl, ExpireCondition::Always, now);
+            Ok::<_, StoreError>(count)
+        })
+        .await;
     match outcome.value {
         Ok(count) => counter_response(&state, id, count, fresh),
         Err(err) => store_error(err),

@@ -3,20 +3,26 @@
 
 pub mod api;
 pub mod demo_app;
+pub mod replication;
 pub mod resp;
+pub mod sessions;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tandem_cluster::{NodeRuntime, StartError};
+use tandem_cluster::{PreparedNode, StartError};
 use tandem_common::config::AgentConfig;
 use tandem_common::schema::{NodeAdvert, Role};
 use tracing::info;
 
 use crate::api::{ApiBindError, ApiServer};
 use crate::demo_app::{DemoApp, DemoBindError};
+use crate::replication::tls::{NodeTls, TlsError};
+use crate::replication::transport::{QuicTransport, Transport, TransportError};
+use crate::replication::{ReplicationConfig, ReplicationMode, Replicator};
 use crate::resp::{RespBindError, RespLimits, RespServer};
+use crate::sessions::Sessions;
 use crate::store::{Limits, SessionStore, SystemClock};
 
 /// How often the agent publishes its session count in gossip.
@@ -33,6 +39,18 @@ pub enum AgentError {
     Api(#[from] ApiBindError),
     #[error(transparent)]
     Demo(#[from] DemoBindError),
+    #[error("TLS material in {dir}")]
+    Tls {
+        dir: std::path::PathBuf,
+        #[source]
+        source: TlsError,
+    },
+    #[error("replication endpoint on {addr}/udp")]
+    Replication {
+        addr: SocketAddr,
+        #[source]
+        source: TransportError,
+    },
     #[error(transparent)]
     Start(#[from] StartError),
 }
@@ -65,32 +83,68 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     )
     .await?;
     let api = ApiServer::bind(config.api_addr, limits.max_value_bytes).await?;
+    let repl_socket =
+        std::net::UdpSocket::bind(config.repl_addr).map_err(|source| AgentError::Replication {
+            addr: config.repl_addr,
+            source: TransportError::Io(source),
+        })?;
     let demo = match config.demo_app {
         Some(addr) => Some(DemoApp::bind(addr).await?),
         None => None,
     };
-    if advert.app.is_none()
-        && let Some(demo) = &demo
-        && let Ok(addr) = demo.local_addr()
+    let prepared = PreparedNode::prepare(&config.node).await?;
+    // Certificates last: a start that fails for another reason creates nothing.
+    let tls = NodeTls::load(&config.tls_dir, &config.node.node_id, true).map_err(|source| {
+        AgentError::Tls {
+            dir: config.tls_dir.clone(),
+            source,
+        }
+    })?;
+    let transport = QuicTransport::from_socket(repl_socket, &tls).map_err(|source| {
+        AgentError::Replication {
+            addr: config.repl_addr,
+            source,
+        }
+    })?;
+    let repl_bound = transport.local_addr();
+    // Listeners on 0.0.0.0 are advertised at the node's gossip address.
+    let node_ip = prepared.advertise_ip();
+    advert.repl = Some(reachable(repl_bound, node_ip).to_string());
+    if config.app_url.is_none()
+        && let Some(addr) = demo.as_ref().and_then(|d| d.local_addr().ok())
     {
-        advert.app = Some(format!(
-            "http://{}",
-            reachable(addr, config.node.advertise_addr)
-        ));
+        advert.app = Some(format!("http://{}", reachable(addr, node_ip)));
     }
-
-    let runtime = NodeRuntime::start(&config.node, advert).await?;
+    let runtime = prepared.start(advert).await?;
     info!(
         node_id = %runtime.gossip.node_id(),
         app = ?runtime.gossip.advert().app,
         max_memory_bytes = limits.max_memory_bytes,
         "agent started"
     );
+    let replicator = Replicator::new(
+        ReplicationConfig {
+            node_id: config.node.node_id.clone(),
+            cluster: config.node.cluster.clone(),
+            mode: match config.replication {
+                tandem_common::config::ReplicationMode::Sync => ReplicationMode::Sync,
+                tandem_common::config::ReplicationMode::Async => ReplicationMode::Async,
+            },
+            sync_timeout: config.sync_timeout,
+            // A pair half-formed for longer than a few detection times is abandoned.
+            confirm_timeout: config.node.gossip.gossip_interval * 25,
+        },
+        store.clone(),
+        Some(std::sync::Arc::new(transport)),
+        Some(runtime.gossip.clone()),
+    );
+    let replication_tasks = replicator.spawn(config.node.gossip.gossip_interval);
+    let sessions = Sessions::new(store.clone(), replicator);
     let sweeper = store.spawn_sweeper();
-    tokio::spawn(resp.serve(store.clone(), runtime.stopping()));
-    tokio::spawn(api.serve(store.clone(), runtime.stopping()));
+    tokio::spawn(resp.serve(sessions.clone(), runtime.stopping()));
+    tokio::spawn(api.serve(sessions.clone(), runtime.stopping()));
     if let Some(demo) = demo {
-        tokio::spawn(demo.serve(store.clone(), runtime.gossip.clone(), runtime.stopping()));
+        tokio::spawn(demo.serve(sessions.clone(), runtime.gossip.clone(), runtime.stopping()));
     }
     let publisher = {
         let (gossip, store) = (runtime.gossip.clone(), store.clone());
@@ -106,17 +160,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     runtime.run_until_stopped().await;
     publisher.abort();
     sweeper.abort();
+    for task in replication_tasks {
+        task.abort();
+    }
     Ok(())
 }
 
 /// An address other hosts can use for a listener bound to `bound`: an unspecified IP is
-/// replaced by the advertised one (or loopback when none is configured).
-fn reachable(bound: SocketAddr, advertise: Option<SocketAddr>) -> SocketAddr {
-    if !bound.ip().is_unspecified() {
-        return bound;
+/// replaced by the node's own.
+fn reachable(bound: SocketAddr, node_ip: std::net::IpAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        SocketAddr::new(node_ip, bound.port())
+    } else {
+        bound
     }
-    let ip = advertise.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
-    SocketAddr::new(ip, bound.port())
 }
 
 /// A quarter of the host's memory (from /proc/meminfo), or 1 GiB where that is unknown.

@@ -60,7 +60,29 @@ impl NodeRuntime {
     ///
     /// # Errors
     /// [`StartError`] for an invalid configuration, an unusable seed or an address in use.
-    pub async fn start(config: &NodeConfig, mut advert: NodeAdvert) -> Result<Self, StartError> {
+    pub async fn start(config: &NodeConfig, advert: NodeAdvert) -> Result<Self, StartError> {
+        PreparedNode::prepare(config).await?.start(advert).await
+    }
+}
+
+/// A node whose configuration is checked and whose admin endpoint is bound, not yet in
+/// the cluster: components bind their own listeners between the two steps, so that any
+/// error stops the process before it has joined or changed anything.
+pub struct PreparedNode {
+    config: NodeConfig,
+    admin: AdminServer,
+    admin_addr: SocketAddr,
+    advertise_addr: SocketAddr,
+    seeds: Vec<String>,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl PreparedNode {
+    /// Checks the node id and seeds and binds the admin endpoint.
+    ///
+    /// # Errors
+    /// [`StartError`] for an invalid configuration, an unusable seed or an address in use.
+    pub async fn prepare(config: &NodeConfig) -> Result<Self, StartError> {
         if config.node_id.trim().is_empty() {
             return Err(StartError::EmptyNodeId);
         }
@@ -82,6 +104,35 @@ impl NodeRuntime {
         let admin_addr = admin
             .local_addr()
             .map_err(|source| admin::AdminBindError::from_io(config.admin_addr, source))?;
+        Ok(PreparedNode {
+            config: config.clone(),
+            admin,
+            admin_addr,
+            advertise_addr,
+            seeds,
+            prometheus,
+        })
+    }
+
+    /// The IP other nodes reach this node at.
+    pub fn advertise_ip(&self) -> std::net::IpAddr {
+        self.advertise_addr.ip()
+    }
+
+    /// Joins gossip with `advert` and serves the admin endpoint.
+    ///
+    /// # Errors
+    /// The gossip address cannot be bound; signal handlers cannot be installed.
+    pub async fn start(self, mut advert: NodeAdvert) -> Result<NodeRuntime, StartError> {
+        let PreparedNode {
+            config,
+            admin,
+            admin_addr,
+            advertise_addr,
+            seeds,
+            prometheus,
+        } = self;
+        let config = &config;
         let admin_advertised = if admin_addr.ip().is_unspecified() {
             SocketAddr::new(advertise_addr.ip(), admin_addr.port())
         } else {
@@ -134,7 +185,9 @@ impl NodeRuntime {
             watch_task,
         })
     }
+}
 
+impl NodeRuntime {
     /// A receiver that turns `true` when the process is asked to stop.
     pub fn stopping(&self) -> watch::Receiver<bool> {
         self.shutdown_tx.subscribe()

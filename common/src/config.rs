@@ -103,6 +103,19 @@ impl Default for NodeConfig {
 pub const DEFAULT_RESP_PORT: u16 = 6380;
 /// Default TCP port of the agent's HTTP session API.
 pub const DEFAULT_API_PORT: u16 = 7950;
+/// Default UDP port of the agent's QUIC replication endpoint.
+pub const DEFAULT_REPL_PORT: u16 = 7947;
+
+/// When a session write is acknowledged to the app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Once the partner has it (default): no acknowledged write is lost with one host.
+    #[default]
+    Sync,
+    /// At once; the partner catches up from a queue.
+    Async,
+}
 
 /// Configuration of `tandem agent`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +138,18 @@ pub struct AgentConfig {
     pub max_memory_bytes: Option<u64>,
     /// Most keys held. Default 50,000,000.
     pub max_keys: u64,
+    /// QUIC replication endpoint (UDP). Default `0.0.0.0:7947`.
+    pub repl_addr: SocketAddr,
+    /// `sync` (default) or `async`.
+    pub replication: ReplicationMode,
+    /// How long a sync write waits for the partner before the agent goes unprotected.
+    /// Default `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+    /// Directory with the cluster CA (`ca.pem`) and this node's certificate
+    /// (`<node-id>.pem`, `<node-id>.key`). A missing CA is generated, and a missing node
+    /// certificate issued when `ca.key` is there. Default `tandem-tls`.
+    pub tls_dir: std::path::PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -138,6 +163,10 @@ impl Default for AgentConfig {
             max_value_bytes: 1 << 20,
             max_memory_bytes: None,
             max_keys: 50_000_000,
+            repl_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_REPL_PORT)),
+            replication: ReplicationMode::Sync,
+            sync_timeout: Duration::from_millis(500),
+            tls_dir: std::path::PathBuf::from("tandem-tls"),
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Member {
     pub sessions: u64,
     pub ha: Option<HaSwitch>,
     pub version: Option<String>,
+    /// Agents: writes are not safely on a partner.
+    pub unprotected: bool,
     /// Why the advertisement could not be read, if it could not.
     pub problem: Option<String>,
 }
@@ -55,6 +57,7 @@ impl Member {
             sessions: 0,
             ha: None,
             version: None,
+            unprotected: false,
             problem: None,
         };
         match advert {
@@ -69,6 +72,7 @@ impl Member {
                 member.sessions = advert.sessions;
                 member.ha = Some(advert.ha);
                 member.version = Some(advert.version);
+                member.unprotected = advert.unprotected;
             }
             Err(err) => member.problem = Some(err.to_string()),
         }
@@ -117,7 +121,12 @@ pub fn members_table(members: &[Member]) -> String {
                 or_dash(m.state.map(|s| s.to_string())),
                 m.gossip_addr.clone(),
                 if m.live { "live" } else { "dead" }.to_string(),
-                or_dash(m.partner.as_ref().map(|p| p.node_id.clone())),
+                match (&m.partner, m.unprotected) {
+                    (Some(p), false) => p.node_id.clone(),
+                    (Some(p), true) => format!("{} (lagging)", p.node_id),
+                    (None, true) => "- (unprotected)".to_string(),
+                    (None, false) => "-".to_string(),
+                },
                 if m.role == Some(Role::Agent) {
                     m.sessions.to_string()
                 } else {
@@ -185,8 +194,9 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("ID            ROLE   STATE  ADDRESS"));
-        assert!(
-            lines[1].starts_with("web-1         agent  ready  127.0.0.1:7946  live  -        4")
+        assert_eq!(
+            lines[1],
+            "web-1         agent  ready  127.0.0.1:7946  live  - (unprotected)  4"
         );
         assert!(lines[2].starts_with("garbled-node  -      -      10.0.0.9:7946   dead"));
     }

@@ -31,10 +31,23 @@ pub mod keys {
     pub const VERSION: &str = "version";
     /// Admin HTTP address (health, members, metrics).
     pub const ADMIN: &str = "admin";
+    /// `yes` while an agent's writes are not safely on a partner (no partner, or the
+    /// partner is not keeping up).
+    pub const UNPROTECTED: &str = "unprotected";
 
     /// Every key, in the order they are published.
-    pub const ALL: [&str; 10] = [
-        ROLE, STATE, APP, REPL, SUBNET, PARTNER, SESSIONS, HA, VERSION, ADMIN,
+    pub const ALL: [&str; 11] = [
+        ROLE,
+        STATE,
+        APP,
+        REPL,
+        SUBNET,
+        PARTNER,
+        SESSIONS,
+        HA,
+        VERSION,
+        ADMIN,
+        UNPROTECTED,
     ];
 }
 
@@ -299,6 +312,8 @@ pub struct NodeAdvert {
     pub ha: HaSwitch,
     pub version: String,
     pub admin: Option<String>,
+    /// Agents: whether writes are not safely on a partner.
+    pub unprotected: bool,
 }
 
 impl NodeAdvert {
@@ -315,6 +330,7 @@ impl NodeAdvert {
             ha: HaSwitch::default(),
             version: version.to_string(),
             admin: None,
+            unprotected: role == Role::Agent,
         }
     }
 
@@ -335,6 +351,10 @@ impl NodeAdvert {
             (keys::HA, self.ha.to_string()),
             (keys::VERSION, self.version.clone()),
             (keys::ADMIN, opt(&self.admin)),
+            (
+                keys::UNPROTECTED,
+                if self.unprotected { "yes" } else { "" }.to_string(),
+            ),
         ]
     }
 
@@ -372,6 +392,7 @@ impl NodeAdvert {
             ha: parsed(&get, keys::HA)?.unwrap_or_default(),
             version: non_empty(&get, keys::VERSION).unwrap_or("").to_string(),
             admin: non_empty(&get, keys::ADMIN).map(str::to_string),
+            unprotected: non_empty(&get, keys::UNPROTECTED) == Some("yes"),
         })
     }
 }
@@ -422,6 +443,7 @@ mod tests {
             },
             version: "0.1.0".into(),
             admin: Some("10.0.0.5:7951".into()),
+            unprotected: true,
         };
         let map: HashMap<String, String> = advert
             .to_key_values()

@@ -21,14 +21,19 @@ pub fn tandem() -> Command {
     command
 }
 
-/// Free loopback ports for an agent's RESP and HTTP API endpoints (their defaults are fixed
-/// ports, which parallel tests would share).
-pub fn agent_endpoint_args() -> Vec<String> {
+/// Free loopback ports for an agent's RESP, HTTP API and replication endpoints (their
+/// defaults are fixed ports, which parallel tests would share), and the test's TLS
+/// directory (shared by the agents of one test, so they trust each other).
+pub fn agent_endpoint_args(dir: &Path) -> Vec<String> {
     vec![
         "--resp-addr".into(),
         free_tcp_addr().to_string(),
         "--api-addr".into(),
         free_tcp_addr().to_string(),
+        "--repl-addr".into(),
+        free_udp_addr().to_string(),
+        "--tls-dir".into(),
+        dir.join("tls").display().to_string(),
     ]
 }
 
@@ -73,7 +78,7 @@ impl Node {
         let extra = if role == "balancer" {
             vec!["--listen".into(), free_tcp_addr().to_string()]
         } else {
-            agent_endpoint_args()
+            agent_endpoint_args(dir)
         };
         Node::start_with(dir, role, name, seeds, gossip, extra)
     }
@@ -291,6 +296,10 @@ impl Agent {
             resp.to_string(),
             "--api-addr".into(),
             api.to_string(),
+            "--repl-addr".into(),
+            free_udp_addr().to_string(),
+            "--tls-dir".into(),
+            dir.join("tls").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let node = Node::start_with(dir, "agent", name, &[], free_udp_addr(), args);
@@ -306,4 +315,64 @@ pub async fn wait_for_port(addr: SocketAddr) {
         || async { tokio::net::TcpStream::connect(addr).await.is_ok() },
     )
     .await;
+}
+
+/// A minimal RESP2 client for tests: pipelines commands, decodes replies.
+pub struct Resp {
+    stream: tokio::net::TcpStream,
+    buffer: bytes::BytesMut,
+}
+
+pub use redis_protocol::resp2::types::OwnedFrame as Reply;
+
+impl Resp {
+    pub async fn connect(addr: SocketAddr) -> Resp {
+        Resp {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buffer: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Sends all commands in one write, then reads one reply per command.
+    pub async fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> Vec<Reply> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = Vec::new();
+        for args in commands {
+            request.extend(format!("*{}\r\n", args.len()).bytes());
+            for arg in args {
+                request.extend(format!("${}\r\n", arg.len()).bytes());
+                request.extend(arg);
+                request.extend(b"\r\n");
+            }
+        }
+        self.stream.write_all(&request).await.unwrap();
+        let mut replies = Vec::with_capacity(commands.len());
+        while replies.len() < commands.len() {
+            if let Some((frame, len)) = redis_protocol::resp2::decode::decode(&self.buffer).unwrap()
+            {
+                let _ = self.buffer.split_to(len);
+                replies.push(frame);
+                continue;
+            }
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.stream.read_buf(&mut self.buffer),
+            )
+            .await
+            .expect("a reply within 10 s")
+            .unwrap();
+            assert!(read > 0, "the server closed the connection");
+        }
+        replies
+    }
+
+    pub async fn call(&mut self, args: &[&str]) -> Reply {
+        let command: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.pipeline(&[command]).await.remove(0)
+    }
+}
+
+/// Builds a command from string-ish arguments.
+pub fn cmd(args: &[&dyn AsRef<[u8]>]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.as_ref().to_vec()).collect()
 }

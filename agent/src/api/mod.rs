@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::store::{Entry, ExpireCondition, Keyspace, SessionStore, StoreError, Value};
+use crate::sessions::Sessions;
+use crate::store::{Entry, ExpireCondition, Keyspace, StoreError, Value};
 
 /// The OpenAPI 3 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -67,7 +68,7 @@ impl ApiServer {
     }
 
     /// Serves until `stop` turns true.
-    pub async fn serve(self, store: SessionStore, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(self, store: Sessions, mut stop: watch::Receiver<bool>) {
         if let Ok(addr) = self.local_addr() {
             info!(%addr, "HTTP session API listening");
         }
@@ -83,7 +84,7 @@ impl ApiServer {
 }
 
 /// The API's routes over `store`.
-pub fn router(store: SessionStore) -> Router {
+pub fn router(store: Sessions) -> Router {
     Router::new()
         .route(
             ROUTES[0],
@@ -329,14 +330,17 @@ fn bytes_of(text: String) -> Bytes {
     Bytes::from(text.into_bytes())
 }
 
-async fn get_session(State(store): State<SessionStore>, Path(key): Path<String>) -> ApiResult {
-    let shown = store.run(|ks, now| show(ks, key.as_bytes(), now)).value?;
+async fn get_session(State(store): State<Sessions>, Path(key): Path<String>) -> ApiResult {
+    let shown = store
+        .run(|ks, now| show(ks, key.as_bytes(), now))
+        .await
+        .value?;
     let (session, version) = shown.ok_or_else(|| ApiError::not_found(&key))?;
     Ok(respond(StatusCode::OK, session, version))
 }
 
 async fn put_session(
-    State(store): State<SessionStore>,
+    State(store): State<Sessions>,
     Path(key): Path<String>,
     headers: HeaderMap,
     body: Result<Json<PutBody>, axum::extract::rejection::JsonRejection>,
@@ -344,47 +348,49 @@ async fn put_session(
     let Json(body) = body.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let condition = Condition::from_headers(&headers);
     let key_bytes = Bytes::from(key.clone().into_bytes());
-    let outcome = store.run(|ks, now| -> Result<_, ApiError> {
-        let current = current_version(ks, &key_bytes, now);
-        if !condition.allows(current) {
-            return Err(ApiError::precondition());
-        }
-        let expires = body.ttl_ms.map(|ttl| deadline(ttl, now)).transpose()?;
-        match (body.value, body.fields) {
-            (Some(value), None) => {
-                let expiry =
-                    expires.map_or(crate::store::SetExpiry::None, crate::store::SetExpiry::At);
-                ks.set(
-                    key_bytes.clone(),
-                    bytes_of(value),
-                    expiry,
-                    crate::store::SetCondition::Always,
-                    false,
-                    now,
-                )?;
+    let outcome = store
+        .run(|ks, now| -> Result<_, ApiError> {
+            let current = current_version(ks, &key_bytes, now);
+            if !condition.allows(current) {
+                return Err(ApiError::precondition());
             }
-            (None, Some(fields)) if !fields.is_empty() => {
-                if current.is_some() {
-                    ks.delete(std::slice::from_ref(&key_bytes), now);
+            let expires = body.ttl_ms.map(|ttl| deadline(ttl, now)).transpose()?;
+            match (body.value, body.fields) {
+                (Some(value), None) => {
+                    let expiry =
+                        expires.map_or(crate::store::SetExpiry::None, crate::store::SetExpiry::At);
+                    ks.set(
+                        key_bytes.clone(),
+                        bytes_of(value),
+                        expiry,
+                        crate::store::SetCondition::Always,
+                        false,
+                        now,
+                    )?;
                 }
-                let fields = fields
-                    .into_iter()
-                    .map(|(f, v)| (bytes_of(f), bytes_of(v)))
-                    .collect();
-                ks.hset(key_bytes.clone(), fields, now)?;
-                if let Some(at) = expires {
-                    ks.expire(key_bytes.clone(), at, ExpireCondition::Always, now);
+                (None, Some(fields)) if !fields.is_empty() => {
+                    if current.is_some() {
+                        ks.delete(std::slice::from_ref(&key_bytes), now);
+                    }
+                    let fields = fields
+                        .into_iter()
+                        .map(|(f, v)| (bytes_of(f), bytes_of(v)))
+                        .collect();
+                    ks.hset(key_bytes.clone(), fields, now)?;
+                    if let Some(at) = expires {
+                        ks.expire(key_bytes.clone(), at, ExpireCondition::Always, now);
+                    }
+                }
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "give exactly one of `value` (a string) and `fields` (a non-empty object)",
+                    ));
                 }
             }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "give exactly one of `value` (a string) and `fields` (a non-empty object)",
-                ));
-            }
-        }
-        let shown = show(ks, &key_bytes, now)?.expect("just written");
-        Ok((shown, current.is_none()))
-    });
+            let shown = show(ks, &key_bytes, now)?.expect("just written");
+            Ok((shown, current.is_none()))
+        })
+        .await;
     let ((session, version), created) = outcome.value?;
     let status = if created {
         StatusCode::CREATED
@@ -395,7 +401,7 @@ async fn put_session(
 }
 
 async fn patch_session(
-    State(store): State<SessionStore>,
+    State(store): State<Sessions>,
     Path(key): Path<String>,
     headers: HeaderMap,
     body: Result<Json<PatchBody>, axum::extract::rejection::JsonRejection>,
@@ -403,33 +409,35 @@ async fn patch_session(
     let Json(body) = body.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let condition = Condition::from_headers(&headers);
     let key_bytes = Bytes::from(key.clone().into_bytes());
-    let outcome = store.run(|ks, now| -> Result<_, ApiError> {
-        let current = current_version(ks, &key_bytes, now);
-        if !condition.allows(current) {
-            return Err(ApiError::precondition());
-        }
-        if !body.fields.is_empty() {
-            let fields = body
-                .fields
-                .into_iter()
-                .map(|(f, v)| (bytes_of(f), bytes_of(v)))
-                .collect();
-            ks.hset(key_bytes.clone(), fields, now)?;
-        }
-        if !body.delete_fields.is_empty() {
-            let fields = body.delete_fields.into_iter().map(bytes_of).collect();
-            ks.hdel(key_bytes.clone(), fields, now)?;
-        }
-        if let Some(ttl) = body.ttl_ms {
-            ks.expire(
-                key_bytes.clone(),
-                deadline(ttl, now)?,
-                ExpireCondition::Always,
-                now,
-            );
-        }
-        show(ks, &key_bytes, now)
-    });
+    let outcome = store
+        .run(|ks, now| -> Result<_, ApiError> {
+            let current = current_version(ks, &key_bytes, now);
+            if !condition.allows(current) {
+                return Err(ApiError::precondition());
+            }
+            if !body.fields.is_empty() {
+                let fields = body
+                    .fields
+                    .into_iter()
+                    .map(|(f, v)| (bytes_of(f), bytes_of(v)))
+                    .collect();
+                ks.hset(key_bytes.clone(), fields, now)?;
+            }
+            if !body.delete_fields.is_empty() {
+                let fields = body.delete_fields.into_iter().map(bytes_of).collect();
+                ks.hdel(key_bytes.clone(), fields, now)?;
+            }
+            if let Some(ttl) = body.ttl_ms {
+                ks.expire(
+                    key_bytes.clone(),
+                    deadline(ttl, now)?,
+                    ExpireCondition::Always,
+                    now,
+                );
+            }
+            show(ks, &key_bytes, now)
+        })
+        .await;
     match outcome.value? {
         Some((session, version)) => Ok(respond(StatusCode::OK, session, version)),
         None => Err(ApiError::not_found(&key)),
@@ -437,7 +445,7 @@ async fn patch_session(
 }
 
 async fn delete_session(
-    State(store): State<SessionStore>,
+    State(store): State<Sessions>,
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -455,15 +463,17 @@ async fn delete_session(
             ks.delete(std::slice::from_ref(&key_bytes), now);
             Ok(StatusCode::NO_CONTENT.into_response())
         })
+        .await
         .value
 }
 
 async fn get_field(
-    State(store): State<SessionStore>,
+    State(store): State<Sessions>,
     Path((key, field)): Path<(String, String)>,
 ) -> ApiResult {
     let value = store
         .run(|ks, now| ks.hget(key.as_bytes(), field.as_bytes(), now))
+        .await
         .value?;
     let value = value.ok_or_else(|| {
         ApiError::new(
@@ -483,7 +493,7 @@ async fn get_field(
 }
 
 async fn put_field(
-    State(store): State<SessionStore>,
+    State(store): State<Sessions>,
     Path((key, field)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Json<FieldBody>, axum::extract::rejection::JsonRejection>,
@@ -503,17 +513,19 @@ async fn put_field(
             )?;
             Ok(show(ks, &key_bytes, now)?.expect("just written"))
         })
+        .await
         .value?;
     Ok(respond(StatusCode::OK, session, version))
 }
 
 async fn delete_field(
-    State(store): State<SessionStore>,
+    State(store): State<Sessions>,
     Path((key, field)): Path<(String, String)>,
 ) -> ApiResult {
     let key_bytes = Bytes::from(key.clone().into_bytes());
     let removed = store
         .run(|ks, now| ks.hdel(key_bytes, vec![bytes_of(field.clone())], now))
+        .await
         .value?;
     if removed == 0 {
         return Err(ApiError::new(
@@ -526,7 +538,7 @@ async fn delete_field(
 }
 
 async fn touch_session(
-    State(store): State<SessionStore>,
+    State(store): State<Sessions>,
     Path(key): Path<String>,
     body: Result<Json<TouchBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
@@ -540,6 +552,7 @@ async fn touch_session(
             }
             show(ks, &key_bytes, now)
         })
+        .await
         .value?;
     let (session, version) = shown.ok_or_else(|| ApiError::not_found(&key))?;
     Ok(respond(StatusCode::OK, session, version))

@@ -6,7 +6,8 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use super::*;
-use crate::store::{Limits, ManualClock};
+use crate::sessions::Sessions;
+use crate::store::{Limits, ManualClock, SessionStore};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -24,7 +25,7 @@ impl Api {
         };
         let store = SessionStore::new("node-a", limits, clock.clone());
         Api {
-            router: router(store),
+            router: router(Sessions::local(store)),
             clock,
         }
     }

@@ -15,7 +15,7 @@ use super::clients::{ClientSession, Clients};
 use super::cmd::{Ctx, execute};
 use super::reply::Reply;
 use super::{RespLimits, names};
-use crate::store::SessionStore;
+use crate::sessions::Sessions;
 
 /// Redis' limit on the element count of one request.
 const MAX_ARRAY_LEN: usize = 1024 * 1024;
@@ -152,7 +152,7 @@ fn inline_request(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolErro
 /// Serves one client until it quits, disconnects or sends something malformed.
 pub async fn serve(
     mut stream: TcpStream,
-    store: SessionStore,
+    sessions: Sessions,
     clients: Clients,
     limits: RespLimits,
 ) {
@@ -163,7 +163,7 @@ pub async fn serve(
     let mut session = clients.connect(addr, laddr);
     debug!(client = session.id, %addr, "RESP client connected");
     metrics::gauge!(names::CONNECTIONS).increment(1.0);
-    let result = run(&mut stream, &store, &clients, &mut session, &limits).await;
+    let result = run(&mut stream, &sessions, &clients, &mut session, &limits).await;
     metrics::gauge!(names::CONNECTIONS).decrement(1.0);
     clients.disconnect(session.id);
     match result {
@@ -191,7 +191,7 @@ impl From<std::io::Error> for ConnectionEnd {
 
 async fn run(
     stream: &mut TcpStream,
-    store: &SessionStore,
+    sessions: &Sessions,
     clients: &Clients,
     session: &mut ClientSession,
     limits: &RespLimits,
@@ -208,7 +208,7 @@ async fn run(
                 Ok(Some(args)) => {
                     commands += 1;
                     let mut ctx = Ctx {
-                        store,
+                        store: &sessions.store,
                         session,
                         clients,
                         mutations: &mut mutations,
@@ -230,8 +230,14 @@ async fn run(
         if commands > 0 {
             metrics::counter!(names::COMMANDS).increment(commands);
         }
-        // The batch's writes are applied locally; replication of `mutations` hooks in here.
-        mutations.clear();
+        // The batch's writes are applied locally; in sync mode the replies wait until the
+        // partner has them too.
+        if !mutations.is_empty() {
+            sessions
+                .replicator
+                .replicate(std::mem::take(&mut mutations))
+                .await;
+        }
         if !output.is_empty() {
             stream.write_all(&output).await?;
             output.clear();

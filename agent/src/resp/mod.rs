@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use self::clients::Clients;
-use crate::store::SessionStore;
+use crate::sessions::Sessions;
 
 /// Bounds on what one client may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl RespServer {
     }
 
     /// Accepts clients until `stop` turns true; open connections finish on their own.
-    pub async fn serve(self, store: SessionStore, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(self, store: Sessions, mut stop: watch::Receiver<bool>) {
         let clients = Clients::default();
         if let Ok(addr) = self.local_addr() {
             info!(%addr, "RESP endpoint listening");

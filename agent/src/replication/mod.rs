@@ -1,0 +1,754 @@
+//! Replication: pairing with a partner and keeping its copy of our sessions current.
+//!
+//! Every agent is primary for the sessions its app writes and holds its partner's as a
+//! replica. The pairing loop turns the pure decision of `tandem_common::pairing` into
+//! actions; a link (one ordered channel per pair) carries each side's writes, as versioned
+//! mutations, and a full snapshot when the pair forms. In sync mode a write is acknowledged
+//! to the app only once the partner has applied it, or once the sync timeout has passed —
+//! then the agent says it is unprotected rather than blocking the app.
+
+pub mod tls;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tandem_cluster::gossip::GossipNode;
+use tandem_common::frame::{Frame, PROTOCOL_VERSION};
+use tandem_common::ops::Mutation;
+use tandem_common::pairing::{AgentView, PairingDecision, decide};
+use tandem_common::schema::{NodeState, PartnerRef, Role};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
+use crate::store::SessionStore;
+
+/// Keys per snapshot frame.
+const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
+/// Snapshot frames in flight before the sender waits for acknowledgements.
+const SNAPSHOT_WINDOW: u64 = 4;
+/// Most mutations coalesced into one frame.
+const BATCH_MUTATIONS: usize = 4_096;
+/// How long the handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a write is acknowledged to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationMode {
+    /// Once the partner has applied it (or the sync timeout passed).
+    Sync,
+    /// At once; the partner catches up from a queue (lag is a metric).
+    Async,
+}
+
+/// How replication behaves.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    pub node_id: String,
+    pub cluster: String,
+    pub mode: ReplicationMode,
+    /// How long a sync write waits for the partner.
+    pub sync_timeout: Duration,
+    /// How long a pair may stay half-formed before it is abandoned.
+    pub confirm_timeout: Duration,
+}
+
+/// Metric names of replication.
+pub mod names {
+    /// Gauge: 1 while this agent has no partner or the partner is not keeping up.
+    pub const UNPROTECTED: &str = "tandem_repl_unprotected";
+    /// Gauge: 1 while paired.
+    pub const PAIRED: &str = "tandem_repl_paired";
+    /// Counter: mutations sent to the partner.
+    pub const MUTATIONS_SENT: &str = "tandem_repl_mutations_sent_total";
+    /// Counter: mutations received from the partner (applied or already known).
+    pub const MUTATIONS_RECEIVED: &str = "tandem_repl_mutations_received_total";
+    /// Counter: bytes of replication frames sent.
+    pub const BYTES_SENT: &str = "tandem_repl_bytes_sent_total";
+    /// Gauge: mutations sent but not yet acknowledged.
+    pub const LAG: &str = "tandem_repl_lag_mutations";
+    /// Counter: sync writes the partner did not acknowledge in time.
+    pub const SYNC_TIMEOUTS: &str = "tandem_repl_sync_timeouts_total";
+    /// Counter: partners lost (their sessions are now served here).
+    pub const FAILOVERS: &str = "tandem_repl_failovers_total";
+    /// Counter: pairs formed.
+    pub const PAIRS_FORMED: &str = "tandem_repl_pairs_formed_total";
+    /// Counter: snapshot keys sent / received.
+    pub const SNAPSHOT_KEYS_SENT: &str = "tandem_repl_snapshot_keys_sent_total";
+    pub const SNAPSHOT_KEYS_RECEIVED: &str = "tandem_repl_snapshot_keys_received_total";
+    /// Counter: replication connections refused (wrong certificate, garbage).
+    pub const REFUSED: &str = "tandem_repl_refused_total";
+    /// Counter: links closed because of an error, by reason.
+    pub const LINK_FAILURES: &str = "tandem_repl_link_failures_total";
+}
+
+/// Shared handle to this agent's replication. Cheap to clone.
+#[derive(Clone)]
+pub struct Replicator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ReplicationConfig,
+    store: SessionStore,
+    transport: Option<Arc<dyn Transport>>,
+    gossip: Option<GossipNode>,
+    state: Mutex<PairState>,
+    /// Set when a sync write timed out; cleared when the partner acknowledges in time.
+    lagging: AtomicBool,
+    /// Set while a snapshot from the partner is being applied.
+    syncing: AtomicBool,
+    next_link_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct PairState {
+    link: Option<Link>,
+    /// The agent a proposal is in flight to.
+    proposing: Option<String>,
+    /// When we started waiting for our partner to advertise us back.
+    confirming_since: Option<tokio::time::Instant>,
+    /// Whether "alone" was already said (said once per lone period).
+    said_alone: bool,
+}
+
+/// The running link to the partner.
+struct Link {
+    id: u64,
+    partner: PartnerRef,
+    outbound: mpsc::UnboundedSender<Frame>,
+    next_seq: u64,
+    acked: watch::Receiver<u64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Replicator {
+    /// Replication that never pairs: writes are local only (for front-end tests and for
+    /// agents with HA switched off).
+    pub fn disabled(store: SessionStore, node_id: &str) -> Self {
+        Replicator::new(
+            ReplicationConfig {
+                node_id: node_id.to_string(),
+                cluster: String::new(),
+                mode: ReplicationMode::Async,
+                sync_timeout: Duration::ZERO,
+                confirm_timeout: Duration::ZERO,
+            },
+            store,
+            None,
+            None,
+        )
+    }
+
+    pub fn new(
+        config: ReplicationConfig,
+        store: SessionStore,
+        transport: Option<Arc<dyn Transport>>,
+        gossip: Option<GossipNode>,
+    ) -> Self {
+        Replicator {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                transport,
+                gossip,
+                state: Mutex::new(PairState::default()),
+                lagging: AtomicBool::new(false),
+                syncing: AtomicBool::new(false),
+                next_link_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The partner of the running link, if any.
+    pub fn partner(&self) -> Option<PartnerRef> {
+        self.inner
+            .state
+            .lock()
+            .link
+            .as_ref()
+            .map(|l| l.partner.clone())
+    }
+
+    /// Ships a write's mutations to the partner; in sync mode, returns once the partner
+    /// applied them or the sync timeout passed.
+    pub async fn replicate(&self, mutations: Vec<Mutation>) {
+        if mutations.is_empty() {
+            return;
+        }
+        let count = mutations.len() as u64;
+        let pending = {
+            let mut state = self.inner.state.lock();
+            let Some(link) = state.link.as_mut() else {
+                return;
+            };
+            link.next_seq += 1;
+            let seq = link.next_seq;
+            if link
+                .outbound
+                .send(Frame::Mutations { seq, mutations })
+                .is_err()
+            {
+                return;
+            }
+            (seq, link.acked.clone())
+        };
+        metrics::counter!(names::MUTATIONS_SENT).increment(count);
+        if self.inner.config.mode == ReplicationMode::Async {
+            return;
+        }
+        let (seq, mut acked) = pending;
+        let waited = tokio::time::timeout(
+            self.inner.config.sync_timeout,
+            acked.wait_for(|a| *a >= seq),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => {
+                if self.inner.lagging.swap(false, Ordering::Relaxed) {
+                    info!("the partner acknowledges in time again: protected");
+                    self.inner.publish_protection();
+                }
+            }
+            Ok(Err(_)) => {
+                // The link closed while waiting; the pairing loop takes it from here.
+                debug!("replication link closed during a sync write");
+            }
+            Err(_) => {
+                metrics::counter!(names::SYNC_TIMEOUTS).increment(1);
+                if !self.inner.lagging.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        timeout = ?self.inner.config.sync_timeout,
+                        "the partner did not acknowledge a write in time; writes are kept \
+                         locally and this agent is unprotected until it catches up"
+                    );
+                    self.inner.publish_protection();
+                }
+            }
+        }
+    }
+
+    /// Starts accepting proposals and running the pairing loop.
+    pub fn spawn(&self, interval: Duration) -> Vec<JoinHandle<()>> {
+        let Some(transport) = self.inner.transport.clone() else {
+            return Vec::new();
+        };
+        let accept = {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                loop {
+                    match transport.accept().await {
+                        Ok(channel) => {
+                            let inner = inner.clone();
+                            tokio::spawn(async move { inner.serve_proposal(channel).await });
+                        }
+                        Err(TransportError::Shutdown) => return,
+                        Err(err) => warn!(error = %err, "accepting replication channels failed"),
+                    }
+                }
+            })
+        };
+        let pairing = {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    inner.pairing_round().await;
+                }
+            })
+        };
+        self.inner.publish_protection();
+        vec![accept, pairing]
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Inner {
+    /// Publishes the partner, protection and sync status in gossip and metrics.
+    ///
+    /// The values are read when the update runs, not when it was asked for, so updates
+    /// that overtake each other still leave the latest state published.
+    fn publish_protection(self: &Arc<Self>) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let Some(gossip) = inner.gossip.clone() else {
+                return;
+            };
+            gossip
+                .update(|advert| {
+                    let state = inner.state.lock();
+                    let partner = state.link.as_ref().map(|l| l.partner.clone());
+                    let unprotected = partner.is_none() || inner.lagging.load(Ordering::Relaxed);
+                    metrics::gauge!(names::UNPROTECTED).set(if unprotected { 1.0 } else { 0.0 });
+                    metrics::gauge!(names::PAIRED).set(if partner.is_some() { 1.0 } else { 0.0 });
+                    advert.partner = partner;
+                    advert.unprotected = unprotected;
+                    // Only a serving node moves between syncing and ready.
+                    if matches!(advert.state, NodeState::Ready | NodeState::Syncing) {
+                        advert.state = if inner.syncing.load(Ordering::Relaxed) {
+                            NodeState::Syncing
+                        } else {
+                            NodeState::Ready
+                        };
+                    }
+                })
+                .await;
+        });
+    }
+
+    fn hello(&self) -> Frame {
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            cluster: self.config.cluster.clone(),
+            node_id: self.config.node_id.clone(),
+        }
+    }
+
+    /// Checks the peer's hello; returns its node id.
+    fn check_hello(&self, frame: Frame) -> Result<String, String> {
+        match frame {
+            Frame::Hello {
+                version,
+                cluster,
+                node_id,
+            } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(format!(
+                        "peer {node_id} speaks replication protocol {version}, this agent {PROTOCOL_VERSION}"
+                    ));
+                }
+                if cluster != self.config.cluster {
+                    return Err(format!("peer {node_id} belongs to cluster {cluster:?}"));
+                }
+                Ok(node_id)
+            }
+            other => Err(format!("expected a hello, got {other:?}")),
+        }
+    }
+
+    /// One round: read the view, decide, act.
+    async fn pairing_round(self: &Arc<Self>) {
+        let Some(gossip) = self.gossip.clone() else {
+            return;
+        };
+        let members = gossip.members().await;
+        let view: Vec<AgentView> = members
+            .iter()
+            .filter(|m| m.role == Some(Role::Agent))
+            .map(|m| AgentView {
+                id: m.id.clone(),
+                live: m.live,
+                state: m.state.unwrap_or(NodeState::Joining),
+                ha_on: m.ha.is_none_or(|ha| ha.on),
+                partner: m.partner.clone(),
+                subnet: m.subnet.as_ref().map(|s| s.cidr.clone()),
+            })
+            .collect();
+        let repl_addrs: HashMap<&str, Option<&String>> = members
+            .iter()
+            .map(|m| (m.id.as_str(), m.repl.as_ref()))
+            .collect();
+        let my_partner = self.state.lock().link.as_ref().map(|l| l.partner.clone());
+        match decide(&self.config.node_id, my_partner.as_ref(), &view) {
+            PairingDecision::Keep { .. } => {
+                self.state.lock().confirming_since = None;
+            }
+            PairingDecision::Confirming { partner } => {
+                let expired = {
+                    let mut state = self.state.lock();
+                    let since = *state
+                        .confirming_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    since.elapsed() > self.config.confirm_timeout
+                };
+                if expired {
+                    warn!(%partner, "the partner never advertised this pair; abandoning it");
+                    self.drop_link(None, "pair not confirmed");
+                }
+            }
+            PairingDecision::PartnerLost { partner } => {
+                warn!(%partner, "partner lost; its sessions are served here from now on");
+                metrics::counter!(names::FAILOVERS).increment(1);
+                self.drop_link(None, "partner lost");
+            }
+            PairingDecision::Propose { to } => {
+                let addr = repl_addrs
+                    .get(to.as_str())
+                    .copied()
+                    .flatten()
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                let Some(addr) = addr else {
+                    debug!(%to, "no replication address for the agent to pair with yet");
+                    return;
+                };
+                {
+                    let mut state = self.state.lock();
+                    if state.proposing.is_some() || state.link.is_some() {
+                        return;
+                    }
+                    state.proposing = Some(to.clone());
+                }
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    if let Err(reason) = inner.propose(&to, addr).await {
+                        info!(%to, %reason, "pair proposal not accepted");
+                    }
+                    inner.state.lock().proposing = None;
+                });
+            }
+            PairingDecision::Alone => {
+                let mut state = self.state.lock();
+                if !state.said_alone {
+                    state.said_alone = true;
+                    warn!("no lone agent to pair with: serving unprotected until one appears");
+                }
+            }
+            PairingDecision::AwaitProposal { .. } | PairingDecision::Ineligible => {}
+        }
+    }
+
+    /// Proposes a pair to `to` over a new channel.
+    async fn propose(self: &Arc<Self>, to: &str, addr: SocketAddr) -> Result<(), String> {
+        let transport = self.transport.clone().ok_or("replication is disabled")?;
+        let mut channel = tokio::time::timeout(HANDSHAKE_TIMEOUT, transport.connect(to, addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|err| err.to_string())?;
+        let epoch = now_ms();
+        let exchange = async {
+            channel.sender.send(&self.hello()).await?;
+            channel.sender.send(&Frame::Propose { epoch }).await?;
+            let hello = channel.receiver.recv().await?;
+            let answer = channel.receiver.recv().await?;
+            Ok::<_, TransportError>((hello, answer))
+        };
+        let (hello, answer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|err| err.to_string())?;
+        let peer = self.check_hello(hello)?;
+        if peer != to {
+            return Err(format!("reached {peer}, not {to}"));
+        }
+        match answer {
+            Frame::Accept { epoch: accepted } if accepted == epoch => {
+                self.install_link(
+                    channel,
+                    PartnerRef {
+                        node_id: peer,
+                        epoch,
+                    },
+                );
+                Ok(())
+            }
+            Frame::Reject { reason } => Err(reason),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Answers a proposal on an incoming channel.
+    async fn serve_proposal(self: &Arc<Self>, mut channel: Channel) {
+        let peer_addr = channel.peer;
+        let exchange = async {
+            let hello = channel.receiver.recv().await?;
+            channel.sender.send(&self.hello()).await?;
+            let proposal = channel.receiver.recv().await?;
+            Ok::<_, TransportError>((hello, proposal))
+        };
+        let (hello, proposal) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
+            Ok(Ok(frames)) => frames,
+            Ok(Err(err)) => {
+                warn!(peer = %peer_addr, error = %err, "replication handshake failed");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %peer_addr, "replication handshake timed out");
+                return;
+            }
+        };
+        let peer = match self.check_hello(hello) {
+            Ok(peer) => peer,
+            Err(reason) => {
+                warn!(peer = %peer_addr, %reason, "refusing a replication peer");
+                let _ = channel.sender.send(&Frame::Reject { reason }).await;
+                return;
+            }
+        };
+        let Frame::Propose { epoch } = proposal else {
+            warn!(%peer, "expected a pair proposal");
+            return;
+        };
+        let available = {
+            let state = self.state.lock();
+            state.link.is_none() && state.proposing.is_none()
+        };
+        if !available {
+            let _ = channel
+                .sender
+                .send(&Frame::Reject {
+                    reason: "already paired or pairing".into(),
+                })
+                .await;
+            return;
+        }
+        if channel.sender.send(&Frame::Accept { epoch }).await.is_ok() {
+            self.install_link(
+                channel,
+                PartnerRef {
+                    node_id: peer,
+                    epoch,
+                },
+            );
+        }
+    }
+
+    /// Makes `channel` the link to `partner`, unless another link won the race.
+    fn install_link(self: &Arc<Self>, channel: Channel, partner: PartnerRef) {
+        let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
+        let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
+        let (acked_tx, acked_rx) = watch::channel(0u64);
+        {
+            let mut state = self.state.lock();
+            if state.link.is_some() {
+                warn!(partner = %partner.node_id, "already paired; dropping the second link");
+                return;
+            }
+            let Channel {
+                sender, receiver, ..
+            } = channel;
+            let writer = tokio::spawn(self.clone().write_frames(id, sender, outbound_rx));
+            let reader =
+                tokio::spawn(
+                    self.clone()
+                        .read_frames(id, receiver, outbound_tx.clone(), acked_tx),
+                );
+            let snapshot = tokio::spawn(self.clone().send_snapshot(id, partner.node_id.clone()));
+            state.link = Some(Link {
+                id,
+                partner: partner.clone(),
+                outbound: outbound_tx,
+                next_seq: 0,
+                acked: acked_rx,
+                tasks: vec![writer, reader, snapshot],
+            });
+            state.confirming_since = None;
+            state.said_alone = false;
+        }
+        self.lagging.store(false, Ordering::Relaxed);
+        metrics::counter!(names::PAIRS_FORMED).increment(1);
+        info!(partner = %partner.node_id, epoch = partner.epoch, "paired; sending a snapshot");
+        self.publish_protection();
+    }
+
+    /// Ends the link `id` (or whatever link runs, for `None`) and becomes lone.
+    fn drop_link(self: &Arc<Self>, id: Option<u64>, reason: &str) {
+        let dropped = {
+            let mut state = self.state.lock();
+            match &state.link {
+                Some(link) if id.is_none_or(|id| id == link.id) => {
+                    state.confirming_since = None;
+                    state.link.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(link) = dropped {
+            info!(partner = %link.partner.node_id, %reason, "replication link closed");
+            self.syncing.store(false, Ordering::Relaxed);
+            // Dropping the link aborts its tasks; from a task of its own, after this returns.
+            tokio::spawn(async move { drop(link) });
+            self.publish_protection();
+        }
+    }
+
+    fn link_failed(self: &Arc<Self>, id: u64, error: &TransportError) {
+        let current = self.state.lock().link.as_ref().is_some_and(|l| l.id == id);
+        if current {
+            warn!(error = %error, "replication link failed");
+            metrics::counter!(names::LINK_FAILURES).increment(1);
+            self.drop_link(Some(id), "link failed");
+        }
+    }
+
+    /// Sends queued frames in order; consecutive mutation batches travel as one frame.
+    async fn write_frames(
+        self: Arc<Self>,
+        id: u64,
+        mut sender: FrameSender,
+        mut outbound: mpsc::UnboundedReceiver<Frame>,
+    ) {
+        while let Some(first) = outbound.recv().await {
+            let mut frames: Vec<Frame> = vec![first];
+            while frames.len() < 64 {
+                let Ok(next) = outbound.try_recv() else { break };
+                match (frames.last_mut(), next) {
+                    (
+                        Some(Frame::Mutations { seq, mutations }),
+                        Frame::Mutations {
+                            seq: next_seq,
+                            mutations: more,
+                        },
+                    ) if mutations.len() < BATCH_MUTATIONS => {
+                        *seq = next_seq;
+                        mutations.extend(more);
+                    }
+                    (_, other) => frames.push(other),
+                }
+            }
+            for frame in &frames {
+                if let Err(err) = self.send_frame(&mut sender, frame).await {
+                    self.link_failed(id, &err);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn send_frame(
+        &self,
+        sender: &mut FrameSender,
+        frame: &Frame,
+    ) -> Result<(), TransportError> {
+        sender.send(frame).await
+    }
+
+    /// Applies the partner's frames and acknowledges them.
+    async fn read_frames(
+        self: Arc<Self>,
+        id: u64,
+        mut receiver: FrameReceiver,
+        outbound: mpsc::UnboundedSender<Frame>,
+        acked: watch::Sender<u64>,
+    ) {
+        let mut snapshot_keys = 0u64;
+        loop {
+            let frame = match receiver.recv().await {
+                Ok(frame) => frame,
+                Err(err) => {
+                    self.link_failed(id, &err);
+                    return;
+                }
+            };
+            match frame {
+                Frame::Mutations { seq, mutations } => {
+                    metrics::counter!(names::MUTATIONS_RECEIVED).increment(mutations.len() as u64);
+                    self.store.apply(&mutations);
+                    let _ = outbound.send(Frame::Ack { seq });
+                }
+                Frame::Snapshot {
+                    seq,
+                    mutations,
+                    last,
+                } => {
+                    if snapshot_keys == 0 && !last {
+                        self.set_syncing(true);
+                    }
+                    snapshot_keys += mutations.len() as u64;
+                    metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
+                        .increment(mutations.len() as u64);
+                    self.store.apply(&mutations);
+                    let _ = outbound.send(Frame::Ack { seq });
+                    if last {
+                        info!(keys = snapshot_keys, "snapshot from the partner applied");
+                        self.set_syncing(false);
+                    }
+                }
+                Frame::Ack { seq } => {
+                    acked.send_if_modified(|current| {
+                        let newer = seq > *current;
+                        if newer {
+                            *current = seq;
+                        }
+                        newer
+                    });
+                    self.update_lag(id, seq);
+                }
+                other => {
+                    let error = TransportError::Frame(tandem_common::frame::FrameError::Malformed(
+                        format!("unexpected frame on a running link: {other:?}"),
+                    ));
+                    self.link_failed(id, &error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn update_lag(&self, id: u64, acked: u64) {
+        let state = self.state.lock();
+        if let Some(link) = state.link.as_ref().filter(|l| l.id == id) {
+            metrics::gauge!(names::LAG).set(link.next_seq.saturating_sub(acked) as f64);
+        }
+    }
+
+    fn set_syncing(self: &Arc<Self>, syncing: bool) {
+        self.syncing.store(syncing, Ordering::Relaxed);
+        self.publish_protection();
+    }
+
+    /// Sends this agent's whole store to the new partner, a chunk at a time, with at most
+    /// a few chunks unacknowledged.
+    async fn send_snapshot(self: Arc<Self>, id: u64, partner: String) {
+        let started = tokio::time::Instant::now();
+        let mut cursor = Some(0);
+        let mut sent = 0u64;
+        let mut last_report = started;
+        while let Some(at) = cursor {
+            let (next, mutations) = self
+                .store
+                .run(|ks, now| ks.snapshot_chunk(at, SNAPSHOT_CHUNK_KEYS, now))
+                .value;
+            cursor = next;
+            let keys = mutations.len() as u64;
+            let (seq, mut acked) = {
+                let mut state = self.state.lock();
+                let Some(link) = state.link.as_mut().filter(|l| l.id == id) else {
+                    return;
+                };
+                link.next_seq += 1;
+                let seq = link.next_seq;
+                let frame = Frame::Snapshot {
+                    seq,
+                    mutations,
+                    last: cursor.is_none(),
+                };
+                if link.outbound.send(frame).is_err() {
+                    return;
+                }
+                (seq, link.acked.clone())
+            };
+            sent += keys;
+            metrics::counter!(names::SNAPSHOT_KEYS_SENT).increment(keys);
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                info!(%partner, keys_sent = sent, "snapshot in progress");
+                last_report = tokio::time::Instant::now();
+            }
+            let window = seq.saturating_sub(SNAPSHOT_WINDOW);
+            if acked.wait_for(|a| *a >= window).await.is_err() {
+                return;
+            }
+        }
+        info!(%partner, keys = sent, elapsed = ?started.elapsed(), "snapshot sent");
+    }
+}

@@ -1,0 +1,401 @@
+//! Replication channels: ordered, framed byte streams between two agents, behind one trait
+//! with a QUIC implementation (mutual TLS) and an in-memory one for tests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tandem_common::frame::{Frame, FrameError, MAX_FRAME_BYTES};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::tls::NodeTls;
+
+/// A channel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("the channel was closed")]
+    Closed,
+    #[error("I/O")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the transport is shut down")]
+    Shutdown,
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Sends frames in order.
+pub struct FrameSender {
+    writer: Writer,
+    buffer: BytesMut,
+}
+
+impl FrameSender {
+    pub fn new(writer: Writer) -> Self {
+        FrameSender {
+            writer,
+            buffer: BytesMut::new(),
+        }
+    }
+
+    /// Sends one frame.
+    ///
+    /// # Errors
+    /// An oversized frame or a broken channel.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        self.buffer.clear();
+        frame.encode(&mut self.buffer)?;
+        self.writer.write_all(&self.buffer).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+}
+
+/// Receives frames in order. `recv` is cancel-safe: bytes read stay buffered.
+pub struct FrameReceiver {
+    reader: Reader,
+    buffer: BytesMut,
+}
+
+impl FrameReceiver {
+    pub fn new(reader: Reader) -> Self {
+        FrameReceiver {
+            reader,
+            buffer: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    /// The next frame.
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] at the end of the stream, a malformed or oversized frame,
+    /// or a broken channel.
+    pub async fn recv(&mut self) -> Result<Frame, TransportError> {
+        loop {
+            if let Some(frame) = Frame::decode(&mut self.buffer, MAX_FRAME_BYTES)? {
+                return Ok(frame);
+            }
+            if self.reader.read_buf(&mut self.buffer).await? == 0 {
+                return Err(TransportError::Closed);
+            }
+        }
+    }
+}
+
+/// Both directions of one channel.
+pub struct Channel {
+    pub sender: FrameSender,
+    pub receiver: FrameReceiver,
+    /// The peer's address as the transport saw it.
+    pub peer: SocketAddr,
+}
+
+impl Channel {
+    pub fn new(reader: Reader, writer: Writer, peer: SocketAddr) -> Self {
+        Channel {
+            sender: FrameSender::new(writer),
+            receiver: FrameReceiver::new(reader),
+            peer,
+        }
+    }
+}
+
+/// Opens and accepts channels.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Opens a channel to the agent `node_id` listening at `addr`.
+    async fn connect(&self, node_id: &str, addr: SocketAddr) -> Result<Channel, TransportError>;
+    /// The next channel another agent opened to this one.
+    async fn accept(&self) -> Result<Channel, TransportError>;
+    /// The address other agents connect to.
+    fn local_addr(&self) -> SocketAddr;
+}
+
+/// QUIC with mutual TLS: one connection per channel, one bidirectional stream.
+pub struct QuicTransport {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicTransport {
+    /// Binds the replication endpoint.
+    ///
+    /// # Errors
+    /// The address cannot be bound, or the TLS material is unusable.
+    pub fn bind(addr: SocketAddr, tls: &NodeTls) -> Result<Self, TransportError> {
+        QuicTransport::from_socket(std::net::UdpSocket::bind(addr)?, tls)
+    }
+
+    /// Serves replication on an already bound socket.
+    ///
+    /// # Errors
+    /// The TLS material is unusable, or the socket cannot be used.
+    pub fn from_socket(socket: std::net::UdpSocket, tls: &NodeTls) -> Result<Self, TransportError> {
+        let addr = socket.local_addr()?;
+        let tls_error = |err: super::tls::TlsError| TransportError::Connect {
+            addr,
+            reason: err.to_string(),
+        };
+        let mut server = tls.quic_server_config().map_err(tls_error)?;
+        let mut transport = quinn::TransportConfig::default();
+        // Idle links are kept open and dead ones noticed within seconds.
+        transport.keep_alive_interval(Some(std::time::Duration::from_millis(500)));
+        transport.max_idle_timeout(Some(
+            std::time::Duration::from_secs(5)
+                .try_into()
+                .expect("5 s is a valid idle timeout"),
+        ));
+        let transport = Arc::new(transport);
+        server.transport_config(transport.clone());
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )?;
+        let mut client = tls.quic_client_config().map_err(tls_error)?;
+        client.transport_config(transport);
+        endpoint.set_default_client_config(client);
+        Ok(QuicTransport { endpoint })
+    }
+}
+
+#[async_trait]
+impl Transport for QuicTransport {
+    async fn connect(&self, node_id: &str, addr: SocketAddr) -> Result<Channel, TransportError> {
+        let failed = |reason: String| TransportError::Connect { addr, reason };
+        let connection = self
+            .endpoint
+            .connect(addr, node_id)
+            .map_err(|err| failed(err.to_string()))?
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        Ok(Channel::new(Box::new(recv), Box::new(send), addr))
+    }
+
+    async fn accept(&self) -> Result<Channel, TransportError> {
+        loop {
+            let incoming = self
+                .endpoint
+                .accept()
+                .await
+                .ok_or(TransportError::Shutdown)?;
+            let peer = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    // A peer without a cluster certificate, or garbage on the port.
+                    tracing::warn!(%peer, error = %err, "refused a replication connection");
+                    metrics::counter!(super::names::REFUSED).increment(1);
+                    continue;
+                }
+            };
+            match connection.accept_bi().await {
+                Ok((send, recv)) => return Ok(Channel::new(Box::new(recv), Box::new(send), peer)),
+                Err(err) => {
+                    tracing::debug!(%peer, error = %err, "replication connection closed early")
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+/// In-memory channels between transports of one [`MemoryNetwork`], for simulation tests.
+pub struct MemoryTransport {
+    addr: SocketAddr,
+    network: MemoryNetwork,
+    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Channel>>,
+}
+
+/// The shared "network" of in-memory transports.
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    listeners: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Channel>>>>,
+}
+
+impl MemoryNetwork {
+    /// A transport reachable at `addr`.
+    pub fn bind(&self, addr: SocketAddr) -> MemoryTransport {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.listeners.lock().insert(addr, tx);
+        MemoryTransport {
+            addr,
+            network: self.clone(),
+            incoming: tokio::sync::Mutex::new(rx),
+        }
+    }
+
+    /// Makes `addr` unreachable (its transport stops receiving new channels).
+    pub fn unbind(&self, addr: SocketAddr) {
+        self.listeners.lock().remove(&addr);
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    async fn connect(&self, _node_id: &str, addr: SocketAddr) -> Result<Channel, TransportError> {
+        let listener = self.network.listeners.lock().get(&addr).cloned();
+        let listener = listener.ok_or_else(|| TransportError::Connect {
+            addr,
+            reason: "unreachable".into(),
+        })?;
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (their_read, their_write) = tokio::io::split(theirs);
+        listener
+            .send(Channel::new(
+                Box::new(their_read),
+                Box::new(their_write),
+                self.addr,
+            ))
+            .map_err(|_| TransportError::Connect {
+                addr,
+                reason: "unreachable".into(),
+            })?;
+        let (our_read, our_write) = tokio::io::split(ours);
+        Ok(Channel::new(Box::new(our_read), Box::new(our_write), addr))
+    }
+
+    async fn accept(&self) -> Result<Channel, TransportError> {
+        self.incoming
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(TransportError::Shutdown)
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_common::frame::PROTOCOL_VERSION;
+
+    use super::*;
+
+    /// What every transport must do: carry frames both ways, in order; report a closed
+    /// channel; refuse what it cannot reach.
+    async fn conformance(a: &dyn Transport, b: Arc<dyn Transport>, b_name: &str) {
+        let b_addr = b.local_addr();
+        // The listener accepts in the background, as the agent's accept loop does (a QUIC
+        // handshake needs it, and a stream reaches the peer with its first bytes).
+        let accepting = tokio::spawn(async move { b.accept().await });
+        let mut client = a.connect(b_name, b_addr).await.unwrap();
+        for seq in 0..100u64 {
+            client.sender.send(&Frame::Ack { seq }).await.unwrap();
+        }
+        let mut server = tokio::time::timeout(std::time::Duration::from_secs(5), accepting)
+            .await
+            .expect("accepted within 5 s")
+            .unwrap()
+            .unwrap();
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            cluster: "c".into(),
+            node_id: "a".into(),
+        };
+        client.sender.send(&hello).await.unwrap();
+        for seq in 0..100u64 {
+            assert_eq!(server.receiver.recv().await.unwrap(), Frame::Ack { seq });
+        }
+        assert_eq!(server.receiver.recv().await.unwrap(), hello);
+        server
+            .sender
+            .send(&Frame::Propose { epoch: 7 })
+            .await
+            .unwrap();
+        assert_eq!(
+            client.receiver.recv().await.unwrap(),
+            Frame::Propose { epoch: 7 }
+        );
+        drop(server);
+        assert!(
+            client.receiver.recv().await.is_err(),
+            "closed channel reported"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_transport_conforms() {
+        let network = MemoryNetwork::default();
+        let a = network.bind("10.0.0.1:7947".parse().unwrap());
+        let b = Arc::new(network.bind("10.0.0.2:7947".parse().unwrap()));
+        let b_addr = b.local_addr();
+        conformance(&a, b, "b").await;
+        network.unbind(b_addr);
+        assert!(a.connect("b", b_addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn quic_transport_conforms_and_requires_the_cluster_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::tls::init_ca(dir.path()).unwrap();
+        for node in ["node-a", "node-b"] {
+            super::super::tls::issue(dir.path(), node).unwrap();
+        }
+        let tls = |node| NodeTls::load(dir.path(), node, false).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let a = QuicTransport::bind(any, &tls("node-a")).unwrap();
+        let b = Arc::new(QuicTransport::bind(any, &tls("node-b")).unwrap());
+        conformance(&a, b.clone(), "node-b").await;
+
+        // The server's certificate must name the node the client meant to reach.
+        let listener = b.clone();
+        let background = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+        let wrong_name = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            a.connect("node-c", b.local_addr()),
+        )
+        .await;
+        assert!(
+            matches!(wrong_name, Ok(Err(_))),
+            "connected to node-b under another name"
+        );
+        background.abort();
+
+        // A node of another cluster (another CA) cannot connect: neither side trusts the
+        // other's certificate. The listener keeps serving cluster members afterwards.
+        let other = tempfile::tempdir().unwrap();
+        super::super::tls::init_ca(other.path()).unwrap();
+        super::super::tls::issue(other.path(), "node-x").unwrap();
+        let stranger_tls = NodeTls::load(other.path(), "node-x", false).unwrap();
+        let stranger = QuicTransport::bind(any, &stranger_tls).unwrap();
+        let b_addr = b.local_addr();
+        let listener = b.clone();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|c| c.peer) });
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stranger.connect("node-b", b_addr),
+        )
+        .await;
+        assert!(matches!(attempt, Ok(Err(_))), "a stranger got a channel");
+        let mut channel = a.connect("node-b", b_addr).await.unwrap();
+        channel.sender.send(&Frame::Ack { seq: 1 }).await.unwrap();
+        let peer = tokio::time::timeout(std::time::Duration::from_secs(5), accepted).await;
+        assert!(
+            matches!(peer, Ok(Ok(Ok(_)))),
+            "the listener still accepts members"
+        );
+    }
+}

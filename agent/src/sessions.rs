@@ -1,0 +1,31 @@
+//! The one write path of every front end: run a command on the store, then replicate the
+//! mutations it made (in sync mode, before the front end answers).
+
+use crate::replication::Replicator;
+use crate::store::{Keyspace, Outcome, SessionStore};
+
+/// The store and its replication. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    pub store: SessionStore,
+    pub replicator: Replicator,
+}
+
+impl Sessions {
+    pub fn new(store: SessionStore, replicator: Replicator) -> Self {
+        Sessions { store, replicator }
+    }
+
+    /// Sessions that are never replicated (tests of the front ends).
+    pub fn local(store: SessionStore) -> Self {
+        let replicator = Replicator::disabled(store.clone(), "local");
+        Sessions { store, replicator }
+    }
+
+    /// Runs one command atomically and replicates what it wrote.
+    pub async fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
+        let outcome = self.store.run(command);
+        self.replicator.replicate(outcome.mutations.clone()).await;
+        outcome
+    }
+}

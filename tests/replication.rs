@@ -1,0 +1,216 @@
+//! Pairing and replication with real processes: no acknowledged write is lost when a host
+//! dies, and redundancy comes back by pairing again.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::{Agent, Reply, Resp, cmd, member, wait_for, wait_for_port};
+
+const PAIR: Duration = Duration::from_secs(30);
+const TTL_SECS: u64 = 600;
+
+/// What was written for one key, and acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+enum Written {
+    Str(Vec<u8>),
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+}
+
+struct Expected {
+    keys: BTreeMap<String, (Written, bool)>,
+    written_at: Instant,
+}
+
+fn value_for(i: usize) -> Vec<u8> {
+    let mut value = format!("value-{i}-").into_bytes();
+    value.resize(1024, b'a' + (i % 26) as u8);
+    value
+}
+
+/// Writes `count` keys through `resp` in pipelined batches: mostly 1 KiB strings, every
+/// fifth a hash, every third with a TTL. Only acknowledged writes are expected later.
+async fn write_keys(resp: &mut Resp, prefix: &str, count: usize, expected: &mut Expected) {
+    for batch in (0..count).collect::<Vec<_>>().chunks(200) {
+        let mut commands = Vec::new();
+        let mut plan = Vec::new();
+        for &i in batch {
+            let key = format!("{prefix}:{i}");
+            let ttl = i % 3 == 0;
+            if i % 5 == 0 {
+                let fields: BTreeMap<Vec<u8>, Vec<u8>> = (0..3)
+                    .map(|f| (format!("field{f}").into_bytes(), value_for(i + f)))
+                    .collect();
+                let mut args: Vec<Vec<u8>> = vec![b"HSET".to_vec(), key.clone().into_bytes()];
+                for (f, v) in &fields {
+                    args.push(f.clone());
+                    args.push(v.clone());
+                }
+                commands.push(args);
+                if ttl {
+                    commands.push(cmd(&[&"EXPIRE", &key, &TTL_SECS.to_string()]));
+                }
+                plan.push((key, Written::Hash(fields), ttl));
+            } else {
+                let value = value_for(i);
+                if ttl {
+                    commands.push(cmd(&[&"SET", &key, &value, &"EX", &TTL_SECS.to_string()]));
+                } else {
+                    commands.push(cmd(&[&"SET", &key, &value]));
+                }
+                plan.push((key, Written::Str(value), ttl));
+            }
+        }
+        let replies = resp.pipeline(&commands).await;
+        assert!(
+            replies.iter().all(|r| !matches!(r, Reply::Error(_))),
+            "a write failed: {replies:?}"
+        );
+        for (key, written, ttl) in plan {
+            expected.keys.insert(key, (written, ttl));
+        }
+    }
+}
+
+/// Checks every expected key on `resp`: same value, and a TTL that is the one written
+/// minus the time since (± a second).
+async fn check_keys(resp: &mut Resp, expected: &Expected, on: &str) {
+    let elapsed = expected.written_at.elapsed().as_secs();
+    let keys: Vec<(&String, &(Written, bool))> = expected.keys.iter().collect();
+    let mut missing = Vec::new();
+    for chunk in keys.chunks(500) {
+        let mut commands = Vec::new();
+        for (key, (written, _)) in chunk {
+            match written {
+                Written::Str(_) => commands.push(cmd(&[&"GET", key])),
+                Written::Hash(_) => commands.push(cmd(&[&"HGETALL", key])),
+            }
+            commands.push(cmd(&[&"TTL", key]));
+        }
+        let replies = resp.pipeline(&commands).await;
+        for ((key, (written, ttl)), pair) in chunk.iter().zip(replies.chunks(2)) {
+            let got = match (&pair[0], written) {
+                (Reply::BulkString(value), Written::Str(_)) => Some(Written::Str(value.clone())),
+                (Reply::Array(items), Written::Hash(_)) if !items.is_empty() => {
+                    let fields = items
+                        .chunks(2)
+                        .map(|kv| match kv {
+                            [Reply::BulkString(f), Reply::BulkString(v)] => (f.clone(), v.clone()),
+                            other => panic!("odd HGETALL reply {other:?}"),
+                        })
+                        .collect();
+                    Some(Written::Hash(fields))
+                }
+                _ => None,
+            };
+            if got.as_ref() != Some(written) {
+                missing.push(key.to_string());
+                continue;
+            }
+            let Reply::Integer(remaining) = pair[1] else {
+                panic!("TTL reply {:?}", pair[1])
+            };
+            if *ttl {
+                let low = TTL_SECS as i64 - elapsed as i64 - 2;
+                assert!(
+                    (low..=TTL_SECS as i64).contains(&remaining),
+                    "{key} TTL {remaining} on {on}"
+                );
+            } else {
+                assert_eq!(remaining, -1, "{key} has no TTL on {on}");
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged keys missing or different on {on}, e.g. {:?}",
+        missing.len(),
+        expected.keys.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+async fn wait_paired(a: &Agent, b: &Agent, a_name: &str, b_name: &str) -> Duration {
+    wait_for(&format!("{a_name} and {b_name} to pair"), PAIR, || async {
+        let ab = member(a.node.admin, a_name).await;
+        let ba = member(a.node.admin, b_name).await;
+        let mutual = ab.is_some_and(|m| m.partner.is_some_and(|p| p.node_id == b_name))
+            && ba.is_some_and(|m| m.partner.is_some_and(|p| p.node_id == a_name));
+        let seen_by_b = member(b.node.admin, b_name)
+            .await
+            .is_some_and(|m| m.partner.is_some_and(|p| p.node_id == a_name) && !m.unprotected);
+        mutual && seen_by_b
+    })
+    .await
+}
+
+fn join_args(seed: &Agent) -> Vec<String> {
+    vec!["--join".into(), seed.node.gossip.to_string()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_when_a_host_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::start(dir.path(), "agent-a", &[]);
+    let a_join = join_args(&a);
+    let b_args: Vec<&str> = a_join.iter().map(String::as_str).collect();
+    let mut b = Agent::start(dir.path(), "agent-b", &b_args);
+    wait_for_port(a.resp).await;
+    wait_for_port(b.resp).await;
+    let took = wait_paired(&a, &b, "agent-a", "agent-b").await;
+    println!("agent-a and agent-b paired after {took:?}");
+
+    // 10,000 keys through A, in sync mode: each acknowledged write is on B too.
+    let mut expected = Expected {
+        keys: BTreeMap::new(),
+        written_at: Instant::now(),
+    };
+    let mut resp_a = Resp::connect(a.resp).await;
+    let started = Instant::now();
+    write_keys(&mut resp_a, "session", 10_000, &mut expected).await;
+    println!(
+        "10,000 sync writes through agent-a took {:?}",
+        started.elapsed()
+    );
+    a.node.kill();
+
+    let mut resp_b = Resp::connect(b.resp).await;
+    check_keys(&mut resp_b, &expected, "agent-b after agent-a was killed").await;
+    wait_for(
+        "agent-b to report agent-a dead and itself unprotected",
+        PAIR,
+        || async {
+            let me = member(b.node.admin, "agent-b").await;
+            me.is_some_and(|m| m.partner.is_none() && m.unprotected)
+        },
+    )
+    .await;
+
+    // C joins: it pairs with the survivor and receives everything, including writes made
+    // to B while the snapshot is under way.
+    let b_join = join_args(&b);
+    let c_args: Vec<&str> = b_join.iter().map(String::as_str).collect();
+    let c = Agent::start(dir.path(), "agent-c", &c_args);
+    wait_for_port(c.resp).await;
+    let during_sync = async {
+        let mut writer = Resp::connect(b.resp).await;
+        let mut extra = Expected {
+            keys: BTreeMap::new(),
+            written_at: Instant::now(),
+        };
+        write_keys(&mut writer, "during-sync", 1_000, &mut extra).await;
+        extra
+    };
+    let (extra, took) = tokio::join!(during_sync, wait_paired(&b, &c, "agent-b", "agent-c"));
+    println!("agent-c paired with agent-b after {took:?}");
+    expected.keys.extend(extra.keys);
+    let mut resp_c = Resp::connect(c.resp).await;
+    wait_for("agent-c to hold every key", PAIR, || async {
+        matches!(Resp::connect(c.resp).await.call(&["DBSIZE"]).await, Reply::Integer(n) if n as usize >= expected.keys.len())
+    })
+    .await;
+    b.node.kill();
+    check_keys(&mut resp_c, &expected, "agent-c after agent-b was killed").await;
+    let _ = resp_c.call(&["PING"]).await;
+}
