@@ -214,3 +214,67 @@ async fn no_acknowledged_write_is_lost_when_a_host_dies() {
     check_keys(&mut resp_c, &expected, "agent-c after agent-b was killed").await;
     let _ = resp_c.call(&["PING"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partner_does_not_block_writes_and_redundancy_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), "agent-a", &["--sync-timeout", "300ms"]);
+    let a_join = join_args(&a);
+    let b_args: Vec<&str> = a_join.iter().map(String::as_str).collect();
+    let b = Agent::start(dir.path(), "agent-b", &b_args);
+    wait_for_port(a.resp).await;
+    wait_paired(&a, &b, "agent-a", "agent-b").await;
+
+    // The partner stops answering (paused, as a hung host would be).
+    support::signal(b.node.pid(), "STOP");
+    let mut resp_a = Resp::connect(a.resp).await;
+    for i in 0..20 {
+        let reply = resp_a
+            .call(&["SET", &format!("while-paused:{i}"), "v"])
+            .await;
+        assert_eq!(
+            reply,
+            Reply::SimpleString(b"OK".to_vec()),
+            "writes keep being answered"
+        );
+    }
+    wait_for("agent-a to advertise itself unprotected", PAIR, || async {
+        member(a.node.admin, "agent-a")
+            .await
+            .is_some_and(|m| m.unprotected)
+    })
+    .await;
+    let metrics = support::get(a.node.admin, "/metrics").await.unwrap().1;
+    let timeouts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_repl_sync_timeouts_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(timeouts >= 1.0, "sync timeouts are counted\n{metrics}");
+
+    // It comes back: the pair forms again and the partner gets what it missed.
+    support::signal(b.node.pid(), "CONT");
+    wait_paired(&a, &b, "agent-a", "agent-b").await;
+    wait_for(
+        "agent-b to hold the writes made while it was paused",
+        PAIR,
+        || async {
+            let mut resp_b = Resp::connect(b.resp).await;
+            let commands: Vec<Vec<Vec<u8>>> = (0..20)
+                .map(|i| cmd(&[&"EXISTS", &format!("while-paused:{i}")]))
+                .collect();
+            resp_b
+                .pipeline(&commands)
+                .await
+                .iter()
+                .all(|r| *r == Reply::Integer(1))
+        },
+    )
+    .await;
+    wait_for("agent-a to be protected again", PAIR, || async {
+        member(a.node.admin, "agent-a")
+            .await
+            .is_some_and(|m| !m.unprotected)
+    })
+    .await;
+}

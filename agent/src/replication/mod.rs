@@ -35,6 +35,8 @@ const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
 const SNAPSHOT_WINDOW: u64 = 4;
 /// Most mutations coalesced into one frame.
 const BATCH_MUTATIONS: usize = 4_096;
+/// Write batches an async-mode partner may fall behind by before writers wait for it.
+const ASYNC_BACKLOG: u64 = 10_000;
 /// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -208,13 +210,23 @@ impl Replicator {
             (seq, link.acked.clone())
         };
         metrics::counter!(names::MUTATIONS_SENT).increment(count);
-        if self.inner.config.mode == ReplicationMode::Async {
-            return;
-        }
         let (seq, mut acked) = pending;
+        // Sync: wait for this write. Async: return at once unless the partner is so far
+        // behind that the queue would grow without bound; then wait for it to catch up.
+        let wait_until = match self.inner.config.mode {
+            ReplicationMode::Sync => seq,
+            ReplicationMode::Async => {
+                let behind = seq.saturating_sub(*acked.borrow());
+                metrics::gauge!(names::LAG).set(behind as f64);
+                if behind <= ASYNC_BACKLOG {
+                    return;
+                }
+                seq - ASYNC_BACKLOG
+            }
+        };
         let waited = tokio::time::timeout(
             self.inner.config.sync_timeout,
-            acked.wait_for(|a| *a >= seq),
+            acked.wait_for(|a| *a >= wait_until),
         )
         .await;
         match waited {
