@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The agent's Redis-protocol store next to redis-server, measured in one run with
 # redis-benchmark: SET, GET and HSET with 1 KiB values and 50 clients, without and with
-# pipelining (-P 16). Prints a Markdown table (requests/s and p50/p99 latency).
+# pipelining (-P 16). First each alone; then replicated: redis-server with one replica
+# next to the agent paired with a partner, in sync mode (a write returns once the partner
+# has it) and in async mode. Prints Markdown tables (requests/s, p50/p99 latency).
 #
 #   bench/resp.sh            # 200,000 requests per test
 #   REQUESTS=1000000 bench/resp.sh
@@ -23,22 +25,42 @@ cargo build --release --quiet
 tandem=target/release/tandem
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_port=$(free_port)
-agent_port=$(free_port)
 work=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+stop_all() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
+cleanup() { stop_all; rm -rf "$work"; }
 trap cleanup EXIT
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    >"$work/redis.log" 2>&1 &
-pids+=($!)
-"$tandem" agent --node-id bench --gossip-addr "127.0.0.1:$(free_port)" --admin-addr "127.0.0.1:$(free_port)" \
-    --resp-addr "127.0.0.1:$agent_port" --api-addr "127.0.0.1:$(free_port)" >"$work/agent.log" 2>&1 &
-pids+=($!)
-for port in "$redis_port" "$agent_port"; do
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-done
+wait_ping() { for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.1; done; }
+
+start_redis() { # port [replicaof-port]
+    local extra=()
+    [ -n "${2:-}" ] && extra=(--replicaof 127.0.0.1 "$2")
+    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no "${extra[@]}" \
+        >"$work/redis-$1.log" 2>&1 &
+    pids+=($!)
+    wait_ping "$1"
+}
+
+start_agent() { # name resp-port gossip-port [seed-gossip-port] [extra flags...]
+    local name=$1 resp=$2 gossip=$3 seed=${4:-}
+    shift 4 || shift $#
+    local join=()
+    [ -n "$seed" ] && join=(--join "127.0.0.1:$seed")
+    "$tandem" agent --node-id "$name" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$(free_port)" \
+        --resp-addr "127.0.0.1:$resp" --api-addr "127.0.0.1:$(free_port)" --repl-addr "127.0.0.1:$(free_port)" \
+        --tls-dir "$work/tls" "${join[@]}" "$@" >"$work/agent-$name.log" 2>&1 &
+    pids+=($!)
+    wait_ping "$resp"
+}
+
+wait_paired() { # resp-port of an agent
+    for _ in $(seq 150); do
+        "$tandem" members --admin "$1" --json 2>/dev/null | grep -Eq '"partner": *\{' && return
+        sleep 0.2
+    done
+    echo "bench/resp.sh: agents did not pair" >&2; exit 1
+}
 
 # One redis-benchmark run; prints "test,rps,p50,p99" lines.
 measure() {
@@ -48,16 +70,45 @@ measure() {
         awk -F, 'NR > 1 { gsub(/"/, ""); print $1 "," $2 "," $5 "," $7 }'
 }
 
+# Table rows comparing two servers: "test,rps,p50,p99" lines of each, side by side.
+compare() { # redis-port agent-port
+    for pipeline in 1 16; do
+        paste -d, <(measure "$1" "$pipeline") <(measure "$2" "$pipeline") |
+        while IFS=, read -r test r_rps r_p50 r_p99 _ a_rps a_p50 a_p99; do
+            ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
+            printf '| %s | %s | %.0f | %.0f | %s | %s / %s | %s / %s |\n' \
+                "$test" "$pipeline" "$r_rps" "$a_rps" "$ratio" "$r_p50" "$r_p99" "$a_p50" "$a_p99"
+        done
+    done
+}
+header() { # title, agent column name
+    echo
+    echo "### $1"
+    echo
+    echo "| test | pipeline | redis-server req/s | $2 req/s | tandem / redis | redis p50 / p99 ms | tandem p50 / p99 ms |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+}
+
 echo "redis-benchmark: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000"
 echo "machine: $(nproc) cores, $(uname -r); $(redis-server --version | awk '{print $3}'), tandem $($tandem version | awk '{print $2}')"
-echo
-echo "| test | pipeline | redis-server req/s | tandem agent req/s | tandem / redis | redis p50 / p99 ms | tandem p50 / p99 ms |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
-for pipeline in 1 16; do
-    paste -d, <(measure "$redis_port" "$pipeline") <(measure "$agent_port" "$pipeline") |
-    while IFS=, read -r test r_rps r_p50 r_p99 _ a_rps a_p50 a_p99; do
-        ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
-        printf '| %s | %s | %.0f | %.0f | %s | %s / %s | %s / %s |\n' \
-            "$test" "$pipeline" "$r_rps" "$a_rps" "$ratio" "$r_p50" "$r_p99" "$a_p50" "$a_p99"
-    done
+
+redis_port=$(free_port); agent_port=$(free_port)
+start_redis "$redis_port"
+start_agent solo "$agent_port" "$(free_port)" ""
+header "Alone: redis-server vs one agent (no partner)" "agent"
+compare "$redis_port" "$agent_port"
+stop_all
+
+for mode in sync async; do
+    redis_port=$(free_port); replica_port=$(free_port)
+    agent_port=$(free_port); partner_port=$(free_port); seed=$(free_port)
+    start_redis "$redis_port"
+    start_redis "$replica_port" "$redis_port"
+    start_agent "a-$mode" "$agent_port" "$seed" "" --replication "$mode"
+    admin=$(grep -o 'admin=[0-9.:]*' "$work/agent-a-$mode.log" | head -1 | cut -d= -f2)
+    start_agent "b-$mode" "$partner_port" "$(free_port)" "$seed" --replication "$mode"
+    wait_paired "$admin"
+    header "Replicated: redis-server with one replica vs an agent with a partner, $mode mode" "agent ($mode)"
+    compare "$redis_port" "$agent_port"
+    stop_all
 done

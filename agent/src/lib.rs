@@ -136,7 +136,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         },
         store.clone(),
         Some(std::sync::Arc::new(transport)),
-        Some(runtime.gossip.clone()),
+        Some(std::sync::Arc::new(runtime.gossip.clone())),
     );
     let replication_tasks = replicator.spawn(config.node.gossip.gossip_interval);
     let sessions = Sessions::new(store.clone(), replicator);

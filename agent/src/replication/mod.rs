@@ -7,6 +7,9 @@
 //! to the app only once the partner has applied it, or once the sync timeout has passed —
 //! then the agent says it is unprotected rather than blocking the app.
 
+pub mod membership;
+#[cfg(test)]
+mod sim;
 pub mod tls;
 pub mod transport;
 
@@ -17,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use tandem_cluster::gossip::GossipNode;
 use tandem_common::frame::{Frame, PROTOCOL_VERSION};
 use tandem_common::ops::Mutation;
 use tandem_common::pairing::{AgentView, PairingDecision, decide};
@@ -26,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use self::membership::Membership;
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
 use crate::store::SessionStore;
 
@@ -100,7 +103,7 @@ struct Inner {
     config: ReplicationConfig,
     store: SessionStore,
     transport: Option<Arc<dyn Transport>>,
-    gossip: Option<GossipNode>,
+    gossip: Option<Arc<dyn Membership>>,
     state: Mutex<PairState>,
     /// Set when a sync write timed out; cleared when the partner acknowledges in time.
     lagging: AtomicBool,
@@ -160,7 +163,7 @@ impl Replicator {
         config: ReplicationConfig,
         store: SessionStore,
         transport: Option<Arc<dyn Transport>>,
-        gossip: Option<GossipNode>,
+        gossip: Option<Arc<dyn Membership>>,
     ) -> Self {
         Replicator {
             inner: Arc::new(Inner {
@@ -254,6 +257,12 @@ impl Replicator {
         }
     }
 
+    /// Stops pairing and closes the link (the agent is going away).
+    pub fn shutdown(&self) {
+        let link = self.inner.state.lock().link.take();
+        drop(link);
+    }
+
     /// Starts accepting proposals and running the pairing loop.
     pub fn spawn(&self, interval: Duration) -> Vec<JoinHandle<()>> {
         let Some(transport) = self.inner.transport.clone() else {
@@ -307,8 +316,10 @@ impl Inner {
             let Some(gossip) = inner.gossip.clone() else {
                 return;
             };
+            let updater = inner.clone();
             gossip
-                .update(|advert| {
+                .update(Box::new(move |advert| {
+                    let inner = updater;
                     let state = inner.state.lock();
                     let partner = state.link.as_ref().map(|l| l.partner.clone());
                     let unprotected = partner.is_none() || inner.lagging.load(Ordering::Relaxed);
@@ -324,7 +335,7 @@ impl Inner {
                             NodeState::Ready
                         };
                     }
-                })
+                }))
                 .await;
         });
     }

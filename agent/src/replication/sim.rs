@@ -1,0 +1,344 @@
+//! Simulation tests: agents over the in-memory transport and an in-memory membership
+//! board, driven by scripts — join, kill, cut a link, heal it, write — with assertions
+//! that must hold within a time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tandem_common::member::Member;
+use tandem_common::schema::{NodeAdvert, NodeState, Role, Subnet};
+use tokio::task::JoinHandle;
+
+use super::membership::{AdvertChange, Membership};
+use super::transport::MemoryNetwork;
+use super::{ReplicationConfig, ReplicationMode, Replicator};
+use crate::sessions::Sessions;
+use crate::store::{Limits, SessionStore, SetCondition, SetExpiry, SystemClock};
+
+/// The cluster's adverts and liveness, as gossip would converge to them.
+#[derive(Default)]
+struct Board {
+    nodes: Mutex<BTreeMap<String, (NodeAdvert, bool)>>,
+}
+
+struct BoardView {
+    board: Arc<Board>,
+    me: String,
+}
+
+#[async_trait]
+impl Membership for BoardView {
+    async fn members(&self) -> Vec<Member> {
+        let nodes = self.board.nodes.lock();
+        nodes
+            .iter()
+            .map(|(id, (advert, live))| Member::new(id, 1, "sim".into(), *live, Ok(advert.clone())))
+            .collect()
+    }
+
+    async fn update(&self, change: AdvertChange) {
+        if let Some((advert, _)) = self.board.nodes.lock().get_mut(&self.me) {
+            change(advert);
+        }
+    }
+}
+
+struct SimAgent {
+    sessions: Sessions,
+    tasks: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+struct Sim {
+    network: MemoryNetwork,
+    board: Arc<Board>,
+    agents: BTreeMap<String, SimAgent>,
+    next_host: u8,
+}
+
+const ROUND: Duration = Duration::from_millis(20);
+const SETTLE: Duration = Duration::from_secs(15);
+
+impl Sim {
+    fn new() -> Self {
+        Sim {
+            network: MemoryNetwork::default(),
+            board: Arc::new(Board::default()),
+            agents: BTreeMap::new(),
+            next_host: 1,
+        }
+    }
+
+    fn join(&mut self, id: &str, subnet: &str) {
+        let addr = SocketAddr::from(([10, 0, 0, self.next_host], 7947));
+        self.next_host += 1;
+        let mut advert = NodeAdvert::new(Role::Agent, "sim");
+        advert.state = NodeState::Ready;
+        advert.repl = Some(addr.to_string());
+        advert.subnet = Some(Subnet {
+            cidr: subnet.into(),
+            multicast: false,
+        });
+        self.board
+            .nodes
+            .lock()
+            .insert(id.to_string(), (advert, true));
+        let store = SessionStore::new(id, Limits::default(), SystemClock);
+        let replicator = Replicator::new(
+            ReplicationConfig {
+                node_id: id.to_string(),
+                cluster: "sim".into(),
+                mode: ReplicationMode::Sync,
+                sync_timeout: Duration::from_millis(500),
+                confirm_timeout: Duration::from_secs(1),
+            },
+            store.clone(),
+            Some(Arc::new(self.network.bind(addr))),
+            Some(Arc::new(BoardView {
+                board: self.board.clone(),
+                me: id.to_string(),
+            })),
+        );
+        let tasks = replicator.spawn(ROUND);
+        let sessions = Sessions::new(store, replicator);
+        self.agents.insert(
+            id.to_string(),
+            SimAgent {
+                sessions,
+                tasks,
+                addr,
+            },
+        );
+    }
+
+    /// The agent dies: no goodbye; the board reports it dead, as the failure detector would.
+    fn kill(&mut self, id: &str) {
+        let agent = self.agents.remove(id).expect("a running agent");
+        for task in &agent.tasks {
+            task.abort();
+        }
+        agent.sessions.replicator.shutdown();
+        self.network.unbind(agent.addr);
+        if let Some((_, live)) = self.board.nodes.lock().get_mut(id) {
+            *live = false;
+        }
+    }
+
+    fn cut(&self, a: &str, b: &str) {
+        self.network.cut(self.agents[a].addr, self.agents[b].addr);
+    }
+
+    fn heal(&self, a: &str, b: &str) {
+        self.network.heal(self.agents[a].addr, self.agents[b].addr);
+    }
+
+    /// Each running agent's link partner.
+    fn links(&self) -> BTreeMap<String, Option<String>> {
+        self.agents
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.clone(),
+                    a.sessions.replicator.partner().map(|p| p.node_id),
+                )
+            })
+            .collect()
+    }
+
+    /// Never may two agents hold a link to the same agent.
+    fn assert_no_agent_in_two_pairs(&self) {
+        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+        for (id, partner) in self.links() {
+            if let Some(partner) = partner
+                && let Some(other) = claimed.insert(partner.clone(), id.clone())
+            {
+                panic!(
+                    "{partner} is linked from both {other} and {id}: {:?}",
+                    self.links()
+                );
+            }
+        }
+    }
+
+    /// Every running agent is in a mutual pair, advertised on the board, except at most one.
+    fn settled(&self) -> bool {
+        let links = self.links();
+        let nodes = self.board.nodes.lock();
+        let mut lone = 0;
+        for (id, partner) in &links {
+            match partner {
+                Some(p) => {
+                    let mutual = links.get(p).cloned().flatten().as_deref() == Some(id.as_str());
+                    let advertised = nodes.get(id).is_some_and(|(advert, _)| {
+                        advert.partner.as_ref().is_some_and(|a| a.node_id == *p)
+                    });
+                    if !mutual || !advertised {
+                        return false;
+                    }
+                }
+                None => lone += 1,
+            }
+        }
+        lone <= 1 && lone == links.len() % 2
+    }
+
+    async fn settle(&self, what: &str) {
+        let started = tokio::time::Instant::now();
+        loop {
+            self.assert_no_agent_in_two_pairs();
+            if self.settled() {
+                return;
+            }
+            assert!(
+                started.elapsed() < SETTLE,
+                "not settled after {SETTLE:?} ({what}): {:?}",
+                self.links()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn set(&self, on: &str, key: &str, value: &str) {
+        let (key, value) = (Bytes::from(key.to_string()), Bytes::from(value.to_string()));
+        self.agents[on]
+            .sessions
+            .run(|ks, now| {
+                ks.set(
+                    key,
+                    value,
+                    SetExpiry::None,
+                    SetCondition::Always,
+                    false,
+                    now,
+                )
+                .unwrap()
+            })
+            .await;
+    }
+
+    fn get(&self, on: &str, key: &str) -> Option<Bytes> {
+        self.agents[on]
+            .sessions
+            .store
+            .run(|ks, now| ks.get(key.as_bytes(), now).unwrap())
+            .value
+    }
+}
+
+fn ids(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("agent-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_pair_whatever_the_join_order() {
+    for n in [2, 3, 5, 8] {
+        // One by one, in ascending and descending order, spread over two subnets.
+        for descending in [false, true] {
+            let mut sim = Sim::new();
+            let mut order = ids(n);
+            if descending {
+                order.reverse();
+            }
+            for (i, id) in order.iter().enumerate() {
+                sim.join(
+                    id,
+                    if i % 2 == 0 {
+                        "10.1.0.0/24"
+                    } else {
+                        "10.2.0.0/24"
+                    },
+                );
+                tokio::time::sleep(ROUND * 3).await;
+                sim.assert_no_agent_in_two_pairs();
+            }
+            sim.settle(&format!("{n} agents joined one by one")).await;
+        }
+        // All at once.
+        let mut sim = Sim::new();
+        for id in ids(n) {
+            sim.join(&id, "10.1.0.0/24");
+        }
+        sim.settle(&format!("{n} agents joined at once")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_at_any_point_end_with_every_live_agent_paired_but_one() {
+    let mut sim = Sim::new();
+    for id in ids(8) {
+        sim.join(&id, "10.1.0.0/24");
+    }
+    // A kill while pairs are still forming.
+    tokio::time::sleep(ROUND).await;
+    sim.kill("agent-3");
+    sim.settle("a kill during formation").await;
+    // Then one at a time, paired agents and lone ones alike, down to one survivor.
+    for victim in [
+        "agent-1", "agent-8", "agent-5", "agent-2", "agent-7", "agent-4",
+    ] {
+        sim.kill(victim);
+        sim.settle(&format!("after killing {victim}")).await;
+    }
+    assert_eq!(sim.links().len(), 1);
+    // A newcomer pairs with the survivor and receives its sessions.
+    sim.set("agent-6", "survivor-key", "kept").await;
+    sim.join("agent-9", "10.1.0.0/24");
+    sim.settle("a newcomer").await;
+    let partner = sim.links()["agent-6"].clone();
+    assert_eq!(partner.as_deref(), Some("agent-9"));
+    let started = tokio::time::Instant::now();
+    while sim.get("agent-9", "survivor-key").is_none() {
+        assert!(started.elapsed() < SETTLE, "the snapshot never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_the_partner_and_a_partition_heals_to_the_newest_version() {
+    let mut sim = Sim::new();
+    sim.join("a", "10.1.0.0/24");
+    sim.join("b", "10.1.0.0/24");
+    sim.settle("a pair").await;
+
+    // Sync writes on either side are on the other once acknowledged.
+    sim.set("a", "shared", "v0").await;
+    sim.set("b", "from-b", "1").await;
+    assert_eq!(sim.get("b", "shared").as_deref(), Some(&b"v0"[..]));
+    assert_eq!(sim.get("a", "from-b").as_deref(), Some(&b"1"[..]));
+
+    // The link is cut: both keep serving, each on its own.
+    sim.cut("a", "b");
+    let started = tokio::time::Instant::now();
+    while sim.links().values().any(Option::is_some) {
+        assert!(started.elapsed() < SETTLE, "the cut link was not noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.set("a", "shared", "written-on-a").await;
+    sim.set("a", "only-a", "x").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    sim.set("b", "shared", "written-on-b-later").await;
+    sim.set("b", "only-b", "y").await;
+    assert_eq!(sim.get("a", "only-b"), None);
+
+    // Healed: they pair again and converge on the newest version of every key.
+    sim.heal("a", "b");
+    sim.settle("after the partition healed").await;
+    let started = tokio::time::Instant::now();
+    loop {
+        let converged = ["a", "b"].iter().all(|side| {
+            sim.get(side, "shared").as_deref() == Some(&b"written-on-b-later"[..])
+                && sim.get(side, "only-a").is_some()
+                && sim.get(side, "only-b").is_some()
+        });
+        if converged {
+            break;
+        }
+        assert!(started.elapsed() < SETTLE, "not converged after healing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
