@@ -22,6 +22,10 @@ const KEY_OVERHEAD: usize = 96;
 const FIELD_OVERHEAD: usize = 48;
 /// How long a deleted key's version is remembered, so a late stale write cannot revive it.
 pub const TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
+/// How long an expired key is kept (never returned) before it is removed, so that a
+/// partner's "touch" that crossed the deadline in flight still finds it: the writer of
+/// the session decides whether it lives on, not the clock of the copy.
+pub const EXPIRED_GRACE_MS: u64 = 30 * 1000;
 
 /// A session's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,8 +232,11 @@ impl Keyspace {
     /// The entry under `key` if it exists and has not expired; an expired one is removed.
     pub fn entry(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         let shard = Self::shard_of(key);
-        if self.shards[shard].get(key)?.is_expired(now_ms) {
-            self.expire_now(key);
+        let entry = self.shards[shard].get(key)?;
+        if entry.is_expired(now_ms) {
+            if entry.is_expired(now_ms.saturating_sub(EXPIRED_GRACE_MS)) {
+                self.expire_now(key);
+            }
             return None;
         }
         self.shards[shard].get(key)
@@ -398,6 +405,16 @@ impl Keyspace {
 
     /// Stamps, applies and records a local write.
     fn commit(&mut self, key: Bytes, op: Op, now_ms: u64) {
+        let expired_copy = self.raw_entry(&key).is_some_and(|e| e.is_expired(now_ms));
+        if expired_copy && op != Op::Delete {
+            // A local write never builds on an expired copy kept for the grace period;
+            // the partner is told to drop its copy too.
+            self.stamp_and_apply(key.clone(), Op::Delete, now_ms);
+        }
+        self.stamp_and_apply(key, op, now_ms);
+    }
+
+    fn stamp_and_apply(&mut self, key: Bytes, op: Op, now_ms: u64) {
         let mutation = Mutation {
             key,
             version: self.clock.tick(now_ms),
@@ -950,7 +967,7 @@ impl Keyspace {
         let due: Vec<Bytes> = self
             .expiries
             .iter()
-            .take_while(|(at, _)| *at <= now_ms)
+            .take_while(|(at, _)| at.saturating_add(EXPIRED_GRACE_MS) <= now_ms)
             .take(max)
             .map(|(_, key)| key.clone())
             .collect();

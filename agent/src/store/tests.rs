@@ -382,8 +382,14 @@ async fn the_sweeper_removes_expired_keys_without_access() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(
         store.stats().0,
+        5_000,
+        "expired keys are kept for the grace period"
+    );
+    tokio::time::sleep(Duration::from_millis(keyspace::EXPIRED_GRACE_MS)).await;
+    assert_eq!(
+        store.stats().0,
         2_500,
-        "half expired after 1 s, removed in the background"
+        "half expired, then removed in the background"
     );
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
@@ -595,4 +601,63 @@ fn a_snapshot_recreates_the_store_with_its_versions() {
             .value;
         assert_eq!(a, b, "{key}");
     }
+}
+
+#[test]
+fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
+    let (primary, clock) = store();
+    let replica = SessionStore::new("node-b", Limits::default(), clock.clone());
+    let written = primary
+        .run(|ks, now| ks.hset(b("s"), vec![(b("user"), b("ada"))], now).unwrap())
+        .mutations;
+    replica.apply(&written);
+    let touch_at = T0 + 1_000;
+    let expire = primary
+        .run(|ks, now| ks.expire(b("s"), touch_at, ExpireCondition::Always, now))
+        .mutations;
+    replica.apply(&expire);
+    // The primary extends the session just before the deadline; the copy gets the touch
+    // just after it.
+    clock.advance(999);
+    let touch = primary
+        .run(|ks, now| ks.expire(b("s"), now + 60_000, ExpireCondition::Always, now))
+        .mutations;
+    clock.advance(2);
+    assert_eq!(
+        replica.run(|ks, now| ks.hget(b"s", b"user", now)).value,
+        Ok(None),
+        "never read after its deadline"
+    );
+    replica.sweep_once();
+    replica.apply(&touch);
+    assert_eq!(
+        replica.run(|ks, now| ks.hget(b"s", b"user", now)).value,
+        Ok(Some(b("ada")))
+    );
+
+    // A local write on an expired copy starts afresh, and tells the partner to.
+    let other = primary
+        .run(|ks, now| ks.hset(b("x"), vec![(b("old"), b("1"))], now).unwrap())
+        .mutations;
+    replica.apply(&other);
+    primary.run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now));
+    replica.apply(
+        &primary
+            .run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now))
+            .mutations,
+    );
+    clock.advance(20);
+    let fresh = replica
+        .run(|ks, now| ks.hset(b("x"), vec![(b("new"), b("2"))], now).unwrap())
+        .mutations;
+    assert!(matches!(fresh[0].op, Op::Delete), "{fresh:?}");
+    primary.apply(&fresh);
+    for side in [&primary, &replica] {
+        let fields = side.run(|ks, now| ks.hgetall(b"x", now)).value.unwrap();
+        assert_eq!(fields, vec![(b("new"), b("2"))]);
+    }
+    // Past the grace period the copy is gone for good.
+    clock.advance(keyspace::EXPIRED_GRACE_MS + 61_000);
+    replica.sweep_once();
+    assert_eq!(replica.run(|ks, now| ks.kind(b"s", now)).value, None);
 }
