@@ -117,6 +117,9 @@ pub struct AgentArgs {
     /// How long a sync write waits for the partner before going unprotected [default: 500ms].
     #[arg(long, env = "TANDEM_SYNC_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub sync_timeout: Option<Duration>,
+    /// How often partners compare their stores and repair differences [default: 30s].
+    #[arg(long, env = "TANDEM_ANTI_ENTROPY_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub anti_entropy_interval: Option<Duration>,
     /// Directory of the cluster CA and node certificates [default: tandem-tls].
     #[arg(long, env = "TANDEM_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
@@ -251,6 +254,9 @@ impl AgentArgs {
         }
         if let Some(dir) = self.tls_dir {
             config.tls_dir = dir;
+        }
+        if let Some(interval) = self.anti_entropy_interval {
+            config.anti_entropy_interval = interval;
         }
     }
 }

@@ -133,6 +133,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             sync_timeout: config.sync_timeout,
             // A pair half-formed for longer than a few detection times is abandoned.
             confirm_timeout: config.node.gossip.gossip_interval * 25,
+            anti_entropy_interval: config.anti_entropy_interval,
         },
         store.clone(),
         Some(std::sync::Arc::new(transport)),

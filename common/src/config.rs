@@ -146,6 +146,10 @@ pub struct AgentConfig {
     /// Default `500ms`.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
+    /// How often partners compare digests of their stores and repair what differs.
+    /// Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub anti_entropy_interval: Duration,
     /// Directory with the cluster CA (`ca.pem`) and this node's certificate
     /// (`<node-id>.pem`, `<node-id>.key`). A missing CA is generated, and a missing node
     /// certificate issued when `ca.key` is there. Default `tandem-tls`.
@@ -166,6 +170,7 @@ impl Default for AgentConfig {
             repl_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_REPL_PORT)),
             replication: ReplicationMode::Sync,
             sync_timeout: Duration::from_millis(500),
+            anti_entropy_interval: Duration::from_secs(30),
             tls_dir: std::path::PathBuf::from("tandem-tls"),
         }
     }

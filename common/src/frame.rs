@@ -41,6 +41,12 @@ pub enum Frame {
     },
     /// Everything up to and including `seq` has been applied.
     Ack { seq: u64 },
+    /// Anti-entropy: a digest of each shard of the sender's store.
+    Digest { shards: Vec<u64> },
+    /// Anti-entropy: "send me what you hold in these shards".
+    RepairRequest { shards: Vec<u32> },
+    /// Anti-entropy: the sender's keys and deletes in shards that differed.
+    Repair { mutations: Vec<Mutation> },
 }
 
 /// A frame that cannot be decoded.
@@ -136,6 +142,13 @@ mod tests {
                 last: true,
             },
             Frame::Ack { seq: 2 },
+            Frame::Digest {
+                shards: vec![1, 2, u64::MAX],
+            },
+            Frame::RepairRequest {
+                shards: vec![0, 1023],
+            },
+            Frame::Repair { mutations: vec![] },
         ]
     }
 

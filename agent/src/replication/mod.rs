@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use self::membership::Membership;
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
 use crate::store::SessionStore;
+use crate::store::keyspace::SHARDS;
 
 /// Keys per snapshot frame.
 const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
@@ -62,6 +63,8 @@ pub struct ReplicationConfig {
     pub sync_timeout: Duration,
     /// How long a pair may stay half-formed before it is abandoned.
     pub confirm_timeout: Duration,
+    /// How often partners compare digests of their stores and repair differences.
+    pub anti_entropy_interval: Duration,
 }
 
 /// Metric names of replication.
@@ -91,6 +94,10 @@ pub mod names {
     pub const REFUSED: &str = "tandem_repl_refused_total";
     /// Counter: links closed because of an error, by reason.
     pub const LINK_FAILURES: &str = "tandem_repl_link_failures_total";
+    /// Counter: anti-entropy comparisons made.
+    pub const ANTI_ENTROPY_ROUNDS: &str = "tandem_repl_anti_entropy_rounds_total";
+    /// Counter: keys an anti-entropy repair changed.
+    pub const REPAIRED_KEYS: &str = "tandem_repl_repaired_keys_total";
 }
 
 /// Shared handle to this agent's replication. Cheap to clone.
@@ -152,6 +159,7 @@ impl Replicator {
                 mode: ReplicationMode::Async,
                 sync_timeout: Duration::ZERO,
                 confirm_timeout: Duration::ZERO,
+                anti_entropy_interval: Duration::MAX,
             },
             store,
             None,
@@ -297,6 +305,10 @@ impl Replicator {
         self.inner.publish_protection();
         vec![accept, pairing]
     }
+}
+
+fn malformed(reason: String) -> TransportError {
+    TransportError::Frame(tandem_common::frame::FrameError::Malformed(reason))
 }
 
 fn now_ms() -> u64 {
@@ -567,13 +579,18 @@ impl Inner {
                         .read_frames(id, receiver, outbound_tx.clone(), acked_tx),
                 );
             let snapshot = tokio::spawn(self.clone().send_snapshot(id, partner.node_id.clone()));
+            let mut tasks = vec![writer, reader, snapshot];
+            // One side of the pair starts the comparisons; both answer them.
+            if self.config.node_id < partner.node_id {
+                tasks.push(tokio::spawn(self.clone().anti_entropy(outbound_tx.clone())));
+            }
             state.link = Some(Link {
                 id,
                 partner: partner.clone(),
                 outbound: outbound_tx,
                 next_seq: 0,
                 acked: acked_rx,
-                tasks: vec![writer, reader, snapshot],
+                tasks,
             });
             state.confirming_since = None;
             state.said_alone = false;
@@ -697,6 +714,50 @@ impl Inner {
                         self.set_syncing(false);
                     }
                 }
+                Frame::Digest { shards } => {
+                    if shards.len() != SHARDS {
+                        let error = malformed(format!(
+                            "digest of {} shards, expected {SHARDS}",
+                            shards.len()
+                        ));
+                        self.link_failed(id, &error);
+                        return;
+                    }
+                    let mine = self.digests();
+                    let differing: Vec<u32> = (0..SHARDS)
+                        .filter(|&s| mine[s] != shards[s])
+                        .map(|s| s as u32)
+                        .collect();
+                    metrics::counter!(names::ANTI_ENTROPY_ROUNDS).increment(1);
+                    if !differing.is_empty() {
+                        debug!(
+                            shards = differing.len(),
+                            "anti-entropy: shards differ from the partner's"
+                        );
+                        self.send_repairs(&outbound, &differing);
+                        let _ = outbound.send(Frame::RepairRequest { shards: differing });
+                    }
+                }
+                Frame::RepairRequest { shards } => {
+                    if shards.iter().any(|&s| s as usize >= SHARDS) {
+                        self.link_failed(
+                            id,
+                            &malformed("repair request for an unknown shard".into()),
+                        );
+                        return;
+                    }
+                    self.send_repairs(&outbound, &shards);
+                }
+                Frame::Repair { mutations } => {
+                    let changed = self.store.apply(&mutations);
+                    if changed > 0 {
+                        metrics::counter!(names::REPAIRED_KEYS).increment(changed as u64);
+                        info!(
+                            keys = changed,
+                            "anti-entropy repaired keys that differed from the partner's"
+                        );
+                    }
+                }
                 Frame::Ack { seq } => {
                     acked.send_if_modified(|current| {
                         let newer = seq > *current;
@@ -714,6 +775,62 @@ impl Inner {
                     self.link_failed(id, &error);
                     return;
                 }
+            }
+        }
+    }
+
+    /// The digest of every shard of the store, computed a few shards per lock hold.
+    fn digests(&self) -> Vec<u64> {
+        let mut digests = Vec::with_capacity(SHARDS);
+        for from in (0..SHARDS).step_by(64) {
+            let to = (from + 64).min(SHARDS);
+            let part = self
+                .store
+                .run(|ks, now| {
+                    (from..to)
+                        .map(|s| ks.shard_digest(s, now))
+                        .collect::<Vec<_>>()
+                })
+                .value;
+            digests.extend(part);
+        }
+        digests
+    }
+
+    /// Sends what this store holds in `shards`, in frames of about a thousand keys.
+    fn send_repairs(&self, outbound: &mpsc::UnboundedSender<Frame>, shards: &[u32]) {
+        let mut batch = Vec::new();
+        for &shard in shards {
+            let part = self
+                .store
+                .run(|ks, now| ks.shard_repair(shard as usize, now))
+                .value;
+            batch.extend(part);
+            if batch.len() >= SNAPSHOT_CHUNK_KEYS {
+                let _ = outbound.send(Frame::Repair {
+                    mutations: std::mem::take(&mut batch),
+                });
+            }
+        }
+        if !batch.is_empty() {
+            let _ = outbound.send(Frame::Repair { mutations: batch });
+        }
+    }
+
+    /// Every interval, sends the partner a digest of the store to compare with its own.
+    async fn anti_entropy(self: Arc<Self>, outbound: mpsc::UnboundedSender<Frame>) {
+        let mut ticker = tokio::time::interval(self.config.anti_entropy_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the snapshot just covered everything
+        loop {
+            ticker.tick().await;
+            if outbound
+                .send(Frame::Digest {
+                    shards: self.digests(),
+                })
+                .is_err()
+            {
+                return;
             }
         }
     }

@@ -96,6 +96,7 @@ impl Sim {
                 mode: ReplicationMode::Sync,
                 sync_timeout: Duration::from_millis(500),
                 confirm_timeout: Duration::from_secs(1),
+                anti_entropy_interval: Duration::from_millis(200),
             },
             store.clone(),
             Some(Arc::new(self.network.bind(addr))),
@@ -340,5 +341,55 @@ async fn writes_reach_the_partner_and_a_partition_heals_to_the_newest_version() 
         }
         assert!(started.elapsed() < SETTLE, "not converged after healing");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_differences_the_stream_missed() {
+    let mut sim = Sim::new();
+    sim.join("a", "10.1.0.0/24");
+    sim.join("b", "10.1.0.0/24");
+    sim.settle("a pair").await;
+    for i in 0..50 {
+        sim.set("a", &format!("k{i}"), "v").await;
+    }
+    // Writes that never went over the link (as if lost), on both sides: a key only b
+    // has, a newer value only a has, a delete only a made.
+    let local = |on: &str, key: &str, value: Option<&str>| {
+        let (key, value) = (
+            Bytes::from(key.to_string()),
+            value.map(|v| Bytes::from(v.to_string())),
+        );
+        sim.agents[on].sessions.store.run(|ks, now| match value {
+            Some(value) => drop(ks.set(
+                key,
+                value,
+                SetExpiry::None,
+                SetCondition::Always,
+                false,
+                now,
+            )),
+            None => drop(ks.delete(&[key], now)),
+        });
+    };
+    local("b", "only-on-b", Some("1"));
+    local("a", "k1", Some("newer-on-a"));
+    local("a", "k2", None);
+    assert_eq!(sim.get("b", "k1").as_deref(), Some(&b"v"[..]));
+
+    let started = tokio::time::Instant::now();
+    loop {
+        let repaired = sim.get("a", "only-on-b").is_some()
+            && sim.get("b", "k1").as_deref() == Some(&b"newer-on-a"[..])
+            && sim.get("b", "k2").is_none()
+            && sim.get("a", "k2").is_none();
+        if repaired {
+            break;
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "anti-entropy did not repair the differences"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

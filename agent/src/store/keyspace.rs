@@ -174,7 +174,8 @@ impl Kind {
 /// All sessions of one agent.
 pub struct Keyspace {
     shards: Vec<HashMap<Bytes, Entry>>,
-    tombstones: HashMap<Bytes, Version>,
+    /// Versions of deleted keys, by shard like the keys themselves.
+    tombstones: Vec<HashMap<Bytes, Version>>,
     /// (deadline, key) for every key with an expiry.
     expiries: BTreeSet<(u64, Bytes)>,
     used_bytes: usize,
@@ -189,7 +190,7 @@ impl Keyspace {
     pub fn new(node_id: &str, limits: Limits) -> Self {
         Keyspace {
             shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
-            tombstones: HashMap::new(),
+            tombstones: (0..SHARDS).map(|_| HashMap::new()).collect(),
             expiries: BTreeSet::new(),
             used_bytes: 0,
             len: 0,
@@ -250,7 +251,7 @@ impl Keyspace {
     fn expire_now(&mut self, key: &[u8]) {
         if let Some((key, entry)) = self.remove(key) {
             // An expired key keeps its version so that no older write revives it.
-            self.tombstones.insert(key, entry.version);
+            self.tombstones[Self::shard_of(&key)].insert(key, entry.version);
         }
     }
 
@@ -265,7 +266,7 @@ impl Keyspace {
     }
 
     fn insert(&mut self, key: Bytes, entry: Entry) {
-        self.tombstones.remove(&key);
+        self.tombstones[Self::shard_of(&key)].remove(&key);
         if let Some(at) = entry.expires_at_ms {
             self.expiries.insert((at, key.clone()));
         }
@@ -277,7 +278,7 @@ impl Keyspace {
     fn current_version(&self, key: &[u8]) -> Version {
         self.raw_entry(key)
             .map(|entry| entry.version)
-            .or_else(|| self.tombstones.get(key).copied())
+            .or_else(|| self.tombstones[Self::shard_of(key)].get(key).copied())
             .unwrap_or(Version::ZERO)
     }
 
@@ -375,12 +376,12 @@ impl Keyspace {
                 };
                 if emptied {
                     self.remove(key);
-                    self.tombstones.insert(owned(key), version);
+                    self.tombstones[Self::shard_of(key)].insert(owned(key), version);
                 }
             }
             Op::Delete => {
                 self.remove(key);
-                self.tombstones.insert(owned(key), version);
+                self.tombstones[Self::shard_of(key)].insert(owned(key), version);
             }
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(key);
@@ -934,10 +935,18 @@ impl Keyspace {
         let mut mutations = Vec::new();
         let mut shard = cursor;
         while shard < SHARDS && mutations.len() < max_keys {
-            for (key, entry) in &self.shards[shard] {
-                if entry.is_expired(now_ms) {
-                    continue;
-                }
+            mutations.extend(self.shard_snapshot(shard, now_ms));
+            shard += 1;
+        }
+        ((shard < SHARDS).then_some(shard), mutations)
+    }
+
+    /// The live keys of one shard as mutations carrying their own versions.
+    fn shard_snapshot(&self, shard: usize, now_ms: u64) -> Vec<Mutation> {
+        self.shards[shard]
+            .iter()
+            .filter(|(_, entry)| !entry.is_expired(now_ms))
+            .map(|(key, entry)| {
                 let op = match &entry.value {
                     Value::Str(value) => Op::Set {
                         value: value.clone(),
@@ -948,15 +957,43 @@ impl Keyspace {
                         expires_at_ms: entry.expires_at_ms,
                     },
                 };
-                mutations.push(Mutation {
+                Mutation {
                     key: key.clone(),
                     version: entry.version,
                     op,
-                });
-            }
-            shard += 1;
-        }
-        ((shard < SHARDS).then_some(shard), mutations)
+                }
+            })
+            .collect()
+    }
+
+    /// A digest of one shard: its live keys and tombstones with their versions. Two
+    /// stores agree on a shard when their digests are equal (the order of keys does not
+    /// matter).
+    pub fn shard_digest(&self, shard: usize, now_ms: u64) -> u64 {
+        let live = self.shards[shard]
+            .iter()
+            .filter(|(_, entry)| !entry.is_expired(now_ms))
+            .map(|(key, entry)| entry_digest(key, entry.version, false));
+        let deleted = self.tombstones[shard]
+            .iter()
+            .map(|(key, version)| entry_digest(key, *version, true));
+        live.chain(deleted).fold(0u64, u64::wrapping_add)
+    }
+
+    /// Everything one shard holds, as mutations carrying their versions: live keys as
+    /// full values, deleted keys as deletes. Applied by a partner, it repairs the shard.
+    pub fn shard_repair(&self, shard: usize, now_ms: u64) -> Vec<Mutation> {
+        let mut mutations = self.shard_snapshot(shard, now_ms);
+        mutations.extend(
+            self.tombstones[shard]
+                .iter()
+                .map(|(key, version)| Mutation {
+                    key: key.clone(),
+                    version: *version,
+                    op: Op::Delete,
+                }),
+        );
+        mutations
     }
 
     // ----- maintenance -----
@@ -975,8 +1012,9 @@ impl Keyspace {
             self.expire_now(key);
         }
         if due.len() < max {
-            self.tombstones
-                .retain(|_, version| version.millis + TOMBSTONE_TTL_MS > now_ms);
+            for shard in &mut self.tombstones {
+                shard.retain(|_, version| version.millis + TOMBSTONE_TTL_MS > now_ms);
+            }
         }
         due.len()
     }
@@ -995,6 +1033,24 @@ impl Keyspace {
             )
         })
     }
+}
+
+/// One key's contribution to its shard's digest (64-bit FNV-1a over key, version and
+/// whether it is deleted: stable across processes and releases).
+fn entry_digest(key: &[u8], version: Version, deleted: bool) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(key);
+    feed(&version.millis.to_be_bytes());
+    feed(&version.counter.to_be_bytes());
+    feed(&version.node.to_be_bytes());
+    feed(&[u8::from(deleted)]);
+    hash
 }
 
 /// Parses a decimal 64-bit integer as Redis does: no spaces, no `+`, no leading zeros.
