@@ -631,7 +631,8 @@ impl Inner {
         }
     }
 
-    /// Sends queued frames in order; consecutive mutation batches travel as one frame.
+    /// Sends queued frames in order, in one write per batch; consecutive mutation batches
+    /// travel as one frame.
     async fn write_frames(
         self: Arc<Self>,
         id: u64,
@@ -639,6 +640,9 @@ impl Inner {
         mut outbound: mpsc::UnboundedReceiver<Frame>,
     ) {
         while let Some(first) = outbound.recv().await {
+            // Let the connections that are running right now queue their writes too: they
+            // then share one packet (and the partner's one acknowledgement).
+            tokio::task::yield_now().await;
             let mut frames: Vec<Frame> = vec![first];
             while frames.len() < 64 {
                 let Ok(next) = outbound.try_recv() else { break };
@@ -653,24 +657,16 @@ impl Inner {
                         *seq = next_seq;
                         mutations.extend(more);
                     }
+                    // Acknowledgements are cumulative: the latest covers the earlier.
+                    (Some(Frame::Ack { seq }), Frame::Ack { seq: next_seq }) => *seq = next_seq,
                     (_, other) => frames.push(other),
                 }
             }
-            for frame in &frames {
-                if let Err(err) = self.send_frame(&mut sender, frame).await {
-                    self.link_failed(id, &err);
-                    return;
-                }
+            if let Err(err) = sender.send_all(&frames).await {
+                self.link_failed(id, &err);
+                return;
             }
         }
-    }
-
-    async fn send_frame(
-        &self,
-        sender: &mut FrameSender,
-        frame: &Frame,
-    ) -> Result<(), TransportError> {
-        sender.send(frame).await
     }
 
     /// Applies the partner's frames and acknowledges them.
@@ -682,8 +678,21 @@ impl Inner {
         acked: watch::Sender<u64>,
     ) {
         let mut snapshot_keys = 0u64;
+        // Frames that have already arrived are applied before one acknowledgement covers
+        // them all.
+        let mut unacked: Option<u64> = None;
         loop {
-            let frame = match receiver.recv().await {
+            let next = match receiver.buffered() {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => {
+                    if let Some(seq) = unacked.take() {
+                        let _ = outbound.send(Frame::Ack { seq });
+                    }
+                    receiver.recv().await
+                }
+                Err(err) => Err(err),
+            };
+            let frame = match next {
                 Ok(frame) => frame,
                 Err(err) => {
                     self.link_failed(id, &err);
@@ -694,7 +703,7 @@ impl Inner {
                 Frame::Mutations { seq, mutations } => {
                     metrics::counter!(names::MUTATIONS_RECEIVED).increment(mutations.len() as u64);
                     self.store.apply(&mutations);
-                    let _ = outbound.send(Frame::Ack { seq });
+                    unacked = Some(seq);
                 }
                 Frame::Snapshot {
                     seq,
@@ -708,7 +717,7 @@ impl Inner {
                     metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
                         .increment(mutations.len() as u64);
                     self.store.apply(&mutations);
-                    let _ = outbound.send(Frame::Ack { seq });
+                    unacked = Some(seq);
                     if last {
                         info!(keys = snapshot_keys, "snapshot from the partner applied");
                         self.set_syncing(false);

@@ -51,8 +51,18 @@ impl FrameSender {
     /// # Errors
     /// An oversized frame or a broken channel.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        self.send_all(std::slice::from_ref(frame)).await
+    }
+
+    /// Sends several frames with one write.
+    ///
+    /// # Errors
+    /// An oversized frame or a broken channel.
+    pub async fn send_all(&mut self, frames: &[Frame]) -> Result<(), TransportError> {
         self.buffer.clear();
-        frame.encode(&mut self.buffer)?;
+        for frame in frames {
+            frame.encode(&mut self.buffer)?;
+        }
         self.writer.write_all(&self.buffer).await?;
         self.writer.flush().await?;
         Ok(())
@@ -80,13 +90,21 @@ impl FrameReceiver {
     /// or a broken channel.
     pub async fn recv(&mut self) -> Result<Frame, TransportError> {
         loop {
-            if let Some(frame) = Frame::decode(&mut self.buffer, MAX_FRAME_BYTES)? {
+            if let Some(frame) = self.buffered()? {
                 return Ok(frame);
             }
             if self.reader.read_buf(&mut self.buffer).await? == 0 {
                 return Err(TransportError::Closed);
             }
         }
+    }
+
+    /// The next frame if it has already arrived in full, without waiting.
+    ///
+    /// # Errors
+    /// A malformed or oversized frame.
+    pub fn buffered(&mut self) -> Result<Option<Frame>, TransportError> {
+        Ok(Frame::decode(&mut self.buffer, MAX_FRAME_BYTES)?)
     }
 }
 
