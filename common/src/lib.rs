@@ -4,10 +4,12 @@
 //! write versions and session operations, each a plain value with table-driven tests.
 
 pub mod config;
+pub mod cookie;
 pub mod frame;
 pub mod member;
 pub mod ops;
 pub mod pairing;
+pub mod routing;
 pub mod schema;
 pub mod version;
 
