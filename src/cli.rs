@@ -140,6 +140,25 @@ pub struct BalancerArgs {
     /// HTTP address users connect to [default: 0.0.0.0:8080].
     #[arg(long, env = "TANDEM_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Name of the route cookie [default: TANDEM_ROUTE].
+    #[arg(long, env = "TANDEM_COOKIE_NAME", value_name = "NAME")]
+    pub cookie_name: Option<String>,
+    /// File with the secret route cookies are signed with, the same on every balancer
+    /// [default: a random secret, with a warning].
+    #[arg(long, env = "TANDEM_COOKIE_SECRET_FILE", value_name = "FILE")]
+    pub cookie_secret_file: Option<PathBuf>,
+    /// How long a route cookie is honoured after it was issued [default: 24h].
+    #[arg(long, env = "TANDEM_COOKIE_MAX_AGE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cookie_max_age: Option<Duration>,
+    /// Time to connect to an app server before trying its partner [default: 1s].
+    #[arg(long, env = "TANDEM_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Time an app server may take to answer [default: 60s].
+    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Largest request body accepted, in bytes [default: 67108864].
+    #[arg(long, env = "TANDEM_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +285,24 @@ impl BalancerArgs {
         self.node.apply(&mut config.node);
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(name) = self.cookie_name {
+            config.cookie_name = name;
+        }
+        if self.cookie_secret_file.is_some() {
+            config.cookie_secret_file = self.cookie_secret_file;
+        }
+        if let Some(age) = self.cookie_max_age {
+            config.cookie_max_age = age;
+        }
+        if let Some(timeout) = self.connect_timeout {
+            config.connect_timeout = timeout;
+        }
+        if let Some(timeout) = self.request_timeout {
+            config.request_timeout = timeout;
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            config.max_body_bytes = bytes;
         }
     }
 }

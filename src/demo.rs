@@ -92,6 +92,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     drop(reserved_udp);
     drop(reserved_tcp);
 
+    // Every balancer of the demo signs route cookies with the same secret.
+    let secret_file = dir.join("cookie-secret");
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    std::fs::write(&secret_file, secret)
+        .with_context(|| format!("cannot write {}", secret_file.display()))?;
+
     for node in &mut nodes {
         let log = std::fs::File::create(&node.log)
             .with_context(|| format!("cannot create {}", node.log.display()))?;
@@ -102,6 +110,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .args(["--gossip-addr", &node.gossip.to_string()])
             .args(["--admin-addr", &node.admin.to_string()])
             .args(["--join", &seeds.join(",")])
+            .arg("--log-format")
+            .arg("text")
             .env_remove("TANDEM_CONFIG")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -109,7 +119,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .kill_on_drop(true);
         match (node.role, node.listen) {
             ("agent", Some(app)) => command.args(["--demo-app", &app.to_string()]),
-            (_, Some(listen)) => command.args(["--listen", &listen.to_string()]),
+            (_, Some(listen)) => command
+                .args(["--listen", &listen.to_string()])
+                .arg("--cookie-secret-file")
+                .arg(&secret_file),
             _ => &mut command,
         };
         if let (Some(resp), Some(api), Some(repl)) = (node.resp, node.api, node.repl) {
@@ -163,14 +176,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|n| n.admin)
         .context("the demo has no nodes")?;
     wait_until_formed(admin, nodes.len()).await;
-    if let Some(app) = nodes
+    if let Some(balancer) = nodes.iter().find(|n| n.role == "balancer") {
+        let listen = balancer.listen.map(|a| a.to_string()).unwrap_or_default();
+        println!(
+            "open:    http://{listen}/  (through the balancer; each click counts in your session)"
+        );
+        println!("status:  http://{}/v1/members", balancer.admin);
+        println!(
+            "failover: kill -9 the agent the page names (pgrep -f 'node-id NAME '), click again:"
+        );
+        println!("          the counter carries on at its partner");
+    } else if let Some(app) = nodes
         .iter()
         .find(|n| n.role == "agent")
         .and_then(|n| n.listen)
     {
-        println!(
-            "try it:  open http://{app}/ (a demo app; a balancer in front of them comes next)"
-        );
+        println!("open:    http://{app}/ (an agent's demo app)");
     }
     if let Some(resp) = nodes.iter().find_map(|n| n.resp) {
         println!("store:   redis-cli -p {} ping", resp.port());

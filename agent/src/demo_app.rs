@@ -152,17 +152,38 @@ async fn read_counter(State(state): State<DemoState>, headers: HeaderMap) -> Res
     counter_response(&state, id, count, fresh)
 }
 
+/// Increments the counter. A request carrying an `Idempotency-Key` is applied once: a
+/// repeat of the last key (a balancer retrying on the partner after a failure) gets the
+/// count that key produced.
 async fn increment_counter(State(state): State<DemoState>, headers: HeaderMap) -> Response {
     let (id, fresh) = match session_id(&headers) {
         Some(id) => (id, false),
         None => (new_session_id(), true),
     };
+    let request_key = headers
+        .get("idempotency-key")
+        .map(|v| Bytes::copy_from_slice(v.as_bytes()));
     let key = session_key(&id);
     let ttl = SESSION_TTL.as_millis() as u64;
     let outcome = state
         .store
         .run(|ks, now| {
+            if let Some(request_key) = &request_key
+                && ks.hget(&key, b"last_key", now)?.as_ref() == Some(request_key)
+            {
+                let count = ks.hget(&key, b"count", now)?;
+                return Ok(count
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                    .unwrap_or(0));
+            }
             let count = ks.hincr_by(key.clone(), Bytes::from_static(b"count"), 1, now)?;
+            if let Some(request_key) = request_key {
+                ks.hset(
+                    key.clone(),
+                    vec![(Bytes::from_static(b"last_key"), request_key)],
+                    now,
+                )?;
+            }
             ks.expire(key, now + ttl, ExpireCondition::Always, now);
             Ok::<_, StoreError>(count)
         })
@@ -209,7 +230,8 @@ const PAGE: &str = r#"<!doctype html>
 async function call(method) {
   const error = document.getElementById("error");
   try {
-    const response = await fetch("/api/counter", { method, credentials: "same-origin" });
+    const headers = method === "POST" ? { "Idempotency-Key": crypto.randomUUID() } : {};
+    const response = await fetch("/api/counter", { method, headers, credentials: "same-origin" });
     if (!response.ok) throw new Error("HTTP " + response.status);
     const body = await response.json();
     document.getElementById("count").textContent = body.count;

@@ -66,9 +66,12 @@ impl AdminServer {
         self,
         gossip: GossipNode,
         metrics: PrometheusHandle,
+        extra: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = router(AdminState { gossip, metrics });
+        let app = router(AdminState { gossip, metrics })
+            .merge(extra)
+            .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -81,7 +84,6 @@ fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/members", get(members))
         .route("/metrics", get(render_metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(state)
 }
 

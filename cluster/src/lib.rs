@@ -75,6 +75,7 @@ pub struct PreparedNode {
     advertise_addr: SocketAddr,
     seeds: Vec<String>,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    admin_routes: axum::Router,
 }
 
 impl PreparedNode {
@@ -111,7 +112,14 @@ impl PreparedNode {
             advertise_addr,
             seeds,
             prometheus,
+            admin_routes: axum::Router::new(),
         })
+    }
+
+    /// Adds a component's own endpoints to the admin endpoint.
+    pub fn with_admin_routes(mut self, routes: axum::Router) -> Self {
+        self.admin_routes = self.admin_routes.merge(routes);
+        self
     }
 
     /// The IP other nodes reach this node at.
@@ -131,6 +139,7 @@ impl PreparedNode {
             advertise_addr,
             seeds,
             prometheus,
+            admin_routes,
         } = self;
         let config = &config;
         let admin_advertised = if admin_addr.ip().is_unspecified() {
@@ -163,7 +172,8 @@ impl PreparedNode {
             let mut rx = shutdown_rx.clone();
             async move { stopped(&mut rx).await }
         };
-        let admin_task = tokio::spawn(admin.serve(gossip.clone(), prometheus, admin_shutdown));
+        let admin_task =
+            tokio::spawn(admin.serve(gossip.clone(), prometheus, admin_routes, admin_shutdown));
         info!(admin = %admin_addr, "admin endpoint listening");
 
         // Signals end the process through the same path as an explicit stop.

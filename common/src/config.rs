@@ -184,6 +184,24 @@ pub struct BalancerConfig {
     pub node: NodeConfig,
     /// HTTP address users connect to. Default `0.0.0.0:8080`.
     pub listen: SocketAddr,
+    /// Name of the route cookie. Default `TANDEM_ROUTE`.
+    pub cookie_name: String,
+    /// File holding the secret route cookies are signed with; every balancer of the
+    /// cluster needs the same one. Default: a random secret, with a warning.
+    pub cookie_secret_file: Option<std::path::PathBuf>,
+    /// How long a route cookie is honoured after it was issued (it is refreshed while
+    /// the user is active). Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub cookie_max_age: Duration,
+    /// How long connecting to an app server may take before the balancer tries the
+    /// partner. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long an app server may take to answer. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes; larger ones get 413. Default 64 MiB.
+    pub max_body_bytes: u64,
 }
 
 impl Default for BalancerConfig {
@@ -191,6 +209,12 @@ impl Default for BalancerConfig {
         BalancerConfig {
             node: NodeConfig::default(),
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_LISTEN_PORT)),
+            cookie_name: "TANDEM_ROUTE".to_string(),
+            cookie_secret_file: None,
+            cookie_max_age: Duration::from_secs(24 * 3600),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 64 << 20,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::schema::{NodeState, Role};
 const CHAIN_DEPTH: usize = 4;
 
 /// An agent that users can be sent to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Backend {
     pub id: String,
     /// The app URL users are proxied to.

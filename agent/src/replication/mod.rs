@@ -844,10 +844,21 @@ impl Inner {
         }
     }
 
-    fn update_lag(&self, id: u64, acked: u64) {
-        let state = self.state.lock();
-        if let Some(link) = state.link.as_ref().filter(|l| l.id == id) {
-            metrics::gauge!(names::LAG).set(link.next_seq.saturating_sub(acked) as f64);
+    fn update_lag(self: &Arc<Self>, id: u64, acked: u64) {
+        let caught_up = {
+            let state = self.state.lock();
+            let Some(link) = state.link.as_ref().filter(|l| l.id == id) else {
+                return;
+            };
+            let behind = link.next_seq.saturating_sub(acked);
+            metrics::gauge!(names::LAG).set(behind as f64);
+            behind == 0
+        };
+        // A partner that was late has now applied everything it was sent: protected again,
+        // whether or not more writes come.
+        if caught_up && self.lagging.swap(false, Ordering::Relaxed) {
+            info!("the partner caught up: protected again");
+            self.publish_protection();
         }
     }
 

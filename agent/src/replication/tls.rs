@@ -67,20 +67,41 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// Writes a file that must not exist yet, readable by the owner only for keys.
-fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+/// Writes `contents` to a temporary file beside `path` (owner-only for keys) and returns
+/// its path: complete before anyone can see it under its real name.
+fn write_temp(path: &Path, contents: &str, secret: bool) -> Result<PathBuf, TlsError> {
+    let temp = path.with_extension(format!(
+        "tmp-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(io_error(path))?;
-    file.write_all(contents.as_bytes()).map_err(io_error(path))
+    let mut file = options.open(&temp).map_err(io_error(&temp))?;
+    file.write_all(contents.as_bytes())
+        .map_err(io_error(&temp))?;
+    file.sync_all().map_err(io_error(&temp))?;
+    Ok(temp)
 }
 
+/// Moves a complete temporary file to its real name (atomic).
+fn commit(temp: &Path, path: &Path) -> Result<(), TlsError> {
+    std::fs::rename(temp, path).map_err(io_error(path))
+}
+
+/// How long a process waits for another one that is creating the CA.
+const CA_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Creates a cluster CA in `dir` unless one is there. Returns whether it created one.
+///
+/// Several agents may start at once on one directory: the one that claims `ca.key` first
+/// (a hard link, which fails if the name exists) creates the CA; `ca.pem` appears last and
+/// whole, and the others wait for it.
 ///
 /// # Errors
 /// File system errors.
@@ -92,16 +113,36 @@ pub fn init_ca(dir: &Path) -> Result<bool, TlsError> {
     }
     let key = KeyPair::generate()?;
     let cert = ca_params().self_signed(&key)?;
-    // The key first: a reader that finds ca.pem may expect ca.key to be complete.
-    match write_new(&dir.join(CA_KEY), &key.serialize_pem(), true) {
-        Err(TlsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Another process is creating the CA at this moment; use its.
-            return Ok(false);
+    let key_path = dir.join(CA_KEY);
+    let key_temp = write_temp(&key_path, &key.serialize_pem(), true)?;
+    let claimed = std::fs::hard_link(&key_temp, &key_path);
+    let _ = std::fs::remove_file(&key_temp);
+    match claimed {
+        Ok(()) => {
+            let cert_temp = write_temp(&cert_path, &cert.pem(), false)?;
+            commit(&cert_temp, &cert_path)?;
+            Ok(true)
         }
-        other => other?,
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            let started = std::time::Instant::now();
+            while !cert_path.exists() {
+                if started.elapsed() > CA_WAIT {
+                    return Err(TlsError::Io {
+                        path: cert_path,
+                        source: std::io::Error::other(
+                            "another process claimed the CA but never finished it",
+                        ),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(false)
+        }
+        Err(source) => Err(TlsError::Io {
+            path: key_path,
+            source,
+        }),
     }
-    write_new(&cert_path, &cert.pem(), false)?;
-    Ok(true)
 }
 
 /// Issues a certificate for `node_id` with the CA key in `dir`. Returns whether it issued
@@ -132,13 +173,11 @@ pub fn issue(dir: &Path, node_id: &str) -> Result<bool, TlsError> {
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    match write_new(&key_path, &key.serialize_pem(), true) {
-        Err(TlsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Ok(false);
-        }
-        other => other?,
-    }
-    write_new(&cert_path, &cert.pem(), false)?;
+    // The key first: whoever finds the certificate finds its key complete.
+    let key_temp = write_temp(&key_path, &key.serialize_pem(), true)?;
+    commit(&key_temp, &key_path)?;
+    let cert_temp = write_temp(&cert_path, &cert.pem(), false)?;
+    commit(&cert_temp, &cert_path)?;
     Ok(true)
 }
 
@@ -256,5 +295,52 @@ impl NodeTls {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)
             .map_err(|err| TlsError::Verifier(err.to_string()))?;
         Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Agents started together on one directory end up with one CA, each with a
+    /// certificate from it.
+    #[test]
+    fn concurrent_first_starts_share_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    NodeTls::load(&dir, &format!("node-{i}"), true).map(|tls| tls.ca)
+                })
+            })
+            .collect();
+        let cas: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        assert!(
+            cas.iter().all(|ca| *ca == cas[0]),
+            "every node trusts the same CA"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.contains("tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_node_without_certificate_or_ca_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(CA_KEY)).unwrap();
+        let err = NodeTls::load(dir.path(), "node-x", true).err().unwrap();
+        assert!(matches!(err, TlsError::NoNodeCertificate(_)), "{err}");
+        assert!(matches!(
+            issue(dir.path(), "bad name!"),
+            Err(TlsError::BadName(_))
+        ));
     }
 }

@@ -1,0 +1,574 @@
+//! The reverse proxy: sticky routing by signed cookie, failover to the partner, passive
+//! health, streaming bodies and upgrades (WebSocket) passed through.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tandem_common::cookie::{self, RouteCookie};
+use tandem_common::routing::{Route, RouteReason, RoutingTable};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Largest request head (headers, names and values together) accepted, in bytes.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Requests with a body up to this size are kept so they can be sent again to the partner.
+const REPLAYABLE_BODY: u64 = 64 * 1024;
+/// How long a node this balancer could not reach is avoided before it is tried again.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+/// Most nodes one request is tried on.
+const MAX_ATTEMPTS: usize = 3;
+/// Requests carrying this header may be retried after they were sent: the app promises to
+/// apply each key once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header naming the node that served the request.
+pub const NODE_HEADER: &str = "x-tandem-node";
+
+/// Metric names of the proxy.
+pub mod names {
+    /// Counter: requests answered, by `node` and status `class` (2xx…5xx).
+    pub const REQUESTS: &str = "tandem_proxy_requests_total";
+    /// Histogram: seconds until the app server's response headers arrived.
+    pub const UPSTREAM_SECONDS: &str = "tandem_proxy_upstream_seconds";
+    /// Counter: requests sent to another node than their cookie's.
+    pub const FAILOVERS: &str = "tandem_proxy_failovers_total";
+    /// Counter: attempts repeated on another node after an error.
+    pub const RETRIES: &str = "tandem_proxy_retries_total";
+    /// Counter: routing table rebuilds.
+    pub const TABLE_REBUILDS: &str = "tandem_proxy_route_table_rebuilds_total";
+    /// Counter: nodes marked down by this balancer after a connect failure.
+    pub const MARKED_DOWN: &str = "tandem_proxy_nodes_marked_down_total";
+}
+
+/// How the proxy behaves.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub cookie_name: String,
+    pub cookie_secret: Vec<u8>,
+    pub cookie_max_age: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+/// Why an attempt failed, and whether the request may go to another node.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    /// Nothing was sent: always safe to retry elsewhere.
+    #[error("connect to {node}: {reason}")]
+    Connect { node: String, reason: String },
+    /// The request may have reached the app: retry only when that is harmless.
+    #[error("{node} failed after the request was sent: {reason}")]
+    AfterSend { node: String, reason: String },
+    #[error("{node} did not answer within {timeout:?}")]
+    Timeout { node: String, timeout: Duration },
+}
+
+/// The shared state of the proxy.
+pub struct Proxy {
+    settings: ProxySettings,
+    table: ArcSwap<RoutingTable>,
+    /// Nodes this balancer could not reach, until when.
+    down: ArcSwap<HashMap<String, Instant>>,
+    /// Users this balancer placed since the table was last rebuilt, by node: spreads a
+    /// burst of new users arriving within one gossip interval.
+    placements: Mutex<HashMap<String, u64>>,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Proxy {
+    pub fn new(settings: ProxySettings) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Arc::new(Proxy {
+            settings,
+            table: ArcSwap::from_pointee(RoutingTable::default()),
+            down: ArcSwap::from_pointee(HashMap::new()),
+            placements: Mutex::new(HashMap::new()),
+            client,
+        })
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    /// Swaps in a new table (when membership changed).
+    pub fn set_table(&self, table: RoutingTable) {
+        if **self.table.load() != table {
+            self.table.store(Arc::new(table));
+            self.placements.lock().clear();
+            metrics::counter!(names::TABLE_REBUILDS).increment(1);
+        }
+    }
+
+    fn is_down(&self, node: &str) -> bool {
+        self.down
+            .load()
+            .get(node)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn mark_down(&self, node: &str) {
+        warn!(%node, "app server unreachable: sending its users to the partner");
+        metrics::counter!(names::MARKED_DOWN).increment(1);
+        let until = Instant::now() + DOWN_FOR;
+        self.down.rcu(|current| {
+            let mut next: HashMap<String, Instant> = current
+                .iter()
+                .filter(|(_, until)| Instant::now() < **until)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            next.insert(node.to_string(), until);
+            next
+        });
+    }
+
+    fn route(&self, cookie: Option<&RouteCookie>, excluded: &HashSet<String>) -> Option<Route> {
+        let table = self.table.load();
+        let down = |id: &str| excluded.contains(id) || self.is_down(id);
+        let route = {
+            let placements = self.placements.lock();
+            table.route(cookie, down, |b| {
+                b.sessions + placements.get(&b.id).copied().unwrap_or(0)
+            })
+        }?;
+        if route.reason == RouteReason::Placed {
+            *self
+                .placements
+                .lock()
+                .entry(route.node.clone())
+                .or_default() += 1;
+        }
+        Some(route)
+    }
+
+    /// Handles one request from a user.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
+        let head_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if head_bytes > MAX_HEADER_BYTES {
+            return text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large\n",
+            );
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cookie = request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find_map(|value| cookie::find(value, &self.settings.cookie_name))
+            .and_then(|value| {
+                RouteCookie::decode(
+                    value,
+                    &self.settings.cookie_secret,
+                    now,
+                    self.settings.cookie_max_age.as_secs(),
+                )
+            });
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.settings.max_body_bytes) {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+        let upgrade = is_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let retry_after_send =
+            is_idempotent(request.method()) || request.headers().contains_key(IDEMPOTENCY_KEY);
+        let (mut parts, body) = request.into_parts();
+        prepare_headers(&mut parts.headers, remote, upgrade);
+
+        // A small body is kept so that the request can be repeated on the partner.
+        let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let mut replay: Option<Bytes> = None;
+        let mut stream: Option<Incoming> = None;
+        if !chunked && declared.unwrap_or(0) <= REPLAYABLE_BODY {
+            match body.collect().await {
+                Ok(collected) => replay = Some(collected.to_bytes()),
+                Err(err) => {
+                    return text(StatusCode::BAD_REQUEST, &format!("request body: {err}\n"));
+                }
+            }
+        } else {
+            stream = Some(body);
+        }
+
+        let mut excluded = HashSet::new();
+        let mut last_error = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some(route) = self.route(cookie.as_ref(), &excluded) else {
+                break;
+            };
+            let body: Body = match (&replay, stream.take()) {
+                (Some(bytes), _) => Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+                (None, Some(incoming)) => incoming.map_err(Into::into).boxed(),
+                // A streamed body was consumed by the first attempt; it cannot be repeated.
+                (None, None) => break,
+            };
+            let mut upstream = Request::from_parts(parts.clone(), body);
+            *upstream.uri_mut() = match upstream_uri(&route.app, &parts.uri) {
+                Some(uri) => uri,
+                None => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        "invalid app URL in the cluster view\n",
+                    );
+                }
+            };
+            if attempt > 0 {
+                metrics::counter!(names::RETRIES).increment(1);
+            }
+            match self.send(&route, upstream).await {
+                Ok(response) => {
+                    if let RouteReason::Failover { from } = &route.reason {
+                        debug!(%from, to = %route.node, "failover");
+                        metrics::counter!(names::FAILOVERS).increment(1);
+                    }
+                    let mut response = self.respond(response, &route, cookie.as_ref(), now);
+                    if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        response = splice_upgrade(response, client_upgrade).await;
+                    }
+                    return response;
+                }
+                Err(err) => {
+                    let retry = match &err {
+                        UpstreamError::Connect { .. } => {
+                            self.mark_down(&route.node);
+                            true
+                        }
+                        UpstreamError::AfterSend { .. } | UpstreamError::Timeout { .. } => {
+                            retry_after_send
+                        }
+                    };
+                    warn!(error = %err, retry, "upstream request failed");
+                    excluded.insert(route.node.clone());
+                    last_error = Some(err);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        match last_error {
+            Some(UpstreamError::Timeout { .. }) => text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the app server did not answer in time\n",
+            ),
+            Some(err) => text(StatusCode::BAD_GATEWAY, &format!("{err}\n")),
+            None => {
+                let mut response = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no app server is available right now; retry shortly\n",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                response
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        route: &Route,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(self.settings.request_timeout, self.client.request(request)).await;
+        metrics::histogram!(names::UPSTREAM_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) if err.is_connect() => Err(UpstreamError::Connect {
+                node: route.node.clone(),
+                reason: source_text(&err),
+            }),
+            Ok(Err(err)) => Err(UpstreamError::AfterSend {
+                node: route.node.clone(),
+                reason: source_text(&err),
+            }),
+            Err(_) => Err(UpstreamError::Timeout {
+                node: route.node.clone(),
+                timeout: self.settings.request_timeout,
+            }),
+        }
+    }
+
+    /// The app's response, with the route cookie (re)written where needed.
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        route: &Route,
+        cookie: Option<&RouteCookie>,
+        now: u64,
+    ) -> Response<Body> {
+        let class = match response.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        metrics::counter!(names::REQUESTS, "node" => route.node.clone(), "class" => class)
+            .increment(1);
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(
+            &mut parts.headers,
+            parts.status == StatusCode::SWITCHING_PROTOCOLS,
+        );
+        let refresh = match cookie {
+            None => true,
+            Some(cookie) => {
+                cookie.node != route.node
+                    || cookie.partner != route.partner
+                    || now.saturating_sub(cookie.issued_at)
+                        > self.settings.cookie_max_age.as_secs() / 2
+            }
+        };
+        if refresh {
+            let value = RouteCookie {
+                node: route.node.clone(),
+                partner: route.partner.clone(),
+                issued_at: now,
+            }
+            .encode(&self.settings.cookie_secret);
+            let set_cookie = format!(
+                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                self.settings.cookie_name,
+                self.settings.cookie_max_age.as_secs()
+            );
+            if let Ok(value) = HeaderValue::from_str(&set_cookie) {
+                parts.headers.append(header::SET_COOKIE, value);
+            }
+        }
+        if let Ok(node) = HeaderValue::from_str(&route.node) {
+            parts
+                .headers
+                .insert(HeaderName::from_static(NODE_HEADER), node);
+        }
+        Response::from_parts(parts, body.map_err(Into::into).boxed())
+    }
+}
+
+/// Connects the user's upgraded connection with the app's (WebSocket and the like).
+async fn splice_upgrade(
+    response: Response<Body>,
+    client: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    let mut upstream_response = Response::from_parts(parts.clone(), ());
+    let upstream = hyper::upgrade::on(&mut upstream_response);
+    if let Some(client) = client {
+        tokio::spawn(async move {
+            match tokio::try_join!(client, upstream) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(err) =
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        debug!(error = %err, "upgraded connection ended");
+                    }
+                }
+                Err(err) => warn!(error = %err, "upgrade failed"),
+            }
+        });
+    }
+    Response::from_parts(parts, body)
+}
+
+fn source_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A plain-text response made by the balancer itself.
+pub fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Hop-by-hop headers belong to one connection, not to the request.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && *name == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "proxy-authorization",
+    ] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes hop-by-hop headers and adds the X-Forwarded-* ones.
+fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, upgrade: bool) {
+    let host = headers.get(header::HOST).cloned();
+    // Keep the transfer-encoding decision to hyper: the body is re-framed for the app.
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    strip_hop_by_hop(headers, upgrade);
+    if chunked {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {}", remote.ip()),
+        None => remote.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// The app's URL for a request's path and query.
+fn upstream_uri(app: &str, original: &Uri) -> Option<Uri> {
+    let base = app.trim_end_matches('/');
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    format!("{base}{path}").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uris_join_the_app_url_and_the_path() {
+        let uri: Uri = "/api/counter?x=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri("http://10.0.0.5:8000", &uri)
+                .unwrap()
+                .to_string(),
+            "http://10.0.0.5:8000/api/counter?x=1"
+        );
+        assert_eq!(
+            upstream_uri("http://h:1/base/", &uri).unwrap().to_string(),
+            "http://h:1/base/api/counter?x=1"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("secret"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        prepare_headers(&mut headers, "198.51.100.7:5000".parse().unwrap(), false);
+        assert!(headers.get("x-private").is_none() && headers.get("keep-alive").is_none());
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.51.100.7");
+        assert_eq!(headers["x-forwarded-host"], "shop.example");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn upgrades_are_recognised() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&headers));
+        let mut kept = headers.clone();
+        strip_hop_by_hop(&mut kept, true);
+        assert!(kept.contains_key(header::UPGRADE));
+        headers.remove(header::CONNECTION);
+        assert!(!is_upgrade(&headers));
+    }
+}

@@ -1,0 +1,351 @@
+//! The balancer with real processes: sticky users, failover to the partner with nothing
+//! lost, placement on another pair when both die, identical routing on two balancers,
+//! hostile input.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{Agent, Node, free_tcp_addr, free_udp_addr, wait_for, wait_for_port};
+
+const FORM: Duration = Duration::from_secs(30);
+const USERS: usize = 50;
+
+struct Cluster {
+    agents: BTreeMap<String, Agent>,
+    /// Kept so that the balancer process lives as long as the cluster.
+    _balancer: Node,
+    listen: SocketAddr,
+    secret: std::path::PathBuf,
+}
+
+fn start_balancer(dir: &Path, name: &str, seed: SocketAddr, secret: &Path) -> (Node, SocketAddr) {
+    let listen = free_tcp_addr();
+    let extra = vec![
+        "--listen".to_string(),
+        listen.to_string(),
+        "--cookie-secret-file".to_string(),
+        secret.display().to_string(),
+    ];
+    (
+        Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), extra),
+        listen,
+    )
+}
+
+async fn start_cluster(dir: &Path) -> Cluster {
+    let secret = dir.join("cookie-secret");
+    std::fs::write(&secret, "a shared secret for this test cluster").unwrap();
+    let mut agents = BTreeMap::new();
+    let mut seed = None;
+    for i in 1..=4 {
+        let name = format!("agent-{i}");
+        let demo = free_tcp_addr().to_string();
+        let mut extra = vec!["--demo-app".to_string(), demo];
+        if let Some(seed) = seed {
+            extra.extend(["--join".to_string(), format!("{seed}")]);
+        }
+        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let agent = Agent::start(dir, &name, &args);
+        seed.get_or_insert(agent.node.gossip);
+        agents.insert(name, agent);
+    }
+    let (balancer, listen) = start_balancer(dir, "balancer-1", seed.unwrap(), &secret);
+    wait_for_port(listen).await;
+    wait_protected_routes(&balancer, 4).await;
+    Cluster {
+        agents,
+        _balancer: balancer,
+        listen,
+        secret,
+    }
+}
+
+/// Waits until the balancer's routing table (`/v1/routes`) has `count` usable, protected
+/// backends.
+async fn wait_protected_routes(balancer: &Node, count: usize) {
+    wait_for(
+        &format!("{} to route to {count} protected nodes", balancer.name),
+        FORM,
+        || async {
+            let Some((200, body)) = support::get(balancer.admin, "/v1/routes").await else {
+                return false;
+            };
+            let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
+            routes["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b["usable"] == true && b["protected"] == true)
+                .count()
+                == count
+        },
+    )
+    .await;
+}
+
+/// One virtual user: its own cookie jar.
+struct User {
+    client: reqwest::Client,
+    id: usize,
+    sent: usize,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Counter {
+    count: i64,
+    node: String,
+    partner: Option<String>,
+}
+
+impl User {
+    fn new(id: usize) -> User {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        User {
+            client,
+            id,
+            sent: 0,
+        }
+    }
+
+    /// One click: POST /api/counter with an idempotency key, as the demo page sends it.
+    async fn click(&mut self, balancer: SocketAddr) -> Result<Counter, String> {
+        self.sent += 1;
+        let response = self
+            .client
+            .post(format!("http://{balancer}/api/counter"))
+            .header(
+                "idempotency-key",
+                format!("user-{}-click-{}", self.id, self.sent),
+            )
+            .send()
+            .await
+            .map_err(|err| err.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                response.text().await.unwrap_or_default()
+            ));
+        }
+        response.json().await.map_err(|err| err.to_string())
+    }
+}
+
+/// Every user clicks `clicks` times; returns each user's answers.
+async fn run_users(
+    users: Vec<User>,
+    balancer: SocketAddr,
+    clicks: usize,
+) -> Vec<(User, Vec<Result<Counter, String>>)> {
+    let tasks: Vec<_> = users
+        .into_iter()
+        .map(|mut user| {
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for _ in 0..clicks {
+                    answers.push(user.click(balancer).await);
+                }
+                (user, answers)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sticky_users_keep_their_sessions_through_the_death_of_their_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path()).await;
+    let balancer = cluster.listen;
+
+    // 50 users, 20 clicks each: counts 1..20, every answer from the same node.
+    let users: Vec<User> = (0..USERS).map(User::new).collect();
+    let results = run_users(users, balancer, 20).await;
+    let mut home: BTreeMap<usize, (String, Option<String>)> = BTreeMap::new();
+    let mut users = Vec::new();
+    for (user, answers) in results {
+        let answers: Vec<Counter> = answers.into_iter().collect::<Result<_, _>>().unwrap();
+        let counts: Vec<i64> = answers.iter().map(|a| a.count).collect();
+        assert_eq!(counts, (1..=20).collect::<Vec<_>>(), "user {}", user.id);
+        assert!(
+            answers.iter().all(|a| a.node == answers[0].node),
+            "user {} moved: {answers:?}",
+            user.id
+        );
+        home.insert(
+            user.id,
+            (answers[0].node.clone(), answers[0].partner.clone()),
+        );
+        users.push(user);
+    }
+    let nodes_used: std::collections::BTreeSet<&String> = home.values().map(|(n, _)| n).collect();
+    assert_eq!(
+        nodes_used.len(),
+        4,
+        "new users are spread over every node: {home:?}"
+    );
+
+    // 20 more clicks each; one agent is killed while they run.
+    let victim = home[&0].0.clone();
+    let victim_partner = home[&0].1.clone().expect("protected nodes have partners");
+    let clicking = tokio::spawn(run_users(users, balancer, 20));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.agents.get_mut(&victim).unwrap().node.kill();
+    let results = clicking.await.unwrap();
+    let mut users = Vec::new();
+    for (user, answers) in results {
+        let answers: Vec<Counter> = answers
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|err| panic!("user {} saw a failed request: {err}", user.id));
+        let counts: Vec<i64> = answers.iter().map(|a| a.count).collect();
+        assert_eq!(
+            counts,
+            (21..=40).collect::<Vec<_>>(),
+            "user {} lost or repeated a click",
+            user.id
+        );
+        let (first_home, _) = &home[&user.id];
+        let last = answers.last().unwrap();
+        if *first_home == victim {
+            assert_eq!(
+                last.node, victim_partner,
+                "user {} continued on the partner",
+                user.id
+            );
+        } else {
+            assert_eq!(last.node, *first_home, "user {} stayed home", user.id);
+        }
+        users.push(user);
+    }
+
+    // The partner dies too: its users land on the other pair (their sessions are gone,
+    // as in the seed design), and nobody gets a 5xx.
+    cluster.agents.get_mut(&victim_partner).unwrap().node.kill();
+    let results = run_users(users, balancer, 5).await;
+    for (user, answers) in results {
+        for answer in &answers {
+            if let Err(err) = answer {
+                panic!(
+                    "user {} got an error after both nodes of a pair died: {err}",
+                    user.id
+                );
+            }
+        }
+        let last = answers.last().unwrap().as_ref().unwrap();
+        assert!(
+            last.node != victim && last.node != victim_partner,
+            "user {} on a dead node",
+            user.id
+        );
+    }
+    drop(cluster.secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path()).await;
+    let seed = cluster.agents["agent-1"].node.gossip;
+    let (second, second_listen) = start_balancer(dir.path(), "balancer-2", seed, &cluster.secret);
+    wait_for_port(second_listen).await;
+    wait_protected_routes(&second, 4).await;
+
+    // Users placed by balancer-1 are routed identically by balancer-2.
+    for id in 0..20 {
+        let mut user = User::new(id);
+        let first = user.click(cluster.listen).await.unwrap();
+        let second_answer = user.click(second_listen).await.unwrap();
+        assert_eq!(second_answer.node, first.node, "user {id}");
+        assert_eq!(
+            second_answer.count, 2,
+            "user {id} kept the session across balancers"
+        );
+    }
+
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/counter", cluster.listen);
+    // A forged cookie is treated as absent: the request is placed, and a valid cookie set.
+    for forged in [
+        "v1.YWdlbnQtMQ.YWdlbnQtMg.1.AAAA",
+        "garbage",
+        "v1....",
+        &"x".repeat(4000),
+    ] {
+        let response = client
+            .get(&url)
+            .header("cookie", format!("TANDEM_ROUTE={forged}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{forged}");
+        let fresh = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("TANDEM_ROUTE=v1."));
+        assert!(fresh, "a fresh route cookie for {forged}");
+    }
+    // Oversized headers get a 4xx, and the balancer keeps serving.
+    let huge = "h".repeat(100 * 1024);
+    let response = client.get(&url).header("x-huge", huge).send().await;
+    if let Ok(response) = response {
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    // Raw garbage on the port.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(cluster.listen)
+        .await
+        .unwrap();
+    raw.write_all(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut reply)).await;
+    assert!(
+        reply.is_empty() || reply.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    // A declared body over the limit: 413.
+    let response = client
+        .post(&url)
+        .header("content-length", "999999999999")
+        .body("")
+        .send()
+        .await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+    }
+    // A fresh connection: the one above was left expecting a body that never came.
+    let after = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(after.status(), 200, "still serving");
+    drop(Arc::new(second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_app_server_means_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let (balancer, listen) = start_balancer(dir.path(), "lonely", free_udp_addr(), &secret);
+    wait_for_port(listen).await;
+    let response = reqwest::get(format!("http://{listen}/")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "2");
+    assert!(response.text().await.unwrap().contains("no app server"));
+    drop(balancer);
+}
