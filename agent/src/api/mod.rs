@@ -243,6 +243,16 @@ impl Condition {
         }
     }
 
+    /// The key's current version (`None`: absent), if the condition lets a write proceed.
+    fn check(&self, ks: &mut Keyspace, key: &[u8], now: u64) -> Result<Option<Version>, ApiError> {
+        let current = current_version(ks, key, now);
+        if self.allows(current) {
+            Ok(current)
+        } else {
+            Err(ApiError::precondition())
+        }
+    }
+
     /// Whether a write may proceed given the key's current version (`None`: absent).
     fn allows(&self, current: Option<Version>) -> bool {
         if self.if_none_match_any && current.is_some() {
@@ -350,10 +360,7 @@ async fn put_session(
     let key_bytes = Bytes::from(key.clone().into_bytes());
     let outcome = store
         .run(|ks, now| -> Result<_, ApiError> {
-            let current = current_version(ks, &key_bytes, now);
-            if !condition.allows(current) {
-                return Err(ApiError::precondition());
-            }
+            let current = condition.check(ks, &key_bytes, now)?;
             let expires = body.ttl_ms.map(|ttl| deadline(ttl, now)).transpose()?;
             match (body.value, body.fields) {
                 (Some(value), None) => {
@@ -411,10 +418,7 @@ async fn patch_session(
     let key_bytes = Bytes::from(key.clone().into_bytes());
     let outcome = store
         .run(|ks, now| -> Result<_, ApiError> {
-            let current = current_version(ks, &key_bytes, now);
-            if !condition.allows(current) {
-                return Err(ApiError::precondition());
-            }
+            condition.check(ks, &key_bytes, now)?;
             if !body.fields.is_empty() {
                 let fields = body
                     .fields
@@ -453,13 +457,10 @@ async fn delete_session(
     let key_bytes = Bytes::from(key.clone().into_bytes());
     store
         .run(|ks, now| {
-            let current = current_version(ks, &key_bytes, now);
-            if current.is_none() {
+            if current_version(ks, &key_bytes, now).is_none() {
                 return Err(ApiError::not_found(&key));
             }
-            if !condition.allows(current) {
-                return Err(ApiError::precondition());
-            }
+            condition.check(ks, &key_bytes, now)?;
             ks.delete(std::slice::from_ref(&key_bytes), now);
             Ok(StatusCode::NO_CONTENT.into_response())
         })
@@ -503,9 +504,7 @@ async fn put_field(
     let key_bytes = Bytes::from(key.into_bytes());
     let (session, version) = store
         .run(|ks, now| -> Result<_, ApiError> {
-            if !condition.allows(current_version(ks, &key_bytes, now)) {
-                return Err(ApiError::precondition());
-            }
+            condition.check(ks, &key_bytes, now)?;
             ks.hset(
                 key_bytes.clone(),
                 vec![(bytes_of(field), bytes_of(body.value))],
