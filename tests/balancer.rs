@@ -276,6 +276,11 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
         );
     }
 
+    // The status page is served on the admin port and reads the two JSON endpoints.
+    let (status, page) = support::get(second.admin, "/status").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("Tandem topology") && page.contains("v1/routes") && page.contains("v1/members"));
+
     let client = reqwest::Client::new();
     let url = format!("http://{}/api/counter", cluster.listen);
     // A forged cookie is treated as absent: the request is placed, and a valid cookie set.

@@ -80,6 +80,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     });
     let routes = axum::Router::new()
         .route("/v1/routes", axum::routing::get(routes_json))
+        .route("/status", axum::routing::get(|| async { axum::response::Html(STATUS_PAGE) }))
         .with_state(proxy.clone());
     let prepared = PreparedNode::prepare(&config.node)
         .await?
@@ -101,6 +102,10 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     let _ = server.await;
     Ok(())
 }
+
+/// The live topology page (`GET /status` on the admin port): it polls `/v1/members` and
+/// `/v1/routes` every second and draws pairs side by side.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// `GET /v1/routes`: the routing table this balancer uses now.
 async fn routes_json(
