@@ -181,7 +181,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "open:    http://{listen}/  (through the balancer; each click counts in your session)"
         );
-        println!("status:  http://{}/status  (the topology, live)", balancer.admin);
+        println!(
+            "status:  http://{}/status  (the topology, live)",
+            balancer.admin
+        );
         println!(
             "failover: kill -9 the agent the page names (pgrep -f 'node-id NAME '), click again:"
         );

@@ -279,7 +279,11 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     // The status page is served on the admin port and reads the two JSON endpoints.
     let (status, page) = support::get(second.admin, "/status").await.unwrap();
     assert_eq!(status, 200);
-    assert!(page.contains("Tandem topology") && page.contains("v1/routes") && page.contains("v1/members"));
+    assert!(
+        page.contains("Tandem topology")
+            && page.contains("v1/routes")
+            && page.contains("v1/members")
+    );
 
     let client = reqwest::Client::new();
     let url = format!("http://{}/api/counter", cluster.listen);
@@ -353,4 +357,98 @@ async fn no_app_server_means_503_with_retry_after() {
     assert_eq!(response.headers().get("retry-after").unwrap(), "2");
     assert!(response.text().await.unwrap().contains("no app server"));
     drop(balancer);
+}
+
+/// An app that accepts any upgrade and then echoes bytes, as a WebSocket server would
+/// after its handshake.
+async fn echo_upgrade_app() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                if !head.contains("upgrade: echo") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n")
+                    .await;
+                let mut buffer = [0u8; 1024];
+                loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_pass_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let app = echo_upgrade_app().await;
+    let app_url = format!("http://{app}");
+    let agent = Agent::start(dir.path(), "ws-agent", &["--app-url", &app_url]);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let (balancer, listen) = start_balancer(dir.path(), "ws-balancer", agent.node.gossip, &secret);
+    wait_for_port(listen).await;
+    wait_for("the balancer to route to the agent", FORM, || async {
+        reqwest::get(format!("http://{listen}/"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    stream
+        .write_all(b"GET /socket HTTP/1.1\r\nhost: example\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "the balancer closed the connection"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for message in ["hello", "through the balancer", "and back"] {
+        stream.write_all(message.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .expect("echo within 5 s")
+            .unwrap();
+        assert_eq!(echoed, message.as_bytes());
+    }
+    drop((balancer, agent));
 }

@@ -80,7 +80,10 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     });
     let routes = axum::Router::new()
         .route("/v1/routes", axum::routing::get(routes_json))
-        .route("/status", axum::routing::get(|| async { axum::response::Html(STATUS_PAGE) }))
+        .route(
+            "/status",
+            axum::routing::get(|| async { axum::response::Html(STATUS_PAGE) }),
+        )
         .with_state(proxy.clone());
     let prepared = PreparedNode::prepare(&config.node)
         .await?

@@ -87,6 +87,8 @@ pub struct Proxy {
     /// Users this balancer placed since the table was last rebuilt, by node: spreads a
     /// burst of new users arriving within one gossip interval.
     placements: Mutex<HashMap<String, u64>>,
+    /// Request counters by node and status class, registered when a node first appears.
+    counters: ArcSwap<HashMap<String, [metrics::Counter; 5]>>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -104,6 +106,7 @@ impl Proxy {
             table: ArcSwap::from_pointee(RoutingTable::default()),
             down: ArcSwap::from_pointee(HashMap::new()),
             placements: Mutex::new(HashMap::new()),
+            counters: ArcSwap::from_pointee(HashMap::new()),
             client,
         })
     }
@@ -116,6 +119,26 @@ impl Proxy {
     /// Swaps in a new table (when membership changed).
     pub fn set_table(&self, table: RoutingTable) {
         if **self.table.load() != table {
+            let missing: Vec<String> = table
+                .backends()
+                .map(|b| b.id.clone())
+                .filter(|id| !self.counters.load().contains_key(id))
+                .collect();
+            if !missing.is_empty() {
+                let mut counters = (**self.counters.load()).clone();
+                for node in missing {
+                    let counter = |class: &'static str| metrics::counter!(names::REQUESTS, "node" => node.clone(), "class" => class);
+                    let set = [
+                        counter("1xx"),
+                        counter("2xx"),
+                        counter("3xx"),
+                        counter("4xx"),
+                        counter("5xx"),
+                    ];
+                    counters.insert(node, set);
+                }
+                self.counters.store(Arc::new(counters));
+            }
             self.table.store(Arc::new(table));
             self.placements.lock().clear();
             metrics::counter!(names::TABLE_REBUILDS).increment(1);
@@ -147,12 +170,12 @@ impl Proxy {
     fn route(&self, cookie: Option<&RouteCookie>, excluded: &HashSet<String>) -> Option<Route> {
         let table = self.table.load();
         let down = |id: &str| excluded.contains(id) || self.is_down(id);
-        let route = {
-            let placements = self.placements.lock();
-            table.route(cookie, down, |b| {
-                b.sessions + placements.get(&b.id).copied().unwrap_or(0)
-            })
-        }?;
+        // The placement counts are read only when a user is placed: a sticky request takes
+        // no lock.
+        let load = |b: &tandem_common::routing::Backend| {
+            b.sessions + self.placements.lock().get(&b.id).copied().unwrap_or(0)
+        };
+        let route = table.route(cookie, down, load)?;
         if route.reason == RouteReason::Placed {
             *self
                 .placements

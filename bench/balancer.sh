@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The balancer next to nginx, in one run: wrk through `tandem balancer` and through nginx
+# (proxy_pass to keep-alive upstreams, sticky by hashing the same route cookie) to the same
+# two app servers (two paired agents' demo apps, GET /), with the sticky cookie sent.
+# Prints requests/s and latency percentiles side by side.
+#
+#   bench/balancer.sh              # 10 s per run, 50 connections, 2 threads
+#   DURATION=30s CONNECTIONS=100 bench/balancer.sh
+#
+# Needs wrk and nginx (Debian: wrk nginx-light) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-2}
+for tool in wrk nginx curl; do
+    command -v "$tool" >/dev/null || { echo "bench/balancer.sh: $tool is missing (apt-get install wrk nginx-light curl)" >&2; exit 1; }
+done
+
+cargo build --release --quiet
+tandem=target/release/tandem
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+wait_http() { for _ in $(seq 150); do curl -fsS -o /dev/null "$1" 2>/dev/null && return; sleep 0.1; done; echo "bench/balancer.sh: $1 did not answer" >&2; exit 1; }
+
+seed=$(free_port)
+apps=()
+for i in 1 2; do
+    app=$(free_port)
+    join=()
+    [ "$i" -gt 1 ] && join=(--join "127.0.0.1:$seed")
+    gossip=$([ "$i" -eq 1 ] && echo "$seed" || free_port)
+    "$tandem" agent --node-id "app-$i" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$(free_port)" \
+        --resp-addr "127.0.0.1:$(free_port)" --api-addr "127.0.0.1:$(free_port)" --repl-addr "127.0.0.1:$(free_port)" \
+        --tls-dir "$work/tls" --demo-app "127.0.0.1:$app" "${join[@]}" >"$work/app-$i.log" 2>&1 &
+    pids+=($!)
+    apps+=("$app")
+    wait_http "http://127.0.0.1:$app/"
+done
+
+echo "a secret for the benchmark" >"$work/secret"
+listen=$(free_port)
+"$tandem" balancer --node-id bench-balancer --gossip-addr "127.0.0.1:$(free_port)" --admin-addr "127.0.0.1:$(free_port)" \
+    --join "127.0.0.1:$seed" --listen "127.0.0.1:$listen" --cookie-secret-file "$work/secret" >"$work/balancer.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 150); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$listen/")" = 200 ] && break
+    sleep 0.1
+done
+
+nginx_port=$(free_port)
+cat >"$work/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream apps {
+        hash \$cookie_TANDEM_ROUTE consistent;
+        server 127.0.0.1:${apps[0]};
+        server 127.0.0.1:${apps[1]};
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://apps;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work"
+wait_http "http://127.0.0.1:$nginx_port/"
+
+# One user's route cookie, issued by the balancer; both proxies get it on every request.
+cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$listen/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(TANDEM_ROUTE=[^;]*\).*/\1/p' | head -1)
+[ -n "$cookie" ] || { echo "bench/balancer.sh: the balancer set no route cookie" >&2; exit 1; }
+
+measure() { # url -> "rps p50 p99" (latencies in ms)
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "Cookie: $cookie" "$1" |
+        awk '
+            function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+            /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
+            /Non-2xx/ { bad = $NF }
+            END { printf "%.0f %.3f %.3f %s\n", rps, p50, p99, (bad == "" ? 0 : bad) }'
+}
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, GET / of a demo app, sticky cookie sent; machine: $(nproc) cores"
+echo "$(nginx -v 2>&1), tandem $($tandem version | awk '{print $2}')"
+echo
+echo "| proxy | requests/s | p50 ms | p99 ms | non-2xx |"
+echo "| --- | --- | --- | --- | --- |"
+for round in 1 2; do
+    read -r rps p50 p99 bad < <(measure "http://127.0.0.1:$nginx_port/")
+    echo "| nginx (round $round) | $rps | $p50 | $p99 | $bad |"
+    read -r rps p50 p99 bad < <(measure "http://127.0.0.1:$listen/")
+    echo "| tandem balancer (round $round) | $rps | $p50 | $p99 | $bad |"
+done
