@@ -159,6 +159,22 @@ pub struct BalancerArgs {
     /// Largest request body accepted, in bytes [default: 67108864].
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,
+    /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2) [default: plain HTTP].
+    #[arg(
+        long,
+        env = "TANDEM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "TANDEM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +319,10 @@ impl BalancerArgs {
         }
         if let Some(bytes) = self.max_body_bytes {
             config.max_body_bytes = bytes;
+        }
+        if self.tls_cert.is_some() {
+            config.tls_cert = self.tls_cert;
+            config.tls_key = self.tls_key;
         }
     }
 }

@@ -450,5 +450,128 @@ async fn upgraded_connections_pass_through() {
             .unwrap();
         assert_eq!(echoed, message.as_bytes());
     }
+    // HTTP/2 without TLS (h2c, prior knowledge) reaches the same HTTP/1.1 app.
+    if support::capability("curl", support::has_program("curl")) {
+        let output = tokio::process::Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}"])
+            .arg(format!("http://{listen}/plain"))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n2");
+    }
     drop((balancer, agent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_can_connect_over_tls_with_http2() {
+    if !support::capability("curl", support::has_program("curl")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let demo = free_tcp_addr().to_string();
+    let agent = Agent::start(dir.path(), "tls-agent", &["--demo-app", &demo]);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let listen = free_tcp_addr();
+    let extra: Vec<String> = [
+        "--listen",
+        &listen.to_string(),
+        "--cookie-secret-file",
+        &secret.display().to_string(),
+        "--tls-cert",
+        &cert_path.display().to_string(),
+        "--tls-key",
+        &key_path.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let balancer = Node::start_with(
+        dir.path(),
+        "balancer",
+        "tls-balancer",
+        &[agent.node.gossip],
+        free_udp_addr(),
+        extra,
+    );
+    let _ = &balancer;
+    wait_for_port(listen).await;
+
+    let curl = |args: Vec<String>| async move {
+        let output = tokio::process::Command::new("curl")
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let url = format!("https://127.0.0.1:{}/api/counter", listen.port());
+    let jar = dir.path().join("jar").display().to_string();
+    wait_for("the balancer to serve over TLS", FORM, || {
+        let (url, jar) = (url.clone(), jar.clone());
+        async move {
+            let out = curl(vec![
+                "-sk".into(),
+                "-o".into(),
+                "/dev/null".into(),
+                "-w".into(),
+                "%{http_code}".into(),
+                "-c".into(),
+                jar,
+                url,
+            ])
+            .await;
+            out == "200"
+        }
+    })
+    .await;
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let out = curl(vec![
+            "-sk".into(),
+            "--http2".into(),
+            "-X".into(),
+            "POST".into(),
+            "-b".into(),
+            jar.clone(),
+            "-c".into(),
+            jar.clone(),
+            "-w".into(),
+            "\n%{http_version}".into(),
+            url.clone(),
+        ])
+        .await;
+        let (body, version) = out.rsplit_once('\n').unwrap();
+        assert_eq!(version, "2", "HTTP/2 negotiated by ALPN");
+        let counter: serde_json::Value = serde_json::from_str(body).unwrap();
+        counts.push(counter["count"].as_i64().unwrap());
+    }
+    assert_eq!(counts, [1, 2, 3], "the session sticks over TLS too");
+    let headers = curl(vec![
+        "-sk".into(),
+        "-D".into(),
+        "-".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        url.clone(),
+    ])
+    .await;
+    let route_cookie = headers
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("set-cookie: tandem_route="))
+        .unwrap_or_else(|| panic!("no route cookie:\n{headers}"));
+    assert!(
+        route_cookie.contains("Secure") && route_cookie.contains("HttpOnly"),
+        "{route_cookie}"
+    );
 }

@@ -34,6 +34,11 @@ pub enum BalancerError {
     },
     #[error("cookie secret file {0} is empty")]
     EmptySecret(std::path::PathBuf),
+    #[error("TLS certificate or key {path}: {reason}")]
+    Tls {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error(transparent)]
     Start(#[from] StartError),
 }
@@ -57,12 +62,47 @@ fn cookie_secret(config: &BalancerConfig) -> Result<(Vec<u8>, bool), BalancerErr
     }
 }
 
+/// The TLS configuration for users' connections: the certificate chain and key from PEM
+/// files, HTTP/2 and HTTP/1.1 offered by ALPN.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, BalancerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &std::path::Path, reason: String| BalancerError::Tls {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|err| bad(cert, err.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|err| bad(cert, err.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(cert, "no certificate in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|err| bad(key, err.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| bad(cert, err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|err| bad(cert, err.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Runs a balancer until SIGTERM or SIGINT.
 ///
 /// # Errors
 /// [`BalancerError`] when the configuration is invalid or an address cannot be bound.
 pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     let (secret, random_secret) = cookie_secret(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener =
         TcpListener::bind(config.listen)
             .await
@@ -77,6 +117,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,
         max_body_bytes: config.max_body_bytes,
+        tls: tls.is_some(),
     });
     let routes = axum::Router::new()
         .route("/v1/routes", axum::routing::get(routes_json))
@@ -99,7 +140,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     }
     let refresher = spawn_table_refresh(&runtime, proxy.clone());
     info!(node_id = %runtime.gossip.node_id(), listen = %config.listen, "balancer started");
-    let server = tokio::spawn(serve(listener, proxy, runtime.stopping()));
+    let server = tokio::spawn(serve(listener, tls, proxy, runtime.stopping()));
     runtime.run_until_stopped().await;
     refresher.abort();
     let _ = server.await;
@@ -138,6 +179,7 @@ fn spawn_table_refresh(runtime: &NodeRuntime, proxy: Arc<Proxy>) -> tokio::task:
 /// Accepts users until `stop` turns true; open connections finish their requests.
 async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -166,15 +208,31 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(request, remote).await) }
             });
-            if let Err(err) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let served = match tls {
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(err) => {
+                        debug!(%remote, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(err) = served {
                 debug!(%remote, error = %err, "user connection ended with an error");
             }
         });

@@ -63,6 +63,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
+    /// Users connect over TLS: cookies are `Secure`, `X-Forwarded-Proto` is `https`.
+    pub tls: bool,
 }
 
 /// Why an attempt failed, and whether the request may go to another node.
@@ -232,7 +234,16 @@ impl Proxy {
         let retry_after_send =
             is_idempotent(request.method()) || request.headers().contains_key(IDEMPOTENCY_KEY);
         let (mut parts, body) = request.into_parts();
-        prepare_headers(&mut parts.headers, remote, upgrade);
+        // HTTP/2 carries the host in the URI (`:authority`); apps read it from `Host`.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        prepare_headers(&mut parts.headers, remote, upgrade, self.settings.tls);
+        // Apps speak HTTP/1.1 whatever the user spoke; the pool keeps the connections open.
+        parts.version = hyper::Version::HTTP_11;
 
         // A small body is kept so that the request can be repeated on the partner.
         let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
@@ -390,8 +401,9 @@ impl Proxy {
                 issued_at: now,
             }
             .encode(&self.settings.cookie_secret);
+            let secure = if self.settings.tls { "; Secure" } else { "" };
             let set_cookie = format!(
-                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
                 self.settings.cookie_name,
                 self.settings.cookie_max_age.as_secs()
             );
@@ -510,7 +522,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Removes hop-by-hop headers and adds the X-Forwarded-* ones.
-fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, upgrade: bool) {
+fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, upgrade: bool, tls: bool) {
     let host = headers.get(header::HOST).cloned();
     // Keep the transfer-encoding decision to hyper: the body is re-framed for the app.
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
@@ -528,7 +540,8 @@ fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, upgrade: bool) {
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert("x-forwarded-host", host);
     }
@@ -571,12 +584,17 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert(header::HOST, HeaderValue::from_static("shop.example"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        prepare_headers(&mut headers, "198.51.100.7:5000".parse().unwrap(), false);
+        prepare_headers(
+            &mut headers,
+            "198.51.100.7:5000".parse().unwrap(),
+            false,
+            true,
+        );
         assert!(headers.get("x-private").is_none() && headers.get("keep-alive").is_none());
         assert!(headers.get(header::CONNECTION).is_none());
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.51.100.7");
         assert_eq!(headers["x-forwarded-host"], "shop.example");
-        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-proto"], "https");
     }
 
     #[test]

@@ -202,6 +202,10 @@ pub struct BalancerConfig {
     pub request_timeout: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413. Default 64 MiB.
     pub max_body_bytes: u64,
+    /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2 by ALPN).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for BalancerConfig {
@@ -215,6 +219,8 @@ impl Default for BalancerConfig {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 64 << 20,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
