@@ -8,23 +8,13 @@
 #   DURATION=30s CONNECTIONS=100 bench/balancer.sh
 #
 # Needs wrk and nginx (Debian: wrk nginx-light) and python3.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
-for tool in wrk nginx curl; do
-    command -v "$tool" >/dev/null || { echo "bench/balancer.sh: $tool is missing (apt-get install wrk nginx-light curl)" >&2; exit 1; }
-done
+need wrk nginx curl   # Debian: wrk nginx-light curl
 
-cargo build --release --quiet
-tandem=target/release/tandem
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 wait_http() { for _ in $(seq 150); do curl -fsS -o /dev/null "$1" 2>/dev/null && return; sleep 0.1; done; echo "bench/balancer.sh: $1 did not answer" >&2; exit 1; }
 
 seed=$(free_port)

@@ -9,27 +9,14 @@
 #   REQUESTS=1000000 bench/resp.sh
 #
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 SIZE=${SIZE:-1024}
 TESTS=${TESTS:-set,get,hset}
 
-for tool in redis-server redis-benchmark; do
-    command -v "$tool" >/dev/null || { echo "bench/resp.sh: $tool is missing (apt-get install redis-server redis-tools)" >&2; exit 1; }
-done
-
-cargo build --release --quiet
-tandem=target/release/tandem
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-stop_all() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
-cleanup() { stop_all; rm -rf "$work"; }
-trap cleanup EXIT
+need redis-server redis-benchmark redis-cli   # Debian: redis-server redis-tools
 
 wait_ping() { for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.1; done; }
 

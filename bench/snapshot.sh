@@ -8,20 +8,11 @@
 #   KEYS=1000000 bench/snapshot.sh
 #
 # Needs redis-cli (Debian: redis-tools) and python3.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 KEYS=${KEYS:-100000}
 SIZE=${SIZE:-1024}
-command -v redis-cli >/dev/null || { echo "bench/snapshot.sh: redis-cli is missing (apt-get install redis-tools)" >&2; exit 1; }
-
-cargo build --release --quiet
-tandem=target/release/tandem
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+need redis-cli   # Debian: redis-tools
 
 start_agent() { # name resp gossip [join]
     local join=()

@@ -204,6 +204,15 @@ impl Sim {
         }
     }
 
+    /// Waits until `check` holds, failing the test after the settle time.
+    async fn eventually(&self, what: &str, check: impl Fn(&Sim) -> bool) {
+        let started = tokio::time::Instant::now();
+        while !check(self) {
+            assert!(started.elapsed() < SETTLE, "not after {SETTLE:?}: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn set(&self, on: &str, key: &str, value: &str) {
         let (key, value) = (Bytes::from(key.to_string()), Bytes::from(value.to_string()));
         self.agents[on]
@@ -292,11 +301,10 @@ async fn kills_at_any_point_end_with_every_live_agent_paired_but_one() {
     sim.settle("a newcomer").await;
     let partner = sim.links()["agent-6"].clone();
     assert_eq!(partner.as_deref(), Some("agent-9"));
-    let started = tokio::time::Instant::now();
-    while sim.get("agent-9", "survivor-key").is_none() {
-        assert!(started.elapsed() < SETTLE, "the snapshot never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    sim.eventually("the snapshot arrived", |sim| {
+        sim.get("agent-9", "survivor-key").is_some()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,11 +322,10 @@ async fn writes_reach_the_partner_and_a_partition_heals_to_the_newest_version() 
 
     // The link is cut: both keep serving, each on its own.
     sim.cut("a", "b");
-    let started = tokio::time::Instant::now();
-    while sim.links().values().any(Option::is_some) {
-        assert!(started.elapsed() < SETTLE, "the cut link was not noticed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    sim.eventually("the cut link was noticed", |sim| {
+        sim.links().values().all(Option::is_none)
+    })
+    .await;
     sim.set("a", "shared", "written-on-a").await;
     sim.set("a", "only-a", "x").await;
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -329,19 +336,14 @@ async fn writes_reach_the_partner_and_a_partition_heals_to_the_newest_version() 
     // Healed: they pair again and converge on the newest version of every key.
     sim.heal("a", "b");
     sim.settle("after the partition healed").await;
-    let started = tokio::time::Instant::now();
-    loop {
-        let converged = ["a", "b"].iter().all(|side| {
+    sim.eventually("converged after healing", |sim| {
+        ["a", "b"].iter().all(|side| {
             sim.get(side, "shared").as_deref() == Some(&b"written-on-b-later"[..])
                 && sim.get(side, "only-a").is_some()
                 && sim.get(side, "only-b").is_some()
-        });
-        if converged {
-            break;
-        }
-        assert!(started.elapsed() < SETTLE, "not converged after healing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,19 +379,11 @@ async fn anti_entropy_repairs_differences_the_stream_missed() {
     local("a", "k2", None);
     assert_eq!(sim.get("b", "k1").as_deref(), Some(&b"v"[..]));
 
-    let started = tokio::time::Instant::now();
-    loop {
-        let repaired = sim.get("a", "only-on-b").is_some()
+    sim.eventually("anti-entropy repaired the differences", |sim| {
+        sim.get("a", "only-on-b").is_some()
             && sim.get("b", "k1").as_deref() == Some(&b"newer-on-a"[..])
             && sim.get("b", "k2").is_none()
-            && sim.get("a", "k2").is_none();
-        if repaired {
-            break;
-        }
-        assert!(
-            started.elapsed() < SETTLE,
-            "anti-entropy did not repair the differences"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            && sim.get("a", "k2").is_none()
+    })
+    .await;
 }
