@@ -103,13 +103,11 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| BalancerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+    let listen_error = |source| BalancerError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let first_listener = bind_shared(config.listen).map_err(listen_error)?;
     let proxy = Proxy::new(ProxySettings {
         cookie_name: config.cookie_name.clone(),
         cookie_secret: secret,
@@ -140,11 +138,55 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     }
     let refresher = spawn_table_refresh(&runtime, proxy.clone());
     info!(node_id = %runtime.gossip.node_id(), listen = %config.listen, "balancer started");
-    let server = tokio::spawn(serve(listener, tls, proxy, runtime.stopping()));
+    // One serving thread per core, each with its own listener on the same address
+    // (SO_REUSEPORT), its own single-threaded runtime and its own upstream pool: a request
+    // never changes threads.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut listeners = vec![first_listener];
+    for _ in 1..threads {
+        listeners.push(bind_shared(config.listen).map_err(listen_error)?);
+    }
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let (tls, proxy, stop) = (tls.clone(), proxy.clone(), runtime.stopping());
+            std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a single-threaded runtime");
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => serve(listener, tls, proxy, stop).await,
+                            Err(err) => warn!(error = %err, "proxy thread could not listen"),
+                        }
+                    });
+                })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(listen_error)?;
     runtime.run_until_stopped().await;
     refresher.abort();
-    let _ = server.await;
+    for server in servers {
+        let _ = tokio::task::spawn_blocking(move || server.join()).await;
+    }
     Ok(())
+}
+
+/// A listening socket on `addr` that other sockets of this process may share
+/// (SO_REUSEPORT: the kernel spreads connections over them).
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// The live topology page (`GET /status` on the admin port): it polls `/v1/members` and

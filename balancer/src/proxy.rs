@@ -91,25 +91,37 @@ pub struct Proxy {
     placements: Mutex<HashMap<String, u64>>,
     /// Request counters by node and status class, registered when a node first appears.
     counters: ArcSwap<HashMap<String, [metrics::Counter; 5]>>,
-    client: Client<HttpConnector, Body>,
+}
+
+thread_local! {
+    /// One upstream pool per serving thread: a request and its upstream connection stay on
+    /// the thread that accepted the user's connection.
+    static CLIENT: std::cell::OnceCell<Client<HttpConnector, Body>> = const { std::cell::OnceCell::new() };
+}
+
+fn upstream_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+    CLIENT.with(|cell| {
+        cell.get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(connect_timeout));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .build(connector)
+        })
+        .clone()
+    })
 }
 
 impl Proxy {
     pub fn new(settings: ProxySettings) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Arc::new(Proxy {
             settings,
             table: ArcSwap::from_pointee(RoutingTable::default()),
             down: ArcSwap::from_pointee(HashMap::new()),
             placements: Mutex::new(HashMap::new()),
             counters: ArcSwap::from_pointee(HashMap::new()),
-            client,
         })
     }
 
@@ -343,8 +355,11 @@ impl Proxy {
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.settings.request_timeout, self.client.request(request)).await;
+        let result = tokio::time::timeout(
+            self.settings.request_timeout,
+            upstream_client(self.settings.connect_timeout).request(request),
+        )
+        .await;
         metrics::histogram!(names::UPSTREAM_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(response)) => Ok(response),
