@@ -120,6 +120,9 @@ pub struct AgentArgs {
     /// How often partners compare their stores and repair differences [default: 30s].
     #[arg(long, env = "TANDEM_ANTI_ENTROPY_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub anti_entropy_interval: Option<Duration>,
+    /// Worker threads of the agent's runtime [default: 1].
+    #[arg(long, env = "TANDEM_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
     /// Directory of the cluster CA and node certificates [default: tandem-tls].
     #[arg(long, env = "TANDEM_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
@@ -292,6 +295,9 @@ impl AgentArgs {
         }
         if let Some(interval) = self.anti_entropy_interval {
             config.anti_entropy_interval = interval;
+        }
+        if let Some(threads) = self.threads {
+            config.threads = usize::from(threads);
         }
     }
 }

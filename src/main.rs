@@ -43,10 +43,13 @@ fn clap_error(err: clap::Error) -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The async runtime: `threads` workers, or one per core.
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.max(1));
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -61,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = config::load(defaults, args.node.config.as_deref())?;
             args.apply(&mut config);
             init_logging(&config.node);
-            runtime()?.block_on(tandem_agent::run(config))?;
+            runtime(Some(config.threads))?.block_on(tandem_agent::run(config))?;
             Ok(())
         }
         Command::Balancer(args) => {
@@ -70,11 +73,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = config::load(defaults, args.node.config.as_deref())?;
             args.apply(&mut config);
             init_logging(&config.node);
-            runtime()?.block_on(tandem_balancer::run(config))?;
+            runtime(None)?.block_on(tandem_balancer::run(config))?;
             Ok(())
         }
-        Command::Members(args) => runtime()?.block_on(members::run(args)),
-        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Members(args) => runtime(None)?.block_on(members::run(args)),
+        Command::Demo(args) => runtime(None)?.block_on(demo::run(args)),
     }
 }
 

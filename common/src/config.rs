@@ -154,6 +154,9 @@ pub struct AgentConfig {
     /// (`<node-id>.pem`, `<node-id>.key`). A missing CA is generated, and a missing node
     /// certificate issued when `ca.key` is there. Default `tandem-tls`.
     pub tls_dir: std::path::PathBuf,
+    /// Worker threads of the agent's runtime. Default 1: an agent sits beside an app server
+    /// and, like Redis, serves its sessions from one core without cross-thread hand-offs.
+    pub threads: usize,
 }
 
 impl Default for AgentConfig {
@@ -172,6 +175,7 @@ impl Default for AgentConfig {
             sync_timeout: Duration::from_millis(500),
             anti_entropy_interval: Duration::from_secs(30),
             tls_dir: std::path::PathBuf::from("tandem-tls"),
+            threads: 1,
         }
     }
 }
