@@ -276,6 +276,21 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
         );
     }
 
+    // Requests are counted by node and status class.
+    let metrics = support::get(cluster._balancer.admin, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tandem_proxy_requests_total{") && l.contains(r#"class="2xx""#))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(
+        counted >= 20.0,
+        "2xx requests counted: {counted}\n{metrics}"
+    );
+
     // The status page is served on the admin port and reads the two JSON endpoints.
     let (status, page) = support::get(second.admin, "/status").await.unwrap();
     assert_eq!(status, 200);
