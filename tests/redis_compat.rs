@@ -384,6 +384,17 @@ async fn pipelines_split_frames_and_garbage() {
         );
     }
 
+    // Every command is counted.
+    let metrics = support::get(agent.node.admin, "/metrics").await.unwrap().1;
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_resp_commands_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(
+        counted.is_some_and(|n| n >= 2_000.0),
+        "{counted:?}\n{metrics}"
+    );
+
     // One command dribbled in byte by byte.
     let request = b"*3\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n";
     let mut slow = RawClient::connect(agent.resp).await;

@@ -144,7 +144,6 @@ async fn read_counter(State(state): State<DemoState>, headers: HeaderMap) -> Res
         .store
         .run(|ks, now| ks.hget(&key, b"count", now))
         .await
-        .value
         .ok()
         .flatten()
         .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
@@ -188,7 +187,7 @@ async fn increment_counter(State(state): State<DemoState>, headers: HeaderMap) -
             Ok::<_, StoreError>(count)
         })
         .await;
-    match outcome.value {
+    match outcome {
         Ok(count) => counter_response(&state, id, count, fresh),
         Err(err) => store_error(err),
     }

@@ -22,10 +22,11 @@ impl Sessions {
         Sessions { store, replicator }
     }
 
-    /// Runs one command atomically and replicates what it wrote.
-    pub async fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
-        let outcome = self.store.run(command);
-        self.replicator.replicate(outcome.mutations.clone()).await;
-        outcome
+    /// Runs one command atomically and replicates what it wrote (in sync mode, before
+    /// returning).
+    pub async fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> T {
+        let Outcome { value, mutations } = self.store.run(command);
+        self.replicator.replicate(mutations).await;
+        value
     }
 }

@@ -341,10 +341,7 @@ fn bytes_of(text: String) -> Bytes {
 }
 
 async fn get_session(State(store): State<Sessions>, Path(key): Path<String>) -> ApiResult {
-    let shown = store
-        .run(|ks, now| show(ks, key.as_bytes(), now))
-        .await
-        .value?;
+    let shown = store.run(|ks, now| show(ks, key.as_bytes(), now)).await?;
     let (session, version) = shown.ok_or_else(|| ApiError::not_found(&key))?;
     Ok(respond(StatusCode::OK, session, version))
 }
@@ -398,7 +395,7 @@ async fn put_session(
             Ok((shown, current.is_none()))
         })
         .await;
-    let ((session, version), created) = outcome.value?;
+    let ((session, version), created) = outcome?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -442,7 +439,7 @@ async fn patch_session(
             show(ks, &key_bytes, now)
         })
         .await;
-    match outcome.value? {
+    match outcome? {
         Some((session, version)) => Ok(respond(StatusCode::OK, session, version)),
         None => Err(ApiError::not_found(&key)),
     }
@@ -465,7 +462,6 @@ async fn delete_session(
             Ok(StatusCode::NO_CONTENT.into_response())
         })
         .await
-        .value
 }
 
 async fn get_field(
@@ -474,8 +470,7 @@ async fn get_field(
 ) -> ApiResult {
     let value = store
         .run(|ks, now| ks.hget(key.as_bytes(), field.as_bytes(), now))
-        .await
-        .value?;
+        .await?;
     let value = value.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -512,8 +507,7 @@ async fn put_field(
             )?;
             Ok(show(ks, &key_bytes, now)?.expect("just written"))
         })
-        .await
-        .value?;
+        .await?;
     Ok(respond(StatusCode::OK, session, version))
 }
 
@@ -524,8 +518,7 @@ async fn delete_field(
     let key_bytes = Bytes::from(key.clone().into_bytes());
     let removed = store
         .run(|ks, now| ks.hdel(key_bytes, vec![bytes_of(field.clone())], now))
-        .await
-        .value?;
+        .await?;
     if removed == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -551,8 +544,7 @@ async fn touch_session(
             }
             show(ks, &key_bytes, now)
         })
-        .await
-        .value?;
+        .await?;
     let (session, version) = shown.ok_or_else(|| ApiError::not_found(&key))?;
     Ok(respond(StatusCode::OK, session, version))
 }

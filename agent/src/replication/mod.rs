@@ -117,6 +117,9 @@ struct Inner {
     /// Set while a snapshot from the partner is being applied.
     syncing: AtomicBool,
     next_link_id: AtomicU64,
+    /// Registered once: every write and every frame counts.
+    mutations_sent: metrics::Counter,
+    mutations_received: metrics::Counter,
 }
 
 #[derive(Default)]
@@ -183,6 +186,8 @@ impl Replicator {
                 lagging: AtomicBool::new(false),
                 syncing: AtomicBool::new(false),
                 next_link_id: AtomicU64::new(1),
+                mutations_sent: metrics::counter!(names::MUTATIONS_SENT),
+                mutations_received: metrics::counter!(names::MUTATIONS_RECEIVED),
             }),
         }
     }
@@ -220,7 +225,7 @@ impl Replicator {
             }
             (seq, link.acked.clone())
         };
-        metrics::counter!(names::MUTATIONS_SENT).increment(count);
+        self.inner.mutations_sent.increment(count);
         let (seq, mut acked) = pending;
         // Sync: wait for this write. Async: return at once unless the partner is so far
         // behind that the queue would grow without bound; then wait for it to catch up.
@@ -701,7 +706,7 @@ impl Inner {
             };
             match frame {
                 Frame::Mutations { seq, mutations } => {
-                    metrics::counter!(names::MUTATIONS_RECEIVED).increment(mutations.len() as u64);
+                    self.mutations_received.increment(mutations.len() as u64);
                     self.store.apply(&mutations);
                     unacked = Some(seq);
                 }

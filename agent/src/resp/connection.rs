@@ -155,6 +155,7 @@ pub async fn serve(
     sessions: Sessions,
     clients: Clients,
     limits: RespLimits,
+    commands_total: metrics::Counter,
 ) {
     let (Ok(addr), Ok(laddr)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
@@ -163,7 +164,15 @@ pub async fn serve(
     let mut session = clients.connect(addr, laddr);
     debug!(client = session.id, %addr, "RESP client connected");
     metrics::gauge!(names::CONNECTIONS).increment(1.0);
-    let result = run(&mut stream, &sessions, &clients, &mut session, &limits).await;
+    let result = run(
+        &mut stream,
+        &sessions,
+        &clients,
+        &mut session,
+        &limits,
+        &commands_total,
+    )
+    .await;
     metrics::gauge!(names::CONNECTIONS).decrement(1.0);
     clients.disconnect(session.id);
     match result {
@@ -195,6 +204,7 @@ async fn run(
     clients: &Clients,
     session: &mut ClientSession,
     limits: &RespLimits,
+    commands_total: &metrics::Counter,
 ) -> Result<(), ConnectionEnd> {
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
@@ -228,7 +238,7 @@ async fn run(
             }
         }
         if commands > 0 {
-            metrics::counter!(names::COMMANDS).increment(commands);
+            commands_total.increment(commands);
         }
         // The batch's writes are applied locally; in sync mode the replies wait until the
         // partner has them too.

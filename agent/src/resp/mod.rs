@@ -68,6 +68,8 @@ impl RespServer {
     /// Accepts clients until `stop` turns true; open connections finish on their own.
     pub async fn serve(self, store: Sessions, mut stop: watch::Receiver<bool>) {
         let clients = Clients::default();
+        // Registered once, not looked up per pipeline.
+        let commands = metrics::counter!(names::COMMANDS);
         if let Ok(addr) = self.local_addr() {
             info!(%addr, "RESP endpoint listening");
         }
@@ -75,7 +77,7 @@ impl RespServer {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        tokio::spawn(connection::serve(stream, store.clone(), clients.clone(), self.limits));
+                        tokio::spawn(connection::serve(stream, store.clone(), clients.clone(), self.limits, commands.clone()));
                     }
                     Err(err) => {
                         // Out of file descriptors and the like: back off, keep serving.
