@@ -146,13 +146,51 @@ async fn run_users(
     balancer: SocketAddr,
     clicks: usize,
 ) -> Vec<(User, Vec<Result<Counter, String>>)> {
+    run_users_around(users, balancer, clicks, None).await
+}
+
+/// Something that happens while the users click: it runs once `after` clicks have been
+/// answered in all, and every user pauses after half its clicks until it has run, so that
+/// each user clicks both before and after it while others have requests in flight.
+struct Interruption {
+    after: usize,
+    done: tokio::sync::watch::Receiver<bool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    reached: Arc<tokio::sync::Notify>,
+}
+
+async fn run_users_around(
+    users: Vec<User>,
+    balancer: SocketAddr,
+    clicks: usize,
+    interruption: Option<&Interruption>,
+) -> Vec<(User, Vec<Result<Counter, String>>)> {
     let tasks: Vec<_> = users
         .into_iter()
         .map(|mut user| {
+            let pause = interruption.map(|i| {
+                (
+                    i.after,
+                    i.done.clone(),
+                    i.answered.clone(),
+                    i.reached.clone(),
+                )
+            });
             tokio::spawn(async move {
                 let mut answers = Vec::new();
-                for _ in 0..clicks {
+                for click in 0..clicks {
+                    if let Some((_, done, ..)) = &pause
+                        && click == clicks / 2
+                    {
+                        let mut done = done.clone();
+                        let _ = done.wait_for(|done| *done).await;
+                    }
                     answers.push(user.click(balancer).await);
+                    if let Some((after, _, answered, reached)) = &pause
+                        && answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == *after
+                    {
+                        reached.notify_one();
+                    }
                 }
                 (user, answers)
             })
@@ -201,9 +239,23 @@ async fn sticky_users_keep_their_sessions_through_the_death_of_their_node() {
     // 20 more clicks each; one agent is killed while they run.
     let victim = home[&0].0.clone();
     let victim_partner = home[&0].1.clone().expect("protected nodes have partners");
-    let clicking = tokio::spawn(run_users(users, balancer, 20));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The kill comes after a quarter of the clicks; users pause at their 11th until it has.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let interruption = Arc::new(Interruption {
+        after: USERS * 20 / 4,
+        done: done_rx,
+        answered: Arc::default(),
+        reached: Arc::default(),
+    });
+    let clicking = {
+        let interruption = interruption.clone();
+        tokio::spawn(
+            async move { run_users_around(users, balancer, 20, Some(&interruption)).await },
+        )
+    };
+    interruption.reached.notified().await;
     cluster.agents.get_mut(&victim).unwrap().node.kill();
+    done_tx.send(true).unwrap();
     let results = clicking.await.unwrap();
     let mut users = Vec::new();
     for (user, answers) in results {
