@@ -53,18 +53,6 @@ pub struct NodeRuntime {
     watch_task: tokio::task::JoinHandle<()>,
 }
 
-impl NodeRuntime {
-    /// Checks the configuration, binds the admin endpoint, joins gossip.
-    ///
-    /// `advert` is what the process publishes; its `admin` and `subnet` are filled here.
-    ///
-    /// # Errors
-    /// [`StartError`] for an invalid configuration, an unusable seed or an address in use.
-    pub async fn start(config: &NodeConfig, advert: NodeAdvert) -> Result<Self, StartError> {
-        PreparedNode::prepare(config).await?.start(advert).await
-    }
-}
-
 /// A node whose configuration is checked and whose admin endpoint is bound, not yet in
 /// the cluster: components bind their own listeners between the two steps, so that any
 /// error stops the process before it has joined or changed anything.
@@ -127,7 +115,8 @@ impl PreparedNode {
         self.advertise_addr.ip()
     }
 
-    /// Joins gossip with `advert` and serves the admin endpoint.
+    /// Joins gossip with `advert` (its `admin` and `subnet` are filled here) and serves
+    /// the admin endpoint.
     ///
     /// # Errors
     /// The gossip address cannot be bound; signal handlers cannot be installed.
