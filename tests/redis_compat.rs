@@ -8,63 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Agent, capability, has_program, has_python_modules, wait_for_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A raw RESP client: sends commands, returns each reply's exact bytes.
-struct RawClient {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl RawClient {
-    async fn connect(addr: SocketAddr) -> RawClient {
-        RawClient {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buffer: Vec::new(),
-        }
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn call(&mut self, args: &[&str]) -> Vec<u8> {
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend(format!("${}\r\n{arg}\r\n", arg.len()).bytes());
-        }
-        self.send_raw(&request).await;
-        self.reply().await
-    }
-
-    /// The next reply's bytes; empty if the server closed the connection.
-    async fn reply(&mut self) -> Vec<u8> {
-        loop {
-            // RESP2 and RESP3 differ in a few types (`$-1` is RESP2 only): try both.
-            let complete = match redis_protocol::resp2::decode::decode(&self.buffer) {
-                Ok(Some((_, len))) => Some(len),
-                _ => redis_protocol::resp3::decode::streaming::decode(&self.buffer)
-                    .ok()
-                    .flatten()
-                    .map(|(_, len)| len),
-            };
-            if let Some(len) = complete {
-                return self.buffer.drain(..len).collect();
-            }
-            let mut chunk = [0u8; 65536];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
-                .await
-                .expect("reply within 5 s")
-                .unwrap();
-            if n == 0 {
-                return std::mem::take(&mut self.buffer);
-            }
-            self.buffer.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
+use support::{Agent, Resp, capability, has_program, has_python_modules, wait_for_port};
 
 /// A `redis-server` on a free loopback port, without persistence; killed on drop.
 struct RedisServer {
@@ -264,10 +208,10 @@ const SCRIPT: &[&[&str]] = &[
 ];
 
 async fn replies(addr: SocketAddr, script: &[&[&str]]) -> Vec<Vec<u8>> {
-    let mut client = RawClient::connect(addr).await;
+    let mut client = Resp::connect(addr).await;
     let mut replies = Vec::new();
     for args in script {
-        replies.push(client.call(args).await);
+        replies.push(client.call_raw(args).await);
     }
     replies
 }
@@ -322,8 +266,8 @@ async fn resp3_replies_match_redis_server() {
         &["SCAN", "0", "MATCH", "h"],
     ];
     for addr in [redis.addr, agent.resp] {
-        let mut client = RawClient::connect(addr).await;
-        let hello = client.call(&["HELLO", "3"]).await;
+        let mut client = Resp::connect(addr).await;
+        let hello = client.call_raw(&["HELLO", "3"]).await;
         assert!(
             hello.starts_with(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"),
             "{hello:?}"
@@ -332,10 +276,10 @@ async fn resp3_replies_match_redis_server() {
     let mut expected = Vec::new();
     let mut actual = Vec::new();
     for (addr, out) in [(redis.addr, &mut expected), (agent.resp, &mut actual)] {
-        let mut client = RawClient::connect(addr).await;
-        client.call(&["HELLO", "3"]).await;
+        let mut client = Resp::connect(addr).await;
+        client.call_raw(&["HELLO", "3"]).await;
         for args in script {
-            out.push(client.call(args).await);
+            out.push(client.call_raw(args).await);
         }
     }
     for ((args, want), got) in script.iter().zip(&expected).zip(&actual) {
@@ -354,7 +298,7 @@ async fn pipelines_split_frames_and_garbage() {
     wait_for_port(agent.resp).await;
 
     // 1,000 pipelined commands in one write, replies in order.
-    let mut client = RawClient::connect(agent.resp).await;
+    let mut client = Resp::connect(agent.resp).await;
     let mut batch = Vec::new();
     for i in 0..1_000 {
         let value = format!("value-{i}");
@@ -376,10 +320,10 @@ async fn pipelines_split_frames_and_garbage() {
     }
     client.send_raw(&batch).await;
     for i in 0..1_000 {
-        assert_eq!(client.reply().await, b"+OK\r\n");
+        assert_eq!(client.reply_bytes().await, b"+OK\r\n");
         let value = format!("value-{i}");
         assert_eq!(
-            client.reply().await,
+            client.reply_bytes().await,
             format!("${}\r\n{value}\r\n", value.len()).into_bytes()
         );
     }
@@ -397,24 +341,24 @@ async fn pipelines_split_frames_and_garbage() {
 
     // One command dribbled in byte by byte.
     let request = b"*3\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n";
-    let mut slow = RawClient::connect(agent.resp).await;
+    let mut slow = Resp::connect(agent.resp).await;
     for byte in request.iter() {
         slow.send_raw(&[*byte]).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert_eq!(
-        slow.reply().await,
+        slow.reply_bytes().await,
         b"-ERR wrong number of arguments for 'hset' command\r\n"
     );
 
     // A value over the limit gets the store's clear error; the connection stays usable.
     let big = "x".repeat(2_000);
-    let reply = client.call(&["SET", "big", &big]).await;
+    let reply = client.call_raw(&["SET", "big", &big]).await;
     assert_eq!(
         reply,
         b"-ERR value of 2000 bytes exceeds the limit of 1024 bytes\r\n"
     );
-    assert_eq!(client.call(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(client.call_raw(&["PING"]).await, b"+PONG\r\n");
 
     // Malformed input: an error reply, then the connection is closed.
     for garbage in [
@@ -423,15 +367,15 @@ async fn pipelines_split_frames_and_garbage() {
         b"*2\r\n$3\r\nGET\r\n:1\r\n",
         b"*x\r\n",
     ] {
-        let mut bad = RawClient::connect(agent.resp).await;
+        let mut bad = Resp::connect(agent.resp).await;
         bad.send_raw(garbage).await;
-        let reply = bad.reply().await;
+        let reply = bad.reply_bytes().await;
         assert!(
             reply.starts_with(b"-ERR Protocol error: "),
             "{garbage:?} -> {reply:?}"
         );
         assert!(
-            bad.reply().await.is_empty(),
+            bad.reply_bytes().await.is_empty(),
             "connection closed after {garbage:?}"
         );
     }
@@ -445,37 +389,41 @@ async fn pipelines_split_frames_and_garbage() {
             seed ^= seed << 5;
             noise.push(seed as u8);
         }
-        let mut bad = RawClient::connect(agent.resp).await;
+        let mut bad = Resp::connect(agent.resp).await;
         bad.send_raw(&noise).await;
         drop(bad);
     }
-    let mut after = RawClient::connect(agent.resp).await;
+    let mut after = Resp::connect(agent.resp).await;
     assert_eq!(
-        after.call(&["GET", "key-999"]).await,
+        after.call_raw(&["GET", "key-999"]).await,
         b"$9\r\nvalue-999\r\n"
     );
     // CLIENT SETINFO (Redis 7.2; clients send it on connect) is accepted and shown.
     assert_eq!(
         after
-            .call(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"])
+            .call_raw(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"])
             .await,
         b"+OK\r\n"
     );
     assert_eq!(
-        after.call(&["CLIENT", "SETINFO", "LIB-VER", "5.0"]).await,
+        after
+            .call_raw(&["CLIENT", "SETINFO", "LIB-VER", "5.0"])
+            .await,
         b"+OK\r\n"
     );
-    let info = after.call(&["CLIENT", "INFO"]).await;
+    let info = after.call_raw(&["CLIENT", "INFO"]).await;
     let info = String::from_utf8_lossy(&info);
     assert!(info.contains("lib-name=redis-py lib-ver=5.0"), "{info}");
-    let err = after.call(&["CLIENT", "SETINFO", "LIB-VER", "a b"]).await;
+    let err = after
+        .call_raw(&["CLIENT", "SETINFO", "LIB-VER", "a b"])
+        .await;
     assert!(
         err.starts_with(b"-ERR lib-ver cannot contain spaces"),
         "{err:?}"
     );
     // An inline command, as typed into telnet.
     after.send_raw(b"EXISTS key-1 key-2\r\n").await;
-    assert_eq!(after.reply().await, b":2\r\n");
+    assert_eq!(after.reply_bytes().await, b":2\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,26 +333,27 @@ impl Resp {
         }
     }
 
-    /// Sends all commands in one write, then reads one reply per command.
-    pub async fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> Vec<Reply> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut request = Vec::new();
-        for args in commands {
-            request.extend(format!("*{}\r\n", args.len()).bytes());
-            for arg in args {
-                request.extend(format!("${}\r\n", arg.len()).bytes());
-                request.extend(arg);
-                request.extend(b"\r\n");
-            }
-        }
-        self.stream.write_all(&request).await.unwrap();
-        let mut replies = Vec::with_capacity(commands.len());
-        while replies.len() < commands.len() {
-            if let Some((frame, len)) = redis_protocol::resp2::decode::decode(&self.buffer).unwrap()
-            {
-                let _ = self.buffer.split_to(len);
-                replies.push(frame);
-                continue;
+    /// Sends bytes as they are (inline commands, garbage, a frame split in pieces).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next reply's exact bytes, RESP2 or RESP3; empty if the server closed the
+    /// connection.
+    pub async fn reply_bytes(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            // RESP2 and RESP3 differ in a few types (`$-1` is RESP2 only): try both.
+            let complete = match redis_protocol::resp2::decode::decode(&self.buffer) {
+                Ok(Some((_, len))) => Some(len),
+                _ => redis_protocol::resp3::decode::streaming::decode(&self.buffer)
+                    .ok()
+                    .flatten()
+                    .map(|(_, len)| len),
+            };
+            if let Some(len) = complete {
+                return self.buffer.split_to(len).to_vec();
             }
             let read = tokio::time::timeout(
                 Duration::from_secs(10),
@@ -361,7 +362,27 @@ impl Resp {
             .await
             .expect("a reply within 10 s")
             .unwrap();
-            assert!(read > 0, "the server closed the connection");
+            if read == 0 {
+                return std::mem::take(&mut self.buffer).to_vec();
+            }
+        }
+    }
+
+    /// Sends all commands in one write, then reads one reply per command.
+    pub async fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> Vec<Reply> {
+        let mut request = Vec::new();
+        for args in commands {
+            request.extend(encode_command(args));
+        }
+        self.send_raw(&request).await;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            let bytes = self.reply_bytes().await;
+            assert!(!bytes.is_empty(), "the server closed the connection");
+            let (frame, _) = redis_protocol::resp2::decode::decode(&bytes)
+                .unwrap()
+                .expect("a RESP2 reply");
+            replies.push(frame);
         }
         replies
     }
@@ -370,6 +391,24 @@ impl Resp {
         let command: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
         self.pipeline(&[command]).await.remove(0)
     }
+
+    /// One command; its reply's exact bytes.
+    pub async fn call_raw(&mut self, args: &[&str]) -> Vec<u8> {
+        let command: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.send_raw(&encode_command(&command)).await;
+        self.reply_bytes().await
+    }
+}
+
+/// A command as a RESP array of bulk strings.
+fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend(format!("${}\r\n", arg.len()).bytes());
+        request.extend(arg);
+        request.extend(b"\r\n");
+    }
+    request
 }
 
 /// Builds a command from string-ish arguments.
