@@ -29,15 +29,6 @@ pub struct DemoApp {
     listener: TcpListener,
 }
 
-/// The demo app's address could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("demo app on {addr}/tcp")]
-pub struct DemoBindError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
 #[derive(Clone)]
 struct DemoState {
     store: Sessions,
@@ -56,10 +47,8 @@ pub struct Counter {
 impl DemoApp {
     /// # Errors
     /// When the address cannot be bound.
-    pub async fn bind(addr: SocketAddr) -> Result<Self, DemoBindError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DemoBindError { addr, source })?;
+    pub async fn bind(addr: SocketAddr) -> Result<Self, tandem_cluster::net::BindError> {
+        let listener = tandem_cluster::net::bind_tcp("demo app", addr).await?;
         Ok(DemoApp { listener })
     }
 

@@ -16,12 +16,12 @@ use tandem_common::config::AgentConfig;
 use tandem_common::schema::{NodeAdvert, Role};
 use tracing::info;
 
-use crate::api::{ApiBindError, ApiServer};
-use crate::demo_app::{DemoApp, DemoBindError};
+use crate::api::ApiServer;
+use crate::demo_app::DemoApp;
 use crate::replication::tls::{NodeTls, TlsError};
 use crate::replication::transport::{QuicTransport, Transport, TransportError};
 use crate::replication::{ReplicationConfig, ReplicationMode, Replicator};
-use crate::resp::{RespBindError, RespLimits, RespServer};
+use crate::resp::{RespLimits, RespServer};
 use crate::sessions::Sessions;
 use crate::store::{Limits, SessionStore, SystemClock};
 
@@ -34,11 +34,7 @@ pub enum AgentError {
     #[error("app URL {url:?}: {reason}")]
     AppUrl { url: String, reason: &'static str },
     #[error(transparent)]
-    Resp(#[from] RespBindError),
-    #[error(transparent)]
-    Api(#[from] ApiBindError),
-    #[error(transparent)]
-    Demo(#[from] DemoBindError),
+    Bind(#[from] tandem_cluster::net::BindError),
     #[error("TLS material in {dir}")]
     Tls {
         dir: std::path::PathBuf,

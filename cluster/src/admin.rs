@@ -17,6 +17,7 @@ use tandem_common::schema::NodeState;
 use tokio::net::TcpListener;
 
 use crate::gossip::GossipNode;
+use crate::net::{BindError, bind_tcp};
 
 /// The admin listener, bound before the node joins so a port conflict fails start-up.
 pub struct AdminServer {
@@ -29,28 +30,11 @@ struct AdminState {
     metrics: PrometheusHandle,
 }
 
-/// The admin address could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("admin endpoint on {addr}/tcp")]
-pub struct AdminBindError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
-impl AdminBindError {
-    pub(crate) fn from_io(addr: SocketAddr, source: std::io::Error) -> Self {
-        AdminBindError { addr, source }
-    }
-}
-
 impl AdminServer {
     /// # Errors
     /// When the address cannot be bound (in use, not local, no permission).
-    pub async fn bind(addr: SocketAddr) -> Result<Self, AdminBindError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AdminBindError::from_io(addr, source))?;
+    pub async fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+        let listener = bind_tcp("admin endpoint", addr).await?;
         Ok(AdminServer { listener })
     }
 

@@ -28,7 +28,7 @@ pub enum StartError {
     #[error(transparent)]
     Seed(#[from] net::SeedError),
     #[error(transparent)]
-    Admin(#[from] admin::AdminBindError),
+    Bind(#[from] net::BindError),
     #[error(transparent)]
     Gossip(#[from] gossip::GossipError),
     #[error("metrics recorder: {0}")]
@@ -90,9 +90,11 @@ impl PreparedNode {
             config.join.clone()
         };
         let admin = AdminServer::bind(config.admin_addr).await?;
-        let admin_addr = admin
-            .local_addr()
-            .map_err(|source| admin::AdminBindError::from_io(config.admin_addr, source))?;
+        let admin_addr = admin.local_addr().map_err(|source| net::BindError {
+            what: "admin endpoint",
+            addr: config.admin_addr,
+            source,
+        })?;
         Ok(PreparedNode {
             config: config.clone(),
             admin,

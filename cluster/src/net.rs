@@ -4,6 +4,30 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use tandem_common::schema::Subnet;
 
+/// A TCP endpoint could not be bound (in use, not a local address, no permission).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} on {addr}/tcp")]
+pub struct BindError {
+    /// Which endpoint, e.g. `admin endpoint`.
+    pub what: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the TCP listener of the endpoint `what`.
+///
+/// # Errors
+/// [`BindError`] naming the endpoint and the address.
+pub async fn bind_tcp(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
 /// A seed that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {

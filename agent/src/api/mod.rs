@@ -40,22 +40,14 @@ pub struct ApiServer {
     body_limit: usize,
 }
 
-/// The API address could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("HTTP session API on {addr}/tcp")]
-pub struct ApiBindError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
 impl ApiServer {
     /// # Errors
     /// When the address cannot be bound.
-    pub async fn bind(addr: SocketAddr, max_value_bytes: usize) -> Result<Self, ApiBindError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ApiBindError { addr, source })?;
+    pub async fn bind(
+        addr: SocketAddr,
+        max_value_bytes: usize,
+    ) -> Result<Self, tandem_cluster::net::BindError> {
+        let listener = tandem_cluster::net::bind_tcp("HTTP session API", addr).await?;
         Ok(ApiServer {
             listener,
             // JSON escaping can double a value; leave room for the envelope.

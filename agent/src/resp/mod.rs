@@ -42,22 +42,14 @@ pub struct RespServer {
     limits: RespLimits,
 }
 
-/// The RESP address could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("RESP endpoint on {addr}/tcp")]
-pub struct RespBindError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
 impl RespServer {
     /// # Errors
     /// When the address cannot be bound.
-    pub async fn bind(addr: SocketAddr, limits: RespLimits) -> Result<Self, RespBindError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RespBindError { addr, source })?;
+    pub async fn bind(
+        addr: SocketAddr,
+        limits: RespLimits,
+    ) -> Result<Self, tandem_cluster::net::BindError> {
+        let listener = tandem_cluster::net::bind_tcp("RESP endpoint", addr).await?;
         Ok(RespServer { listener, limits })
     }
 
