@@ -137,6 +137,9 @@ pub trait Transport: Send + Sync + 'static {
     fn local_addr(&self) -> SocketAddr;
 }
 
+/// The largest UDP payload path MTU discovery looks for (the most QUIC allows).
+const MTU_UPPER_BOUND: u16 = 65_527;
+
 /// QUIC with mutual TLS: one connection per channel, one bidirectional stream.
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
@@ -170,6 +173,12 @@ impl QuicTransport {
                 .try_into()
                 .expect("5 s is a valid idle timeout"),
         ));
+        // Paths with a larger MTU than Ethernet's (loopback, jumbo frames) carry a batch of
+        // writes in fewer packets: fewer seals, fewer syscalls. Discovery settles on what the
+        // path carries; probes beyond it are just lost.
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MTU_UPPER_BOUND);
+        transport.mtu_discovery_config(Some(mtu));
         let transport = Arc::new(transport);
         server.transport_config(transport.clone());
         let runtime = quinn::default_runtime()
