@@ -7,6 +7,7 @@
 #
 #   bench/resp.sh            # 200,000 requests per test
 #   REQUESTS=1000000 bench/resp.sh
+#   MODES=sync TESTS=set bench/resp.sh   # only the sync-replicated SET rows
 #
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 source "$(dirname "$0")/lib.sh"
@@ -15,6 +16,7 @@ REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 SIZE=${SIZE:-1024}
 TESTS=${TESTS:-set,get,hset}
+MODES=${MODES:-alone sync async}   # which comparisons to run
 
 need redis-server redis-benchmark redis-cli   # Debian: redis-server redis-tools
 
@@ -79,14 +81,17 @@ header() { # title, agent column name
 echo "redis-benchmark: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000"
 echo "machine: $(nproc) cores, $(uname -r); $(redis-server --version | awk '{print $3}'), tandem $($tandem version | awk '{print $2}')"
 
-redis_port=$(free_port); agent_port=$(free_port)
-start_redis "$redis_port"
-start_agent solo "$agent_port" "$(free_port)" ""
-header "Alone: redis-server vs one agent (no partner)" "agent"
-compare "$redis_port" "$agent_port"
-stop_all
+if [[ " $MODES " == *" alone "* ]]; then
+    redis_port=$(free_port); agent_port=$(free_port)
+    start_redis "$redis_port"
+    start_agent solo "$agent_port" "$(free_port)" ""
+    header "Alone: redis-server vs one agent (no partner)" "agent"
+    compare "$redis_port" "$agent_port"
+    stop_all
+fi
 
-for mode in sync async; do
+for mode in $MODES; do
+    [ "$mode" = alone ] && continue
     redis_port=$(free_port); replica_port=$(free_port)
     agent_port=$(free_port); partner_port=$(free_port); seed=$(free_port)
     start_redis "$redis_port"

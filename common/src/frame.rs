@@ -64,16 +64,26 @@ impl Frame {
     /// # Errors
     /// [`FrameError::TooLarge`] when the encoding exceeds the limit.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), FrameError> {
-        let body = rmp_serde::to_vec(self).map_err(|err| FrameError::Malformed(err.to_string()))?;
-        if body.len() > MAX_FRAME_BYTES {
+        // Encoded in place behind a length prefix filled in afterwards: a reused buffer
+        // takes a batch of frames without growing or copying.
+        let start = out.len();
+        out.put_u32(0);
+        let mut writer = out.writer();
+        let encoded = rmp_serde::encode::write(&mut writer, self);
+        let out = writer.into_inner();
+        let size = out.len() - start - 4;
+        if let Err(err) = encoded {
+            out.truncate(start);
+            return Err(FrameError::Malformed(err.to_string()));
+        }
+        if size > MAX_FRAME_BYTES {
+            out.truncate(start);
             return Err(FrameError::TooLarge {
-                size: body.len(),
+                size,
                 max: MAX_FRAME_BYTES,
             });
         }
-        out.reserve(4 + body.len());
-        out.put_u32(body.len() as u32);
-        out.put_slice(&body);
+        out[start..start + 4].copy_from_slice(&(size as u32).to_be_bytes());
         Ok(())
     }
 

@@ -16,6 +16,10 @@ use super::glob::glob_match;
 /// Keys are spread over this many shards; `SCAN` walks shard by shard, so a key present
 /// for a whole scan is always returned.
 pub const SHARDS: usize = 1024;
+/// A shard's map from key to what it holds. foldhash, seeded per process, hashes a short
+/// key several times faster than SipHash and still keeps an attacker from choosing keys
+/// that collide.
+type KeyMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
 /// Bytes accounted for each key beyond its key and value bytes (map slot, entry, index).
 const KEY_OVERHEAD: usize = 96;
 /// Bytes accounted for each hash field beyond its name and value.
@@ -173,9 +177,9 @@ impl Kind {
 
 /// All sessions of one agent.
 pub struct Keyspace {
-    shards: Vec<HashMap<Bytes, Entry>>,
+    shards: Vec<KeyMap<Entry>>,
     /// Versions of deleted keys, by shard like the keys themselves.
-    tombstones: Vec<HashMap<Bytes, Version>>,
+    tombstones: Vec<KeyMap<Version>>,
     /// (deadline, key) for every key with an expiry.
     expiries: BTreeSet<(u64, Bytes)>,
     used_bytes: usize,
@@ -189,8 +193,8 @@ pub struct Keyspace {
 impl Keyspace {
     pub fn new(node_id: &str, limits: Limits) -> Self {
         Keyspace {
-            shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
-            tombstones: (0..SHARDS).map(|_| HashMap::new()).collect(),
+            shards: (0..SHARDS).map(|_| KeyMap::default()).collect(),
+            tombstones: (0..SHARDS).map(|_| KeyMap::default()).collect(),
             expiries: BTreeSet::new(),
             used_bytes: 0,
             len: 0,
@@ -275,6 +279,31 @@ impl Keyspace {
         self.shards[Self::shard_of(&key)].insert(key, entry);
     }
 
+    /// Stores `entry` under `key`, replacing what is there. An existing key is overwritten
+    /// in place: the map keeps its own copy of the key and its slot.
+    fn put(&mut self, key: &Bytes, entry: Entry) {
+        let shard = Self::shard_of(key);
+        let Some((stored, current)) = self.shards[shard].get_key_value(key) else {
+            self.insert(owned(key), entry);
+            return;
+        };
+        let old_expiry = current.expires_at_ms;
+        let old_size = current.size(stored);
+        let reindex = (old_expiry != entry.expires_at_ms).then(|| stored.clone());
+        self.used_bytes = self.used_bytes - old_size + entry.size(key);
+        if let Some(stored) = reindex {
+            if let Some(at) = old_expiry {
+                self.expiries.remove(&(at, stored.clone()));
+            }
+            if let Some(at) = entry.expires_at_ms {
+                self.expiries.insert((at, stored));
+            }
+        }
+        if let Some(slot) = self.shards[shard].get_mut(key) {
+            *slot = entry;
+        }
+    }
+
     fn current_version(&self, key: &[u8]) -> Version {
         self.raw_entry(key)
             .map(|entry| entry.version)
@@ -296,30 +325,24 @@ impl Keyspace {
                 value,
                 expires_at_ms,
             } => {
-                self.remove(key);
-                self.insert(
-                    owned(key),
-                    Entry {
-                        value: Value::Str(owned(value)),
-                        expires_at_ms: *expires_at_ms,
-                        version,
-                    },
-                );
+                let entry = Entry {
+                    value: Value::Str(owned(value)),
+                    expires_at_ms: *expires_at_ms,
+                    version,
+                };
+                self.put(key, entry);
             }
             Op::SetHash {
                 fields,
                 expires_at_ms,
             } => {
-                self.remove(key);
                 let hash = fields.iter().map(|(f, v)| (owned(f), owned(v))).collect();
-                self.insert(
-                    owned(key),
-                    Entry {
-                        value: Value::Hash(hash),
-                        expires_at_ms: *expires_at_ms,
-                        version,
-                    },
-                );
+                let entry = Entry {
+                    value: Value::Hash(hash),
+                    expires_at_ms: *expires_at_ms,
+                    version,
+                };
+                self.put(key, entry);
             }
             Op::SetFields { fields } => {
                 let shard = Self::shard_of(key);
