@@ -24,12 +24,19 @@ for i in 1 2; do
     join=()
     [ "$i" -gt 1 ] && join=(--join "127.0.0.1:$seed")
     gossip=$([ "$i" -eq 1 ] && echo "$seed" || free_port)
-    "$tandem" agent --node-id "app-$i" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$(free_port)" \
+    admin=$(free_port)
+    "$tandem" agent --node-id "app-$i" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$admin" \
         --resp-addr "127.0.0.1:$(free_port)" --api-addr "127.0.0.1:$(free_port)" --repl-addr "127.0.0.1:$(free_port)" \
         --tls-dir "$work/tls" --demo-app "127.0.0.1:$app" "${join[@]}" >"$work/app-$i.log" 2>&1 &
     pids+=($!)
     apps+=("$app")
     wait_http "http://127.0.0.1:$app/"
+done
+
+# The route cookie names the node and its partner: take it once the pair has formed.
+for _ in $(seq 150); do
+    "$tandem" members --admin "127.0.0.1:$admin" --json 2>/dev/null | grep -Eq '"partner": *\{' && break
+    sleep 0.2
 done
 
 echo "a secret for the benchmark" >"$work/secret"
@@ -74,6 +81,15 @@ wait_http "http://127.0.0.1:$nginx_port/"
 # One user's route cookie, issued by the balancer; both proxies get it on every request.
 cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$listen/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(TANDEM_ROUTE=[^;]*\).*/\1/p' | head -1)
 [ -n "$cookie" ] || { echo "bench/balancer.sh: the balancer set no route cookie" >&2; exit 1; }
+# A settled cookie is sent back as is: no Set-Cookie on the measured requests.
+for _ in $(seq 50); do
+    curl -s -D - -o /dev/null -H "Cookie: $cookie" "http://127.0.0.1:$listen/" | grep -qi '^set-cookie' || break
+    sleep 0.2
+    cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$listen/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(TANDEM_ROUTE=[^;]*\).*/\1/p' | head -1)
+done
+if curl -s -D - -o /dev/null -H "Cookie: $cookie" "http://127.0.0.1:$listen/" | grep -qi '^set-cookie'; then
+    echo "bench/balancer.sh: the balancer keeps rewriting the route cookie" >&2; exit 1
+fi
 
 measure() { # url -> "rps p50 p99" (latencies in ms)
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "Cookie: $cookie" "$1" |

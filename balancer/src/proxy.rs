@@ -37,6 +37,7 @@ const MAX_ATTEMPTS: usize = 3;
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Response header naming the node that served the request.
 pub const NODE_HEADER: &str = "x-tandem-node";
+const NODE_HEADER_NAME: HeaderName = HeaderName::from_static(NODE_HEADER);
 
 /// Metric names of the proxy.
 pub mod names {
@@ -427,9 +428,7 @@ impl Proxy {
             }
         }
         if let Ok(node) = HeaderValue::from_str(&route.node) {
-            parts
-                .headers
-                .insert(HeaderName::from_static(NODE_HEADER), node);
+            parts.headers.insert(NODE_HEADER_NAME, node);
         }
         Response::from_parts(parts, body.map_err(Into::into).boxed())
     }
@@ -509,25 +508,20 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Hop-by-hop headers belong to one connection, not to the request.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && *name == header::UPGRADE))
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && *name == header::UPGRADE))
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "proxy-authorization",
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -535,6 +529,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::UPGRADE);
     }
 }
+
+/// Headers that concern one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers and adds the X-Forwarded-* ones.
 fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, upgrade: bool, tls: bool) {
@@ -548,17 +555,17 @@ fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, upgrade: bool, t
             HeaderValue::from_static("chunked"),
         );
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", remote.ip()),
         None => remote.ip().to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
     let proto = if tls { "https" } else { "http" };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 

@@ -65,10 +65,42 @@ impl Entry {
 
 /// A copy of `bytes` in an allocation of its own.
 ///
-/// Keys and values arrive as slices of a connection's read buffer (or a replication frame);
-/// storing the slice would keep that whole buffer alive for as long as the session lives.
+/// Keys and values of local writes arrive as slices of a connection's read buffer; storing
+/// the slice would keep that whole buffer alive for as long as the session lives. They are
+/// copied once, when the write is committed; the store and the mutation shipped to the
+/// partner then share the copy. (Mutations decoded from a partner's frames own theirs.)
 fn owned(bytes: &Bytes) -> Bytes {
     Bytes::copy_from_slice(bytes)
+}
+
+/// `op` with every key, field and value in an allocation of its own.
+fn owned_op(op: Op) -> Op {
+    let pairs = |fields: Vec<(Bytes, Bytes)>| -> Vec<(Bytes, Bytes)> {
+        fields.iter().map(|(f, v)| (owned(f), owned(v))).collect()
+    };
+    match op {
+        Op::Set {
+            value,
+            expires_at_ms,
+        } => Op::Set {
+            value: owned(&value),
+            expires_at_ms,
+        },
+        Op::SetHash {
+            fields,
+            expires_at_ms,
+        } => Op::SetHash {
+            fields: pairs(fields),
+            expires_at_ms,
+        },
+        Op::SetFields { fields } => Op::SetFields {
+            fields: pairs(fields),
+        },
+        Op::DeleteFields { fields } => Op::DeleteFields {
+            fields: fields.iter().map(owned).collect(),
+        },
+        op @ (Op::Delete | Op::Expire { .. }) => op,
+    }
 }
 
 fn field_size(field: &[u8], value: &[u8]) -> usize {
@@ -284,7 +316,7 @@ impl Keyspace {
     fn put(&mut self, key: &Bytes, entry: Entry) {
         let shard = Self::shard_of(key);
         let Some((stored, current)) = self.shards[shard].get_key_value(key) else {
-            self.insert(owned(key), entry);
+            self.insert(key.clone(), entry);
             return;
         };
         let old_expiry = current.expires_at_ms;
@@ -326,7 +358,7 @@ impl Keyspace {
                 expires_at_ms,
             } => {
                 let entry = Entry {
-                    value: Value::Str(owned(value)),
+                    value: Value::Str(value.clone()),
                     expires_at_ms: *expires_at_ms,
                     version,
                 };
@@ -336,7 +368,7 @@ impl Keyspace {
                 fields,
                 expires_at_ms,
             } => {
-                let hash = fields.iter().map(|(f, v)| (owned(f), owned(v))).collect();
+                let hash = fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
                 let entry = Entry {
                     value: Value::Hash(hash),
                     expires_at_ms: *expires_at_ms,
@@ -355,7 +387,7 @@ impl Keyspace {
                     // In place: a large hash is not re-measured for every field.
                     for (field, value) in fields {
                         let added = field_size(field, value);
-                        match hash.insert(owned(field), owned(value)) {
+                        match hash.insert(field.clone(), value.clone()) {
                             Some(old) => {
                                 self.used_bytes = self.used_bytes + added - field_size(field, &old);
                             }
@@ -366,13 +398,13 @@ impl Keyspace {
                 } else {
                     // Absent, or a string that a newer hash write replaces.
                     self.remove(key);
-                    let hash = fields.iter().map(|(f, v)| (owned(f), owned(v))).collect();
+                    let hash = fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
                     let entry = Entry {
                         value: Value::Hash(hash),
                         expires_at_ms: None,
                         version,
                     };
-                    self.insert(owned(key), entry);
+                    self.insert(key.clone(), entry);
                 }
             }
             Op::DeleteFields { fields } => {
@@ -399,12 +431,12 @@ impl Keyspace {
                 };
                 if emptied {
                     self.remove(key);
-                    self.tombstones[Self::shard_of(key)].insert(owned(key), version);
+                    self.tombstones[Self::shard_of(key)].insert(key.clone(), version);
                 }
             }
             Op::Delete => {
                 self.remove(key);
-                self.tombstones[Self::shard_of(key)].insert(owned(key), version);
+                self.tombstones[Self::shard_of(key)].insert(key.clone(), version);
             }
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(key);
@@ -429,6 +461,7 @@ impl Keyspace {
 
     /// Stamps, applies and records a local write.
     fn commit(&mut self, key: Bytes, op: Op, now_ms: u64) {
+        let (key, op) = (owned(&key), owned_op(op));
         let expired_copy = self.raw_entry(&key).is_some_and(|e| e.is_expired(now_ms));
         if expired_copy && op != Op::Delete {
             // A local write never builds on an expired copy kept for the grace period;
