@@ -3,7 +3,8 @@
 # redis-benchmark: SET, GET and HSET with 1 KiB values and 50 clients, without and with
 # pipelining (-P 16). First each alone; then replicated: redis-server with one replica
 # next to the agent paired with a partner, in sync mode (a write returns once the partner
-# has it) and in async mode. Prints Markdown tables (requests/s, p50/p99 latency).
+# has it) and in async mode. Prints Markdown tables (requests/s, p50/p99 latency, and the
+# CPU time the servers, with their replica or partner, spent per request).
 #
 #   bench/resp.sh            # 200,000 requests per test
 #   REQUESTS=1000000 bench/resp.sh
@@ -51,22 +52,36 @@ wait_paired() { # resp-port of an agent
     echo "bench/resp.sh: agents did not pair" >&2; exit 1
 }
 
-# One redis-benchmark run; prints "test,rps,p50,p99" lines.
-measure() {
+# CPU time (user + system, in clock ticks) the given processes have used so far.
+cpu_ticks() { local total=0; for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$total"; }
+
+# One redis-benchmark run per test against a port; prints "test,rps,p50,p99,cpu" lines,
+# cpu being the microseconds of CPU the server processes (the rest of the arguments: the
+# server and its replica or partner) spent per request.
+measure() { # port pipeline pid...
     local port=$1 pipeline=$2
-    redis-benchmark -h 127.0.0.1 -p "$port" -t "$TESTS" -n "$REQUESTS" -c "$CLIENTS" -d "$SIZE" \
-        -P "$pipeline" -r 100000 --csv 2>/dev/null |
-        awk -F, 'NR > 1 { gsub(/"/, ""); print $1 "," $2 "," $5 "," $7 }'
+    shift 2
+    local hz; hz=$(getconf CLK_TCK)
+    for test in ${TESTS//,/ }; do
+        local before after out
+        before=$(cpu_ticks "$@")
+        out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
+            -d "$SIZE" -P "$pipeline" -r 100000 --csv 2>/dev/null)
+        after=$(cpu_ticks "$@")
+        awk -F, -v ticks=$((after - before)) -v hz="$hz" -v n="$REQUESTS" \
+            'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%.2f\n", $1, $2, $5, $7, ticks / hz * 1e6 / n }' <<<"$out"
+    done
 }
 
-# Table rows comparing two servers: "test,rps,p50,p99" lines of each, side by side.
-compare() { # redis-port agent-port
+# Table rows comparing two servers, side by side.
+compare() { # redis-port agent-port, then "redis-pids" "agent-pids" (space-separated)
     for pipeline in 1 16; do
-        paste -d, <(measure "$1" "$pipeline") <(measure "$2" "$pipeline") |
-        while IFS=, read -r test r_rps r_p50 r_p99 _ a_rps a_p50 a_p99; do
+        # shellcheck disable=SC2086
+        paste -d, <(measure "$1" "$pipeline" $3) <(measure "$2" "$pipeline" $4) |
+        while IFS=, read -r test r_rps r_p50 r_p99 r_cpu _ a_rps a_p50 a_p99 a_cpu; do
             ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
-            printf '| %s | %s | %.0f | %.0f | %s | %s / %s | %s / %s |\n' \
-                "$test" "$pipeline" "$r_rps" "$a_rps" "$ratio" "$r_p50" "$r_p99" "$a_p50" "$a_p99"
+            printf '| %s | %s | %.0f | %.0f | %s | %s / %s | %s / %s | %s / %s |\n' \
+                "$test" "$pipeline" "$r_rps" "$a_rps" "$ratio" "$r_p50" "$r_p99" "$a_p50" "$a_p99" "$r_cpu" "$a_cpu"
         done
     done
 }
@@ -74,8 +89,8 @@ header() { # title, agent column name
     echo
     echo "### $1"
     echo
-    echo "| test | pipeline | redis-server req/s | $2 req/s | tandem / redis | redis p50 / p99 ms | tandem p50 / p99 ms |"
-    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    echo "| test | pipeline | redis-server req/s | $2 req/s | tandem / redis | redis p50 / p99 ms | tandem p50 / p99 ms | CPU µs per request, redis / tandem |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 }
 
 echo "redis-benchmark: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000"
@@ -86,7 +101,7 @@ if [[ " $MODES " == *" alone "* ]]; then
     start_redis "$redis_port"
     start_agent solo "$agent_port" "$(free_port)" ""
     header "Alone: redis-server vs one agent (no partner)" "agent"
-    compare "$redis_port" "$agent_port"
+    compare "$redis_port" "$agent_port" "${pids[0]}" "${pids[1]}"
     stop_all
 fi
 
@@ -101,6 +116,6 @@ for mode in $MODES; do
     start_agent "b-$mode" "$partner_port" "$(free_port)" "$seed" --replication "$mode"
     wait_paired "$admin"
     header "Replicated: redis-server with one replica vs an agent with a partner, $mode mode" "agent ($mode)"
-    compare "$redis_port" "$agent_port"
+    compare "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}"
     stop_all
 done
