@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
-use tandem_common::config::{AgentConfig, BalancerConfig, LogFormat, NodeConfig, ReplicationMode};
+use tandem_common::config::{
+    AgentConfig, BalancerConfig, LogFormat, MulticastMode, NodeConfig, ReplicationMode,
+};
 
 /// Highly available user sessions: paired session agents and a sticky balancer.
 #[derive(Debug, Parser)]
@@ -120,12 +122,29 @@ pub struct AgentArgs {
     /// How often partners compare their stores and repair differences [default: 30s].
     #[arg(long, env = "TANDEM_ANTI_ENTROPY_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub anti_entropy_interval: Option<Duration>,
+    /// Replicate by UDP multicast to a partner in the same subnet: auto (probe it when a
+    /// pair forms, fall back to QUIC) or off [default: auto].
+    #[arg(long, env = "TANDEM_MULTICAST", value_name = "MODE")]
+    pub multicast: Option<MulticastArg>,
+    /// Multicast group (IPv4) [default: one in 239.0.0.0/8 derived from the cluster name].
+    #[arg(long, env = "TANDEM_MULTICAST_GROUP", value_name = "IP")]
+    pub multicast_group: Option<std::net::Ipv4Addr>,
+    /// UDP port of the multicast group [default: 7948].
+    #[arg(long, env = "TANDEM_MULTICAST_PORT", value_name = "PORT")]
+    pub multicast_port: Option<u16>,
     /// Worker threads of the agent's runtime [default: 1].
     #[arg(long, env = "TANDEM_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
     /// Directory of the cluster CA and node certificates [default: tandem-tls].
     #[arg(long, env = "TANDEM_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+}
+
+/// `--multicast` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MulticastArg {
+    Auto,
+    Off,
 }
 
 /// `--replication` values.
@@ -295,6 +314,18 @@ impl AgentArgs {
         }
         if let Some(interval) = self.anti_entropy_interval {
             config.anti_entropy_interval = interval;
+        }
+        if let Some(mode) = self.multicast {
+            config.multicast = match mode {
+                MulticastArg::Auto => MulticastMode::Auto,
+                MulticastArg::Off => MulticastMode::Off,
+            };
+        }
+        if let Some(group) = self.multicast_group {
+            config.multicast_group = Some(group);
+        }
+        if let Some(port) = self.multicast_port {
+            config.multicast_port = port;
         }
         if let Some(threads) = self.threads {
             config.threads = usize::from(threads);

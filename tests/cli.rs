@@ -201,6 +201,7 @@ async fn members_prints_a_table_and_json() {
             "live",
             "-",
             "(unprotected)",
+            "-",
             "0"
         ]
     );
@@ -213,6 +214,7 @@ async fn members_prints_a_table_and_json() {
             "ready",
             &b1.gossip.to_string(),
             "live",
+            "-",
             "-",
             "-"
         ]

@@ -12,12 +12,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tandem_cluster::{PreparedNode, StartError};
-use tandem_common::config::AgentConfig;
-use tandem_common::schema::{NodeAdvert, Role};
-use tracing::info;
+use tandem_common::config::{AgentConfig, MulticastMode};
+use tandem_common::schema::{NodeAdvert, Role, Subnet};
+use tracing::{info, warn};
 
 use crate::api::ApiServer;
 use crate::demo_app::DemoApp;
+use crate::replication::multicast::{self, Multicast, MulticastConfig};
 use crate::replication::tls::{NodeTls, TlsError};
 use crate::replication::transport::{QuicTransport, Transport, TransportError};
 use crate::replication::{ReplicationConfig, ReplicationMode, Replicator};
@@ -111,6 +112,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     {
         advert.app = Some(format!("http://{}", reachable(addr, node_ip)));
     }
+    let multicast = join_multicast(&config, node_ip);
+    if multicast.is_some() {
+        advert.subnet = Some(Subnet {
+            cidr: String::new(),
+            multicast: true,
+        });
+    }
     let runtime = prepared.start(advert).await?;
     info!(
         node_id = %runtime.gossip.node_id(),
@@ -135,6 +143,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         Some(std::sync::Arc::new(transport)),
         Some(std::sync::Arc::new(runtime.gossip.clone())),
     );
+    let replicator = match multicast {
+        Some(multicast) => replicator.with_multicast(multicast),
+        None => replicator,
+    };
     let replication_tasks = replicator.spawn(config.node.gossip.gossip_interval);
     let sessions = Sessions::new(store.clone(), replicator);
     let sweeper = store.spawn_sweeper();
@@ -161,6 +173,37 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         task.abort();
     }
     Ok(())
+}
+
+/// Joins the subnet's multicast group on the interface of the node's address, when
+/// multicast is on; without it (an IPv6 address, no multicast route) pairs use QUIC.
+fn join_multicast(config: &AgentConfig, node_ip: std::net::IpAddr) -> Option<Multicast> {
+    if config.multicast == MulticastMode::Off {
+        return None;
+    }
+    let std::net::IpAddr::V4(interface) = node_ip else {
+        info!(%node_ip, "multicast replication needs an IPv4 address; using QUIC");
+        return None;
+    };
+    let group = config
+        .multicast_group
+        .unwrap_or_else(|| multicast::default_group(&config.node.cluster));
+    let settings = MulticastConfig {
+        group,
+        port: config.multicast_port,
+        interface,
+    };
+    match Multicast::bind(settings) {
+        Ok(multicast) => {
+            info!(%group, port = config.multicast_port, %interface, "joined the subnet's multicast group");
+            Some(multicast)
+        }
+        Err(err) => {
+            warn!(%group, port = config.multicast_port, %interface, error = %err,
+                "cannot join the multicast group; partners replicate over QUIC");
+            None
+        }
+    }
 }
 
 /// An address other hosts can use for a listener bound to `bound`: an unspecified IP is

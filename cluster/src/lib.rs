@@ -117,8 +117,8 @@ impl PreparedNode {
         self.advertise_addr.ip()
     }
 
-    /// Joins gossip with `advert` (its `admin` and `subnet` are filled here) and serves
-    /// the admin endpoint.
+    /// Joins gossip with `advert` (its `admin` and `subnet` are filled here, keeping the
+    /// subnet's `multicast` flag if the caller set one) and serves the admin endpoint.
     ///
     /// # Errors
     /// The gossip address cannot be bound; signal handlers cannot be installed.
@@ -139,7 +139,12 @@ impl PreparedNode {
             admin_addr
         };
         advert.admin = Some(admin_advertised.to_string());
-        advert.subnet = net::subnet_of(advertise_addr.ip());
+        // The caller says whether it joined the subnet's multicast group.
+        let multicast = advert.subnet.as_ref().is_some_and(|s| s.multicast);
+        advert.subnet = net::subnet_of(advertise_addr.ip()).map(|mut subnet| {
+            subnet.multicast = multicast;
+            subnet
+        });
 
         let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;

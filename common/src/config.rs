@@ -117,6 +117,21 @@ pub enum ReplicationMode {
     Async,
 }
 
+/// Whether partners in one subnet replicate by multicast.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MulticastMode {
+    /// Never: every write travels the pair's QUIC stream.
+    Off,
+    /// Join the subnet's group; a pair in one subnet probes it when it forms and uses it
+    /// if the probe is answered, falling back to QUIC when it fails or degrades (default).
+    #[default]
+    Auto,
+}
+
+/// Default UDP port of the multicast group.
+pub const DEFAULT_MULTICAST_PORT: u16 = 7948;
+
 /// Configuration of `tandem agent`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -142,6 +157,12 @@ pub struct AgentConfig {
     pub repl_addr: SocketAddr,
     /// `sync` (default) or `async`.
     pub replication: ReplicationMode,
+    /// `auto` (default) or `off`.
+    pub multicast: MulticastMode,
+    /// Multicast group (IPv4). Default: one in 239.0.0.0/8 derived from the cluster name.
+    pub multicast_group: Option<std::net::Ipv4Addr>,
+    /// UDP port of the multicast group. Default 7948.
+    pub multicast_port: u16,
     /// How long a sync write waits for the partner before the agent goes unprotected.
     /// Default `500ms`.
     #[serde(with = "humantime_serde")]
@@ -172,6 +193,9 @@ impl Default for AgentConfig {
             max_keys: 50_000_000,
             repl_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_REPL_PORT)),
             replication: ReplicationMode::Sync,
+            multicast: MulticastMode::Auto,
+            multicast_group: None,
+            multicast_port: DEFAULT_MULTICAST_PORT,
             sync_timeout: Duration::from_millis(500),
             anti_entropy_interval: Duration::from_secs(30),
             tls_dir: std::path::PathBuf::from("tandem-tls"),

@@ -30,8 +30,14 @@ pub enum Frame {
     Accept { epoch: u64 },
     /// The receiver is not available (already paired, or proposing elsewhere).
     Reject { reason: String },
-    /// Live writes, in order; acknowledged by sequence number.
-    Mutations { seq: u64, mutations: Vec<Mutation> },
+    /// Live writes: the batches numbered `first..=seq` (consecutive batches may travel as
+    /// one frame). Acknowledged by sequence number once every earlier one has arrived too,
+    /// whichever path (stream or multicast) carried it.
+    Mutations {
+        first: u64,
+        seq: u64,
+        mutations: Vec<Mutation>,
+    },
     /// Part of the sender's full store, sent when the pair forms.
     Snapshot {
         seq: u64,
@@ -47,6 +53,14 @@ pub enum Frame {
     RepairRequest { shards: Vec<u32> },
     /// Anti-entropy: the sender's keys and deletes in shards that differed.
     Repair { mutations: Vec<Mutation> },
+    /// The key the sender seals its multicast datagrams with, for this link only (sent
+    /// over the mutually authenticated stream, never over multicast).
+    MulticastKey { key: Vec<u8> },
+    /// Sent over multicast when a pair forms: answered over the stream, it shows that the
+    /// partner receives the sender's multicast.
+    Probe { nonce: u64 },
+    /// The answer to a [`Frame::Probe`] that arrived.
+    ProbeAck { nonce: u64 },
 }
 
 /// A frame that cannot be decoded.
@@ -143,6 +157,7 @@ mod tests {
                 reason: "paired".into(),
             },
             Frame::Mutations {
+                first: 1,
                 seq: 1,
                 mutations: vec![mutation.clone()],
             },
@@ -159,6 +174,9 @@ mod tests {
                 shards: vec![0, 1023],
             },
             Frame::Repair { mutations: vec![] },
+            Frame::MulticastKey { key: vec![7; 32] },
+            Frame::Probe { nonce: 3 },
+            Frame::ProbeAck { nonce: 3 },
         ]
     }
 

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{HaSwitch, NodeAdvert, NodeState, PartnerRef, Role, SchemaError, Subnet};
+use crate::schema::{
+    HaSwitch, NodeAdvert, NodeState, PartnerRef, ReplTransport, Role, SchemaError, Subnet,
+};
 
 /// One node of the cluster as this process sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +31,8 @@ pub struct Member {
     pub version: Option<String>,
     /// Agents: writes are not safely on a partner.
     pub unprotected: bool,
+    /// Agents: how writes reach the partner, while paired.
+    pub transport: Option<ReplTransport>,
     /// Why the advertisement could not be read, if it could not.
     pub problem: Option<String>,
 }
@@ -58,6 +62,7 @@ impl Member {
             ha: None,
             version: None,
             unprotected: false,
+            transport: None,
             problem: None,
         };
         match advert {
@@ -73,6 +78,7 @@ impl Member {
                 member.ha = Some(advert.ha);
                 member.version = Some(advert.version);
                 member.unprotected = advert.unprotected;
+                member.transport = advert.transport;
             }
             Err(err) => member.problem = Some(err.to_string()),
         }
@@ -108,10 +114,17 @@ pub struct MembersResponse {
 
 /// Renders members as an aligned text table.
 pub fn members_table(members: &[Member]) -> String {
-    const HEADER: [&str; 7] = [
-        "ID", "ROLE", "STATE", "ADDRESS", "LIVE", "PARTNER", "SESSIONS",
+    const HEADER: [&str; 8] = [
+        "ID",
+        "ROLE",
+        "STATE",
+        "ADDRESS",
+        "LIVE",
+        "PARTNER",
+        "TRANSPORT",
+        "SESSIONS",
     ];
-    let rows: Vec<[String; 7]> = members
+    let rows: Vec<[String; 8]> = members
         .iter()
         .map(|m| {
             let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_string());
@@ -127,6 +140,7 @@ pub fn members_table(members: &[Member]) -> String {
                     (None, true) => "- (unprotected)".to_string(),
                     (None, false) => "-".to_string(),
                 },
+                or_dash(m.partner.as_ref().and(m.transport).map(|t| t.to_string())),
                 if m.role == Some(Role::Agent) {
                     m.sessions.to_string()
                 } else {
@@ -196,7 +210,7 @@ mod tests {
         assert!(lines[0].starts_with("ID            ROLE   STATE  ADDRESS"));
         assert_eq!(
             lines[1],
-            "web-1         agent  ready  127.0.0.1:7946  live  - (unprotected)  4"
+            "web-1         agent  ready  127.0.0.1:7946  live  - (unprotected)  -          4"
         );
         assert!(lines[2].starts_with("garbled-node  -      -      10.0.0.9:7946   dead"));
     }

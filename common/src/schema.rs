@@ -34,9 +34,12 @@ pub mod keys {
     /// `yes` while an agent's writes are not safely on a partner (no partner, or the
     /// partner is not keeping up).
     pub const UNPROTECTED: &str = "unprotected";
+    /// How an agent's writes reach its partner (`quic` or `multicast`), empty when
+    /// unpaired, see [`super::ReplTransport`].
+    pub const TRANSPORT: &str = "transport";
 
     /// Every key, in the order they are published.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         ROLE,
         STATE,
         APP,
@@ -48,6 +51,7 @@ pub mod keys {
         VERSION,
         ADMIN,
         UNPROTECTED,
+        TRANSPORT,
     ];
 }
 
@@ -244,6 +248,40 @@ impl FromStr for HaSwitch {
     }
 }
 
+/// How an agent's writes travel to its partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplTransport {
+    /// The QUIC stream of the pair (mutual TLS): across subnets, or where multicast fails.
+    Quic,
+    /// UDP multicast inside the subnet, sealed; the QUIC stream carries the rest.
+    Multicast,
+}
+
+impl fmt::Display for ReplTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplTransport::Quic => "quic",
+            ReplTransport::Multicast => "multicast",
+        })
+    }
+}
+
+impl FromStr for ReplTransport {
+    type Err = SchemaError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quic" => Ok(ReplTransport::Quic),
+            "multicast" => Ok(ReplTransport::Multicast),
+            _ => Err(SchemaError::new(
+                keys::TRANSPORT,
+                s,
+                "expected quic or multicast",
+            )),
+        }
+    }
+}
+
 /// The subnet a node sits in and whether it may replicate by multicast there:
 /// `<cidr>` or `<cidr>;mcast`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -314,6 +352,8 @@ pub struct NodeAdvert {
     pub admin: Option<String>,
     /// Agents: whether writes are not safely on a partner.
     pub unprotected: bool,
+    /// Agents: how writes reach the partner, while paired.
+    pub transport: Option<ReplTransport>,
 }
 
 impl NodeAdvert {
@@ -331,6 +371,7 @@ impl NodeAdvert {
             version: version.to_string(),
             admin: None,
             unprotected: role == Role::Agent,
+            transport: None,
         }
     }
 
@@ -355,6 +396,7 @@ impl NodeAdvert {
                 keys::UNPROTECTED,
                 if self.unprotected { "yes" } else { "" }.to_string(),
             ),
+            (keys::TRANSPORT, opt(&self.transport)),
         ]
     }
 
@@ -393,6 +435,7 @@ impl NodeAdvert {
             version: non_empty(&get, keys::VERSION).unwrap_or("").to_string(),
             admin: non_empty(&get, keys::ADMIN).map(str::to_string),
             unprotected: non_empty(&get, keys::UNPROTECTED) == Some("yes"),
+            transport: parsed(&get, keys::TRANSPORT)?,
         })
     }
 }
@@ -444,6 +487,7 @@ mod tests {
             version: "0.1.0".into(),
             admin: Some("10.0.0.5:7951".into()),
             unprotected: true,
+            transport: Some(ReplTransport::Multicast),
         };
         let map: HashMap<String, String> = advert
             .to_key_values()
@@ -453,6 +497,7 @@ mod tests {
         assert_eq!(map[keys::PARTNER], "web-2@7");
         assert_eq!(map[keys::SUBNET], "10.0.0.0/24;mcast");
         assert_eq!(map[keys::HA], "off@1700000000000");
+        assert_eq!(map[keys::TRANSPORT], "multicast");
         assert_eq!(advert_of(&map).unwrap(), advert);
     }
 

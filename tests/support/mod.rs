@@ -10,7 +10,13 @@ use tandem_common::member::{Member, MembersResponse};
 
 /// The binary under test.
 pub fn tandem() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    scrubbed(env!("CARGO_BIN_EXE_tandem"), &[])
+}
+
+/// `program` with `leading` arguments, in an environment scrubbed of `TANDEM_*`.
+fn scrubbed(program: &str, leading: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(leading);
     // Nothing from the caller's environment may change what the test starts.
     for (name, _) in std::env::vars() {
         if name.starts_with("TANDEM_") {
@@ -58,6 +64,8 @@ pub struct Node {
     pub admin: SocketAddr,
     args: Vec<String>,
     log: PathBuf,
+    /// The network namespace the process runs in; `None` for the test's own.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -92,7 +100,41 @@ impl Node {
         gossip: SocketAddr,
         extra: Vec<String>,
     ) -> Node {
-        let admin = free_tcp_addr();
+        let mut node = Node::unstarted(dir, role, name, seeds, gossip, free_tcp_addr(), extra);
+        node.spawn();
+        node
+    }
+
+    /// Like [`Node::start_with`], inside network namespace `netns` (see [`netns::Topology`])
+    /// and with the admin endpoint at `admin`: a free loopback port of the test's namespace
+    /// means nothing there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_in(
+        netns: &str,
+        dir: &Path,
+        role: &str,
+        name: &str,
+        seeds: &[SocketAddr],
+        gossip: SocketAddr,
+        admin: SocketAddr,
+        extra: Vec<String>,
+    ) -> Node {
+        let mut node = Node::unstarted(dir, role, name, seeds, gossip, admin, extra);
+        node.netns = Some(netns.into());
+        node.spawn();
+        node
+    }
+
+    /// A node with its command line ready, not yet running.
+    fn unstarted(
+        dir: &Path,
+        role: &str,
+        name: &str,
+        seeds: &[SocketAddr],
+        gossip: SocketAddr,
+        admin: SocketAddr,
+        extra: Vec<String>,
+    ) -> Node {
         let mut args: Vec<String> = vec![
             role.into(),
             "--node-id".into(),
@@ -107,16 +149,15 @@ impl Node {
             args.extend(["--join".into(), seeds.join(",")]);
         }
         args.extend(extra);
-        let mut node = Node {
+        Node {
             name: name.into(),
             gossip,
             admin,
             args,
             log: dir.join(format!("{name}.log")),
+            netns: None,
             child: None,
-        };
-        node.spawn();
-        node
+        }
     }
 
     fn spawn(&mut self) {
@@ -125,7 +166,13 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = tandem()
+        let binary = env!("CARGO_BIN_EXE_tandem");
+        let mut command = match self.netns.as_deref() {
+            // `ip netns exec` execs the program, so the child's pid is tandem's.
+            Some(netns) => scrubbed("ip", &["netns", "exec", netns, binary]),
+            None => tandem(),
+        };
+        let child = command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -415,3 +462,5 @@ fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
 pub fn cmd(args: &[&dyn AsRef<[u8]>]) -> Vec<Vec<u8>> {
     args.iter().map(|a| a.as_ref().to_vec()).collect()
 }
+
+pub mod netns;

@@ -7,7 +7,9 @@
 //! to the app only once the partner has applied it, or once the sync timeout has passed —
 //! then the agent says it is unprotected rather than blocking the app.
 
+mod link;
 pub mod membership;
+pub mod multicast;
 #[cfg(test)]
 mod sim;
 pub mod tls;
@@ -19,16 +21,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tandem_common::frame::{Frame, PROTOCOL_VERSION};
 use tandem_common::ops::Mutation;
 use tandem_common::pairing::{AgentView, PairingDecision, decide};
-use tandem_common::schema::{NodeState, PartnerRef, Role};
+use tandem_common::schema::{NodeState, PartnerRef, ReplTransport, Role};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use self::link::{Delivered, LinkMulticast, Unacked};
 use self::membership::Membership;
+use self::multicast::{Multicast, Sealer};
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
 use crate::store::SessionStore;
 use crate::store::keyspace::SHARDS;
@@ -43,6 +48,9 @@ const BATCH_MUTATIONS: usize = 4_096;
 const ASYNC_BACKLOG: u64 = 10_000;
 /// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Multicast probes sent when a pair forms, this far apart, before giving up on it.
+const PROBE_ATTEMPTS: usize = 10;
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// When a write is acknowledged to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +106,17 @@ pub mod names {
     pub const ANTI_ENTROPY_ROUNDS: &str = "tandem_repl_anti_entropy_rounds_total";
     /// Counter: keys an anti-entropy repair changed.
     pub const REPAIRED_KEYS: &str = "tandem_repl_repaired_keys_total";
+    /// Gauge by `transport` (`quic`, `multicast`): 1 for the one live writes take now.
+    pub const TRANSPORT: &str = "tandem_repl_transport";
+    /// Counter: frames sent by multicast.
+    pub const MULTICAST_SENT: &str = "tandem_repl_multicast_frames_sent_total";
+    /// Counter: frames received from the partner by multicast.
+    pub const MULTICAST_RECEIVED: &str = "tandem_repl_multicast_frames_received_total";
+    /// Counter by `reason`: multicast datagrams dropped (`other_pair` is normal traffic of
+    /// other pairs in the subnet; `unauthenticated`, `replayed`, `malformed` are not).
+    pub const MULTICAST_DROPPED: &str = "tandem_repl_multicast_dropped_total";
+    /// Counter: multicast frames sent again over the stream, unacknowledged in time.
+    pub const MULTICAST_RETRANSMITS: &str = "tandem_repl_multicast_retransmits_total";
 }
 
 /// Shared handle to this agent's replication. Cheap to clone.
@@ -110,6 +129,8 @@ struct Inner {
     config: ReplicationConfig,
     store: SessionStore,
     transport: Option<Arc<dyn Transport>>,
+    /// The subnet's multicast group, when this agent joined it.
+    multicast: Option<Arc<Multicast>>,
     gossip: Option<Arc<dyn Membership>>,
     state: Mutex<PairState>,
     /// Set when a sync write timed out; cleared when the partner acknowledges in time.
@@ -140,6 +161,7 @@ struct Link {
     outbound: mpsc::UnboundedSender<Frame>,
     next_seq: u64,
     acked: watch::Receiver<u64>,
+    multicast: Arc<LinkMulticast>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -181,6 +203,7 @@ impl Replicator {
                 config,
                 store,
                 transport,
+                multicast: None,
                 gossip,
                 state: Mutex::new(PairState::default()),
                 lagging: AtomicBool::new(false),
@@ -190,6 +213,18 @@ impl Replicator {
                 mutations_received: metrics::counter!(names::MUTATIONS_RECEIVED),
             }),
         }
+    }
+
+    /// Replicates live writes by multicast to partners in the subnet that answer a probe.
+    ///
+    /// # Panics
+    /// When called after the replicator was cloned or spawned.
+    #[must_use]
+    pub fn with_multicast(mut self, multicast: Multicast) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("multicast is set before the replicator is shared")
+            .multicast = Some(Arc::new(multicast));
+        self
     }
 
     /// The partner of the running link, if any.
@@ -218,7 +253,11 @@ impl Replicator {
             let seq = link.next_seq;
             if link
                 .outbound
-                .send(Frame::Mutations { seq, mutations })
+                .send(Frame::Mutations {
+                    first: seq,
+                    seq,
+                    mutations,
+                })
                 .is_err()
             {
                 return;
@@ -308,7 +347,14 @@ impl Replicator {
             })
         };
         self.inner.publish_protection();
-        vec![accept, pairing]
+        let mut tasks = vec![accept, pairing];
+        if let Some(multicast) = self.inner.multicast.clone() {
+            let inner = self.inner.clone();
+            tasks.push(tokio::spawn(async move {
+                inner.receive_multicast(multicast).await
+            }));
+        }
+        tasks
     }
 }
 
@@ -342,8 +388,20 @@ impl Inner {
                     let unprotected = partner.is_none() || inner.lagging.load(Ordering::Relaxed);
                     metrics::gauge!(names::UNPROTECTED).set(if unprotected { 1.0 } else { 0.0 });
                     metrics::gauge!(names::PAIRED).set(if partner.is_some() { 1.0 } else { 0.0 });
+                    let transport = state.link.as_ref().map(|link| {
+                        if link.multicast.active() {
+                            ReplTransport::Multicast
+                        } else {
+                            ReplTransport::Quic
+                        }
+                    });
+                    for kind in [ReplTransport::Quic, ReplTransport::Multicast] {
+                        metrics::gauge!(names::TRANSPORT, "transport" => kind.to_string())
+                            .set(if transport == Some(kind) { 1.0 } else { 0.0 });
+                    }
                     advert.partner = partner;
                     advert.unprotected = unprotected;
+                    advert.transport = transport;
                     // Only a serving node moves between syncing and ready.
                     if matches!(advert.state, NodeState::Ready | NodeState::Syncing) {
                         advert.state = if inner.syncing.load(Ordering::Relaxed) {
@@ -577,14 +635,31 @@ impl Inner {
             let Channel {
                 sender, receiver, ..
             } = channel;
-            let writer = tokio::spawn(self.clone().write_frames(id, sender, outbound_rx));
-            let reader =
-                tokio::spawn(
-                    self.clone()
-                        .read_frames(id, receiver, outbound_tx.clone(), acked_tx),
-                );
+            let (inbox_tx, inbox_rx) = mpsc::channel(link::INBOX);
+            let multicast = Arc::new(LinkMulticast::new(inbox_tx));
+            let writer = tokio::spawn(self.clone().write_frames(
+                id,
+                sender,
+                outbound_rx,
+                acked_rx.clone(),
+                multicast.clone(),
+                partner.epoch,
+            ));
+            let reader = tokio::spawn(self.clone().read_frames(
+                id,
+                receiver,
+                inbox_rx,
+                outbound_tx.clone(),
+                acked_tx,
+                multicast.clone(),
+            ));
             let snapshot = tokio::spawn(self.clone().send_snapshot(id, partner.node_id.clone()));
-            let mut tasks = vec![writer, reader, snapshot];
+            let probe = tokio::spawn(self.clone().probe_multicast(
+                outbound_tx.clone(),
+                multicast.clone(),
+                partner.node_id.clone(),
+            ));
+            let mut tasks = vec![writer, reader, snapshot, probe];
             // One side of the pair starts the comparisons; both answer them.
             if self.config.node_id < partner.node_id {
                 tasks.push(tokio::spawn(self.clone().anti_entropy(outbound_tx.clone())));
@@ -595,6 +670,7 @@ impl Inner {
                 outbound: outbound_tx,
                 next_seq: 0,
                 acked: acked_rx,
+                multicast,
                 tasks,
             });
             state.confirming_since = None;
@@ -637,14 +713,54 @@ impl Inner {
     }
 
     /// Sends queued frames in order, in one write per batch; consecutive mutation batches
-    /// travel as one frame.
+    /// travel as one frame. While multicast is active, live writes that fit a datagram go
+    /// by multicast, and those not acknowledged in time again by the stream.
     async fn write_frames(
         self: Arc<Self>,
         id: u64,
         mut sender: FrameSender,
         mut outbound: mpsc::UnboundedReceiver<Frame>,
+        acked: watch::Receiver<u64>,
+        multicast: Arc<LinkMulticast>,
+        epoch: u64,
     ) {
-        while let Some(first) = outbound.recv().await {
+        let mut sealer = self
+            .multicast
+            .as_ref()
+            .map(|_| Sealer::new(&multicast.send_key, epoch, &self.config.node_id));
+        let mut unacked = Unacked::default();
+        let mut stream = BytesMut::new();
+        let mut scratch = BytesMut::new();
+        let mut ticker = tokio::time::interval(link::RETRANSMIT_AFTER / 4);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                biased;
+                frame = outbound.recv() => match frame {
+                    Some(frame) => frame,
+                    None => return,
+                },
+                now = ticker.tick(), if !unacked.is_empty() => {
+                    let mut due = unacked.due(*acked.borrow(), now);
+                    if unacked.degraded() && multicast.deactivate() {
+                        warn!(
+                            "multicast to the partner loses too many frames; replicating over \
+                             QUIC for the rest of this pair"
+                        );
+                        due.extend(unacked.drain());
+                        self.publish_protection();
+                    }
+                    if due.is_empty() {
+                        continue;
+                    }
+                    metrics::counter!(names::MULTICAST_RETRANSMITS).increment(due.len() as u64);
+                    if let Err(err) = sender.send_all(&due).await {
+                        self.link_failed(id, &err);
+                        return;
+                    }
+                    continue;
+                }
+            };
             // Let the connections that are running right now queue their writes too: they
             // then share one packet (and the partner's one acknowledgement).
             tokio::task::yield_now().await;
@@ -653,10 +769,11 @@ impl Inner {
                 let Ok(next) = outbound.try_recv() else { break };
                 match (frames.last_mut(), next) {
                     (
-                        Some(Frame::Mutations { seq, mutations }),
+                        Some(Frame::Mutations { seq, mutations, .. }),
                         Frame::Mutations {
                             seq: next_seq,
                             mutations: more,
+                            ..
                         },
                     ) if mutations.len() < BATCH_MUTATIONS => {
                         *seq = next_seq;
@@ -667,11 +784,149 @@ impl Inner {
                     (_, other) => frames.push(other),
                 }
             }
-            if let Err(err) = sender.send_all(&frames).await {
+            stream.clear();
+            for frame in frames {
+                scratch.clear();
+                if let Err(err) = frame.encode(&mut scratch) {
+                    self.link_failed(id, &TransportError::Frame(err));
+                    return;
+                }
+                let by_multicast = match (&frame, &self.multicast, &mut sealer) {
+                    (Frame::Probe { .. }, Some(socket), Some(sealer)) => {
+                        let _ = socket.send(&sealer.seal(&scratch)).await;
+                        continue;
+                    }
+                    (Frame::Probe { .. }, _, _) => continue,
+                    (Frame::Mutations { seq, .. }, Some(socket), Some(sealer))
+                        if multicast.active()
+                            && unacked.has_room()
+                            && scratch.len() <= multicast::MAX_DATAGRAM - 300 =>
+                    {
+                        let datagram = sealer.seal(&scratch);
+                        match socket.send(&datagram).await {
+                            Ok(()) => {
+                                metrics::counter!(names::MULTICAST_SENT).increment(1);
+                                Some(*seq)
+                            }
+                            Err(err) => {
+                                debug!(error = %err, "multicast send failed; using the stream");
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                match by_multicast {
+                    Some(seq) => unacked.sent(seq, frame, tokio::time::Instant::now()),
+                    None => stream.extend_from_slice(&scratch),
+                }
+            }
+            if !stream.is_empty()
+                && let Err(err) = sender.send_encoded(&stream).await
+            {
                 self.link_failed(id, &err);
                 return;
             }
         }
+    }
+
+    /// Offers multicast to the partner when both sit in one subnet where multicast is
+    /// enabled: gives it this side's key, then probes until it answers (the reader sees
+    /// the answer) or the attempts run out.
+    async fn probe_multicast(
+        self: Arc<Self>,
+        outbound: mpsc::UnboundedSender<Frame>,
+        multicast: Arc<LinkMulticast>,
+        partner: String,
+    ) {
+        if self.multicast.is_none() {
+            return;
+        }
+        let Some(gossip) = self.gossip.clone() else {
+            return;
+        };
+        let members = gossip.members().await;
+        let subnet = |id: &str| {
+            members
+                .iter()
+                .filter(|m| m.id == id && m.live)
+                .find_map(|m| m.subnet.clone())
+        };
+        let (mine, theirs) = (subnet(&self.config.node_id), subnet(&partner));
+        let same = matches!((&mine, &theirs), (Some(a), Some(b)) if a.multicast && b.multicast && a.cidr == b.cidr);
+        if !same {
+            info!(%partner, "partner in another subnet (or without multicast): replicating over QUIC");
+            return;
+        }
+        let key = multicast.send_key.to_vec();
+        if outbound.send(Frame::MulticastKey { key }).is_err() {
+            return;
+        }
+        for _ in 0..PROBE_ATTEMPTS {
+            let nonce = multicast.start_probe();
+            if outbound.send(Frame::Probe { nonce }).is_err() {
+                return;
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            if multicast.active() {
+                return;
+            }
+        }
+        warn!(%partner, "the partner does not receive this agent's multicast; replicating over QUIC");
+    }
+
+    /// Receives the subnet's multicast and hands the partner's frames to the link.
+    async fn receive_multicast(self: Arc<Self>, socket: Arc<Multicast>) {
+        let mut buf = vec![0u8; multicast::MAX_DATAGRAM + 1024];
+        loop {
+            let (len, from) = match socket.recv(&mut buf).await {
+                Ok(received) => received,
+                Err(err) => {
+                    warn!(error = %err, "receiving multicast failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if let Err(dropped) = self.take_datagram(&buf[..len]) {
+                metrics::counter!(names::MULTICAST_DROPPED, "reason" => dropped.label())
+                    .increment(1);
+                if dropped != multicast::Dropped::OtherPair {
+                    debug!(%from, reason = dropped.label(), "dropped a multicast datagram");
+                }
+            }
+        }
+    }
+
+    fn take_datagram(&self, datagram: &[u8]) -> Result<(), multicast::Dropped> {
+        use multicast::Dropped;
+        let header = multicast::header(datagram)?;
+        if header.sender == self.config.node_id {
+            return Ok(()); // our own, looped back
+        }
+        let link = {
+            let state = self.state.lock();
+            state
+                .link
+                .as_ref()
+                .filter(|l| l.partner.node_id == header.sender && l.partner.epoch == header.epoch)
+                .map(|l| l.multicast.clone())
+        };
+        let link = link.ok_or(Dropped::OtherPair)?;
+        let plain = {
+            let mut opener = link.opener.lock();
+            let opener = opener.as_mut().ok_or(Dropped::Unauthenticated)?;
+            opener.open(&header, datagram)?
+        };
+        let mut plain = BytesMut::from(&plain[..]);
+        let frame = match Frame::decode(&mut plain, multicast::MAX_DATAGRAM) {
+            Ok(Some(frame)) if plain.is_empty() => frame,
+            // Authentic but not one whole frame: a bug on the other side, not an attack.
+            _ => return Err(Dropped::Malformed),
+        };
+        metrics::counter!(names::MULTICAST_RECEIVED).increment(1);
+        // A full inbox drops the frame; the partner sends it again over the stream.
+        let _ = link.inbox.try_send(frame);
+        Ok(())
     }
 
     /// Applies the partner's frames and acknowledges them.
@@ -679,10 +934,13 @@ impl Inner {
         self: Arc<Self>,
         id: u64,
         mut receiver: FrameReceiver,
+        mut inbox: mpsc::Receiver<Frame>,
         outbound: mpsc::UnboundedSender<Frame>,
         acked: watch::Sender<u64>,
+        multicast: Arc<LinkMulticast>,
     ) {
         let mut snapshot_keys = 0u64;
+        let mut delivered = Delivered::default();
         // Frames that have already arrived are applied before one acknowledgement covers
         // them all.
         let mut unacked: Option<u64> = None;
@@ -693,7 +951,10 @@ impl Inner {
                     if let Some(seq) = unacked.take() {
                         let _ = outbound.send(Frame::Ack { seq });
                     }
-                    receiver.recv().await
+                    tokio::select! {
+                        frame = receiver.recv() => frame,
+                        Some(frame) = inbox.recv() => Ok(frame),
+                    }
                 }
                 Err(err) => Err(err),
             };
@@ -705,10 +966,20 @@ impl Inner {
                 }
             };
             match frame {
-                Frame::Mutations { seq, mutations } => {
-                    self.mutations_received.increment(mutations.len() as u64);
-                    self.store.apply(&mutations);
-                    unacked = Some(seq);
+                Frame::Mutations {
+                    first,
+                    seq,
+                    mutations,
+                } => {
+                    if first > seq {
+                        self.link_failed(id, &malformed(format!("mutations {first}..={seq}")));
+                        return;
+                    }
+                    if delivered.accept(first, seq) {
+                        self.mutations_received.increment(mutations.len() as u64);
+                        self.store.apply(&mutations);
+                        unacked = Some(delivered.upto());
+                    }
                 }
                 Frame::Snapshot {
                     seq,
@@ -722,7 +993,8 @@ impl Inner {
                     metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
                         .increment(mutations.len() as u64);
                     self.store.apply(&mutations);
-                    unacked = Some(seq);
+                    delivered.accept(seq, seq);
+                    unacked = Some(delivered.upto());
                     if last {
                         info!(keys = snapshot_keys, "snapshot from the partner applied");
                         self.set_syncing(false);
@@ -770,6 +1042,24 @@ impl Inner {
                             keys = changed,
                             "anti-entropy repaired keys that differed from the partner's"
                         );
+                    }
+                }
+                Frame::MulticastKey { key } => match multicast::Opener::new(&key) {
+                    Some(opener) => *multicast.opener.lock() = Some(opener),
+                    None => {
+                        self.link_failed(id, &malformed("multicast key of a wrong size".into()));
+                        return;
+                    }
+                },
+                Frame::Probe { nonce } => {
+                    let _ = outbound.send(Frame::ProbeAck { nonce });
+                }
+                Frame::ProbeAck { nonce } => {
+                    if multicast.probe_answered(nonce) {
+                        info!(
+                            "the partner receives this agent's multicast: live writes go by multicast"
+                        );
+                        self.publish_protection();
                     }
                 }
                 Frame::Ack { seq } => {

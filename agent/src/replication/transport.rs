@@ -54,6 +54,16 @@ impl FrameSender {
         self.send_all(std::slice::from_ref(frame)).await
     }
 
+    /// Sends frames already encoded (concatenated), with one write.
+    ///
+    /// # Errors
+    /// A broken channel.
+    pub async fn send_encoded(&mut self, frames: &[u8]) -> Result<(), TransportError> {
+        self.writer.write_all(frames).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
     /// Sends several frames with one write.
     ///
     /// # Errors

@@ -1,0 +1,228 @@
+//! The state a link keeps for its two paths: the QUIC stream (ordered, reliable) and,
+//! inside a subnet, multicast datagrams (fast, may be lost, duplicated or reordered).
+//!
+//! Live writes are numbered; a frame carries the numbers `first..=seq`. The receiver
+//! acknowledges the highest number up to which it has every frame ([`Delivered`]); the
+//! sender keeps what it multicast until that acknowledgement covers it and sends it again
+//! over the stream when it does not come in time ([`Unacked`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tandem_common::frame::Frame;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::multicast::{KEY_LEN, Opener, new_key};
+
+/// A multicast frame not acknowledged within this time goes again over the stream.
+pub const RETRANSMIT_AFTER: Duration = Duration::from_millis(40);
+/// Most multicast frames awaiting acknowledgement; beyond it, frames take the stream.
+pub const SEND_WINDOW: usize = 256;
+/// This many retransmissions within [`DEGRADED_PERIOD`] and the link stops multicasting.
+const DEGRADED_RETRANSMITS: usize = 16;
+const DEGRADED_PERIOD: Duration = Duration::from_secs(1);
+/// Multicast frames queued for the link's reader before further ones are dropped (they
+/// are then sent again over the stream).
+pub const INBOX: usize = 1024;
+
+/// Which numbered frames have arrived, whichever path carried them.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Every frame up to this number has arrived.
+    upto: u64,
+    /// Frames that arrived ahead of a gap: first number → last number.
+    ahead: BTreeMap<u64, u64>,
+}
+
+impl Delivered {
+    /// Records the frame `first..=last`; returns whether it is new (a duplicate, e.g. a
+    /// retransmission of a datagram that did arrive, is not).
+    pub fn accept(&mut self, first: u64, last: u64) -> bool {
+        if last <= self.upto || self.ahead.contains_key(&first) {
+            return false;
+        }
+        if first > self.upto + 1 {
+            self.ahead.insert(first, last);
+            return true;
+        }
+        self.upto = last;
+        while let Some(entry) = self.ahead.first_entry() {
+            if *entry.key() > self.upto + 1 {
+                break;
+            }
+            self.upto = self.upto.max(entry.remove());
+        }
+        true
+    }
+
+    /// The cumulative acknowledgement.
+    pub fn upto(&self) -> u64 {
+        self.upto
+    }
+}
+
+/// Multicast state of one link, shared by its writer, its reader and the agent's
+/// multicast receiver.
+pub struct LinkMulticast {
+    /// The key this side seals its datagrams with (given to the partner over the stream).
+    pub send_key: [u8; KEY_LEN],
+    /// Whether this side sends live writes by multicast: set when the partner answers a
+    /// probe, cleared when the path degrades.
+    active: AtomicBool,
+    /// The probe in flight.
+    probe_nonce: AtomicU64,
+    /// Opens the partner's datagrams, once the partner gave its key.
+    pub opener: Mutex<Option<Opener>>,
+    /// Frames that arrived by multicast, for the link's reader.
+    pub inbox: mpsc::Sender<Frame>,
+}
+
+impl LinkMulticast {
+    pub fn new(inbox: mpsc::Sender<Frame>) -> LinkMulticast {
+        LinkMulticast {
+            send_key: new_key(),
+            active: AtomicBool::new(false),
+            probe_nonce: AtomicU64::new(0),
+            opener: Mutex::new(None),
+            inbox,
+        }
+    }
+
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Starts a probe; returns its nonce.
+    pub fn start_probe(&self) -> u64 {
+        let nonce = u64::from_be_bytes(new_key()[..8].try_into().expect("8 bytes")) | 1;
+        self.probe_nonce.store(nonce, Ordering::Relaxed);
+        nonce
+    }
+
+    /// The partner answered a probe: multicast works from here to there. Returns whether
+    /// this switched the link to multicast.
+    pub fn probe_answered(&self, nonce: u64) -> bool {
+        nonce != 0
+            && self.probe_nonce.load(Ordering::Relaxed) == nonce
+            && !self.active.swap(true, Ordering::Relaxed)
+    }
+
+    /// Stops multicasting (the path degraded). Returns whether it was active.
+    pub fn deactivate(&self) -> bool {
+        self.active.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Frames sent by multicast and not yet acknowledged, by their last number.
+#[derive(Default)]
+pub struct Unacked {
+    frames: BTreeMap<u64, (Instant, Frame)>,
+    retransmits: VecDeque<Instant>,
+}
+
+impl Unacked {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.frames.len() < SEND_WINDOW
+    }
+
+    pub fn sent(&mut self, seq: u64, frame: Frame, now: Instant) {
+        self.frames.insert(seq, (now, frame));
+    }
+
+    /// Forgets what `acked` covers and returns the frames whose time ran out, to go again
+    /// over the stream.
+    pub fn due(&mut self, acked: u64, now: Instant) -> Vec<Frame> {
+        self.frames = self.frames.split_off(&(acked + 1));
+        let expired: Vec<u64> = self
+            .frames
+            .iter()
+            .filter(|(_, (sent, _))| now.duration_since(*sent) >= RETRANSMIT_AFTER)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let due: Vec<Frame> = expired
+            .iter()
+            .filter_map(|seq| self.frames.remove(seq).map(|(_, frame)| frame))
+            .collect();
+        for _ in &due {
+            self.retransmits.push_back(now);
+        }
+        while self
+            .retransmits
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > DEGRADED_PERIOD)
+        {
+            self.retransmits.pop_front();
+        }
+        due
+    }
+
+    /// Whether so many frames needed the stream lately that multicast is not worth it.
+    pub fn degraded(&self) -> bool {
+        self.retransmits.len() >= DEGRADED_RETRANSMITS
+    }
+
+    /// Everything still unacknowledged (the path is given up: it all goes by stream).
+    pub fn drain(&mut self) -> Vec<Frame> {
+        std::mem::take(&mut self.frames)
+            .into_values()
+            .map(|(_, frame)| frame)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgement_waits_for_gaps_and_ignores_duplicates() {
+        let mut delivered = Delivered::default();
+        assert!(delivered.accept(1, 3));
+        assert_eq!(delivered.upto(), 3);
+        // 4..=5 lost on the way; 6 and 7..=9 arrive first.
+        assert!(delivered.accept(6, 6));
+        assert!(delivered.accept(7, 9));
+        assert_eq!(delivered.upto(), 3);
+        assert!(!delivered.accept(7, 9), "a duplicate is not new");
+        // The retransmission fills the gap: everything up to 9 is acknowledged.
+        assert!(delivered.accept(4, 5));
+        assert_eq!(delivered.upto(), 9);
+        assert!(!delivered.accept(4, 5));
+        assert!(!delivered.accept(1, 3));
+        assert!(delivered.accept(10, 10));
+        assert_eq!(delivered.upto(), 10);
+    }
+
+    #[test]
+    fn unacknowledged_frames_go_again_after_their_time_and_too_many_degrade() {
+        let start = Instant::now();
+        let frame = |seq| Frame::Mutations {
+            first: seq,
+            seq,
+            mutations: Vec::new(),
+        };
+        let mut unacked = Unacked::default();
+        for seq in 1..=3 {
+            unacked.sent(seq, frame(seq), start);
+        }
+        assert!(unacked.due(0, start).is_empty(), "not yet due");
+        // 1 is acknowledged; 2 and 3 time out.
+        let due = unacked.due(1, start + RETRANSMIT_AFTER);
+        assert_eq!(due, vec![frame(2), frame(3)]);
+        assert!(unacked.is_empty());
+        assert!(!unacked.degraded());
+        let later = start + RETRANSMIT_AFTER * 2;
+        for seq in 4..4 + DEGRADED_RETRANSMITS as u64 {
+            unacked.sent(seq, frame(seq), later);
+        }
+        unacked.due(3, later + RETRANSMIT_AFTER);
+        assert!(unacked.degraded());
+    }
+}

@@ -1,0 +1,337 @@
+//! UDP multicast between partners in one subnet: the fast path for live writes.
+//!
+//! Every agent of a subnet joins one group (by default derived from the cluster name);
+//! a datagram names its sender and pair, and carries one replication frame sealed with
+//! AES-256-GCM under a key the sender gave its partner over their mutually authenticated
+//! QUIC stream. Only the partner can open it: datagrams of other pairs, of other clusters,
+//! replayed ones and garbage are dropped and counted. Reliability is the link's: frames
+//! carry sequence numbers, the partner acknowledges over the stream, and a frame not
+//! acknowledged in time is sent again over the stream (see `LinkMulticast` in the parent).
+//!
+//! Datagram layout (the header is authenticated as associated data):
+//!
+//! ```text
+//! "TDMC" | version u8 | pair epoch u64 | sender id len u8 | sender id | counter u64 | sealed frame
+//! ```
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use socket2::{Domain, Protocol, Socket, Type};
+use tandem_common::version::fnv1a;
+
+const MAGIC: &[u8; 4] = b"TDMC";
+const VERSION: u8 = 1;
+/// Largest datagram sent or accepted: a frame above it travels over the stream. The IP
+/// layer fragments datagrams above the link MTU, as JGroups' bundles are on a LAN.
+pub const MAX_DATAGRAM: usize = 60 * 1024;
+/// Length of a sealing key.
+pub const KEY_LEN: usize = 32;
+/// Datagrams this far behind the newest one received are refused as possible replays.
+const REPLAY_WINDOW: u64 = 1024;
+
+/// Where multicast replication happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MulticastConfig {
+    pub group: Ipv4Addr,
+    pub port: u16,
+    /// The address of the interface to use (the subnet of the advertise address).
+    pub interface: Ipv4Addr,
+}
+
+/// The default group of a cluster: in the organization-local scope 239.0.0.0/8, derived
+/// from the cluster name so that two clusters on one subnet keep apart.
+pub fn default_group(cluster: &str) -> Ipv4Addr {
+    let [a, b, c, ..] = fnv1a(cluster.as_bytes()).to_be_bytes();
+    // 239.255.0.0/16 is the commonly used "local scope"; stay clear of it.
+    Ipv4Addr::new(239, a % 255, b, c.max(1))
+}
+
+/// Why a datagram was dropped (a label of the drop counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Not a Tandem datagram, or truncated.
+    Malformed,
+    /// From a node that is not this agent's partner, or of an earlier pair.
+    OtherPair,
+    /// Does not open with the partner's key: another cluster, or forged.
+    Unauthenticated,
+    /// A datagram already received (or too old to tell).
+    Replayed,
+}
+
+impl Dropped {
+    pub fn label(self) -> &'static str {
+        match self {
+            Dropped::Malformed => "malformed",
+            Dropped::OtherPair => "other_pair",
+            Dropped::Unauthenticated => "unauthenticated",
+            Dropped::Replayed => "replayed",
+        }
+    }
+}
+
+/// The agent's multicast socket, joined to the group on the subnet's interface.
+pub struct Multicast {
+    socket: tokio::net::UdpSocket,
+    group: SocketAddr,
+}
+
+impl Multicast {
+    /// Binds the group's port and joins the group, with TTL 1: datagrams never leave the
+    /// subnet.
+    ///
+    /// # Errors
+    /// The socket cannot be set up (no multicast route, port taken without reuse...).
+    pub fn bind(config: MulticastConfig) -> io::Result<Multicast> {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        // Several agents on one host (tests, small setups) share the group's port.
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&SocketAddr::from(SocketAddrV4::new(config.group, config.port)).into())?;
+        socket.join_multicast_v4(&config.group, &config.interface)?;
+        socket.set_multicast_if_v4(&config.interface)?;
+        socket.set_multicast_ttl_v4(1)?;
+        socket.set_multicast_loop_v4(true)?;
+        socket.set_nonblocking(true)?;
+        Ok(Multicast {
+            socket: tokio::net::UdpSocket::from_std(socket.into())?,
+            group: SocketAddrV4::new(config.group, config.port).into(),
+        })
+    }
+
+    pub async fn send(&self, datagram: &[u8]) -> io::Result<()> {
+        self.socket.send_to(datagram, self.group).await.map(|_| ())
+    }
+
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.socket.recv_from(buf).await
+    }
+}
+
+/// A new random sealing key.
+pub fn new_key() -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    SystemRandom::new()
+        .fill(&mut key)
+        .expect("the system's random source works");
+    key
+}
+
+/// The header fields of a datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub epoch: u64,
+    pub sender: &'a str,
+    pub counter: u64,
+    /// Length of the header in the datagram.
+    len: usize,
+}
+
+/// Reads a datagram's header.
+///
+/// # Errors
+/// [`Dropped::Malformed`] for anything that is not a Tandem datagram of this version.
+pub fn header(datagram: &[u8]) -> Result<Header<'_>, Dropped> {
+    let fixed = MAGIC.len() + 1 + 8 + 1;
+    if datagram.len() < fixed || &datagram[..4] != MAGIC || datagram[4] != VERSION {
+        return Err(Dropped::Malformed);
+    }
+    let epoch = u64::from_be_bytes(datagram[5..13].try_into().expect("8 bytes"));
+    let id_len = datagram[13] as usize;
+    let id_end = fixed + id_len;
+    if datagram.len() < id_end + 8 + AES_256_GCM.tag_len() {
+        return Err(Dropped::Malformed);
+    }
+    let sender = std::str::from_utf8(&datagram[fixed..id_end]).map_err(|_| Dropped::Malformed)?;
+    let counter = u64::from_be_bytes(datagram[id_end..id_end + 8].try_into().expect("8 bytes"));
+    Ok(Header {
+        epoch,
+        sender,
+        counter,
+        len: id_end + 8,
+    })
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut bytes = [0u8; NONCE_LEN];
+    bytes[NONCE_LEN - 8..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
+fn aead_key(key: &[u8]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key"))
+}
+
+/// Seals the frames one agent sends on one link. Each datagram takes the next counter,
+/// which is the nonce: a key is never used with the same nonce twice.
+pub struct Sealer {
+    key: LessSafeKey,
+    epoch: u64,
+    sender: String,
+    counter: u64,
+}
+
+impl Sealer {
+    pub fn new(key: &[u8; KEY_LEN], epoch: u64, sender: &str) -> Sealer {
+        Sealer {
+            key: aead_key(key),
+            epoch,
+            sender: sender.chars().take(255).collect(),
+            counter: 0,
+        }
+    }
+
+    /// The datagram carrying `frame` (an encoded replication frame).
+    pub fn seal(&mut self, frame: &[u8]) -> Vec<u8> {
+        self.counter += 1;
+        let mut datagram = Vec::with_capacity(32 + self.sender.len() + frame.len());
+        datagram.extend_from_slice(MAGIC);
+        datagram.push(VERSION);
+        datagram.extend_from_slice(&self.epoch.to_be_bytes());
+        datagram.push(self.sender.len() as u8);
+        datagram.extend_from_slice(self.sender.as_bytes());
+        datagram.extend_from_slice(&self.counter.to_be_bytes());
+        let header_len = datagram.len();
+        datagram.extend_from_slice(frame);
+        let (header, body) = datagram.split_at_mut(header_len);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce(self.counter), Aad::from(&*header), body)
+            .expect("a frame below the AEAD's limit");
+        datagram.extend_from_slice(tag.as_ref());
+        datagram
+    }
+}
+
+/// Opens the datagrams of one partner on one link, refusing replays.
+pub struct Opener {
+    key: LessSafeKey,
+    /// The newest counter accepted.
+    newest: u64,
+    /// Which counters of the window before `newest` were accepted, by counter modulo the
+    /// window (slots are cleared as the window moves past them).
+    seen: Vec<u64>,
+}
+
+impl Opener {
+    pub fn new(key: &[u8]) -> Option<Opener> {
+        (key.len() == KEY_LEN).then(|| Opener {
+            key: aead_key(key),
+            newest: 0,
+            seen: vec![0; (REPLAY_WINDOW / 64) as usize],
+        })
+    }
+
+    fn slot(counter: u64) -> (usize, u64) {
+        let at = counter % REPLAY_WINDOW;
+        ((at / 64) as usize, 1 << (at % 64))
+    }
+
+    /// The frame bytes inside `datagram`, whose header is `header`.
+    ///
+    /// # Errors
+    /// [`Dropped::Unauthenticated`] when it does not open with the key, [`Dropped::Replayed`]
+    /// when its counter was seen or is too old to tell.
+    pub fn open(&mut self, header: &Header<'_>, datagram: &[u8]) -> Result<Vec<u8>, Dropped> {
+        let counter = header.counter;
+        let (word, bit) = Self::slot(counter);
+        let seen = counter <= self.newest && self.seen[word] & bit != 0;
+        if counter == 0 || counter + REPLAY_WINDOW <= self.newest || seen {
+            return Err(Dropped::Replayed);
+        }
+        let (aad, sealed) = datagram.split_at(header.len);
+        let mut body = sealed.to_vec();
+        let len = self
+            .key
+            .open_in_place(nonce(counter), Aad::from(aad), &mut body)
+            .map_err(|_| Dropped::Unauthenticated)?
+            .len();
+        body.truncate(len);
+        // Only an authentic datagram moves the window.
+        if counter > self.newest {
+            let cleared = (counter - self.newest).min(REPLAY_WINDOW);
+            for passed in counter - cleared + 1..=counter {
+                let (word, bit) = Self::slot(passed);
+                self.seen[word] &= !bit;
+            }
+            self.newest = counter;
+        }
+        self.seen[word] |= bit;
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_datagrams_open_once_with_the_right_key_only() {
+        let key = new_key();
+        let mut sealer = Sealer::new(&key, 7, "web-1");
+        let first = sealer.seal(b"frame one");
+        let second = sealer.seal(b"frame two");
+        let mut opener = Opener::new(&key).unwrap();
+
+        let h2 = header(&second).unwrap();
+        assert_eq!((h2.epoch, h2.sender, h2.counter), (7, "web-1", 2));
+        // Out of order is fine; the same datagram twice is not.
+        assert_eq!(opener.open(&h2, &second).unwrap(), b"frame two");
+        let h1 = header(&first).unwrap();
+        assert_eq!(opener.open(&h1, &first).unwrap(), b"frame one");
+        assert_eq!(opener.open(&h1, &first), Err(Dropped::Replayed));
+
+        // Another key (another cluster, another pair) does not open it.
+        let mut stranger = Opener::new(&new_key()).unwrap();
+        assert_eq!(stranger.open(&h2, &second), Err(Dropped::Unauthenticated));
+
+        // A flipped bit anywhere, header included, fails authentication.
+        for at in [5, first.len() / 2, first.len() - 1] {
+            let mut forged = sealer.seal(b"frame three");
+            forged[at] ^= 1;
+            let outcome = header(&forged).map(|h| opener.open(&h, &forged).map(|_| ()));
+            assert!(
+                matches!(
+                    outcome,
+                    Err(Dropped::Malformed) | Ok(Err(Dropped::Unauthenticated | Dropped::Replayed))
+                ),
+                "bit {at}: {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_malformed_and_old_counters_are_refused() {
+        for garbage in [&b""[..], b"TDMC", b"GET / HTTP/1.1\r\n\r\n", &[0u8; 64]] {
+            assert_eq!(header(garbage), Err(Dropped::Malformed));
+        }
+        let key = new_key();
+        let mut sealer = Sealer::new(&key, 1, "a");
+        let datagrams: Vec<Vec<u8>> = (0..REPLAY_WINDOW + 5).map(|_| sealer.seal(b"x")).collect();
+        let mut opener = Opener::new(&key).unwrap();
+        let last = datagrams.last().unwrap();
+        opener.open(&header(last).unwrap(), last).unwrap();
+        let ancient = &datagrams[0];
+        assert_eq!(
+            opener.open(&header(ancient).unwrap(), ancient),
+            Err(Dropped::Replayed)
+        );
+        let recent = &datagrams[datagrams.len() - 3];
+        assert!(opener.open(&header(recent).unwrap(), recent).is_ok());
+    }
+
+    #[test]
+    fn clusters_get_different_groups_in_the_organization_scope() {
+        let a = default_group("shop");
+        let b = default_group("blog");
+        assert_ne!(a, b);
+        for group in [a, b] {
+            assert_eq!(group.octets()[0], 239);
+            assert!(group.is_multicast());
+        }
+        assert_eq!(default_group("shop"), a);
+    }
+}
