@@ -21,7 +21,7 @@ use crate::demo_app::DemoApp;
 use crate::replication::multicast::{self, Multicast, MulticastConfig};
 use crate::replication::tls::{NodeTls, TlsError};
 use crate::replication::transport::{QuicTransport, Transport, TransportError};
-use crate::replication::{ReplicationConfig, ReplicationMode, Replicator};
+use crate::replication::{REPROBE_AFTER, ReplicationConfig, ReplicationMode, Replicator};
 use crate::resp::{RespLimits, RespServer};
 use crate::sessions::Sessions;
 use crate::store::{Limits, SessionStore, SystemClock};
@@ -138,6 +138,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             // A pair half-formed for longer than a few detection times is abandoned.
             confirm_timeout: config.node.gossip.gossip_interval * 25,
             anti_entropy_interval: config.anti_entropy_interval,
+            reprobe_after: REPROBE_AFTER,
         },
         store.clone(),
         Some(std::sync::Arc::new(transport)),

@@ -61,6 +61,9 @@ pub enum Frame {
     Probe { nonce: u64 },
     /// The answer to a [`Frame::Probe`] that arrived.
     ProbeAck { nonce: u64 },
+    /// The live-write numbers `from..=to` did not arrive by multicast though later ones
+    /// did: "send them again over the stream now".
+    Nack { from: u64, to: u64 },
 }
 
 /// A frame that cannot be decoded.
@@ -177,6 +180,7 @@ mod tests {
             Frame::MulticastKey { key: vec![7; 32] },
             Frame::Probe { nonce: 3 },
             Frame::ProbeAck { nonce: 3 },
+            Frame::Nack { from: 4, to: 6 },
         ]
     }
 

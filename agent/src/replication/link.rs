@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tandem_common::frame::Frame;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::multicast::{KEY_LEN, Opener, new_key};
@@ -62,6 +62,14 @@ impl Delivered {
     pub fn upto(&self) -> u64 {
         self.upto
     }
+
+    /// The first run of missing numbers, when later frames arrived ahead of it: what to
+    /// ask the sender for at once instead of waiting for its retransmission timer.
+    pub fn gap(&self) -> Option<(u64, u64)> {
+        self.ahead
+            .first_key_value()
+            .map(|(next, _)| (self.upto + 1, next - 1))
+    }
 }
 
 /// Multicast state of one link, shared by its writer, its reader and the agent's
@@ -74,20 +82,33 @@ pub struct LinkMulticast {
     active: AtomicBool,
     /// The probe in flight.
     probe_nonce: AtomicU64,
+    /// Signalled when the link stops multicasting, for the prober to try again later.
+    pub deactivated: Notify,
     /// Opens the partner's datagrams, once the partner gave its key.
     pub opener: Mutex<Option<Opener>>,
+    /// The pair epoch every datagram of this link carries.
+    pub epoch: u64,
     /// Frames that arrived by multicast, for the link's reader.
     pub inbox: mpsc::Sender<Frame>,
+    /// Numbers the partner reported missing, for the link's writer to send again.
+    pub nacks: mpsc::UnboundedSender<(u64, u64)>,
 }
 
 impl LinkMulticast {
-    pub fn new(inbox: mpsc::Sender<Frame>) -> LinkMulticast {
+    pub fn new(
+        epoch: u64,
+        inbox: mpsc::Sender<Frame>,
+        nacks: mpsc::UnboundedSender<(u64, u64)>,
+    ) -> LinkMulticast {
         LinkMulticast {
             send_key: new_key(),
             active: AtomicBool::new(false),
             probe_nonce: AtomicU64::new(0),
+            deactivated: Notify::new(),
             opener: Mutex::new(None),
+            epoch,
             inbox,
+            nacks,
         }
     }
 
@@ -112,7 +133,20 @@ impl LinkMulticast {
 
     /// Stops multicasting (the path degraded). Returns whether it was active.
     pub fn deactivate(&self) -> bool {
-        self.active.swap(false, Ordering::Relaxed)
+        // An answer to the probe that activated it must not activate it again.
+        self.probe_nonce.store(0, Ordering::Relaxed);
+        let was = self.active.swap(false, Ordering::Relaxed);
+        if was {
+            self.deactivated.notify_one();
+        }
+        was
+    }
+}
+
+fn first_number(frame: &Frame) -> Option<u64> {
+    match frame {
+        Frame::Mutations { first, .. } => Some(*first),
+        _ => None,
     }
 }
 
@@ -150,7 +184,29 @@ impl Unacked {
             .iter()
             .filter_map(|seq| self.frames.remove(seq).map(|(_, frame)| frame))
             .collect();
-        for _ in &due {
+        self.count_retransmits(due.len(), now);
+        due
+    }
+
+    /// Takes the frames that carry any of the numbers `from..=to` (the partner reported
+    /// them missing), to go again over the stream.
+    pub fn missing(&mut self, from: u64, to: u64, now: Instant) -> Vec<Frame> {
+        let wanted: Vec<u64> = self
+            .frames
+            .range(from..)
+            .take_while(|(_, (_, frame))| first_number(frame).is_none_or(|first| first <= to))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let missing: Vec<Frame> = wanted
+            .iter()
+            .filter_map(|seq| self.frames.remove(seq).map(|(_, frame)| frame))
+            .collect();
+        self.count_retransmits(missing.len(), now);
+        missing
+    }
+
+    fn count_retransmits(&mut self, count: usize, now: Instant) {
+        for _ in 0..count {
             self.retransmits.push_back(now);
         }
         while self
@@ -160,7 +216,6 @@ impl Unacked {
         {
             self.retransmits.pop_front();
         }
-        due
     }
 
     /// Whether so many frames needed the stream lately that multicast is not worth it.
@@ -187,13 +242,16 @@ mod tests {
         assert!(delivered.accept(1, 3));
         assert_eq!(delivered.upto(), 3);
         // 4..=5 lost on the way; 6 and 7..=9 arrive first.
+        assert_eq!(delivered.gap(), None);
         assert!(delivered.accept(6, 6));
+        assert_eq!(delivered.gap(), Some((4, 5)), "the gap is reported");
         assert!(delivered.accept(7, 9));
         assert_eq!(delivered.upto(), 3);
         assert!(!delivered.accept(7, 9), "a duplicate is not new");
         // The retransmission fills the gap: everything up to 9 is acknowledged.
         assert!(delivered.accept(4, 5));
         assert_eq!(delivered.upto(), 9);
+        assert_eq!(delivered.gap(), None);
         assert!(!delivered.accept(4, 5));
         assert!(!delivered.accept(1, 3));
         assert!(delivered.accept(10, 10));
@@ -224,5 +282,26 @@ mod tests {
         }
         unacked.due(3, later + RETRANSMIT_AFTER);
         assert!(unacked.degraded());
+    }
+
+    #[test]
+    fn frames_reported_missing_go_again_at_once() {
+        let now = Instant::now();
+        let frame = |first, seq| Frame::Mutations {
+            first,
+            seq,
+            mutations: Vec::new(),
+        };
+        let mut unacked = Unacked::default();
+        for (first, seq) in [(1, 2), (3, 3), (4, 6), (7, 7)] {
+            unacked.sent(seq, frame(first, seq), now);
+        }
+        // The partner has 1..=2 and 7, misses 3..=6.
+        assert_eq!(unacked.missing(3, 6, now), vec![frame(3, 3), frame(4, 6)]);
+        // A gap inside a frame takes the whole frame; nothing is sent twice.
+        assert_eq!(unacked.missing(5, 5, now), vec![]);
+        assert_eq!(unacked.missing(1, 1, now), vec![frame(1, 2)]);
+        assert_eq!(unacked.due(7, now + RETRANSMIT_AFTER), vec![]);
+        assert!(unacked.is_empty());
     }
 }

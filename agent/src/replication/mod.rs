@@ -7,6 +7,8 @@
 //! to the app only once the partner has applied it, or once the sync timeout has passed —
 //! then the agent says it is unprotected rather than blocking the app.
 
+#[cfg(test)]
+mod conformance;
 mod link;
 pub mod membership;
 pub mod multicast;
@@ -51,6 +53,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Multicast probes sent when a pair forms, this far apart, before giving up on it.
 const PROBE_ATTEMPTS: usize = 10;
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// The default of [`ReplicationConfig::reprobe_after`].
+pub const REPROBE_AFTER: Duration = Duration::from_secs(5);
+/// The most the re-probe delay grows to, as a multiple of the first.
+const REPROBE_MAX: u32 = 64;
+/// Multicast that kept working this long resets the re-probe delay.
+const MULTICAST_HEALTHY: Duration = Duration::from_secs(60);
 
 /// When a write is acknowledged to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +81,9 @@ pub struct ReplicationConfig {
     pub confirm_timeout: Duration,
     /// How often partners compare digests of their stores and repair differences.
     pub anti_entropy_interval: Duration,
+    /// How long after multicast failed (an unanswered probe, a degraded path) a pair
+    /// probes it again; doubled on each failure up to [`REPROBE_MAX`] times this.
+    pub reprobe_after: Duration,
 }
 
 /// Metric names of replication.
@@ -135,6 +146,8 @@ struct Inner {
     state: Mutex<PairState>,
     /// Set when a sync write timed out; cleared when the partner acknowledges in time.
     lagging: AtomicBool,
+    /// Sync writes that returned on the timeout rather than on the partner's ack.
+    sync_timeouts: AtomicU64,
     /// Set while a snapshot from the partner is being applied.
     syncing: AtomicBool,
     next_link_id: AtomicU64,
@@ -185,6 +198,7 @@ impl Replicator {
                 sync_timeout: Duration::ZERO,
                 confirm_timeout: Duration::ZERO,
                 anti_entropy_interval: Duration::MAX,
+                reprobe_after: REPROBE_AFTER,
             },
             store,
             None,
@@ -207,6 +221,7 @@ impl Replicator {
                 gossip,
                 state: Mutex::new(PairState::default()),
                 lagging: AtomicBool::new(false),
+                sync_timeouts: AtomicU64::new(0),
                 syncing: AtomicBool::new(false),
                 next_link_id: AtomicU64::new(1),
                 mutations_sent: metrics::counter!(names::MUTATIONS_SENT),
@@ -225,6 +240,11 @@ impl Replicator {
             .expect("multicast is set before the replicator is shared")
             .multicast = Some(Arc::new(multicast));
         self
+    }
+
+    /// How many sync writes returned on the timeout instead of the partner's ack.
+    pub fn sync_timeouts(&self) -> u64 {
+        self.inner.sync_timeouts.load(Ordering::Relaxed)
     }
 
     /// The partner of the running link, if any.
@@ -297,6 +317,7 @@ impl Replicator {
             }
             Err(_) => {
                 metrics::counter!(names::SYNC_TIMEOUTS).increment(1);
+                self.inner.sync_timeouts.fetch_add(1, Ordering::Relaxed);
                 if !self.inner.lagging.swap(true, Ordering::Relaxed) {
                     warn!(
                         timeout = ?self.inner.config.sync_timeout,
@@ -626,6 +647,7 @@ impl Inner {
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
         let (acked_tx, acked_rx) = watch::channel(0u64);
+        let (nacks_tx, nacks_rx) = mpsc::unbounded_channel();
         {
             let mut state = self.state.lock();
             if state.link.is_some() {
@@ -636,14 +658,14 @@ impl Inner {
                 sender, receiver, ..
             } = channel;
             let (inbox_tx, inbox_rx) = mpsc::channel(link::INBOX);
-            let multicast = Arc::new(LinkMulticast::new(inbox_tx));
+            let multicast = Arc::new(LinkMulticast::new(partner.epoch, inbox_tx, nacks_tx));
             let writer = tokio::spawn(self.clone().write_frames(
                 id,
                 sender,
                 outbound_rx,
+                nacks_rx,
                 acked_rx.clone(),
                 multicast.clone(),
-                partner.epoch,
             ));
             let reader = tokio::spawn(self.clone().read_frames(
                 id,
@@ -720,14 +742,14 @@ impl Inner {
         id: u64,
         mut sender: FrameSender,
         mut outbound: mpsc::UnboundedReceiver<Frame>,
+        mut nacks: mpsc::UnboundedReceiver<(u64, u64)>,
         acked: watch::Receiver<u64>,
         multicast: Arc<LinkMulticast>,
-        epoch: u64,
     ) {
         let mut sealer = self
             .multicast
             .as_ref()
-            .map(|_| Sealer::new(&multicast.send_key, epoch, &self.config.node_id));
+            .map(|_| Sealer::new(&multicast.send_key, multicast.epoch, &self.config.node_id));
         let mut unacked = Unacked::default();
         let mut stream = BytesMut::new();
         let mut scratch = BytesMut::new();
@@ -740,6 +762,18 @@ impl Inner {
                     Some(frame) => frame,
                     None => return,
                 },
+                Some((from, to)) = nacks.recv() => {
+                    let missing = unacked.missing(from, to, tokio::time::Instant::now());
+                    if missing.is_empty() {
+                        continue;
+                    }
+                    metrics::counter!(names::MULTICAST_RETRANSMITS).increment(missing.len() as u64);
+                    if let Err(err) = sender.send_all(&missing).await {
+                        self.link_failed(id, &err);
+                        return;
+                    }
+                    continue;
+                }
                 now = ticker.tick(), if !unacked.is_empty() => {
                     let mut due = unacked.due(*acked.borrow(), now);
                     if unacked.degraded() && multicast.deactivate() {
@@ -832,7 +866,8 @@ impl Inner {
 
     /// Offers multicast to the partner when both sit in one subnet where multicast is
     /// enabled: gives it this side's key, then probes until it answers (the reader sees
-    /// the answer) or the attempts run out.
+    /// the answer) or the attempts run out. When the probes go unanswered or the path
+    /// degrades later, probes again after a delay that doubles each time.
     async fn probe_multicast(
         self: Arc<Self>,
         outbound: mpsc::UnboundedSender<Frame>,
@@ -862,17 +897,35 @@ impl Inner {
         if outbound.send(Frame::MulticastKey { key }).is_err() {
             return;
         }
-        for _ in 0..PROBE_ATTEMPTS {
-            let nonce = multicast.start_probe();
-            if outbound.send(Frame::Probe { nonce }).is_err() {
-                return;
+        let mut delay = self.config.reprobe_after;
+        loop {
+            for _ in 0..PROBE_ATTEMPTS {
+                let nonce = multicast.start_probe();
+                if outbound.send(Frame::Probe { nonce }).is_err() {
+                    return;
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                if multicast.active() {
+                    break;
+                }
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
             if multicast.active() {
-                return;
+                let since = tokio::time::Instant::now();
+                multicast.deactivated.notified().await;
+                if since.elapsed() >= MULTICAST_HEALTHY {
+                    delay = self.config.reprobe_after;
+                }
+            } else {
+                warn!(
+                    %partner,
+                    retry_in = ?delay,
+                    "the partner does not receive this agent's multicast; replicating over QUIC"
+                );
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.config.reprobe_after * REPROBE_MAX);
+            info!(%partner, "probing multicast to the partner again");
         }
-        warn!(%partner, "the partner does not receive this agent's multicast; replicating over QUIC");
     }
 
     /// Receives the subnet's multicast and hands the partner's frames to the link.
@@ -941,6 +994,8 @@ impl Inner {
     ) {
         let mut snapshot_keys = 0u64;
         let mut delivered = Delivered::default();
+        // The start of the last gap asked for: each gap is asked for once.
+        let mut nacked = 0u64;
         // Frames that have already arrived are applied before one acknowledgement covers
         // them all.
         let mut unacked: Option<u64> = None;
@@ -979,6 +1034,12 @@ impl Inner {
                         self.mutations_received.increment(mutations.len() as u64);
                         self.store.apply(&mutations);
                         unacked = Some(delivered.upto());
+                        if let Some((from, to)) = delivered.gap()
+                            && from > nacked
+                        {
+                            nacked = from;
+                            let _ = outbound.send(Frame::Nack { from, to });
+                        }
                     }
                 }
                 Frame::Snapshot {
@@ -1053,6 +1114,13 @@ impl Inner {
                 },
                 Frame::Probe { nonce } => {
                     let _ = outbound.send(Frame::ProbeAck { nonce });
+                }
+                Frame::Nack { from, to } => {
+                    if from > to {
+                        self.link_failed(id, &malformed(format!("nack {from}..={to}")));
+                        return;
+                    }
+                    let _ = multicast.nacks.send((from, to));
                 }
                 Frame::ProbeAck { nonce } => {
                     if multicast.probe_answered(nonce) {

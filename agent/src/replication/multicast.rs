@@ -16,6 +16,10 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -73,10 +77,24 @@ impl Dropped {
     }
 }
 
-/// The agent's multicast socket, joined to the group on the subnet's interface.
+/// The agent's multicast path: the subnet's group, or an in-memory group in simulations;
+/// either may lose, duplicate and reorder datagrams on purpose ([`Faults`]) to test the
+/// reliability built on top of it.
 pub struct Multicast {
-    socket: tokio::net::UdpSocket,
-    group: SocketAddr,
+    path: Path,
+    faults: Option<Faults>,
+}
+
+enum Path {
+    Udp {
+        socket: tokio::net::UdpSocket,
+        group: SocketAddr,
+    },
+    Memory {
+        group: MemoryGroup,
+        addr: SocketAddr,
+        inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Datagram>>,
+    },
 }
 
 impl Multicast {
@@ -97,17 +115,156 @@ impl Multicast {
         socket.set_multicast_loop_v4(true)?;
         socket.set_nonblocking(true)?;
         Ok(Multicast {
-            socket: tokio::net::UdpSocket::from_std(socket.into())?,
-            group: SocketAddrV4::new(config.group, config.port).into(),
+            path: Path::Udp {
+                socket: tokio::net::UdpSocket::from_std(socket.into())?,
+                group: SocketAddrV4::new(config.group, config.port).into(),
+            },
+            faults: None,
         })
     }
 
+    /// A member of an in-memory group, sending as `addr`.
+    pub fn memory(group: &MemoryGroup, addr: SocketAddr) -> Multicast {
+        let (tx, rx) = mpsc::unbounded_channel();
+        group.members.lock().push(tx);
+        Multicast {
+            path: Path::Memory {
+                group: group.clone(),
+                addr,
+                inbox: tokio::sync::Mutex::new(rx),
+            },
+            faults: None,
+        }
+    }
+
+    /// Sends through `faults`, which decide what is lost, doubled or held back.
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
     pub async fn send(&self, datagram: &[u8]) -> io::Result<()> {
-        self.socket.send_to(datagram, self.group).await.map(|_| ())
+        let Some(faults) = &self.faults else {
+            return self.send_now(datagram).await;
+        };
+        for datagram in faults.pass(datagram) {
+            self.send_now(&datagram).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_now(&self, datagram: &[u8]) -> io::Result<()> {
+        match &self.path {
+            Path::Udp { socket, group } => socket.send_to(datagram, *group).await.map(|_| ()),
+            Path::Memory { group, addr, .. } => {
+                group.deliver(datagram, *addr);
+                Ok(())
+            }
+        }
     }
 
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.socket.recv_from(buf).await
+        match &self.path {
+            Path::Udp { socket, .. } => socket.recv_from(buf).await,
+            Path::Memory { inbox, .. } => {
+                let (datagram, from) = inbox
+                    .lock()
+                    .await
+                    .recv()
+                    .await
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+                // As a UDP socket does, a datagram longer than the buffer is truncated.
+                let len = datagram.len().min(buf.len());
+                buf[..len].copy_from_slice(&datagram[..len]);
+                Ok((len, from))
+            }
+        }
+    }
+}
+
+/// A datagram as it arrives: the bytes and the sender's address.
+type Datagram = (Vec<u8>, SocketAddr);
+
+/// An in-memory multicast group: every member receives what any member sends, its own
+/// datagrams included (as with loopback on).
+#[derive(Clone, Default)]
+pub struct MemoryGroup {
+    members: Arc<Mutex<Vec<mpsc::UnboundedSender<Datagram>>>>,
+}
+
+impl MemoryGroup {
+    fn deliver(&self, datagram: &[u8], from: SocketAddr) {
+        self.members
+            .lock()
+            .retain(|member| member.send((datagram.to_vec(), from)).is_ok());
+    }
+}
+
+/// Injected faults of a multicast path, changeable while it runs: each datagram is lost,
+/// sent twice, or held back and sent after the next one, with the given probabilities.
+/// Seeded, so a failing run can be repeated.
+#[derive(Clone)]
+pub struct Faults {
+    state: Arc<Mutex<FaultState>>,
+}
+
+struct FaultState {
+    rates: FaultRates,
+    rng: rand::rngs::SmallRng,
+    held: Option<Vec<u8>>,
+}
+
+/// Probabilities of each fault, per datagram.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaultRates {
+    pub drop: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+}
+
+impl Faults {
+    pub fn new(rates: FaultRates, seed: u64) -> Faults {
+        use rand::SeedableRng;
+        Faults {
+            state: Arc::new(Mutex::new(FaultState {
+                rates,
+                rng: rand::rngs::SmallRng::seed_from_u64(seed),
+                held: None,
+            })),
+        }
+    }
+
+    pub fn set(&self, rates: FaultRates) {
+        self.state.lock().rates = rates;
+    }
+
+    /// What goes on the wire, in order, when `datagram` is sent.
+    fn pass(&self, datagram: &[u8]) -> Vec<Vec<u8>> {
+        use rand::RngExt;
+        let mut state = self.state.lock();
+        let FaultRates {
+            drop,
+            duplicate,
+            reorder,
+        } = state.rates;
+        let mut out = Vec::with_capacity(3);
+        if !state.rng.random_bool(drop) {
+            if state.held.is_none() && state.rng.random_bool(reorder) {
+                state.held = Some(datagram.to_vec());
+            } else {
+                out.push(datagram.to_vec());
+                if state.rng.random_bool(duplicate) {
+                    out.push(datagram.to_vec());
+                }
+            }
+        }
+        if !out.is_empty()
+            && let Some(held) = state.held.take()
+        {
+            out.push(held);
+        }
+        out
     }
 }
 
@@ -321,6 +478,53 @@ mod tests {
         );
         let recent = &datagrams[datagrams.len() - 3];
         assert!(opener.open(&header(recent).unwrap(), recent).is_ok());
+    }
+
+    #[test]
+    fn faults_lose_double_and_reorder_what_they_are_told_to() {
+        let faults = Faults::new(FaultRates::default(), 1);
+        let sent = |faults: &Faults, n: u8| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| faults.pass(&[i]))
+                .map(|d| d[0])
+                .collect()
+        };
+        assert_eq!(
+            sent(&faults, 5),
+            vec![0, 1, 2, 3, 4],
+            "no faults, no change"
+        );
+        faults.set(FaultRates {
+            drop: 1.0,
+            ..FaultRates::default()
+        });
+        assert!(sent(&faults, 5).is_empty());
+        faults.set(FaultRates {
+            duplicate: 1.0,
+            ..FaultRates::default()
+        });
+        assert_eq!(sent(&faults, 2), vec![0, 0, 1, 1]);
+        faults.set(FaultRates {
+            reorder: 1.0,
+            ..FaultRates::default()
+        });
+        // One is held back at a time and goes out after the next.
+        assert_eq!(sent(&faults, 4), vec![1, 0, 3, 2]);
+        let mixed = Faults::new(
+            FaultRates {
+                drop: 0.2,
+                duplicate: 0.2,
+                reorder: 0.2,
+            },
+            7,
+        );
+        let out = sent(&mixed, 200);
+        let mut unique = out.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert!(unique.len() < 200, "some lost");
+        assert!(out.len() > unique.len(), "some doubled");
+        assert!(out.windows(2).any(|w| w[0] > w[1]), "some reordered");
     }
 
     #[test]

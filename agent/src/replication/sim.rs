@@ -1,6 +1,7 @@
-//! Simulation tests: agents over the in-memory transport and an in-memory membership
-//! board, driven by scripts — join, kill, cut a link, heal it, write — with assertions
-//! that must hold within a time.
+//! Simulation tests: agents over the in-memory transport (or QUIC on loopback) and an
+//! in-memory membership board, driven by scripts — join, kill, cut a link, heal it, write —
+//! with assertions that must hold within a time. Pairs may also replicate by multicast,
+//! over an in-memory group or the loopback interface, through injected faults.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,11 +12,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tandem_common::member::Member;
-use tandem_common::schema::{NodeAdvert, NodeState, Role, Subnet};
+use tandem_common::schema::{NodeAdvert, NodeState, ReplTransport, Role, Subnet};
 use tokio::task::JoinHandle;
 
 use super::membership::{AdvertChange, Membership};
-use super::transport::MemoryNetwork;
+use super::multicast::{Faults, MemoryGroup, Multicast, MulticastConfig};
+use super::tls::{self, NodeTls};
+use super::transport::{MemoryNetwork, QuicTransport, Transport};
 use super::{ReplicationConfig, ReplicationMode, Replicator};
 use crate::sessions::Sessions;
 use crate::store::{Limits, SessionStore, SetCondition, SetExpiry, SystemClock};
@@ -54,35 +57,104 @@ struct SimAgent {
     addr: SocketAddr,
 }
 
-struct Sim {
+/// The stream between partners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stream {
+    Memory,
+    /// Real QUIC with mutual TLS on 127.0.0.1, certificates from a fresh cluster CA.
+    Quic,
+}
+
+/// The multicast path between agents of one subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Datagrams {
+    None,
+    Memory,
+    /// A real group on the loopback interface, on a port of its own.
+    Loopback,
+}
+
+pub(super) struct Sim {
     network: MemoryNetwork,
     board: Arc<Board>,
     agents: BTreeMap<String, SimAgent>,
     next_host: u8,
+    stream: Stream,
+    datagrams: Datagrams,
+    faults: Option<Faults>,
+    tls_dir: tempfile::TempDir,
+    group: MemoryGroup,
+    loopback: Option<MulticastConfig>,
+    /// How long sync writes of agents joining from now on wait for the partner.
+    pub(super) sync_timeout: Duration,
 }
 
-const ROUND: Duration = Duration::from_millis(20);
+pub(super) const ROUND: Duration = Duration::from_millis(20);
 const SETTLE: Duration = Duration::from_secs(15);
+/// How soon a pair probes multicast again after it failed, in simulations.
+pub(super) const REPROBE: Duration = Duration::from_millis(300);
 
 impl Sim {
     fn new() -> Self {
+        Sim::with(Stream::Memory, Datagrams::None, None)
+    }
+
+    /// A simulation whose agents use `stream` and `datagrams`, the latter through `faults`.
+    ///
+    /// # Panics
+    /// When a loopback multicast group cannot be set up here.
+    pub(super) fn with(stream: Stream, datagrams: Datagrams, faults: Option<Faults>) -> Self {
+        let tls_dir = tempfile::tempdir().expect("a temporary directory");
+        if stream == Stream::Quic {
+            tls::init_ca(tls_dir.path()).expect("a cluster CA");
+        }
+        let loopback = (datagrams == Datagrams::Loopback).then(|| {
+            // A port nobody else uses, so simulations running side by side keep apart.
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+            let port = probe.local_addr().expect("bound").port();
+            MulticastConfig {
+                group: std::net::Ipv4Addr::new(239, 77, (port >> 8) as u8, port as u8),
+                port,
+                interface: std::net::Ipv4Addr::LOCALHOST,
+            }
+        });
         Sim {
             network: MemoryNetwork::default(),
             board: Arc::new(Board::default()),
             agents: BTreeMap::new(),
             next_host: 1,
+            stream,
+            datagrams,
+            faults,
+            tls_dir,
+            group: MemoryGroup::default(),
+            loopback,
+            sync_timeout: Duration::from_millis(500),
         }
     }
 
-    fn join(&mut self, id: &str, subnet: &str) {
-        let addr = SocketAddr::from(([10, 0, 0, self.next_host], 7947));
+    pub(super) fn join(&mut self, id: &str, subnet: &str) {
+        let (transport, addr): (Arc<dyn Transport>, SocketAddr) = match self.stream {
+            Stream::Memory => {
+                let addr = SocketAddr::from(([10, 0, 0, self.next_host], 7947));
+                (Arc::new(self.network.bind(addr)), addr)
+            }
+            Stream::Quic => {
+                tls::issue(self.tls_dir.path(), id).expect("a node certificate");
+                let tls = NodeTls::load(self.tls_dir.path(), id, false).expect("node TLS");
+                let quic = QuicTransport::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &tls)
+                    .expect("a QUIC endpoint on loopback");
+                let addr = quic.local_addr();
+                (Arc::new(quic), addr)
+            }
+        };
         self.next_host += 1;
         let mut advert = NodeAdvert::new(Role::Agent, "sim");
         advert.state = NodeState::Ready;
         advert.repl = Some(addr.to_string());
         advert.subnet = Some(Subnet {
             cidr: subnet.into(),
-            multicast: false,
+            multicast: self.datagrams != Datagrams::None,
         });
         self.board
             .nodes
@@ -94,17 +166,32 @@ impl Sim {
                 node_id: id.to_string(),
                 cluster: "sim".into(),
                 mode: ReplicationMode::Sync,
-                sync_timeout: Duration::from_millis(500),
+                sync_timeout: self.sync_timeout,
                 confirm_timeout: Duration::from_secs(1),
                 anti_entropy_interval: Duration::from_millis(200),
+                reprobe_after: REPROBE,
             },
             store.clone(),
-            Some(Arc::new(self.network.bind(addr))),
+            Some(transport),
             Some(Arc::new(BoardView {
                 board: self.board.clone(),
                 me: id.to_string(),
             })),
         );
+        let multicast = match (self.datagrams, self.loopback) {
+            (Datagrams::Memory, _) => Some(Multicast::memory(&self.group, addr)),
+            (Datagrams::Loopback, Some(config)) => {
+                Some(Multicast::bind(config).expect("a multicast group on loopback"))
+            }
+            _ => None,
+        };
+        let replicator = match multicast {
+            Some(multicast) => replicator.with_multicast(match &self.faults {
+                Some(faults) => multicast.with_faults(faults.clone()),
+                None => multicast,
+            }),
+            None => replicator,
+        };
         let tasks = replicator.spawn(ROUND);
         let sessions = Sessions::new(store, replicator);
         self.agents.insert(
@@ -131,11 +218,35 @@ impl Sim {
     }
 
     fn cut(&self, a: &str, b: &str) {
+        assert_eq!(self.stream, Stream::Memory, "links are cut in memory only");
         self.network.cut(self.agents[a].addr, self.agents[b].addr);
     }
 
     fn heal(&self, a: &str, b: &str) {
         self.network.heal(self.agents[a].addr, self.agents[b].addr);
+    }
+
+    /// The transport the agent advertises for its live writes.
+    pub(super) fn transport(&self, id: &str) -> Option<ReplTransport> {
+        self.board
+            .nodes
+            .lock()
+            .get(id)
+            .and_then(|(advert, _)| advert.transport)
+    }
+
+    /// How many of the agent's sync writes gave up waiting for the partner.
+    pub(super) fn sync_timeouts(&self, id: &str) -> u64 {
+        self.agents[id].sessions.replicator.sync_timeouts()
+    }
+
+    /// Whether the agent advertises itself as unprotected (e.g. after a sync timeout).
+    pub(super) fn unprotected(&self, id: &str) -> bool {
+        self.board
+            .nodes
+            .lock()
+            .get(id)
+            .is_none_or(|(advert, _)| advert.unprotected)
     }
 
     /// Each running agent's link partner.
@@ -188,7 +299,7 @@ impl Sim {
         lone <= 1 && lone == links.len() % 2
     }
 
-    async fn settle(&self, what: &str) {
+    pub(super) async fn settle(&self, what: &str) {
         let started = tokio::time::Instant::now();
         loop {
             self.assert_no_agent_in_two_pairs();
@@ -205,7 +316,7 @@ impl Sim {
     }
 
     /// Waits until `check` holds, failing the test after the settle time.
-    async fn eventually(&self, what: &str, check: impl Fn(&Sim) -> bool) {
+    pub(super) async fn eventually(&self, what: &str, check: impl Fn(&Sim) -> bool) {
         let started = tokio::time::Instant::now();
         while !check(self) {
             assert!(started.elapsed() < SETTLE, "not after {SETTLE:?}: {what}");
@@ -213,7 +324,7 @@ impl Sim {
         }
     }
 
-    async fn set(&self, on: &str, key: &str, value: &str) {
+    pub(super) async fn set(&self, on: &str, key: &str, value: &str) {
         let (key, value) = (Bytes::from(key.to_string()), Bytes::from(value.to_string()));
         self.agents[on]
             .sessions
@@ -231,7 +342,15 @@ impl Sim {
             .await;
     }
 
-    fn get(&self, on: &str, key: &str) -> Option<Bytes> {
+    pub(super) async fn incr(&self, on: &str, key: &str) -> i64 {
+        let key = Bytes::from(key.to_string());
+        self.agents[on]
+            .sessions
+            .run(|ks, now| ks.incr_by(key, 1, now).unwrap())
+            .await
+    }
+
+    pub(super) fn get(&self, on: &str, key: &str) -> Option<Bytes> {
         self.agents[on]
             .sessions
             .store

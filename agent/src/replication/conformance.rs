@@ -1,0 +1,227 @@
+//! The replication conformance suite: what a pair must do whatever carries its frames —
+//! the in-memory stream, QUIC, and multicast (in memory or on the loopback interface)
+//! beside either — including multicast paths that lose, duplicate and reorder datagrams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_common::schema::ReplTransport;
+
+use super::multicast::{FaultRates, Faults, Multicast, MulticastConfig};
+use super::sim::{Datagrams, Sim, Stream};
+
+const SUBNET: &str = "10.1.0.0/24";
+/// Concurrent writers on each side, and the writes of each.
+const WRITERS: usize = 4;
+const WRITES: usize = 150;
+
+/// Loses a fifth of the datagrams, doubles a tenth, holds back a tenth.
+const LOSSY: FaultRates = FaultRates {
+    drop: 0.2,
+    duplicate: 0.1,
+    reorder: 0.1,
+};
+
+/// Whether a multicast group on the loopback interface delivers here; without it the
+/// loopback cases are skipped, with a reason, unless every capability is required.
+async fn loopback_multicast() -> bool {
+    let works = async {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = probe.local_addr()?.port();
+        drop(probe);
+        let config = MulticastConfig {
+            group: std::net::Ipv4Addr::new(239, 78, (port >> 8) as u8, port as u8),
+            port,
+            interface: std::net::Ipv4Addr::LOCALHOST,
+        };
+        let group = Multicast::bind(config)?;
+        group.send(b"probe").await?;
+        let mut buf = [0u8; 16];
+        let got = tokio::time::timeout(Duration::from_secs(1), group.recv(&mut buf)).await;
+        std::io::Result::Ok(matches!(got, Ok(Ok((5, _)))))
+    }
+    .await;
+    match works {
+        Ok(true) => true,
+        outcome => {
+            let reason =
+                format!("multicast on the loopback interface does not work here: {outcome:?}");
+            assert!(
+                std::env::var("TANDEM_REQUIRE_ALL").as_deref() != Ok("1"),
+                "{reason} (TANDEM_REQUIRE_ALL=1)"
+            );
+            eprintln!("skipped: {reason}");
+            false
+        }
+    }
+}
+
+/// Two agents paired in one subnet, replicating over the transport asked for.
+async fn pair(stream: Stream, datagrams: Datagrams, faults: Option<Faults>) -> Sim {
+    let mut sim = Sim::with(stream, datagrams, faults);
+    // Generous: the assertions are about what an acknowledgement means, not about speed.
+    sim.sync_timeout = Duration::from_secs(10);
+    sim.join("a", SUBNET);
+    sim.join("b", SUBNET);
+    sim.settle("a pair").await;
+    let expected = match datagrams {
+        Datagrams::None => ReplTransport::Quic,
+        Datagrams::Memory | Datagrams::Loopback => ReplTransport::Multicast,
+    };
+    sim.eventually(&format!("both sides replicate by {expected}"), |sim| {
+        sim.transport("a") == Some(expected) && sim.transport("b") == Some(expected)
+    })
+    .await;
+    sim
+}
+
+/// Writers on both sides at once: every write is on the partner when it is acknowledged,
+/// every write arrives once (a counter counts each increment once, however often its
+/// datagram arrived), and both sides end up with everything.
+async fn every_acknowledged_write_is_on_the_partner(sim: Sim) {
+    let sim = Arc::new(sim);
+    let mut writers = tokio::task::JoinSet::new();
+    for (side, other) in [("a", "b"), ("b", "a")] {
+        for writer in 0..WRITERS {
+            let sim = sim.clone();
+            writers.spawn(async move {
+                for i in 0..WRITES {
+                    let key = format!("{side}-{writer}-{i}");
+                    sim.set(side, &key, &key).await;
+                    assert_eq!(
+                        sim.sync_timeouts(side),
+                        0,
+                        "{key}: a write on {side} waited for the partner in vain"
+                    );
+                    assert_eq!(
+                        sim.get(other, &key).as_deref(),
+                        Some(key.as_bytes()),
+                        "{key} was acknowledged on {side} before {other} had it"
+                    );
+                    sim.incr(side, &format!("counter-{side}")).await;
+                }
+            });
+        }
+    }
+    while let Some(outcome) = writers.join_next().await {
+        outcome.expect("a writer panicked");
+    }
+    let total = (WRITERS * WRITES) as i64;
+    for side in ["a", "b"] {
+        for writer in 0..WRITERS {
+            for i in 0..WRITES {
+                for origin in ["a", "b"] {
+                    let key = format!("{origin}-{writer}-{i}");
+                    assert_eq!(sim.get(side, &key).as_deref(), Some(key.as_bytes()));
+                }
+            }
+        }
+        for origin in ["a", "b"] {
+            let counter = sim.get(side, &format!("counter-{origin}"));
+            assert_eq!(
+                counter.as_deref(),
+                Some(total.to_string().as_bytes()),
+                "counter-{origin} on {side}"
+            );
+        }
+        assert!(!sim.unprotected(side), "{side}: a write waited in vain");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stream() {
+    every_acknowledged_write_is_on_the_partner(pair(Stream::Memory, Datagrams::None, None).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_stream() {
+    every_acknowledged_write_is_on_the_partner(pair(Stream::Quic, Datagrams::None, None).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_multicast_losing_doubling_and_reordering() {
+    let faults = Faults::new(LOSSY, 11);
+    let sim = pair(Stream::Memory, Datagrams::Memory, Some(faults)).await;
+    every_acknowledged_write_is_on_the_partner(sim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_multicast_beside_quic() {
+    if !loopback_multicast().await {
+        return;
+    }
+    every_acknowledged_write_is_on_the_partner(pair(Stream::Quic, Datagrams::Loopback, None).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_multicast_beside_quic_losing_doubling_and_reordering() {
+    if !loopback_multicast().await {
+        return;
+    }
+    let faults = Faults::new(LOSSY, 12);
+    let sim = pair(Stream::Quic, Datagrams::Loopback, Some(faults)).await;
+    every_acknowledged_write_is_on_the_partner(sim).await;
+}
+
+/// A path that loses most datagrams: writes keep arriving (over the stream), the pair
+/// gives multicast up, and takes it up again once a later probe gets through.
+async fn a_lossy_path_is_given_up_and_probed_again(stream: Stream, datagrams: Datagrams) {
+    let faults = Faults::new(FaultRates::default(), 13);
+    let sim = pair(stream, datagrams, Some(faults.clone())).await;
+    faults.set(FaultRates {
+        drop: 0.9,
+        ..FaultRates::default()
+    });
+    let mut written = 0;
+    while sim.transport("a") != Some(ReplTransport::Quic) {
+        assert!(written < 2_000, "multicast never given up at 90% loss");
+        let key = format!("lossy-{written}");
+        sim.set("a", &key, "v").await;
+        assert!(
+            sim.get("b", &key).is_some(),
+            "{key} acknowledged before b had it"
+        );
+        assert_eq!(
+            sim.sync_timeouts("a"),
+            0,
+            "{key} waited for the partner in vain"
+        );
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    faults.set(FaultRates::default());
+    sim.eventually("multicast again after a re-probe", |sim| {
+        sim.transport("a") == Some(ReplTransport::Multicast)
+    })
+    .await;
+    for i in 0..100 {
+        let key = format!("healthy-{i}");
+        sim.set("a", &key, "v").await;
+        assert!(
+            sim.get("b", &key).is_some(),
+            "{key} acknowledged before b had it"
+        );
+    }
+    assert_eq!(
+        sim.sync_timeouts("a"),
+        0,
+        "a write waited for the partner in vain"
+    );
+    assert!(!sim.unprotected("a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_multicast_degrades_and_recovers() {
+    a_lossy_path_is_given_up_and_probed_again(Stream::Memory, Datagrams::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_multicast_degrades_and_recovers() {
+    if !loopback_multicast().await {
+        return;
+    }
+    a_lossy_path_is_given_up_and_probed_again(Stream::Quic, Datagrams::Loopback).await;
+}
