@@ -10,6 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::users::{
+    Counter, Interruption, User, run_users, run_users_around, wait_protected_routes,
+};
 use support::{Agent, Node, free_tcp_addr, free_udp_addr, wait_for, wait_for_port};
 
 const FORM: Duration = Duration::from_secs(30);
@@ -56,151 +59,13 @@ async fn start_cluster(dir: &Path) -> Cluster {
     }
     let (balancer, listen) = start_balancer(dir, "balancer-1", seed.unwrap(), &secret);
     wait_for_port(listen).await;
-    wait_protected_routes(&balancer, 4).await;
+    wait_protected_routes(balancer.admin, &balancer.name, 4).await;
     Cluster {
         agents,
         _balancer: balancer,
         listen,
         secret,
     }
-}
-
-/// Waits until the balancer's routing table (`/v1/routes`) has `count` usable, protected
-/// backends.
-async fn wait_protected_routes(balancer: &Node, count: usize) {
-    wait_for(
-        &format!("{} to route to {count} protected nodes", balancer.name),
-        FORM,
-        || async {
-            let Some((200, body)) = support::get(balancer.admin, "/v1/routes").await else {
-                return false;
-            };
-            let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
-            routes["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|b| b["usable"] == true && b["protected"] == true)
-                .count()
-                == count
-        },
-    )
-    .await;
-}
-
-/// One virtual user: its own cookie jar.
-struct User {
-    client: reqwest::Client,
-    id: usize,
-    sent: usize,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Counter {
-    count: i64,
-    node: String,
-    partner: Option<String>,
-}
-
-impl User {
-    fn new(id: usize) -> User {
-        let client = reqwest::Client::builder()
-            .cookie_store(true)
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        User {
-            client,
-            id,
-            sent: 0,
-        }
-    }
-
-    /// One click: POST /api/counter with an idempotency key, as the demo page sends it.
-    async fn click(&mut self, balancer: SocketAddr) -> Result<Counter, String> {
-        self.sent += 1;
-        let response = self
-            .client
-            .post(format!("http://{balancer}/api/counter"))
-            .header(
-                "idempotency-key",
-                format!("user-{}-click-{}", self.id, self.sent),
-            )
-            .send()
-            .await
-            .map_err(|err| err.to_string())?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!(
-                "HTTP {status}: {}",
-                response.text().await.unwrap_or_default()
-            ));
-        }
-        response.json().await.map_err(|err| err.to_string())
-    }
-}
-
-/// Every user clicks `clicks` times; returns each user's answers.
-async fn run_users(
-    users: Vec<User>,
-    balancer: SocketAddr,
-    clicks: usize,
-) -> Vec<(User, Vec<Result<Counter, String>>)> {
-    run_users_around(users, balancer, clicks, None).await
-}
-
-/// Something that happens while the users click: it runs once `after` clicks have been
-/// answered in all, and every user pauses after half its clicks until it has run, so that
-/// each user clicks both before and after it while others have requests in flight.
-struct Interruption {
-    after: usize,
-    done: tokio::sync::watch::Receiver<bool>,
-    answered: Arc<std::sync::atomic::AtomicUsize>,
-    reached: Arc<tokio::sync::Notify>,
-}
-
-async fn run_users_around(
-    users: Vec<User>,
-    balancer: SocketAddr,
-    clicks: usize,
-    interruption: Option<&Interruption>,
-) -> Vec<(User, Vec<Result<Counter, String>>)> {
-    let tasks: Vec<_> = users
-        .into_iter()
-        .map(|mut user| {
-            let pause = interruption.map(|i| {
-                (
-                    i.after,
-                    i.done.clone(),
-                    i.answered.clone(),
-                    i.reached.clone(),
-                )
-            });
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                for click in 0..clicks {
-                    if let Some((_, done, ..)) = &pause
-                        && click == clicks / 2
-                    {
-                        let mut done = done.clone();
-                        let _ = done.wait_for(|done| *done).await;
-                    }
-                    answers.push(user.click(balancer).await);
-                    if let Some((after, _, answered, reached)) = &pause
-                        && answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == *after
-                    {
-                        reached.notify_one();
-                    }
-                }
-                (user, answers)
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    results
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -314,7 +179,7 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     let seed = cluster.agents["agent-1"].node.gossip;
     let (second, second_listen) = start_balancer(dir.path(), "balancer-2", seed, &cluster.secret);
     wait_for_port(second_listen).await;
-    wait_protected_routes(&second, 4).await;
+    wait_protected_routes(second.admin, &second.name, 4).await;
 
     // Users placed by balancer-1 are routed identically by balancer-2.
     for id in 0..20 {

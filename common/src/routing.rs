@@ -18,6 +18,10 @@ pub struct Backend {
     pub app: String,
     /// The partner, when the pair is mutual.
     pub partner: Option<String>,
+    /// The partner the node itself names, mutual or not. When the node dies or is cut off
+    /// its partner takes its sessions over and soon stops naming it, yet this still says
+    /// where those sessions went.
+    pub named_partner: Option<String>,
     /// Live and serving (`ready` or `syncing`): may take users. Draining, leaving and dead
     /// nodes keep none: their users go to the partner, which holds their sessions.
     pub usable: bool,
@@ -65,16 +69,13 @@ impl RoutingTable {
         let mut backends = BTreeMap::new();
         for member in agents.values() {
             let Some(app) = &member.app else { continue };
-            let partner = member
-                .partner
-                .as_ref()
-                .map(|p| p.node_id.as_str())
-                .filter(|p| {
-                    agents
-                        .get(p)
-                        .and_then(|other| other.partner.as_ref())
-                        .is_some_and(|back| back.node_id == member.id)
-                });
+            let named_partner = member.partner.as_ref().map(|p| p.node_id.as_str());
+            let partner = named_partner.filter(|p| {
+                agents
+                    .get(p)
+                    .and_then(|other| other.partner.as_ref())
+                    .is_some_and(|back| back.node_id == member.id)
+            });
             let usable =
                 member.live && matches!(member.state, Some(NodeState::Ready | NodeState::Syncing));
             backends.insert(
@@ -83,6 +84,7 @@ impl RoutingTable {
                     id: member.id.clone(),
                     app: app.clone(),
                     partner: partner.map(str::to_string),
+                    named_partner: named_partner.map(str::to_string),
                     usable,
                     protected: partner.is_some() && !member.unprotected,
                     sessions: member.sessions,
@@ -101,8 +103,8 @@ impl RoutingTable {
     }
 
     /// Routes a request: its cookie's node if it can serve, else the first that can among
-    /// the cookie's partner and partners of partners (who hold the session after a
-    /// failover), else a new placement by `place`. `down` marks nodes this balancer found
+    /// the cookie's partner and the partners each of them names (who hold the session after
+    /// a failover), else a new placement by `place`. `down` marks nodes this balancer found
     /// unreachable before gossip did; `load` is the load to balance new users by.
     pub fn route(
         &self,
@@ -132,7 +134,9 @@ impl RoutingTable {
                         };
                         return Some(route_to(backend, reason));
                     }
-                    if let Some(partner) = self.backends.get(&id).and_then(|b| b.partner.clone()) {
+                    if let Some(partner) =
+                        self.backends.get(&id).and_then(|b| b.named_partner.clone())
+                    {
                         next.push(partner);
                     }
                 }
@@ -278,6 +282,33 @@ mod tests {
             route(&table, Some(&cookie("a", Some("b")))),
             Some(("e".into(), RouteReason::Failover { from: "a".into() }))
         );
+    }
+
+    #[test]
+    fn a_node_cut_off_sends_its_users_to_the_partner_that_dropped_it() {
+        // a was cut off after pairing with b; b took a's sessions over, dropped a and
+        // paired with e. A cookie from before a's pairing with b names no partner. b has
+        // the most load: a new placement would never choose it.
+        let members = vec![
+            agent("a", Some("b"), NodeState::Ready, false, 0),
+            agent("b", Some("e"), NodeState::Ready, true, 1_000),
+            ready("e", Some("b")),
+            ready("c", Some("d")),
+            ready("d", Some("c")),
+        ];
+        let table = RoutingTable::build(&members);
+        assert_eq!(
+            table.backend("a").unwrap().partner,
+            None,
+            "not mutual any more"
+        );
+        for cookie in [cookie("a", None), cookie("a", Some("gone"))] {
+            assert_eq!(
+                route(&table, Some(&cookie)),
+                Some(("b".into(), RouteReason::Failover { from: "a".into() })),
+                "{cookie:?}"
+            );
+        }
     }
 
     #[test]

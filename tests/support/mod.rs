@@ -464,3 +464,4 @@ pub fn cmd(args: &[&dyn AsRef<[u8]>]) -> Vec<Vec<u8>> {
 }
 
 pub mod netns;
+pub mod users;

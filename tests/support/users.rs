@@ -1,0 +1,144 @@
+//! Virtual users of the demo app behind a balancer: each with its own cookie jar,
+//! clicking a counter that lives in its session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One virtual user: its own cookie jar.
+pub struct User {
+    client: reqwest::Client,
+    pub id: usize,
+    pub sent: usize,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Counter {
+    pub count: i64,
+    pub node: String,
+    pub partner: Option<String>,
+}
+
+impl User {
+    pub fn new(id: usize) -> User {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        User {
+            client,
+            id,
+            sent: 0,
+        }
+    }
+
+    /// One click: POST /api/counter with an idempotency key, as the demo page sends it.
+    pub async fn click(&mut self, balancer: SocketAddr) -> Result<Counter, String> {
+        self.sent += 1;
+        let response = self
+            .client
+            .post(format!("http://{balancer}/api/counter"))
+            .header(
+                "idempotency-key",
+                format!("user-{}-click-{}", self.id, self.sent),
+            )
+            .send()
+            .await
+            .map_err(|err| err.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                response.text().await.unwrap_or_default()
+            ));
+        }
+        response.json().await.map_err(|err| err.to_string())
+    }
+}
+
+/// Every user clicks `clicks` times; returns each user's answers.
+pub async fn run_users(
+    users: Vec<User>,
+    balancer: SocketAddr,
+    clicks: usize,
+) -> Vec<(User, Vec<Result<Counter, String>>)> {
+    run_users_around(users, balancer, clicks, None).await
+}
+
+/// Something that happens while the users click: it runs once `after` clicks have been
+/// answered in all, and every user pauses after half its clicks until it has run, so that
+/// each user clicks both before and after it while others have requests in flight.
+pub struct Interruption {
+    pub after: usize,
+    pub done: tokio::sync::watch::Receiver<bool>,
+    pub answered: Arc<std::sync::atomic::AtomicUsize>,
+    pub reached: Arc<tokio::sync::Notify>,
+}
+
+pub async fn run_users_around(
+    users: Vec<User>,
+    balancer: SocketAddr,
+    clicks: usize,
+    interruption: Option<&Interruption>,
+) -> Vec<(User, Vec<Result<Counter, String>>)> {
+    let tasks: Vec<_> = users
+        .into_iter()
+        .map(|mut user| {
+            let pause = interruption.map(|i| {
+                (
+                    i.after,
+                    i.done.clone(),
+                    i.answered.clone(),
+                    i.reached.clone(),
+                )
+            });
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for click in 0..clicks {
+                    if let Some((_, done, ..)) = &pause
+                        && click == clicks / 2
+                    {
+                        let mut done = done.clone();
+                        let _ = done.wait_for(|done| *done).await;
+                    }
+                    answers.push(user.click(balancer).await);
+                    if let Some((after, _, answered, reached)) = &pause
+                        && answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == *after
+                    {
+                        reached.notify_one();
+                    }
+                }
+                (user, answers)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+/// Waits until the balancer whose admin endpoint is `admin` routes to `count` usable,
+/// protected backends (`/v1/routes`).
+pub async fn wait_protected_routes(admin: SocketAddr, name: &str, count: usize) {
+    super::wait_for(
+        &format!("{name} to route to {count} protected nodes"),
+        Duration::from_secs(40),
+        || async {
+            let Some((200, body)) = super::get(admin, "/v1/routes").await else {
+                return false;
+            };
+            let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
+            routes["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b["usable"] == true && b["protected"] == true)
+                .count()
+                == count
+        },
+    )
+    .await;
+}
