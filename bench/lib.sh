@@ -23,3 +23,31 @@ need() {
         command -v "$tool" >/dev/null || { echo "$(basename "$0"): $tool is missing" >&2; exit 1; }
     done
 }
+
+# CPU time (user + system, in clock ticks) the given processes have used so far.
+cpu_ticks() { local total=0; for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$total"; }
+
+# One redis-benchmark run per test in $TESTS against host:port; prints "test,rps,p50,p99,cpu"
+# lines, cpu being the microseconds of CPU the server processes (the rest of the arguments:
+# the server and its replica or partner) spent per request. redis-benchmark runs inside
+# network namespace $BENCH_NETNS when that is set.
+measure() { # host port pipeline pid...
+    local host=$1 port=$2 pipeline=$3
+    shift 3
+    local hz; hz=$(getconf CLK_TCK)
+    local run=()
+    [ -n "${BENCH_NETNS:-}" ] && run=(ip netns exec "$BENCH_NETNS")
+    for test in ${TESTS//,/ }; do
+        local before after out
+        before=$(cpu_ticks "$@")
+        out=$("${run[@]}" redis-benchmark -h "$host" -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
+            -d "$SIZE" -P "$pipeline" -r 100000 --csv 2>"$work/redis-benchmark.err") || {
+            echo "redis-benchmark -t $test against $host:$port failed:" >&2
+            cat "$work/redis-benchmark.err" >&2
+            exit 1
+        }
+        after=$(cpu_ticks "$@")
+        awk -F, -v ticks=$((after - before)) -v hz="$hz" -v n="$REQUESTS" \
+            'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%.2f\n", $1, $2, $5, $7, ticks / hz * 1e6 / n }' <<<"$out"
+    done
+}

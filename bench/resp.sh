@@ -52,32 +52,11 @@ wait_paired() { # resp-port of an agent
     echo "bench/resp.sh: agents did not pair" >&2; exit 1
 }
 
-# CPU time (user + system, in clock ticks) the given processes have used so far.
-cpu_ticks() { local total=0; for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$total"; }
-
-# One redis-benchmark run per test against a port; prints "test,rps,p50,p99,cpu" lines,
-# cpu being the microseconds of CPU the server processes (the rest of the arguments: the
-# server and its replica or partner) spent per request.
-measure() { # port pipeline pid...
-    local port=$1 pipeline=$2
-    shift 2
-    local hz; hz=$(getconf CLK_TCK)
-    for test in ${TESTS//,/ }; do
-        local before after out
-        before=$(cpu_ticks "$@")
-        out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
-            -d "$SIZE" -P "$pipeline" -r 100000 --csv 2>/dev/null)
-        after=$(cpu_ticks "$@")
-        awk -F, -v ticks=$((after - before)) -v hz="$hz" -v n="$REQUESTS" \
-            'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%.2f\n", $1, $2, $5, $7, ticks / hz * 1e6 / n }' <<<"$out"
-    done
-}
-
 # Table rows comparing two servers, side by side.
 compare() { # redis-port agent-port, then "redis-pids" "agent-pids" (space-separated)
     for pipeline in 1 16; do
         # shellcheck disable=SC2086
-        paste -d, <(measure "$1" "$pipeline" $3) <(measure "$2" "$pipeline" $4) |
+        paste -d, <(measure 127.0.0.1 "$1" "$pipeline" $3) <(measure 127.0.0.1 "$2" "$pipeline" $4) |
         while IFS=, read -r test r_rps r_p50 r_p99 r_cpu _ a_rps a_p50 a_p99 a_cpu; do
             ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
             printf '| %s | %s | %.0f | %.0f | %s | %s / %s | %s / %s | %s / %s |\n' \
