@@ -30,6 +30,10 @@ pub enum Command {
     Members(MembersArgs),
     /// Start a local cluster on loopback (agents and a balancer) until Ctrl-C.
     Demo(DemoArgs),
+    /// Print a new cluster key (base64) on stdout: `tandem keygen > cluster.key`.
+    Keygen,
+    /// Show or change a node's gossip keyring (rotation without downtime).
+    Keyring(KeyringArgs),
     /// Print the version.
     Version,
 }
@@ -82,6 +86,17 @@ pub struct NodeFlags {
     /// How long dead nodes are remembered, e.g. 15m [default: 15m].
     #[arg(long, env = "TANDEM_DEAD_NODE_GRACE_PERIOD", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub dead_node_grace_period: Option<Duration>,
+    /// Cluster key file (`tandem keygen > FILE`): gossip is sealed with it, and the route
+    /// cookie secret derived from it. More keys, one per line, are accepted too (the first
+    /// one seals). Without a key gossip is unsealed [env TANDEM_GOSSIP_KEY: the key itself].
+    #[arg(long, env = "TANDEM_GOSSIP_KEY_FILE", value_name = "FILE")]
+    pub gossip_key_file: Option<PathBuf>,
+    #[arg(long, env = "TANDEM_GOSSIP_KEY", hide = true, hide_env_values = true)]
+    pub gossip_key: Option<String>,
+    /// File with the token state-changing admin calls need (Authorization: Bearer TOKEN).
+    /// Without one, such calls are accepted from loopback only.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -166,7 +181,8 @@ pub struct BalancerArgs {
     #[arg(long, env = "TANDEM_COOKIE_NAME", value_name = "NAME")]
     pub cookie_name: Option<String>,
     /// File with the secret route cookies are signed with, the same on every balancer
-    /// [default: a random secret, with a warning].
+    /// [default: derived from the cluster key (--gossip-key-file); without one, random, with
+    /// a warning].
     #[arg(long, env = "TANDEM_COOKIE_SECRET_FILE", value_name = "FILE")]
     pub cookie_secret_file: Option<PathBuf>,
     /// How long a route cookie is honoured after it was issued [default: 24h].
@@ -212,6 +228,58 @@ pub struct MembersArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Rotation, on every node in turn: `install` the new key, then `use` \
+it, then `remove` the old one (and put the new key first in the key files). Turning sealing \
+on in a running cluster without a key: `install`, then `use` on every node, then \
+`plain refuse` on every node."
+)]
+pub struct KeyringArgs {
+    /// Admin endpoint of the node, e.g. http://10.0.0.5:7951.
+    #[arg(long, env = "TANDEM_ADMIN", value_name = "URL")]
+    pub admin: String,
+    /// File with the node's admin token (needed unless the node is on loopback and has none).
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: KeyringAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyringAction {
+    /// List the installed keys by id, marking the primary.
+    List,
+    /// Install a key (it opens gossip; it seals only once made the primary with `use`).
+    Install {
+        /// File holding the key (`tandem keygen` output); its first key is installed.
+        #[arg(value_name = "KEY_FILE")]
+        key_file: PathBuf,
+    },
+    /// Seal gossip with this installed key from now on.
+    Use {
+        /// The key's id, as `list` shows it.
+        id: String,
+    },
+    /// Remove an installed key that is not the primary.
+    Remove {
+        /// The key's id, as `list` shows it.
+        id: String,
+    },
+    /// Accept or refuse unsealed gossip.
+    Plain {
+        #[arg(value_enum)]
+        choice: PlainChoice,
+    },
+}
+
+/// `tandem keyring plain` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PlainChoice {
+    Accept,
+    Refuse,
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +337,15 @@ impl NodeFlags {
         }
         if let Some(period) = self.dead_node_grace_period {
             node.gossip.dead_node_grace_period = period;
+        }
+        if self.gossip_key_file.is_some() {
+            node.gossip_key_file = self.gossip_key_file;
+        }
+        if self.gossip_key.is_some() {
+            node.gossip_key = self.gossip_key;
+        }
+        if self.admin_token_file.is_some() {
+            node.admin_token_file = self.admin_token_file;
         }
     }
 }

@@ -92,13 +92,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     drop(reserved_udp);
     drop(reserved_tcp);
 
-    // Every balancer of the demo signs route cookies with the same secret.
-    let secret_file = dir.join("cookie-secret");
-    let secret: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    std::fs::write(&secret_file, secret)
-        .with_context(|| format!("cannot write {}", secret_file.display()))?;
+    // One cluster key: gossip is sealed with it, and every balancer derives the same route
+    // cookie secret from it.
+    let key_file = dir.join("cluster.key");
+    std::fs::write(
+        &key_file,
+        format!(
+            "{}\n",
+            tandem_cluster::keyring::ClusterKey::generate().encode()
+        ),
+    )
+    .with_context(|| format!("cannot write {}", key_file.display()))?;
 
     for node in &mut nodes {
         let log = std::fs::File::create(&node.log)
@@ -110,6 +114,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .args(["--gossip-addr", &node.gossip.to_string()])
             .args(["--admin-addr", &node.admin.to_string()])
             .args(["--join", &seeds.join(",")])
+            .arg("--gossip-key-file")
+            .arg(&key_file)
             .arg("--log-format")
             .arg("text")
             .env_remove("TANDEM_CONFIG")
@@ -119,10 +125,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .kill_on_drop(true);
         match (node.role, node.listen) {
             ("agent", Some(app)) => command.args(["--demo-app", &app.to_string()]),
-            (_, Some(listen)) => command
-                .args(["--listen", &listen.to_string()])
-                .arg("--cookie-secret-file")
-                .arg(&secret_file),
+            (_, Some(listen)) => command.args(["--listen", &listen.to_string()]),
             _ => &mut command,
         };
         if let (Some(resp), Some(api), Some(repl)) = (node.resp, node.api, node.repl) {

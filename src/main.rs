@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod demo;
+mod keyring;
 mod members;
 
 use std::io::IsTerminal;
@@ -85,6 +86,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Members(args) => runtime(None)?.block_on(members::run(args)),
         Command::Demo(args) => runtime(None)?.block_on(demo::run(args)),
+        Command::Keygen => {
+            println!(
+                "{}",
+                tandem_cluster::keyring::ClusterKey::generate().encode()
+            );
+            Ok(())
+        }
+        Command::Keyring(args) => runtime(None)?.block_on(keyring::run(args)),
     }
 }
 

@@ -23,17 +23,13 @@ struct Cluster {
     /// Kept so that the balancer process lives as long as the cluster.
     _balancer: Node,
     listen: SocketAddr,
-    secret: std::path::PathBuf,
 }
 
-fn start_balancer(dir: &Path, name: &str, seed: SocketAddr, secret: &Path) -> (Node, SocketAddr) {
+/// A balancer with the cluster's key and no cookie secret of its own: it signs route
+/// cookies with the secret every balancer derives from the key.
+fn start_balancer(dir: &Path, name: &str, seed: SocketAddr) -> (Node, SocketAddr) {
     let listen = free_tcp_addr();
-    let extra = vec![
-        "--listen".to_string(),
-        listen.to_string(),
-        "--cookie-secret-file".to_string(),
-        secret.display().to_string(),
-    ];
+    let extra = vec!["--listen".to_string(), listen.to_string()];
     (
         Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), extra),
         listen,
@@ -41,8 +37,6 @@ fn start_balancer(dir: &Path, name: &str, seed: SocketAddr, secret: &Path) -> (N
 }
 
 async fn start_cluster(dir: &Path) -> Cluster {
-    let secret = dir.join("cookie-secret");
-    std::fs::write(&secret, "a shared secret for this test cluster").unwrap();
     let mut agents = BTreeMap::new();
     let mut seed = None;
     for i in 1..=4 {
@@ -57,14 +51,13 @@ async fn start_cluster(dir: &Path) -> Cluster {
         seed.get_or_insert(agent.node.gossip);
         agents.insert(name, agent);
     }
-    let (balancer, listen) = start_balancer(dir, "balancer-1", seed.unwrap(), &secret);
+    let (balancer, listen) = start_balancer(dir, "balancer-1", seed.unwrap());
     wait_for_port(listen).await;
     wait_protected_routes(balancer.admin, &balancer.name, 4).await;
     Cluster {
         agents,
         _balancer: balancer,
         listen,
-        secret,
     }
 }
 
@@ -169,7 +162,6 @@ async fn sticky_users_keep_their_sessions_through_the_death_of_their_node() {
             user.id
         );
     }
-    drop(cluster.secret);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -177,7 +169,7 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path()).await;
     let seed = cluster.agents["agent-1"].node.gossip;
-    let (second, second_listen) = start_balancer(dir.path(), "balancer-2", seed, &cluster.secret);
+    let (second, second_listen) = start_balancer(dir.path(), "balancer-2", seed);
     wait_for_port(second_listen).await;
     wait_protected_routes(second.admin, &second.name, 4).await;
 
@@ -280,9 +272,7 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_app_server_means_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "s").unwrap();
-    let (balancer, listen) = start_balancer(dir.path(), "lonely", free_udp_addr(), &secret);
+    let (balancer, listen) = start_balancer(dir.path(), "lonely", free_udp_addr());
     wait_for_port(listen).await;
     let response = reqwest::get(format!("http://{listen}/")).await.unwrap();
     assert_eq!(response.status(), 503);
@@ -345,9 +335,7 @@ async fn upgraded_connections_pass_through() {
     let app = echo_upgrade_app().await;
     let app_url = format!("http://{app}");
     let agent = Agent::start(dir.path(), "ws-agent", &["--app-url", &app_url]);
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "s").unwrap();
-    let (balancer, listen) = start_balancer(dir.path(), "ws-balancer", agent.node.gossip, &secret);
+    let (balancer, listen) = start_balancer(dir.path(), "ws-balancer", agent.node.gossip);
     wait_for_port(listen).await;
     wait_for("the balancer to route to the agent", FORM, || async {
         reqwest::get(format!("http://{listen}/"))

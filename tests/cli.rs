@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::Output;
 use std::time::Duration;
 
-use support::{Node, member, tandem, wait_for};
+use support::{Agent, Node, member, tandem, wait_for};
 use tandem_common::member::{Member, MembersResponse};
 use tandem_common::schema::NodeState;
 
@@ -162,7 +162,7 @@ fn version_prints_the_package_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_prints_a_table_and_json() {
     let dir = tempfile::tempdir().unwrap();
-    let a1 = Node::start(dir.path(), "agent", "node-one", &[]);
+    let a1 = Agent::start(dir.path(), "node-one", &[]).node;
     let b1 = Node::start(dir.path(), "balancer", "node-two", &[a1.gossip]);
     let ready = |m: Option<Member>| m.is_some_and(|m| m.live && m.state == Some(NodeState::Ready));
     wait_for(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tandem_cluster::keyring::Keyring;
 use tandem_cluster::{NodeRuntime, PreparedNode, StartError, stopped};
 use tandem_common::config::BalancerConfig;
 use tandem_common::routing::RoutingTable;
@@ -43,9 +44,21 @@ pub enum BalancerError {
     Start(#[from] StartError),
 }
 
-/// The route cookie secret: from the file, or random (`true`: balancers with different
-/// secrets do not honour each other's cookies, which the caller warns about once started).
-fn cookie_secret(config: &BalancerConfig) -> Result<(Vec<u8>, bool), BalancerError> {
+/// Where the route cookie secret came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretSource {
+    File,
+    /// Derived from the cluster key: every balancer holding the key signs alike.
+    ClusterKey,
+    /// Random: other balancers, and this one after a restart, do not honour its cookies.
+    Random,
+}
+
+/// The route cookie secret: from the file, else derived from the cluster key, else random.
+fn cookie_secret(
+    config: &BalancerConfig,
+    keyring: &Keyring,
+) -> Result<(Vec<u8>, SecretSource), BalancerError> {
     match &config.cookie_secret_file {
         Some(path) => {
             let text = std::fs::read(path).map_err(|source| BalancerError::Secret {
@@ -56,9 +69,15 @@ fn cookie_secret(config: &BalancerConfig) -> Result<(Vec<u8>, bool), BalancerErr
             if secret.is_empty() {
                 return Err(BalancerError::EmptySecret(path.clone()));
             }
-            Ok((secret, false))
+            Ok((secret, SecretSource::File))
         }
-        None => Ok((rand::random::<[u8; 32]>().to_vec(), true)),
+        None => Ok(match keyring.primary() {
+            Some(key) => (
+                key.derive("route-cookie").to_vec(),
+                SecretSource::ClusterKey,
+            ),
+            None => (rand::random::<[u8; 32]>().to_vec(), SecretSource::Random),
+        }),
     }
 }
 
@@ -98,7 +117,6 @@ fn tls_acceptor(
 /// # Errors
 /// [`BalancerError`] when the configuration is invalid or an address cannot be bound.
 pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
-    let (secret, random_secret) = cookie_secret(&config)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
@@ -108,6 +126,8 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         source,
     };
     let first_listener = bind_shared(config.listen).map_err(listen_error)?;
+    let prepared = PreparedNode::prepare(&config.node).await?;
+    let (secret, secret_source) = cookie_secret(&config, prepared.keyring())?;
     let proxy = Proxy::new(ProxySettings {
         cookie_name: config.cookie_name.clone(),
         cookie_secret: secret,
@@ -124,16 +144,15 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
             axum::routing::get(|| async { axum::response::Html(STATUS_PAGE) }),
         )
         .with_state(proxy.clone());
-    let prepared = PreparedNode::prepare(&config.node)
-        .await?
-        .with_admin_routes(routes);
+    let prepared = prepared.with_admin_routes(routes);
     let mut advert = NodeAdvert::new(Role::Balancer, tandem_common::VERSION);
     advert.state = NodeState::Joining;
     let runtime = prepared.start(advert).await?;
-    if random_secret {
+    if secret_source == SecretSource::Random {
         warn!(
-            "no --cookie-secret-file: route cookies are signed with a random secret that \
-             other balancers (and this one after a restart) will not accept"
+            "neither --cookie-secret-file nor a cluster key: route cookies are signed with a \
+             random secret that other balancers (and this one after a restart) will not \
+             accept"
         );
     }
     let refresher = spawn_table_refresh(&runtime, proxy.clone());

@@ -1,23 +1,92 @@
-//! The admin HTTP endpoint every process serves: health, readiness, members, metrics.
+//! The admin HTTP endpoint every process serves: health, readiness, members, metrics, and
+//! the gossip keyring.
 //!
-//! Read-only endpoints; state-changing admin actions (authenticated) are added by the
-//! components that own that state.
+//! Read-only endpoints are open to whoever reaches the admin address. State-changing ones
+//! (the keyring here; components add their own) pass [`AdminAuth::guard`]: they need the
+//! admin token when one is configured, and otherwise accept calls from loopback only.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_common::member::MembersResponse;
 use tandem_common::schema::NodeState;
 use tokio::net::TcpListener;
+use tracing::{info, warn};
 
 use crate::gossip::GossipNode;
+use crate::keyring::{ClusterKey, KeyId, Keyring, KeyringView};
+use crate::metrics::names;
 use crate::net::{BindError, bind_tcp};
+
+/// Who may make state-changing admin calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// No token configured: callers on loopback only.
+    LoopbackOnly,
+    /// Callers presenting `Authorization: Bearer <token>`.
+    Token(String),
+}
+
+impl AdminAuth {
+    /// Whether a call from `peer` carrying `headers` may change state; the reason if not.
+    pub fn check(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
+        match self {
+            AdminAuth::LoopbackOnly if peer.ip().is_loopback() => Ok(()),
+            AdminAuth::LoopbackOnly => Err(
+                "state-changing admin calls are accepted from loopback only on this node \
+                 (it has no --admin-token-file)",
+            ),
+            AdminAuth::Token(token) => {
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err("a missing or wrong admin token (Authorization: Bearer TOKEN)")
+                }
+            }
+        }
+    }
+
+    /// `routes`, answering 401 to callers [`AdminAuth::check`] refuses (counted in
+    /// `tandem_admin_refused_total` and logged).
+    pub fn guard(&self, routes: Router) -> Router {
+        routes.route_layer(axum::middleware::from_fn_with_state(self.clone(), guard))
+    }
+}
+
+async fn guard(
+    State(auth): State<AdminAuth>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match auth.check(peer, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(reason) => {
+            metrics::counter!(names::ADMIN_REFUSED).increment(1);
+            warn!(%peer, path = %request.uri().path(), reason, "refused an admin call");
+            (StatusCode::UNAUTHORIZED, format!("{reason}\n")).into_response()
+        }
+    }
+}
+
+/// Compares without stopping at the first difference (the time taken tells nothing about
+/// how much of a guess was right).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// The admin listener, bound before the node joins so a port conflict fails start-up.
 pub struct AdminServer {
@@ -28,6 +97,7 @@ pub struct AdminServer {
 struct AdminState {
     gossip: GossipNode,
     metrics: PrometheusHandle,
+    keyring: Arc<Keyring>,
 }
 
 impl AdminServer {
@@ -51,24 +121,126 @@ impl AdminServer {
         gossip: GossipNode,
         metrics: PrometheusHandle,
         extra: Router,
+        keyring: Arc<Keyring>,
+        auth: AdminAuth,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = router(AdminState { gossip, metrics })
+        let state = AdminState {
+            gossip,
+            metrics,
+            keyring,
+        };
+        let app = router(state.clone(), &auth)
             .merge(extra)
             .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     }
 }
 
-fn router(state: AdminState) -> Router {
+fn router(state: AdminState, auth: &AdminAuth) -> Router {
+    let keyring_changes = Router::new()
+        .route("/v1/keyring/install", post(install_key))
+        .route("/v1/keyring/use", post(use_key))
+        .route("/v1/keyring/remove", post(remove_key))
+        .route("/v1/keyring/plain", post(accept_plain))
+        .with_state(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/members", get(members))
         .route("/metrics", get(render_metrics))
+        .route("/v1/keyring", get(keyring))
         .with_state(state)
+        .merge(auth.guard(keyring_changes))
+}
+
+/// Body of the keyring calls.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct KeyringRequest {
+    /// The key to install (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key id to use or remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Whether unsealed gossip is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept: Option<bool>,
+}
+
+type KeyringReply = Result<Json<KeyringView>, (StatusCode, String)>;
+
+fn bad_request(err: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, format!("{err}\n"))
+}
+
+fn key_id(request: &KeyringRequest) -> Result<KeyId, (StatusCode, String)> {
+    request
+        .id
+        .as_deref()
+        .ok_or_else(|| bad_request("the body needs the key's \"id\""))?
+        .parse()
+        .map_err(bad_request)
+}
+
+async fn keyring(State(state): State<AdminState>) -> Json<KeyringView> {
+    Json(state.keyring.view())
+}
+
+async fn install_key(
+    State(state): State<AdminState>,
+    Json(request): Json<KeyringRequest>,
+) -> KeyringReply {
+    let text = request
+        .key
+        .as_deref()
+        .ok_or_else(|| bad_request("the body needs the \"key\" (base64)"))?;
+    let id = state
+        .keyring
+        .install(ClusterKey::parse(text).map_err(bad_request)?);
+    info!(key = %id, "gossip key installed");
+    Ok(Json(state.keyring.view()))
+}
+
+async fn use_key(
+    State(state): State<AdminState>,
+    Json(request): Json<KeyringRequest>,
+) -> KeyringReply {
+    let id = key_id(&request)?;
+    state.keyring.use_key(id).map_err(bad_request)?;
+    info!(key = %id, "gossip is sealed with this key from now on");
+    Ok(Json(state.keyring.view()))
+}
+
+async fn remove_key(
+    State(state): State<AdminState>,
+    Json(request): Json<KeyringRequest>,
+) -> KeyringReply {
+    let id = key_id(&request)?;
+    state.keyring.remove(id).map_err(bad_request)?;
+    info!(key = %id, "gossip key removed");
+    Ok(Json(state.keyring.view()))
+}
+
+async fn accept_plain(
+    State(state): State<AdminState>,
+    Json(request): Json<KeyringRequest>,
+) -> KeyringReply {
+    let accept = request
+        .accept
+        .ok_or_else(|| bad_request("the body needs \"accept\": true or false"))?;
+    state.keyring.accept_plain(accept).map_err(bad_request)?;
+    if accept {
+        warn!("unsealed gossip is accepted again");
+    } else {
+        info!("unsealed gossip is refused from now on");
+    }
+    Ok(Json(state.keyring.view()))
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
 };
@@ -17,7 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::metrics::names;
-use crate::transport::MeteredTransport;
+use crate::transport::{MeteredTransport, SealedTransport};
 
 /// Heartbeat intervals longer than this are not used to estimate a node's mean interval
 /// (a long pause, e.g. a stopped VM, should not teach the detector to be lenient).
@@ -39,6 +38,8 @@ pub struct GossipSettings {
     /// Seeds as configured (`HOST:PORT`); chitchat resolves them again while running.
     pub seeds: Vec<String>,
     pub tuning: GossipConfig,
+    /// Seals and opens every gossip datagram.
+    pub keyring: std::sync::Arc<crate::keyring::Keyring>,
 }
 
 /// Gossip could not start.
@@ -107,7 +108,7 @@ impl GossipNode {
             .into_iter()
             .map(|(key, value)| (key.to_string(), value))
             .collect();
-        let transport = MeteredTransport::new(UdpTransport);
+        let transport = MeteredTransport::new(SealedTransport::new(settings.keyring.clone()));
         let handle = chitchat::spawn_chitchat(config, key_values, &transport)
             .await
             .map_err(|err| GossipError {

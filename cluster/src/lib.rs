@@ -3,11 +3,13 @@
 
 pub mod admin;
 pub mod gossip;
+pub mod keyring;
 pub mod metrics;
 pub mod net;
 pub mod transport;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tandem_common::config::NodeConfig;
 use tandem_common::schema::NodeAdvert;
@@ -15,8 +17,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::admin::AdminServer;
+use crate::admin::{AdminAuth, AdminServer};
 use crate::gossip::{GossipNode, GossipSettings};
+use crate::keyring::{ClusterKey, Keyring};
 
 /// A process could not join its cluster.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,39 @@ pub enum StartError {
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("gossip key: {0}")]
+    Key(#[from] keyring::KeyError),
+    #[error("admin token file {path}: {reason}")]
+    AdminToken { path: String, reason: String },
+}
+
+/// The cluster keys from the key file or the environment (the file wins).
+fn load_keys(config: &NodeConfig) -> Result<Vec<ClusterKey>, StartError> {
+    if let Some(path) = &config.gossip_key_file {
+        return Ok(ClusterKey::read_file(path)?);
+    }
+    match &config.gossip_key {
+        Some(text) => Ok(vec![ClusterKey::parse(text)?]),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Who may make state-changing admin calls: holders of the token in the file, or, without
+/// one, callers on loopback.
+fn load_admin_auth(config: &NodeConfig) -> Result<AdminAuth, StartError> {
+    let Some(path) = &config.admin_token_file else {
+        return Ok(AdminAuth::LoopbackOnly);
+    };
+    let bad = |reason: String| StartError::AdminToken {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| bad(err.to_string()))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(bad("the token must be at least 16 characters".into()));
+    }
+    Ok(AdminAuth::Token(token.to_string()))
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -64,6 +100,8 @@ pub struct PreparedNode {
     seeds: Vec<String>,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     admin_routes: axum::Router,
+    keyring: Arc<Keyring>,
+    admin_auth: AdminAuth,
 }
 
 impl PreparedNode {
@@ -78,6 +116,8 @@ impl PreparedNode {
         if config.gossip_addr.port() == 0 && config.advertise_addr.is_none() {
             return Err(StartError::GossipPortZero(config.gossip_addr));
         }
+        let keyring = Arc::new(Keyring::new(&config.cluster, load_keys(config)?));
+        let admin_auth = load_admin_auth(config)?;
         let prometheus = metrics::install()?;
         let resolved_seeds = net::resolve_seeds(&config.join).await?;
         let advertise_addr =
@@ -103,7 +143,20 @@ impl PreparedNode {
             seeds,
             prometheus,
             admin_routes: axum::Router::new(),
+            keyring,
+            admin_auth,
         })
+    }
+
+    /// The keyring gossip is sealed with (other secrets are derived from its primary key).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// Who may make state-changing admin calls; components guard their own admin routes
+    /// with it.
+    pub fn admin_auth(&self) -> &AdminAuth {
+        &self.admin_auth
     }
 
     /// Adds a component's own endpoints to the admin endpoint.
@@ -131,6 +184,8 @@ impl PreparedNode {
             seeds,
             prometheus,
             admin_routes,
+            keyring,
+            admin_auth,
         } = self;
         let config = &config;
         let admin_advertised = if admin_addr.ip().is_unspecified() {
@@ -157,6 +212,7 @@ impl PreparedNode {
                 advertise_addr,
                 seeds,
                 tuning: config.gossip.clone(),
+                keyring: keyring.clone(),
             },
             advert,
         )
@@ -168,8 +224,27 @@ impl PreparedNode {
             let mut rx = shutdown_rx.clone();
             async move { stopped(&mut rx).await }
         };
-        let admin_task =
-            tokio::spawn(admin.serve(gossip.clone(), prometheus, admin_routes, admin_shutdown));
+        if keyring.primary().is_none() {
+            warn!(
+                "gossip is not sealed: anyone who reaches the gossip port can join the cluster \
+                 and change what its nodes see; create a key with `tandem keygen` and pass it \
+                 with --gossip-key-file"
+            );
+        }
+        if admin_auth == AdminAuth::LoopbackOnly {
+            warn!(
+                "no --admin-token-file: state-changing admin calls are accepted from loopback \
+                 only, without authentication"
+            );
+        }
+        let admin_task = tokio::spawn(admin.serve(
+            gossip.clone(),
+            prometheus,
+            admin_routes,
+            keyring,
+            admin_auth,
+            admin_shutdown,
+        ));
         info!(admin = %admin_addr, "admin endpoint listening");
 
         // Signals end the process through the same path as an explicit stop.

@@ -19,6 +19,11 @@ pub mod names {
     pub const GOSSIP_MESSAGES_RECEIVED: &str = "tandem_gossip_messages_received_total";
     pub const GOSSIP_BYTES_RECEIVED: &str = "tandem_gossip_bytes_received_total";
     pub const GOSSIP_SEND_ERRORS: &str = "tandem_gossip_send_errors_total";
+    /// Counter: gossip datagrams refused, by `reason` (`unsealed`, `unknown_key`,
+    /// `forged`, `malformed`; `too_large` for messages too big to send once sealed).
+    pub const GOSSIP_REFUSED: &str = "tandem_gossip_refused_total";
+    /// Counter: state-changing admin calls refused (no or a wrong token, not loopback).
+    pub const ADMIN_REFUSED: &str = "tandem_admin_refused_total";
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -82,6 +82,14 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     #[serde(flatten)]
     pub gossip: GossipConfig,
+    /// File with the cluster key(s) gossip is sealed with (`tandem keygen`), the primary
+    /// first. Without a key, gossip is unsealed (and the process warns).
+    pub gossip_key_file: Option<std::path::PathBuf>,
+    /// The cluster key itself (base64), when no key file is given.
+    pub gossip_key: Option<String>,
+    /// File with the token that state-changing admin calls must carry
+    /// (`Authorization: Bearer`). Without one they are accepted from loopback only.
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +103,9 @@ impl Default for NodeConfig {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT)),
             log_format: LogFormat::Text,
             gossip: GossipConfig::default(),
+            gossip_key_file: None,
+            gossip_key: None,
+            admin_token_file: None,
         }
     }
 }

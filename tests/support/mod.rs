@@ -8,6 +8,24 @@ use std::time::{Duration, Instant};
 
 use tandem_common::member::{Member, MembersResponse};
 
+/// In a node's extra arguments: start it without a cluster key (unsealed gossip).
+pub const NO_GOSSIP_KEY: &str = "--no-gossip-key";
+
+/// The cluster key file of the test cluster in `dir`, created on first use.
+pub fn cluster_key(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.key");
+    if !path.exists() {
+        write_new_key(&path);
+    }
+    path
+}
+
+/// Writes a new cluster key to `path`, as `tandem keygen > path` would.
+pub fn write_new_key(path: &Path) {
+    let key = tandem_cluster::keyring::ClusterKey::generate().encode();
+    std::fs::write(path, format!("{key}\n")).unwrap();
+}
+
 /// The binary under test.
 pub fn tandem() -> Command {
     scrubbed(env!("CARGO_BIN_EXE_tandem"), &[])
@@ -148,7 +166,16 @@ impl Node {
             let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             args.extend(["--join".into(), seeds.join(",")]);
         }
-        args.extend(extra);
+        // Every node of a test cluster seals its gossip with the directory's key, unless the
+        // test names another key or asks for none.
+        let keyless = extra.iter().any(|a| a == NO_GOSSIP_KEY);
+        if !keyless && !extra.iter().any(|a| a == "--gossip-key-file") {
+            args.extend([
+                "--gossip-key-file".into(),
+                cluster_key(dir).display().to_string(),
+            ]);
+        }
+        args.extend(extra.into_iter().filter(|a| a != NO_GOSSIP_KEY));
         Node {
             name: name.into(),
             gossip,

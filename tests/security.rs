@@ -1,0 +1,217 @@
+//! Who may take part, with real processes: only holders of the cluster key join or change
+//! what the cluster sees; garbage on the gossip port changes nothing; keys rotate on a
+//! running cluster without anyone dropping out; admin calls that change state need the
+//! admin token.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use support::{
+    Agent, NO_GOSSIP_KEY, Node, cluster_key, free_tcp_addr, free_udp_addr, members, tandem,
+    wait_for, write_new_key,
+};
+use tandem_cluster::keyring::ClusterKey;
+
+const FORM: Duration = Duration::from_secs(30);
+/// Long enough for dozens of gossip rounds (200 ms each).
+const ROUNDS: Duration = Duration::from_secs(3);
+
+/// A balancer (the lightest cluster process) named `name` joining through `seed`.
+fn start_outsider(dir: &Path, name: &str, seed: SocketAddr, key: &[&str]) -> Node {
+    let mut extra = vec!["--listen".to_string(), free_tcp_addr().to_string()];
+    extra.extend(key.iter().map(|s| s.to_string()));
+    Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), extra)
+}
+
+/// The ids `admin`'s node sees live (none while its admin endpoint does not answer yet).
+async fn live_ids(admin: SocketAddr) -> Vec<String> {
+    let Some(view) = members(admin).await else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = view
+        .members
+        .into_iter()
+        .filter(|m| m.live)
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn wait_live(admin: SocketAddr, expected: &[&str]) {
+    let what = format!("{admin} to see exactly {expected:?} live");
+    wait_for(&what, FORM, || async { live_ids(admin).await == expected }).await;
+}
+
+/// The value of a counter with the given labels in `admin`'s metrics (0 when absent).
+async fn counter(admin: SocketAddr, series: &str) -> f64 {
+    let (_, text) = support::get(admin, "/metrics").await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// `tandem keyring ARGS --admin ADMIN`, which must succeed; returns its output.
+fn keyring(admin: SocketAddr, args: &[&str]) -> String {
+    let output = tandem()
+        .arg("keyring")
+        .args(["--admin", &admin.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "tandem keyring {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_key_holders_join_and_the_key_rotates_without_anyone_dropping_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let first = Agent::start(dir, "agent-1", &[]);
+    let seed = first.node.gossip.to_string();
+    let second = Agent::start(dir, "agent-2", &["--join", &seed]);
+    let admin = first.node.admin;
+    wait_live(admin, &["agent-1", "agent-2"]).await;
+
+    // Outsiders with another key, and with none, knock at the seed.
+    let foreign_key = dir.join("foreign.key");
+    write_new_key(&foreign_key);
+    let foreign = start_outsider(
+        dir,
+        "foreign-key",
+        first.node.gossip,
+        &["--gossip-key-file", &foreign_key.display().to_string()],
+    );
+    let keyless = start_outsider(dir, "no-key", first.node.gossip, &[NO_GOSSIP_KEY]);
+    // Garbage on the gossip port, some of it dressed as sealed gossip.
+    let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..500u32 {
+        let mut datagram: Vec<u8> = (0..(i % 700)).map(|j| (i * 31 + j * 7) as u8).collect();
+        if i % 2 == 0 {
+            datagram.splice(0..0, *b"TG\x01");
+        }
+        garbage.send_to(&datagram, first.node.gossip).unwrap();
+    }
+    tokio::time::sleep(ROUNDS).await;
+    assert_eq!(live_ids(admin).await, ["agent-1", "agent-2"]);
+    for outsider in [&foreign, &keyless] {
+        assert_eq!(
+            live_ids(outsider.admin).await,
+            [outsider.name.as_str()],
+            "{} learned nothing of the cluster",
+            outsider.name
+        );
+    }
+    let refused = |reason: &str| format!("tandem_gossip_refused_total{{reason=\"{reason}\"}}");
+    for reason in ["unknown_key", "unsealed"] {
+        assert!(
+            counter(admin, &refused(reason)).await > 0.0,
+            "{reason} counted"
+        );
+    }
+
+    // Rotation on the running cluster, one node at a time: install, use, remove.
+    let new_key = dir.join("new.key");
+    write_new_key(&new_key);
+    let new_id = ClusterKey::read_file(&new_key).unwrap()[0].id().to_string();
+    let old_id = ClusterKey::read_file(&cluster_key(dir)).unwrap()[0]
+        .id()
+        .to_string();
+    let nodes = [&first, &second];
+    for step in [
+        vec!["install", new_key.to_str().unwrap()],
+        vec!["use", &new_id],
+        vec!["remove", &old_id],
+    ] {
+        for agent in nodes {
+            keyring(agent.node.admin, &step);
+        }
+        tokio::time::sleep(ROUNDS).await;
+        for agent in nodes {
+            assert_eq!(
+                live_ids(agent.node.admin).await,
+                ["agent-1", "agent-2"],
+                "after {step:?}"
+            );
+        }
+    }
+    assert_eq!(keyring(admin, &["list"]), format!("{new_id}  primary\n"));
+    // The old key opens nothing any more; the new one lets a newcomer in.
+    let old_key = cluster_key(dir).display().to_string();
+    let late = start_outsider(
+        dir,
+        "old-key",
+        first.node.gossip,
+        &["--gossip-key-file", &old_key],
+    );
+    let newcomer = start_outsider(
+        dir,
+        "new-key",
+        first.node.gossip,
+        &["--gossip-key-file", new_key.to_str().unwrap()],
+    );
+    wait_live(admin, &["agent-1", "agent-2", "new-key"]).await;
+    tokio::time::sleep(ROUNDS).await;
+    assert_eq!(live_ids(admin).await, ["agent-1", "agent-2", "new-key"]);
+    assert_eq!(live_ids(late.admin).await, ["old-key"]);
+    drop(newcomer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changing_admin_calls_need_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, "a-long-enough-admin-token\n").unwrap();
+    let token_arg = token_file.display().to_string();
+    let agent = Agent::start(dir, "agent-1", &["--admin-token-file", &token_arg]);
+    let admin = agent.node.admin;
+    support::wait_for_port(admin).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{admin}/v1/keyring/plain");
+    for token in [None, Some("wrong-token-of-some-length")] {
+        let mut request = client
+            .post(&url)
+            .json(&serde_json::json!({ "accept": true }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "token {token:?}");
+    }
+    assert_eq!(counter(admin, "tandem_admin_refused_total").await, 2.0);
+    // Read-only calls stay open; the refused calls changed nothing.
+    let (status, body) = support::get(admin, "/v1/keyring").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"accept_plain\":false"), "{body}");
+    // The CLI with the token file is let through.
+    let out = keyring(
+        admin,
+        &["--admin-token-file", &token_arg, "plain", "accept"],
+    );
+    assert!(out.contains("unsealed gossip is accepted"), "{out}");
+    // A token file too short to be a secret stops the process at start with a clear error.
+    std::fs::write(&token_file, "short").unwrap();
+    let output = tandem()
+        .args(["agent", "--node-id", "x", "--admin-token-file", &token_arg])
+        .args(["--gossip-addr", &free_udp_addr().to_string()])
+        .args(["--admin-addr", &free_tcp_addr().to_string()])
+        .args(["--resp-addr", &free_tcp_addr().to_string()])
+        .args(["--api-addr", &free_tcp_addr().to_string()])
+        .args(["--repl-addr", &free_udp_addr().to_string()])
+        .arg("--tls-dir")
+        .arg(dir.join("tls"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 16 characters"), "{stderr}");
+}
