@@ -34,6 +34,8 @@ pub enum Command {
     Keygen,
     /// Show or change a node's gossip keyring (rotation without downtime).
     Keyring(KeyringArgs),
+    /// Create the cluster CA and node certificates for replication (mutual TLS).
+    Certs(CertsArgs),
     /// Print the version.
     Version,
 }
@@ -280,6 +282,33 @@ pub enum KeyringAction {
 pub enum PlainChoice {
     Accept,
     Refuse,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "An agent started with --tls-dir DIR needs DIR/ca.pem and its own \
+DIR/<node-id>.pem and DIR/<node-id>.key. Keep ca.key on the machine that issues \
+certificates, not on the nodes."
+)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub action: CertsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// Create the cluster CA (ca.pem, ca.key) in DIR, unless one is there.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Issue NODE_ID's certificate and key (NODE_ID.pem, NODE_ID.key) from the CA in DIR.
+    Issue {
+        /// The node id the agent runs with (--node-id); the certificate names it.
+        node_id: String,
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use tandem_common::config::{AgentConfig, BalancerConfig, LogFormat, NodeConfig};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{CertsAction, CertsArgs, Cli, Command};
 
 /// jemalloc frees without touching the freed block (its metadata lives apart), so
 /// replacing a session's value costs no cache miss on the old one, and a store of many
@@ -94,7 +94,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keyring(args) => runtime(None)?.block_on(keyring::run(args)),
+        Command::Certs(args) => certs(args),
     }
+}
+
+/// `tandem certs`: the cluster CA and node certificates.
+fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    use tandem_agent::replication::tls;
+    match args.action {
+        CertsAction::Init { dir } => {
+            if tls::init_ca(&dir)? {
+                println!(
+                    "created the cluster CA: {} (give it to every agent) and {} (keep it \
+                     where certificates are issued, not on the nodes)",
+                    dir.join("ca.pem").display(),
+                    dir.join("ca.key").display()
+                );
+            } else {
+                println!(
+                    "{} already holds a cluster CA; left as it is",
+                    dir.display()
+                );
+            }
+        }
+        CertsAction::Issue { node_id, dir } => {
+            let (cert, key) = tls::node_paths(&dir, &node_id);
+            if !tls::issue(&dir, &node_id)? {
+                anyhow::bail!("{} exists; remove it to issue a new one", cert.display());
+            }
+            println!("issued {} and {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
 }
 
 /// Defaults that depend on the host.

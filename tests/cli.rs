@@ -227,3 +227,52 @@ async fn members_prints_a_table_and_json() {
     assert_eq!(view.self_id, "node-two");
     assert_eq!(view.members.len(), 2);
 }
+
+#[test]
+fn keygen_prints_a_fresh_key_and_certs_makes_a_ca_and_node_certificates() {
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let output = run(&["keygen"]);
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        })
+        .collect();
+    for key in &keys {
+        tandem_cluster::keyring::ClusterKey::parse(key).expect("keygen prints a cluster key");
+    }
+    assert_ne!(keys[0], keys[1]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let issue = |node: &str| run(&["certs", "issue", node, "--dir", certs_arg]);
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    let early = issue("node-1");
+    assert!(!early.status.success());
+    assert!(
+        stderr(&early).contains("tandem certs init"),
+        "{}",
+        stderr(&early)
+    );
+    assert!(run(&["certs", "init", "--dir", certs_arg]).status.success());
+    assert!(issue("node-1").status.success());
+    for file in ["ca.pem", "ca.key", "node-1.pem", "node-1.key"] {
+        assert!(certs.join(file).exists(), "{file}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for secret in ["ca.key", "node-1.key"] {
+        let mode = std::fs::metadata(certs.join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{secret} is readable by others");
+    }
+    let again = issue("node-1");
+    assert!(!again.status.success() && stderr(&again).contains("exists"));
+    let bad = issue("not a name!");
+    assert!(!bad.status.success() && stderr(&bad).contains("certificate name"));
+    // Running init again keeps the CA (and so every certificate issued from it).
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    assert!(run(&["certs", "init", "--dir", certs_arg]).status.success());
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca);
+}

@@ -606,7 +606,17 @@ impl Inner {
                 return;
             }
         };
-        let peer = match self.check_hello(hello) {
+        let checked = self.check_hello(hello).and_then(|peer| {
+            // The certificate, from the cluster CA, must be the claimed node's own: a node
+            // cannot pose as another with its certificate.
+            if channel.peer_is(&peer) {
+                Ok(peer)
+            } else {
+                metrics::counter!(names::REFUSED).increment(1);
+                Err(format!("the peer's certificate is not for {peer}"))
+            }
+        });
+        let peer = match checked {
             Ok(peer) => peer,
             Err(reason) => {
                 warn!(peer = %peer_addr, %reason, "refusing a replication peer");

@@ -27,11 +27,12 @@ const CA_KEY: &str = "ca.key";
 /// Certificates could not be created or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
+    // The error is in the message, not a `source`: printed once, also where only the
+    // message is logged.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a valid PEM {what}")]
     Pem { path: PathBuf, what: &'static str },
@@ -39,6 +40,8 @@ pub enum TlsError {
     BadName(String),
     #[error("{0}: no node certificate, and no CA key to issue one (run `tandem certs issue`)")]
     NoNodeCertificate(PathBuf),
+    #[error("no cluster CA key in {0} (run `tandem certs init --dir {0}` first)")]
+    NoCaKey(PathBuf),
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -48,9 +51,9 @@ pub enum TlsError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
+    move |error| TlsError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -129,7 +132,7 @@ pub fn init_ca(dir: &Path) -> Result<bool, TlsError> {
                 if started.elapsed() > CA_WAIT {
                     return Err(TlsError::Io {
                         path: cert_path,
-                        source: std::io::Error::other(
+                        error: std::io::Error::other(
                             "another process claimed the CA but never finished it",
                         ),
                     });
@@ -138,9 +141,9 @@ pub fn init_ca(dir: &Path) -> Result<bool, TlsError> {
             }
             Ok(false)
         }
-        Err(source) => Err(TlsError::Io {
+        Err(error) => Err(TlsError::Io {
             path: key_path,
-            source,
+            error,
         }),
     }
 }
@@ -157,6 +160,9 @@ pub fn issue(dir: &Path, node_id: &str) -> Result<bool, TlsError> {
         return Ok(false);
     }
     let ca_key_path = dir.join(CA_KEY);
+    if !ca_key_path.exists() {
+        return Err(TlsError::NoCaKey(dir.to_path_buf()));
+    }
     let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io_error(&ca_key_path))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|_| TlsError::Pem {
         path: ca_key_path,
@@ -181,7 +187,8 @@ pub fn issue(dir: &Path, node_id: &str) -> Result<bool, TlsError> {
     Ok(true)
 }
 
-fn node_paths(dir: &Path, node_id: &str) -> (PathBuf, PathBuf) {
+/// Where `node_id`'s certificate and key live in `dir`.
+pub fn node_paths(dir: &Path, node_id: &str) -> (PathBuf, PathBuf) {
     (
         dir.join(format!("{node_id}.pem")),
         dir.join(format!("{node_id}.key")),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use parking_lot::Mutex;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tandem_common::frame::{Frame, FrameError, MAX_FRAME_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -124,6 +125,9 @@ pub struct Channel {
     pub receiver: FrameReceiver,
     /// The peer's address as the transport saw it.
     pub peer: SocketAddr,
+    /// The certificate the peer presented (already verified against the cluster CA), on
+    /// transports with certificates: whoever the peer says it is must be named in it.
+    pub peer_certificate: Option<CertificateDer<'static>>,
 }
 
 impl Channel {
@@ -132,8 +136,32 @@ impl Channel {
             sender: FrameSender::new(writer),
             receiver: FrameReceiver::new(reader),
             peer,
+            peer_certificate: None,
         }
     }
+
+    /// Whether the peer may be `node_id`: its certificate names that node (or the transport
+    /// has no certificates: the in-memory one of the simulations).
+    pub fn peer_is(&self, node_id: &str) -> bool {
+        let Some(der) = &self.peer_certificate else {
+            return true;
+        };
+        let Ok(name) = ServerName::try_from(node_id) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(der)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+}
+
+/// The end-entity certificate a QUIC peer presented.
+fn peer_certificate(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?
+        .into_iter()
+        .next()
 }
 
 /// Opens and accepts channels.
@@ -241,7 +269,11 @@ impl Transport for QuicTransport {
                 }
             };
             match connection.accept_bi().await {
-                Ok((send, recv)) => return Ok(Channel::new(Box::new(recv), Box::new(send), peer)),
+                Ok((send, recv)) => {
+                    let mut channel = Channel::new(Box::new(recv), Box::new(send), peer);
+                    channel.peer_certificate = peer_certificate(&connection);
+                    return Ok(channel);
+                }
                 Err(err) => {
                     tracing::debug!(%peer, error = %err, "replication connection closed early")
                 }
@@ -549,7 +581,15 @@ mod tests {
         let stranger = QuicTransport::bind(any, &stranger_tls).unwrap();
         let b_addr = b.local_addr();
         let listener = b.clone();
-        let accepted = tokio::spawn(async move { listener.accept().await.map(|c| c.peer) });
+        let accepted = tokio::spawn(async move {
+            listener.accept().await.map(|c| {
+                (
+                    c.peer_is("node-a"),
+                    c.peer_is("node-b"),
+                    c.peer_is("not a name"),
+                )
+            })
+        });
         let attempt = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             stranger.connect("node-b", b_addr),
@@ -559,9 +599,11 @@ mod tests {
         let mut channel = a.connect("node-b", b_addr).await.unwrap();
         channel.sender.send(&Frame::Ack { seq: 1 }).await.unwrap();
         let peer = tokio::time::timeout(std::time::Duration::from_secs(5), accepted).await;
+        // The accepted channel knows whom the certificate names: node-a may claim to be
+        // node-a, and nobody else.
         assert!(
-            matches!(peer, Ok(Ok(Ok(_)))),
-            "the listener still accepts members"
+            matches!(peer, Ok(Ok(Ok((true, false, false))))),
+            "the listener still accepts members, and binds them to their names: {peer:?}"
         );
     }
 }
