@@ -118,6 +118,14 @@ pub struct AgentArgs {
     /// Serve the built-in demo app on HOST:PORT and send this node's users to it.
     #[arg(long, env = "TANDEM_DEMO_APP", value_name = "HOST:PORT")]
     pub demo_app: Option<SocketAddr>,
+    /// File with the password RESP clients must AUTH with (as Redis' requirepass)
+    /// [default: none: clients on the RESP address need no password].
+    #[arg(long, env = "TANDEM_REQUIREPASS_FILE", value_name = "FILE")]
+    pub requirepass_file: Option<PathBuf>,
+    /// File with the token HTTP session API calls must carry (Authorization: Bearer TOKEN)
+    /// [default: none].
+    #[arg(long, env = "TANDEM_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Largest key, value or hash field, in bytes [default: 1048576].
     #[arg(long, env = "TANDEM_MAX_VALUE_BYTES", value_name = "BYTES")]
     pub max_value_bytes: Option<u64>,
@@ -393,6 +401,12 @@ impl AgentArgs {
         }
         if self.demo_app.is_some() {
             config.demo_app = self.demo_app;
+        }
+        if self.requirepass_file.is_some() {
+            config.requirepass_file = self.requirepass_file;
+        }
+        if self.api_token_file.is_some() {
+            config.api_token_file = self.api_token_file;
         }
         if let Some(bytes) = self.max_value_bytes {
             config.max_value_bytes = bytes;

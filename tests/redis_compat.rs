@@ -18,9 +18,14 @@ struct RedisServer {
 
 impl RedisServer {
     async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> RedisServer {
         let addr = support::free_tcp_addr();
         let child = Command::new("redis-server")
             .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args([
                 "--save",
                 "",
@@ -202,6 +207,7 @@ const SCRIPT: &[&[&str]] = &[
     &["CLIENT", "FOO"],
     &["AUTH", "x"],
     &["AUTH", "a", "b"],
+    &["AUTH", "default", "anything"],
     &["HELLO", "4"],
     &["HELLO", "x"],
     &["QUIT"],
@@ -216,20 +222,12 @@ async fn replies(addr: SocketAddr, script: &[&[&str]]) -> Vec<Vec<u8>> {
     replies
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_match_redis_server_byte_for_byte() {
-    if !capability("redis-server", has_program("redis-server")) {
-        return;
-    }
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path(), "compat", &[]);
-    wait_for_port(agent.resp).await;
-
-    let expected = replies(redis.addr, SCRIPT).await;
-    let actual = replies(agent.resp, SCRIPT).await;
+/// Runs `script` on a fresh connection to each server and fails on any reply that differs.
+async fn assert_same_replies(redis: SocketAddr, agent: SocketAddr, script: &[&[&str]]) {
+    let expected = replies(redis, script).await;
+    let actual = replies(agent, script).await;
     let mut differences = Vec::new();
-    for ((args, want), got) in SCRIPT.iter().zip(&expected).zip(&actual) {
+    for ((args, want), got) in script.iter().zip(&expected).zip(&actual) {
         if want != got {
             differences.push(format!(
                 "{args:?}\n   redis:  {:?}\n   tandem: {:?}",
@@ -243,6 +241,80 @@ async fn replies_match_redis_server_byte_for_byte() {
         "{} differences:\n{}",
         differences.len(),
         differences.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_match_redis_server_byte_for_byte() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "compat", &[]);
+    wait_for_port(agent.resp).await;
+    assert_same_replies(redis.addr, agent.resp, SCRIPT).await;
+}
+
+const PASSWORD: &str = "a-resp-password-for-tests";
+
+/// With a password: nothing but authentication before it, Redis' errors for wrong ones.
+const AUTH_SCRIPT: &[&[&str]] = &[
+    &["BOGUS"],
+    &["GET"],
+    &["PING"],
+    &["GET", "k"],
+    &["SET", "k", "v"],
+    &["HELLO", "3"],
+    &["AUTH", "wrong-password"],
+    &["AUTH", "someone", PASSWORD],
+    &["AUTH", "default", "wrong-password"],
+    &["HELLO", "2", "AUTH", "default", "wrong-password"],
+    &["AUTH", "a", "b", "c"],
+    &["GET", "k"],
+    &["AUTH", PASSWORD],
+    &["SET", "k", "v"],
+    &["GET", "k"],
+    &["AUTH", "wrong-again"],
+    &["GET", "k"],
+    &["AUTH", "default", PASSWORD],
+    &["QUIT"],
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_password_replies_match_redis_server() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("resp.password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let agent = Agent::start(
+        dir.path(),
+        "compat",
+        &["--requirepass-file", password_file.to_str().unwrap()],
+    );
+    wait_for_port(agent.resp).await;
+    assert_same_replies(redis.addr, agent.resp, AUTH_SCRIPT).await;
+    // Authentication in one go, as clients that speak RESP3 do it (the reply, server facts,
+    // differs from Redis' in its version and id).
+    for server in [redis.addr, agent.resp] {
+        let mut client = Resp::connect(server).await;
+        let hello = ["HELLO", "3", "AUTH", "default", PASSWORD, "SETNAME", "app"];
+        assert!(
+            client.call_raw(&hello).await.starts_with(b"%7\r\n"),
+            "{server}"
+        );
+        assert_eq!(
+            client.call_raw(&["CLIENT", "GETNAME"]).await,
+            b"$3\r\napp\r\n"
+        );
+    }
+    let (_, metrics) = support::get(agent.node.admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("tandem_resp_auth_failures_total 5\n"),
+        "five wrong passwords or users counted (AUTH a b c is a syntax error)"
     );
 }
 

@@ -215,3 +215,41 @@ async fn state_changing_admin_calls_need_the_admin_token() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("at least 16 characters"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_session_api_needs_its_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("api.token");
+    let token = "an-api-token-for-this-test";
+    std::fs::write(&token_file, token).unwrap();
+    let agent = Agent::start(
+        dir.path(),
+        "agent-1",
+        &["--api-token-file", token_file.to_str().unwrap()],
+    );
+    support::wait_for_port(agent.api).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/sessions/user-1", agent.api);
+    let body = serde_json::json!({ "fields": { "cart": "3 items" } });
+    for bearer in [None, Some("not-the-api-token-at-all")] {
+        let mut put = client.put(&url).json(&body);
+        if let Some(bearer) = bearer {
+            put = put.bearer_auth(bearer);
+        }
+        let response = put.send().await.unwrap();
+        assert_eq!(response.status(), 401, "token {bearer:?}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "unauthorized", "{error}");
+    }
+    // Nothing was written by the refused calls; with the token, the API works.
+    let get = |token: &'static str| client.get(&url).bearer_auth(token).send();
+    assert_eq!(get(token).await.unwrap().status(), 404);
+    let put = client.put(&url).bearer_auth(token).json(&body).send();
+    assert!(put.await.unwrap().status().is_success());
+    let session: serde_json::Value = get(token).await.unwrap().json().await.unwrap();
+    assert_eq!(session["fields"]["cart"], "3 items", "{session}");
+    assert_eq!(
+        counter(agent.node.admin, "tandem_api_unauthorized_total").await,
+        2.0
+    );
+}

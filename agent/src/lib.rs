@@ -14,6 +14,7 @@ use std::time::Duration;
 use tandem_cluster::{PreparedNode, StartError};
 use tandem_common::config::{AgentConfig, MulticastMode};
 use tandem_common::schema::{NodeAdvert, Role, Subnet};
+use tandem_common::secret::read_secret_file;
 use tracing::{info, warn};
 
 use crate::api::ApiServer;
@@ -50,6 +51,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Secret(#[from] tandem_common::secret::SecretError),
 }
 
 /// Runs an agent until SIGTERM or SIGINT.
@@ -74,12 +77,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let store = SessionStore::new(&config.node.node_id, limits, SystemClock);
 
     // Every listener is bound before the node joins, so a port in use fails start-up.
+    let secret = |what, path: &Option<std::path::PathBuf>| {
+        path.as_deref()
+            .map(|path| read_secret_file(what, path))
+            .transpose()
+    };
+    let password = secret("RESP password", &config.requirepass_file)?;
+    let api_token = secret("HTTP session API token", &config.api_token_file)?;
     let resp = RespServer::bind(
         config.resp_addr,
         RespLimits::for_value_limit(limits.max_value_bytes),
+        password,
     )
     .await?;
-    let api = ApiServer::bind(config.api_addr, limits.max_value_bytes).await?;
+    let api = ApiServer::bind(config.api_addr, limits.max_value_bytes, api_token).await?;
     let repl_socket =
         std::net::UdpSocket::bind(config.repl_addr).map_err(|source| AgentError::Replication {
             addr: config.repl_addr,

@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_common::member::MembersResponse;
 use tandem_common::schema::NodeState;
+use tandem_common::secret::constant_time_eq;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -80,12 +81,6 @@ async fn guard(
             (StatusCode::UNAUTHORIZED, format!("{reason}\n")).into_response()
         }
     }
-}
-
-/// Compares without stopping at the first difference (the time taken tells nothing about
-/// how much of a guess was right).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The admin listener, bound before the node joins so a port conflict fails start-up.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tandem_common::config::NodeConfig;
 use tandem_common::schema::NodeAdvert;
+use tandem_common::secret::read_secret_file;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -40,8 +41,8 @@ pub enum StartError {
     Signal(std::io::Error),
     #[error("gossip key: {0}")]
     Key(#[from] keyring::KeyError),
-    #[error("admin token file {path}: {reason}")]
-    AdminToken { path: String, reason: String },
+    #[error(transparent)]
+    AdminToken(#[from] tandem_common::secret::SecretError),
 }
 
 /// The cluster keys from the key file or the environment (the file wins).
@@ -58,19 +59,10 @@ fn load_keys(config: &NodeConfig) -> Result<Vec<ClusterKey>, StartError> {
 /// Who may make state-changing admin calls: holders of the token in the file, or, without
 /// one, callers on loopback.
 fn load_admin_auth(config: &NodeConfig) -> Result<AdminAuth, StartError> {
-    let Some(path) = &config.admin_token_file else {
-        return Ok(AdminAuth::LoopbackOnly);
-    };
-    let bad = |reason: String| StartError::AdminToken {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|err| bad(err.to_string()))?;
-    let token = text.trim();
-    if token.len() < 16 {
-        return Err(bad("the token must be at least 16 characters".into()));
+    match &config.admin_token_file {
+        Some(path) => Ok(AdminAuth::Token(read_secret_file("admin token", path)?)),
+        None => Ok(AdminAuth::LoopbackOnly),
     }
-    Ok(AdminAuth::Token(token.to_string()))
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

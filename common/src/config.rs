@@ -157,6 +157,10 @@ pub struct AgentConfig {
     pub api_addr: SocketAddr,
     /// Serve the built-in demo app here (and send this node's users to it).
     pub demo_app: Option<SocketAddr>,
+    /// File with the password RESP clients must give (`AUTH`), as Redis' `requirepass`.
+    pub requirepass_file: Option<std::path::PathBuf>,
+    /// File with the token HTTP session API calls must carry (`Authorization: Bearer`).
+    pub api_token_file: Option<std::path::PathBuf>,
     /// Largest key, value, hash field or field value, in bytes. Default 1 MiB.
     pub max_value_bytes: u64,
     /// Memory for sessions, in bytes; writes past it fail with Redis' OOM error and nothing
@@ -199,6 +203,8 @@ impl Default for AgentConfig {
             resp_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_RESP_PORT)),
             api_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
             demo_app: None,
+            requirepass_file: None,
+            api_token_file: None,
             max_value_bytes: 1 << 20,
             max_memory_bytes: None,
             max_keys: 50_000_000,

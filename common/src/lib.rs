@@ -11,6 +11,7 @@ pub mod ops;
 pub mod pairing;
 pub mod routing;
 pub mod schema;
+pub mod secret;
 pub mod version;
 
 /// Version of this build, published in gossip.

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tandem_common::secret::constant_time_eq;
 use tandem_common::version::Version;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,6 +40,7 @@ pub const ROUTES: [&str; 4] = [
 pub struct ApiServer {
     listener: TcpListener,
     body_limit: usize,
+    token: Option<String>,
 }
 
 impl ApiServer {
@@ -46,12 +49,14 @@ impl ApiServer {
     pub async fn bind(
         addr: SocketAddr,
         max_value_bytes: usize,
+        token: Option<String>,
     ) -> Result<Self, tandem_cluster::net::BindError> {
         let listener = tandem_cluster::net::bind_tcp("HTTP session API", addr).await?;
         Ok(ApiServer {
             listener,
             // JSON escaping can double a value; leave room for the envelope.
             body_limit: max_value_bytes.saturating_mul(2).saturating_add(64 * 1024),
+            token,
         })
     }
 
@@ -64,7 +69,13 @@ impl ApiServer {
         if let Ok(addr) = self.local_addr() {
             info!(%addr, "HTTP session API listening");
         }
-        let app = router(store).layer(DefaultBodyLimit::max(self.body_limit));
+        let mut app = router(store).layer(DefaultBodyLimit::max(self.body_limit));
+        if let Some(token) = self.token {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                Arc::<str>::from(token),
+                require_token,
+            ));
+        }
         let shutdown = async move { tandem_cluster::stopped(&mut stop).await };
         if let Err(err) = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
@@ -73,6 +84,34 @@ impl ApiServer {
             tracing::warn!(error = %err, "HTTP session API stopped");
         }
     }
+}
+
+/// Counter: HTTP session API calls refused for a missing or wrong token.
+pub const UNAUTHORIZED: &str = "tandem_api_unauthorized_total";
+
+/// Answers 401 to calls without `Authorization: Bearer <the API token>`.
+async fn require_token(
+    axum::extract::State(token): axum::extract::State<Arc<str>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return next.run(request).await;
+    }
+    metrics::counter!(UNAUTHORIZED).increment(1);
+    tracing::warn!(path = %request.uri().path(), "refused an HTTP session API call without the API token");
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this API needs its token: Authorization: Bearer TOKEN",
+    )
+    .into_response()
 }
 
 /// The API's routes over `store`.

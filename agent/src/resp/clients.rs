@@ -23,6 +23,10 @@ pub struct ClientSession {
     pub last_command: &'static str,
     /// Set by `QUIT`: close after the reply.
     pub quit: bool,
+    /// The password this server requires (`AUTH`), if any.
+    pub password: Option<Arc<str>>,
+    /// Whether the client may run commands: no password is required, or it gave it.
+    pub authenticated: bool,
 }
 
 impl ClientSession {
@@ -54,9 +58,18 @@ impl ClientSession {
 pub struct Clients {
     next_id: Arc<AtomicU64>,
     registry: Arc<Mutex<BTreeMap<u64, String>>>,
+    password: Option<Arc<str>>,
 }
 
 impl Clients {
+    /// The clients of a server that requires `password` (Redis' `requirepass`).
+    pub fn with_password(password: Option<String>) -> Clients {
+        Clients {
+            password: password.map(Arc::from),
+            ..Clients::default()
+        }
+    }
+
     /// A session for a new connection, registered.
     pub fn connect(&self, addr: SocketAddr, laddr: SocketAddr) -> ClientSession {
         let session = ClientSession {
@@ -70,6 +83,8 @@ impl Clients {
             created: Instant::now(),
             last_command: "NULL",
             quit: false,
+            password: self.password.clone(),
+            authenticated: self.password.is_none(),
         };
         self.update(&session);
         session

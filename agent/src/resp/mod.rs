@@ -40,6 +40,7 @@ impl RespLimits {
 pub struct RespServer {
     listener: TcpListener,
     limits: RespLimits,
+    password: Option<String>,
 }
 
 impl RespServer {
@@ -48,9 +49,14 @@ impl RespServer {
     pub async fn bind(
         addr: SocketAddr,
         limits: RespLimits,
+        password: Option<String>,
     ) -> Result<Self, tandem_cluster::net::BindError> {
         let listener = tandem_cluster::net::bind_tcp("RESP endpoint", addr).await?;
-        Ok(RespServer { listener, limits })
+        Ok(RespServer {
+            listener,
+            limits,
+            password,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -59,7 +65,7 @@ impl RespServer {
 
     /// Accepts clients until `stop` turns true; open connections finish on their own.
     pub async fn serve(self, store: Sessions, mut stop: watch::Receiver<bool>) {
-        let clients = Clients::default();
+        let clients = Clients::with_password(self.password.clone());
         // Registered once, not looked up per pipeline.
         let commands = metrics::counter!(names::COMMANDS);
         if let Ok(addr) = self.local_addr() {
@@ -88,4 +94,6 @@ pub mod names {
     pub const CONNECTIONS: &str = "tandem_resp_connections";
     pub const COMMANDS: &str = "tandem_resp_commands_total";
     pub const PROTOCOL_ERRORS: &str = "tandem_resp_protocol_errors_total";
+    /// Counter: `AUTH` (or `HELLO … AUTH`) with a wrong user or password.
+    pub const AUTH_FAILURES: &str = "tandem_resp_auth_failures_total";
 }

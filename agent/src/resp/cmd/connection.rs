@@ -2,6 +2,9 @@
 
 use bytes::Bytes;
 
+use tandem_common::secret::constant_time_eq;
+use tracing::warn;
+
 use super::{CmdError, CmdResult, Ctx};
 use crate::resp::parse::{Args, is, parse_int};
 use crate::resp::reply::Reply;
@@ -23,18 +26,42 @@ pub fn quit(ctx: &mut Ctx<'_>, _: &mut Args) -> CmdResult {
     Ok(Reply::OK)
 }
 
-pub fn auth(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
-    match args.remaining() {
-        1 => Err(CmdError::Other(
+/// `AUTH [username] password`: the only user is `default`, as in Redis without ACLs.
+pub fn auth(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    let (user, password) = match args.remaining() {
+        1 => (None, args.arg()?),
+        2 => (Some(args.arg()?), args.arg()?),
+        _ => return Err(CmdError::Syntax),
+    };
+    if ctx.session.password.is_none() && user.is_none() {
+        return Err(CmdError::Other(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?"
                 .into(),
-        )),
-        2 => Err(CmdError::Other(
-            "WRONGPASS invalid username-password pair or user is disabled.".into(),
-        )),
-        _ => Err(CmdError::Syntax),
+        ));
     }
+    authenticate(ctx, user.as_deref(), &password)?;
+    Ok(Reply::OK)
+}
+
+/// Checks a user and password; on success the session may run commands.
+fn authenticate(ctx: &mut Ctx<'_>, user: Option<&[u8]>, password: &[u8]) -> Result<(), CmdError> {
+    let user_ok = user.is_none_or(|user| user == b"default");
+    // Without a password the default user takes any (Redis' `nopass`).
+    let password_ok = ctx
+        .session
+        .password
+        .as_deref()
+        .is_none_or(|required| constant_time_eq(required.as_bytes(), password));
+    if user_ok && password_ok {
+        ctx.session.authenticated = true;
+        return Ok(());
+    }
+    metrics::counter!(crate::resp::names::AUTH_FAILURES).increment(1);
+    warn!(client = ctx.session.id, addr = %ctx.session.addr, "RESP client gave a wrong password");
+    Err(CmdError::Other(
+        "WRONGPASS invalid username-password pair or user is disabled.".into(),
+    ))
 }
 
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`.
@@ -59,10 +86,8 @@ pub fn hello(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     let mut name = None;
     while let Some(option) = args.arg_opt() {
         if is(&option, "AUTH") {
-            let (_user, _password) = (args.arg()?, args.arg()?);
-            return Err(CmdError::Other(
-                "WRONGPASS invalid username-password pair or user is disabled.".into(),
-            ));
+            let (user, password) = (args.arg()?, args.arg()?);
+            authenticate(ctx, Some(&user), &password)?;
         } else if is(&option, "SETNAME") {
             name = Some(valid_client_name(args.arg()?)?);
         } else {
@@ -71,6 +96,14 @@ pub fn hello(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
                 super::sanitize(&option)
             )));
         }
+    }
+    if !ctx.session.authenticated {
+        return Err(CmdError::Other(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+             HELLO AUTH <user> <pass> option can be used to authenticate the client and \
+             select the RESP protocol version at the same time"
+                .into(),
+        ));
     }
     ctx.session.protocol = protocol;
     if let Some(name) = name {

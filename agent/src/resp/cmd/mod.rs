@@ -170,6 +170,11 @@ pub fn execute(ctx: &mut Ctx<'_>, mut args: Vec<Bytes>) -> Reply {
     if !arity_ok {
         return CmdError::Arity(command.name).to_reply();
     }
+    // As Redis: unknown commands and wrong arities are answered first, then a client that
+    // has not authenticated may only authenticate or leave.
+    if !ctx.session.authenticated && !matches!(command.name, "auth" | "hello" | "quit") {
+        return Reply::Error("NOAUTH Authentication required.".into());
+    }
     ctx.session.last_command = command.name;
     match (command.handler)(ctx, &mut Args::new(args)) {
         Ok(reply) => reply,
