@@ -253,3 +253,71 @@ mod tests {
         }
     }
 }
+
+/// Config files are written by hand: whatever they hold, loading answers a configuration
+/// or an error naming the problem, and never panics.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use tandem_common::config::{AgentConfig, BalancerConfig};
+
+    use super::*;
+
+    /// Option names the defaults have, and some they do not.
+    const KEYS: &[&str] = &[
+        "node_id",
+        "gossip_addr",
+        "join",
+        "admin_addr",
+        "gossip_interval",
+        "phi_threshold",
+        "resp_addr",
+        "max_value_bytes",
+        "replication",
+        "multicast",
+        "sync_timeout",
+        "listen",
+        "cookie_max_age",
+        "gossip_key_file",
+        "threads",
+        "no_such_option",
+    ];
+
+    fn values() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            any::<bool>().prop_map(|v| v.to_string()),
+            ".{0,30}".prop_map(|v| format!("{v:?}")),
+            "[\\[\\]{}\"'=,0-9a-z .:]{0,30}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            let _ = overlay(AgentConfig::default(), &text);
+            let _ = overlay(BalancerConfig::default(), &text);
+        }
+
+        #[test]
+        fn option_lines_load_or_name_the_problem(
+            lines in proptest::collection::vec((0..KEYS.len(), values()), 0..6),
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(key, value)| format!("{} = {value}\n", KEYS[*key]))
+                .collect();
+            if let Err(err) = overlay(AgentConfig::default(), &text) {
+                let message = format!("{err:#}");
+                let names_an_option = lines.iter().any(|(key, _)| message.contains(KEYS[*key]));
+                prop_assert!(
+                    names_an_option || message.contains("TOML parse error"),
+                    "{}", message
+                );
+            }
+        }
+    }
+}

@@ -529,3 +529,47 @@ mod tests {
         assert_eq!(a.open(&sealed(&b, b"sealed")).unwrap(), b"sealed");
     }
 }
+
+/// Gossip datagrams come from anyone who reaches the port: nothing but an untouched
+/// datagram sealed with an installed key opens, and nothing panics.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_datagrams_never_open(bytes in vec(any::<u8>(), 0..2048), prefixed: bool) {
+            let ring = Keyring::new("c", vec![ClusterKey::generate()]);
+            let mut datagram = if prefixed { b"TG\x01".to_vec() } else { Vec::new() };
+            datagram.extend_from_slice(&bytes);
+            prop_assert!(ring.open(&datagram).is_err());
+        }
+
+        #[test]
+        fn any_changed_byte_is_refused(
+            message in vec(any::<u8>(), 0..512),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..,
+        ) {
+            let ring = Keyring::new("c", vec![ClusterKey::generate()]);
+            let mut datagram = Vec::new();
+            ring.seal(&message, &mut datagram);
+            prop_assert_eq!(ring.open(&datagram).unwrap(), message);
+            let i = at.index(datagram.len());
+            datagram[i] ^= flip;
+            prop_assert!(ring.open(&datagram).is_err());
+        }
+
+        #[test]
+        fn key_text_is_a_key_or_an_error(text in ".{0,100}") {
+            if let Ok(key) = ClusterKey::parse(&text) {
+                prop_assert_eq!(ClusterKey::parse(&key.encode()).unwrap(), key);
+            }
+        }
+    }
+}

@@ -177,3 +177,44 @@ mod tests {
         assert_eq!(find("malformed", "malformed"), None);
     }
 }
+
+/// Cookies come from users: nothing but an untouched cookie signed with the secret decodes.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"the route cookie secret of a test";
+    const NOW: u64 = 1_800_000_000;
+    const MAX_AGE: u64 = 86_400;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_values_are_absent(value in ".{0,300}") {
+            prop_assert_eq!(RouteCookie::decode(&value, SECRET, NOW, MAX_AGE), None);
+        }
+
+        #[test]
+        fn cookies_read_back_and_any_change_makes_them_absent(
+            node in "[a-z0-9.-]{1,40}",
+            partner in proptest::option::of("[a-z0-9.-]{1,40}"),
+            age in 0..MAX_AGE,
+            at in any::<prop::sample::Index>(),
+            replacement in any::<char>(),
+        ) {
+            let cookie = RouteCookie { node, partner, issued_at: NOW - age };
+            let value = cookie.encode(SECRET);
+            prop_assert_eq!(RouteCookie::decode(&value, SECRET, NOW, MAX_AGE), Some(cookie));
+            prop_assert_eq!(RouteCookie::decode(&value, b"another secret", NOW, MAX_AGE), None);
+            let mut chars: Vec<char> = value.chars().collect();
+            let i = at.index(chars.len());
+            prop_assume!(chars[i] != replacement);
+            chars[i] = replacement;
+            let tampered: String = chars.into_iter().collect();
+            prop_assert_eq!(RouteCookie::decode(&tampered, SECRET, NOW, MAX_AGE), None);
+        }
+    }
+}

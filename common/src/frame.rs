@@ -230,3 +230,78 @@ mod tests {
         }
     }
 }
+
+/// Frames come off the network: whatever arrives, decoding answers a frame, "more bytes"
+/// or an error, and never panics or reads past a frame.
+#[cfg(test)]
+mod properties {
+    use bytes::BytesMut;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn frames() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (any::<u16>(), ".{0,40}", ".{0,40}").prop_map(|(version, cluster, node_id)| {
+                Frame::Hello {
+                    version,
+                    cluster,
+                    node_id,
+                }
+            }),
+            any::<u64>().prop_map(|epoch| Frame::Propose { epoch }),
+            any::<u64>().prop_map(|seq| Frame::Ack { seq }),
+            (any::<u64>(), any::<u64>()).prop_map(|(from, to)| Frame::Nack { from, to }),
+            ".{0,200}".prop_map(|reason| Frame::Reject { reason }),
+            vec(any::<u64>(), 0..64).prop_map(|shards| Frame::Digest { shards }),
+            vec(any::<u32>(), 0..64).prop_map(|shards| Frame::RepairRequest { shards }),
+            vec(any::<u8>(), 0..64).prop_map(|key| Frame::MulticastKey { key }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..4096), max in 0usize..8192) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let before = buf.len();
+            if let Ok(Some(_)) = Frame::decode(&mut buf, max) {
+                prop_assert!(buf.len() < before);
+            }
+        }
+
+        #[test]
+        fn frames_survive_any_split_and_leave_what_follows(
+            frame in frames(),
+            cut in any::<prop::sample::Index>(),
+            tail in vec(any::<u8>(), 0..16),
+        ) {
+            let mut encoded = BytesMut::new();
+            frame.encode(&mut encoded).unwrap();
+            let whole = encoded.to_vec();
+            let at = cut.index(whole.len());
+            let mut partial = BytesMut::from(&whole[..at]);
+            prop_assert_eq!(Frame::decode(&mut partial, MAX_FRAME_BYTES).unwrap(), None);
+            let mut full = BytesMut::from(&whole[..]);
+            full.extend_from_slice(&tail);
+            prop_assert_eq!(Frame::decode(&mut full, MAX_FRAME_BYTES).unwrap(), Some(frame));
+            prop_assert_eq!(&full[..], &tail[..]);
+        }
+
+        #[test]
+        fn a_declared_length_past_the_limit_is_refused_before_the_body(
+            size in 1025u32..,
+            body in vec(any::<u8>(), 0..64),
+        ) {
+            let mut buf = BytesMut::from(&size.to_be_bytes()[..]);
+            buf.extend_from_slice(&body);
+            let too_large = matches!(
+                Frame::decode(&mut buf, 1024),
+                Err(FrameError::TooLarge { .. })
+            );
+            prop_assert!(too_large);
+        }
+    }
+}

@@ -539,3 +539,56 @@ mod tests {
         assert_eq!(default_group("shop"), a);
     }
 }
+
+/// Datagrams come from anyone on the subnet: nothing but an untouched datagram sealed with
+/// the link's key opens, and nothing panics.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_datagrams_never_open(bytes in vec(any::<u8>(), 0..2048)) {
+            let mut opener = Opener::new(&new_key()).unwrap();
+            if let Ok(header) = header(&bytes) {
+                prop_assert!(opener.open(&header, &bytes).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bodies_behind_a_real_header_never_open(
+            sender in "[a-z0-9-]{1,20}",
+            body in vec(any::<u8>(), 0..512),
+        ) {
+            let key = new_key();
+            let mut datagram = Sealer::new(&key, 3, &sender).seal(b"frame");
+            let header_len = datagram.len() - b"frame".len() - 16;
+            datagram.truncate(header_len);
+            datagram.extend_from_slice(&body);
+            let mut opener = Opener::new(&key).unwrap();
+            if let Ok(header) = header(&datagram) {
+                prop_assert!(opener.open(&header, &datagram).is_err());
+            }
+        }
+
+        #[test]
+        fn any_changed_byte_is_refused(
+            frame in vec(any::<u8>(), 0..256),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..,
+        ) {
+            let key = new_key();
+            let mut datagram = Sealer::new(&key, 9, "web-1").seal(&frame);
+            let i = at.index(datagram.len());
+            datagram[i] ^= flip;
+            let mut opener = Opener::new(&key).unwrap();
+            let opened = header(&datagram).ok().and_then(|h| opener.open(&h, &datagram).ok());
+            prop_assert_eq!(opened, None);
+        }
+    }
+}

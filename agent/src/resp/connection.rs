@@ -370,3 +370,77 @@ mod tests {
         }
     }
 }
+
+/// Requests come from any client: whatever arrives, the parser answers a request, "more
+/// bytes" or a protocol error, and never panics or runs past the limits.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: RespLimits = RespLimits {
+        max_bulk_bytes: 4096,
+        max_request_bytes: 16 * 1024,
+    };
+
+    fn encode(args: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..4096)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            // Take requests until the parser wants more or refuses: each step consumes.
+            while let Ok(Some(_)) = next_request(&mut buf, &LIMITS) {
+                if buf.is_empty() {
+                    break;
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_requests_with_a_valid_header_never_panic(
+            count in 0i64..100,
+            rest in vec(any::<u8>(), 0..2048),
+        ) {
+            let mut buf = BytesMut::from(format!("*{count}\r\n").as_bytes());
+            buf.extend_from_slice(&rest);
+            let _ = next_request(&mut buf, &LIMITS);
+        }
+
+        #[test]
+        fn commands_survive_any_split(
+            args in vec(vec(any::<u8>(), 0..64), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let whole = encode(&args);
+            let at = cut.index(whole.len());
+            let mut partial = BytesMut::from(&whole[..at]);
+            prop_assert_eq!(next_request(&mut partial, &LIMITS).unwrap(), None);
+            let mut full = BytesMut::from(&whole[..]);
+            let parsed = next_request(&mut full, &LIMITS).unwrap().unwrap();
+            let parsed: Vec<Vec<u8>> = parsed.iter().map(|a| a.to_vec()).collect();
+            prop_assert_eq!(parsed, args);
+            prop_assert!(full.is_empty());
+        }
+
+        #[test]
+        fn declared_lengths_past_the_limits_are_refused(
+            len in (LIMITS.max_bulk_bytes as u64 + 1)..u64::MAX / 2,
+        ) {
+            let mut buf = BytesMut::from(format!("*1\r\n${len}\r\nxx").as_bytes());
+            prop_assert!(next_request(&mut buf, &LIMITS).is_err());
+        }
+    }
+}
