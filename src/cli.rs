@@ -135,6 +135,9 @@ pub struct AgentArgs {
     /// Most keys held [default: 50000000].
     #[arg(long, env = "TANDEM_MAX_KEYS", value_name = "N")]
     pub max_keys: Option<u64>,
+    /// Most RESP clients connected at once (Redis' maxclients) [default: 10000].
+    #[arg(long, env = "TANDEM_MAX_CLIENTS", value_name = "N")]
+    pub max_clients: Option<usize>,
     /// QUIC replication address (UDP) [default: 0.0.0.0:7947].
     #[arg(long, env = "TANDEM_REPL_ADDR", value_name = "ADDR")]
     pub repl_addr: Option<SocketAddr>,
@@ -207,6 +210,9 @@ pub struct BalancerArgs {
     /// Largest request body accepted, in bytes [default: 67108864].
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,
+    /// Most user connections open at once [default: 10000].
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2) [default: plain HTTP].
     #[arg(
         long,
@@ -414,6 +420,9 @@ impl AgentArgs {
         if self.max_memory_bytes.is_some() {
             config.max_memory_bytes = self.max_memory_bytes;
         }
+        if let Some(clients) = self.max_clients {
+            config.max_clients = clients;
+        }
         if let Some(keys) = self.max_keys {
             config.max_keys = keys;
         }
@@ -473,6 +482,9 @@ impl BalancerArgs {
         }
         if let Some(timeout) = self.request_timeout {
             config.request_timeout = timeout;
+        }
+        if let Some(connections) = self.max_connections {
+            config.max_connections = connections;
         }
         if let Some(bytes) = self.max_body_bytes {
             config.max_body_bytes = bytes;

@@ -253,3 +253,171 @@ async fn the_http_session_api_needs_its_token_when_one_is_set() {
         2.0
     );
 }
+
+/// Deterministic junk: `len` bytes that are not any protocol's.
+fn junk(seed: u32, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_every_port_leaves_every_process_running_and_every_session_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let multicast_port = free_udp_addr().port().to_string();
+    let multicast = [
+        "--multicast-group",
+        "239.77.9.9",
+        "--multicast-port",
+        &multicast_port,
+    ];
+    let mut first = Agent::start(dir, "agent-1", &multicast);
+    let seed = first.node.gossip.to_string();
+    let mut joined = multicast.to_vec();
+    joined.extend(["--join", &seed]);
+    let mut second = Agent::start(dir, "agent-2", &joined);
+    let mut balancer = start_outsider(dir, "balancer-1", first.node.gossip, &[]);
+    let admin = first.node.admin;
+    wait_for("agent-1 paired with agent-2", FORM, || async {
+        support::member(admin, "agent-1")
+            .await
+            .is_some_and(|m| m.partner.is_some_and(|p| p.node_id == "agent-2"))
+    })
+    .await;
+    // Sessions written in sync mode: each reply means the partner has it.
+    let mut client = support::Resp::connect(first.resp).await;
+    for i in 0..200 {
+        let key = format!("session:{i}");
+        assert_eq!(
+            client.call(&["SET", &key, &format!("value-{i}")]).await,
+            support::Reply::SimpleString("OK".into())
+        );
+    }
+
+    // TCP: RESP, the HTTP session API, admin endpoints, the balancer's users' port.
+    let listen = balancer
+        .args_value("--listen")
+        .parse::<SocketAddr>()
+        .unwrap();
+    let tcp = [
+        first.resp,
+        first.api,
+        first.node.admin,
+        second.resp,
+        balancer.admin,
+        listen,
+    ];
+    for (i, addr) in tcp.iter().enumerate() {
+        for round in 0..20u32 {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                continue;
+            };
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream
+                .write_all(&junk(
+                    round * 97 + i as u32,
+                    1 + (round as usize * 331) % 9000,
+                ))
+                .await;
+            let mut answer = [0u8; 512];
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), stream.read(&mut answer)).await;
+        }
+    }
+    // UDP: gossip, QUIC replication, the multicast group.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let group: SocketAddr = format!("239.77.9.9:{multicast_port}").parse().unwrap();
+    let repl = first
+        .node
+        .args_value("--repl-addr")
+        .parse::<SocketAddr>()
+        .unwrap();
+    for target in [
+        first.node.gossip,
+        second.node.gossip,
+        balancer.gossip,
+        repl,
+        group,
+    ] {
+        for round in 0..200u32 {
+            let _ = udp.send_to(&junk(round + 7, 1 + (round as usize * 53) % 1400), target);
+        }
+    }
+
+    tokio::time::sleep(ROUNDS).await;
+    for node in [&mut first.node, &mut second.node, &mut balancer] {
+        assert!(node.is_running(), "{} stopped", node.name);
+    }
+    for agent in [&first, &second] {
+        let mut client = support::Resp::connect(agent.resp).await;
+        for i in 0..200 {
+            assert_eq!(
+                client.call(&["GET", &format!("session:{i}")]).await,
+                support::Reply::BulkString(format!("value-{i}").into_bytes()),
+                "session:{i} on {}",
+                agent.node.name
+            );
+        }
+    }
+    // The junk arrived, and was refused where it arrived.
+    for series in [
+        "tandem_gossip_refused_total{reason=\"unsealed\"}",
+        "tandem_repl_multicast_dropped_total{reason=\"malformed\"}",
+        "tandem_resp_protocol_errors_total",
+    ] {
+        assert!(counter(admin, series).await > 0.0, "{series}");
+    }
+    let partner = support::member(admin, "agent-1").await.unwrap().partner;
+    assert_eq!(
+        partner.map(|p| p.node_id).as_deref(),
+        Some("agent-2"),
+        "still paired"
+    );
+    assert_eq!(
+        live_ids(admin).await,
+        ["agent-1", "agent-2", "balancer-1"],
+        "nobody joined or left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_max_clients_are_told_so_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "agent-1", &["--max-clients", "2"]);
+    support::wait_for_port(agent.resp).await;
+    let mut first = support::Resp::connect(agent.resp).await;
+    let mut second = support::Resp::connect(agent.resp).await;
+    for client in [&mut first, &mut second] {
+        assert_eq!(
+            client.call(&["PING"]).await,
+            support::Reply::SimpleString("PONG".into())
+        );
+    }
+    let mut third = support::Resp::connect(agent.resp).await;
+    assert_eq!(
+        third.reply_bytes().await,
+        b"-ERR max number of clients reached\r\n",
+        "Redis' words"
+    );
+    drop(first);
+    // The slot is free again once a client leaves.
+    wait_for("a slot to free up", FORM, || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut stream) = tokio::net::TcpStream::connect(agent.resp).await else {
+            return false;
+        };
+        let _ = stream.write_all(b"PING\r\n").await;
+        let mut answer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await;
+        matches!(read, Ok(Ok(n)) if &answer[..n] == b"+PONG\r\n")
+    })
+    .await;
+    assert!(counter(agent.node.admin, "tandem_resp_connections_refused_total").await >= 1.0);
+}

@@ -86,7 +86,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let api_token = secret("HTTP session API token", &config.api_token_file)?;
     let resp = RespServer::bind(
         config.resp_addr,
-        RespLimits::for_value_limit(limits.max_value_bytes),
+        RespLimits {
+            max_clients: config.max_clients,
+            ..RespLimits::for_value_limit(limits.max_value_bytes)
+        },
         password,
     )
     .await?;

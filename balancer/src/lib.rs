@@ -9,6 +9,7 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tandem_cluster::keyring::Keyring;
+use tandem_cluster::net::ConnectionLimit;
 use tandem_cluster::{NodeRuntime, PreparedNode, StartError, stopped};
 use tandem_common::config::BalancerConfig;
 use tandem_common::routing::RoutingTable;
@@ -161,6 +162,8 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     // (SO_REUSEPORT), its own single-threaded runtime and its own upstream pool: a request
     // never changes threads.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One limit for every serving thread.
+    let limit = ConnectionLimit::new(config.max_connections);
     let mut listeners = vec![first_listener];
     for _ in 1..threads {
         listeners.push(bind_shared(config.listen).map_err(listen_error)?);
@@ -170,6 +173,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         .enumerate()
         .map(|(i, listener)| {
             let (tls, proxy, stop) = (tls.clone(), proxy.clone(), runtime.stopping());
+            let limit = limit.clone();
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
@@ -179,7 +183,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
                         .expect("a single-threaded runtime");
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => serve(listener, tls, proxy, stop).await,
+                            Ok(listener) => serve(listener, tls, proxy, limit, stop).await,
                             Err(err) => warn!(error = %err, "proxy thread could not listen"),
                         }
                     });
@@ -237,11 +241,18 @@ fn spawn_table_refresh(runtime: &NodeRuntime, proxy: Arc<Proxy>) -> tokio::task:
     })
 }
 
+/// How long a user's TLS handshake may take; slower ones are cut off.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a user may take to send a request's head (a connection that sends nothing,
+/// or dribbles, holds a slot for no one).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Accepts users until `stop` turns true; open connections finish their requests.
 async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy>,
+    limit: ConnectionLimit,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -249,7 +260,8 @@ async fn serve(
     builder
         .http1()
         .max_buf_size(4 * MAX_HEADER_BYTES)
-        .timer(hyper_util::rt::TokioTimer::new());
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder
         .http2()
         .max_header_list_size(MAX_HEADER_BYTES as u32);
@@ -266,11 +278,17 @@ async fn serve(
             },
             _ = stopped(&mut stop) => return,
         };
+        let Some(permit) = limit.admit() else {
+            metrics::counter!(proxy::names::CONNECTIONS_REFUSED).increment(1);
+            debug!(%remote, max = limit.max(), "refused a user connection: too many open");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(request, remote).await) }
@@ -281,17 +299,24 @@ async fn serve(
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await
                 }
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => {
-                        builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .await
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Err(_) => {
+                            debug!(%remote, "TLS handshake took too long");
+                            return;
+                        }
+                        Ok(Ok(stream)) => {
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Ok(Err(err)) => {
+                            debug!(%remote, error = %err, "TLS handshake failed");
+                            return;
+                        }
                     }
-                    Err(err) => {
-                        debug!(%remote, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                },
+                }
             };
             if let Err(err) = served {
                 debug!(%remote, error = %err, "user connection ended with an error");

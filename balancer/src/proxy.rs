@@ -49,6 +49,8 @@ pub mod names {
     pub const FAILOVERS: &str = "tandem_proxy_failovers_total";
     /// Counter: attempts repeated on another node after an error.
     pub const RETRIES: &str = "tandem_proxy_retries_total";
+    /// Counter: user connections closed at once because `max_connections` were open.
+    pub const CONNECTIONS_REFUSED: &str = "tandem_proxy_connections_refused_total";
     /// Counter: routing table rebuilds.
     pub const TABLE_REBUILDS: &str = "tandem_proxy_route_table_rebuilds_total";
     /// Counter: nodes marked down by this balancer after a connect failure.

@@ -15,6 +15,31 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// At most so many connections open at once on an endpoint.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A place for one more connection, held until dropped; `None` when all are taken.
+    pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
 /// Binds the TCP listener of the endpoint `what`.
 ///
 /// # Errors

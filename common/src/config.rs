@@ -168,6 +168,9 @@ pub struct AgentConfig {
     pub max_memory_bytes: Option<u64>,
     /// Most keys held. Default 50,000,000.
     pub max_keys: u64,
+    /// Most RESP clients connected at once; more are told so and closed, as Redis'
+    /// `maxclients`. Default 10,000.
+    pub max_clients: usize,
     /// QUIC replication endpoint (UDP). Default `0.0.0.0:7947`.
     pub repl_addr: SocketAddr,
     /// `sync` (default) or `async`.
@@ -208,6 +211,7 @@ impl Default for AgentConfig {
             max_value_bytes: 1 << 20,
             max_memory_bytes: None,
             max_keys: 50_000_000,
+            max_clients: 10_000,
             repl_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_REPL_PORT)),
             replication: ReplicationMode::Sync,
             multicast: MulticastMode::Auto,
@@ -247,6 +251,8 @@ pub struct BalancerConfig {
     pub request_timeout: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413. Default 64 MiB.
     pub max_body_bytes: u64,
+    /// Most user connections open at once; more are closed at once. Default 10,000.
+    pub max_connections: usize,
     /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2 by ALPN).
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -264,6 +270,7 @@ impl Default for BalancerConfig {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 64 << 20,
+            max_connections: 10_000,
             tls_cert: None,
             tls_key: None,
         }

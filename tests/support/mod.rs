@@ -209,6 +209,22 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// The value given to `flag` on the node's command line.
+    pub fn args_value(&self, flag: &str) -> String {
+        let at = self.args.iter().position(|a| a == flag);
+        let value = at.and_then(|at| self.args.get(at + 1));
+        value
+            .unwrap_or_else(|| panic!("{} has no {flag}", self.name))
+            .clone()
+    }
+
+    /// Whether the process is still running (it has not exited or been killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().is_ok_and(|status| status.is_none()))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("node is running").id()
     }

@@ -275,6 +275,7 @@ mod tests {
         RespLimits {
             max_bulk_bytes: 1_000,
             max_request_bytes: 10_000,
+            max_clients: 1,
         }
     }
 
@@ -383,6 +384,7 @@ mod properties {
     const LIMITS: RespLimits = RespLimits {
         max_bulk_bytes: 4096,
         max_request_bytes: 16 * 1024,
+        max_clients: 1,
     };
 
     fn encode(args: &[Vec<u8>]) -> Vec<u8> {

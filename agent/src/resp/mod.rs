@@ -8,6 +8,7 @@ pub mod reply;
 
 use std::net::SocketAddr;
 
+use tandem_cluster::net::ConnectionLimit;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -22,6 +23,8 @@ pub struct RespLimits {
     pub max_bulk_bytes: usize,
     /// Largest single request.
     pub max_request_bytes: usize,
+    /// Most clients connected at once (Redis' `maxclients`).
+    pub max_clients: usize,
 }
 
 impl RespLimits {
@@ -32,6 +35,7 @@ impl RespLimits {
         RespLimits {
             max_bulk_bytes,
             max_request_bytes: max_bulk_bytes.saturating_mul(4).max(64 << 20),
+            max_clients: 10_000,
         }
     }
 }
@@ -69,13 +73,27 @@ impl RespServer {
         // Registered once, not looked up per pipeline.
         let commands = metrics::counter!(names::COMMANDS);
         if let Ok(addr) = self.local_addr() {
-            info!(%addr, "RESP endpoint listening");
+            info!(%addr, max_clients = self.limits.max_clients, "RESP endpoint listening");
         }
+        let limit = ConnectionLimit::new(self.limits.max_clients);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        tokio::spawn(connection::serve(stream, store.clone(), clients.clone(), self.limits, commands.clone()));
+                    Ok((mut stream, addr)) => {
+                        let Some(permit) = limit.admit() else {
+                            metrics::counter!(names::REFUSED).increment(1);
+                            warn!(%addr, max = limit.max(), "refused a RESP client: too many connected");
+                            tokio::spawn(async move {
+                                use tokio::io::AsyncWriteExt;
+                                let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                            });
+                            continue;
+                        };
+                        let serving = connection::serve(stream, store.clone(), clients.clone(), self.limits, commands.clone());
+                        tokio::spawn(async move {
+                            serving.await;
+                            drop(permit);
+                        });
                     }
                     Err(err) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -94,6 +112,8 @@ pub mod names {
     pub const CONNECTIONS: &str = "tandem_resp_connections";
     pub const COMMANDS: &str = "tandem_resp_commands_total";
     pub const PROTOCOL_ERRORS: &str = "tandem_resp_protocol_errors_total";
+    /// Counter: clients refused because `max_clients` were connected.
+    pub const REFUSED: &str = "tandem_resp_connections_refused_total";
     /// Counter: `AUTH` (or `HELLO … AUTH`) with a wrong user or password.
     pub const AUTH_FAILURES: &str = "tandem_resp_auth_failures_total";
 }
