@@ -264,6 +264,16 @@ async fn multicast_inside_a_subnet_quic_across_and_no_session_lost() {
     })
     .await;
 
+    // Without an admin token, state-changing admin calls are taken from loopback only: the
+    // test process is another host to a1.
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/v1/keyring/plain", hosts["a1"].admin()))
+        .json(&serde_json::json!({ "accept": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
     // Users through the balancer on its own host land on every paired node.
     let (_balancer, listen) = start_balancer(&net, dir);
     wait_for_port(listen).await;

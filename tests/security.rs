@@ -421,3 +421,94 @@ async fn clients_past_max_clients_are_told_so_and_closed() {
     .await;
     assert!(counter(agent.node.admin, "tandem_resp_connections_refused_total").await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_takes_only_cluster_certificates_naming_their_holder() {
+    use tandem_agent::replication::tls::{NodeTls, init_ca, issue};
+    use tandem_agent::replication::transport::{QuicTransport, Transport};
+    use tandem_common::frame::{Frame, PROTOCOL_VERSION};
+
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "agent-1", &[]);
+    support::wait_for_port(agent.resp).await;
+    let repl: SocketAddr = agent.node.args_value("--repl-addr").parse().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+
+    // A certificate from another CA: the handshake fails, and the agent counts it.
+    let other = tempfile::tempdir().unwrap();
+    init_ca(other.path()).unwrap();
+    issue(other.path(), "agent-2").unwrap();
+    let stranger =
+        QuicTransport::bind(any, &NodeTls::load(other.path(), "agent-2", false).unwrap()).unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), stranger.connect("agent-1", repl));
+    assert!(
+        matches!(refused.await, Ok(Err(_))),
+        "a stranger got a channel"
+    );
+    wait_for("the refusal counted", FORM, || async {
+        counter(agent.node.admin, "tandem_repl_refused_total").await >= 1.0
+    })
+    .await;
+
+    // A certificate from the cluster CA, for another node than the one it claims to be.
+    let tls_dir = dir.path().join("tls");
+    issue(&tls_dir, "impostor").unwrap();
+    let impostor =
+        QuicTransport::bind(any, &NodeTls::load(&tls_dir, "impostor", false).unwrap()).unwrap();
+    let mut channel = impostor.connect("agent-1", repl).await.unwrap();
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        cluster: "tandem".into(),
+        node_id: "agent-2".into(),
+    };
+    channel.sender.send(&hello).await.unwrap();
+    let _their_hello = channel.receiver.recv().await.unwrap();
+    channel
+        .sender
+        .send(&Frame::Propose { epoch: 1 })
+        .await
+        .unwrap();
+    match channel.receiver.recv().await.unwrap() {
+        Frame::Reject { reason } => {
+            assert!(reason.contains("not for agent-2"), "{reason}")
+        }
+        other => panic!("an impostor got {other:?}"),
+    }
+    let me = support::member(agent.node.admin, "agent-1").await.unwrap();
+    assert!(me.partner.is_none(), "the impostor is nobody's partner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_cluster_without_a_key_turns_sealed_without_anyone_dropping_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let first = Agent::start(dir, "agent-1", &[NO_GOSSIP_KEY]);
+    let seed = first.node.gossip.to_string();
+    let second = Agent::start(dir, "agent-2", &[NO_GOSSIP_KEY, "--join", &seed]);
+    wait_live(first.node.admin, &["agent-1", "agent-2"]).await;
+    let key = dir.join("new.key");
+    write_new_key(&key);
+    let id = ClusterKey::read_file(&key).unwrap()[0].id().to_string();
+    // Install everywhere, seal everywhere, then refuse unsealed gossip everywhere.
+    for step in [
+        vec!["install", key.to_str().unwrap()],
+        vec!["use", &id],
+        vec!["plain", "refuse"],
+    ] {
+        for agent in [&first, &second] {
+            keyring(agent.node.admin, &step);
+        }
+        tokio::time::sleep(ROUNDS).await;
+        for agent in [&first, &second] {
+            assert_eq!(
+                live_ids(agent.node.admin).await,
+                ["agent-1", "agent-2"],
+                "after {step:?}"
+            );
+        }
+    }
+    let outsider = start_outsider(dir, "no-key", first.node.gossip, &[NO_GOSSIP_KEY]);
+    tokio::time::sleep(ROUNDS).await;
+    assert_eq!(live_ids(first.node.admin).await, ["agent-1", "agent-2"]);
+    assert_eq!(live_ids(outsider.admin).await, ["no-key"]);
+}

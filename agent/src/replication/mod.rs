@@ -620,7 +620,7 @@ impl Inner {
             Ok(peer) => peer,
             Err(reason) => {
                 warn!(peer = %peer_addr, %reason, "refusing a replication peer");
-                let _ = channel.sender.send(&Frame::Reject { reason }).await;
+                channel.refuse(reason).await;
                 return;
             }
         };
@@ -633,12 +633,7 @@ impl Inner {
             state.link.is_none() && state.proposing.is_none()
         };
         if !available {
-            let _ = channel
-                .sender
-                .send(&Frame::Reject {
-                    reason: "already paired or pairing".into(),
-                })
-                .await;
+            channel.refuse("already paired or pairing".into()).await;
             return;
         }
         if channel.sender.send(&Frame::Accept { epoch }).await.is_ok() {

@@ -119,6 +119,9 @@ impl FrameReceiver {
     }
 }
 
+/// How long a refused peer is given to read why before the channel closes.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Both directions of one channel.
 pub struct Channel {
     pub sender: FrameSender,
@@ -138,6 +141,17 @@ impl Channel {
             peer,
             peer_certificate: None,
         }
+    }
+
+    /// Tells the peer why it is refused, and closes the channel once the peer has read it
+    /// (or after a short wait): dropping the connection at once would discard the reason
+    /// still on its way.
+    pub async fn refuse(mut self, reason: String) {
+        if self.sender.send(&Frame::Reject { reason }).await.is_err() {
+            return;
+        }
+        let _ = self.sender.writer.shutdown().await;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, self.receiver.recv()).await;
     }
 
     /// Whether the peer may be `node_id`: its certificate names that node (or the transport
