@@ -198,7 +198,8 @@ pub fn node_paths(dir: &Path, node_id: &str) -> (PathBuf, PathBuf) {
 /// One node's trust anchor, certificate and key.
 pub struct NodeTls {
     pub node_id: String,
-    ca: CertificateDer<'static>,
+    /// The cluster CA certificates trusted (more than one while a CA is being replaced).
+    ca: Vec<CertificateDer<'static>>,
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
 }
@@ -237,10 +238,14 @@ impl NodeTls {
         }
         let read = |path: &Path| std::fs::read(path).map_err(io_error(path));
         let ca_path = dir.join(CA_CERT);
-        let ca = CertificateDer::from_pem_slice(&read(&ca_path)?).map_err(|_| TlsError::Pem {
-            path: ca_path,
-            what: "certificate",
-        })?;
+        let ca = CertificateDer::pem_slice_iter(&read(&ca_path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|ca| !ca.is_empty())
+            .ok_or(TlsError::Pem {
+                path: ca_path,
+                what: "certificate",
+            })?;
         let cert =
             CertificateDer::from_pem_slice(&read(&cert_path)?).map_err(|_| TlsError::Pem {
                 path: cert_path,
@@ -260,7 +265,9 @@ impl NodeTls {
 
     fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone())?;
+        for ca in &self.ca {
+            roots.add(ca.clone())?;
+        }
         Ok(roots)
     }
 

@@ -620,4 +620,72 @@ mod tests {
             "the listener still accepts members, and binds them to their names: {peer:?}"
         );
     }
+
+    /// While the CA is replaced, `ca.pem` holds both CA certificates: nodes with
+    /// certificates from either CA pair, while a node trusting only the new CA refuses
+    /// the old one's.
+    #[tokio::test]
+    async fn a_ca_bundle_trusts_both_cas_during_a_ca_rotation() {
+        use super::super::tls::{init_ca, issue};
+        let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for (dir, node) in [(&old, "node-old"), (&new, "node-new")] {
+            init_ca(dir.path()).unwrap();
+            issue(dir.path(), node).unwrap();
+        }
+        let read =
+            |dir: &tempfile::TempDir| std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        let bundle = format!("{}{}", read(&old), read(&new));
+        let only_new = read(&new);
+        std::fs::write(old.path().join("ca.pem"), &bundle).unwrap();
+        std::fs::write(new.path().join("ca.pem"), &bundle).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let old_node =
+            QuicTransport::bind(any, &NodeTls::load(old.path(), "node-old", false).unwrap())
+                .unwrap();
+        let new_node = Arc::new(
+            QuicTransport::bind(any, &NodeTls::load(new.path(), "node-new", false).unwrap())
+                .unwrap(),
+        );
+        let listener = new_node.clone();
+        let accepted =
+            tokio::spawn(async move { listener.accept().await.map(|c| c.peer_is("node-old")) });
+        let mut channel = old_node
+            .connect("node-new", new_node.local_addr())
+            .await
+            .unwrap();
+        channel.sender.send(&Frame::Ack { seq: 1 }).await.unwrap();
+        let accepted = tokio::time::timeout(std::time::Duration::from_secs(5), accepted).await;
+        assert!(matches!(accepted, Ok(Ok(Ok(true)))), "{accepted:?}");
+
+        std::fs::write(new.path().join("ca.pem"), only_new).unwrap();
+        let strict = Arc::new(
+            QuicTransport::bind(any, &NodeTls::load(new.path(), "node-new", false).unwrap())
+                .unwrap(),
+        );
+        let listener = strict.clone();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+        // TLS 1.3: the client may finish its side before the server refuses its certificate;
+        // either way no channel comes of it.
+        if let Ok(Ok(mut channel)) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            old_node.connect("node-new", strict.local_addr()),
+        )
+        .await
+        {
+            let _ = channel.sender.send(&Frame::Ack { seq: 1 }).await;
+            let answer =
+                tokio::time::timeout(std::time::Duration::from_secs(5), channel.receiver.recv())
+                    .await;
+            assert!(
+                matches!(answer, Ok(Err(_))),
+                "the channel must break: {:?}",
+                answer.map(|r| r.is_ok())
+            );
+        }
+        let accepted = tokio::time::timeout(std::time::Duration::from_secs(1), accepted).await;
+        assert!(
+            accepted.is_err(),
+            "the old CA is no longer trusted: no channel accepted"
+        );
+    }
 }
