@@ -387,19 +387,36 @@ async fn garbage_on_every_port_leaves_every_process_running_and_every_session_in
     );
 }
 
+/// A RESP connection to `addr` that answered PING, if the agent admitted it.
+async fn admitted(addr: SocketAddr) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(b"PING\r\n").await.ok()?;
+    let mut answer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await;
+    matches!(read, Ok(Ok(n)) if &answer[..n] == b"+PONG\r\n").then_some(stream)
+}
+
+/// Waits until the agent admits one more client, and keeps it.
+async fn wait_admitted(addr: SocketAddr) -> tokio::net::TcpStream {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(stream) = admitted(addr).await {
+            return stream;
+        }
+        assert!(started.elapsed() < FORM, "no RESP slot came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_past_max_clients_are_told_so_and_closed() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(dir.path(), "agent-1", &["--max-clients", "2"]);
     support::wait_for_port(agent.resp).await;
-    let mut first = support::Resp::connect(agent.resp).await;
-    let mut second = support::Resp::connect(agent.resp).await;
-    for client in [&mut first, &mut second] {
-        assert_eq!(
-            client.call(&["PING"]).await,
-            support::Reply::SimpleString("PONG".into())
-        );
-    }
+    // Slots taken by earlier probes free up as the agent sees them close.
+    let first = wait_admitted(agent.resp).await;
+    let _second = wait_admitted(agent.resp).await;
     let mut third = support::Resp::connect(agent.resp).await;
     assert_eq!(
         third.reply_bytes().await,
@@ -408,17 +425,7 @@ async fn clients_past_max_clients_are_told_so_and_closed() {
     );
     drop(first);
     // The slot is free again once a client leaves.
-    wait_for("a slot to free up", FORM, || async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut stream) = tokio::net::TcpStream::connect(agent.resp).await else {
-            return false;
-        };
-        let _ = stream.write_all(b"PING\r\n").await;
-        let mut answer = [0u8; 64];
-        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await;
-        matches!(read, Ok(Ok(n)) if &answer[..n] == b"+PONG\r\n")
-    })
-    .await;
+    wait_admitted(agent.resp).await;
     assert!(counter(agent.node.admin, "tandem_resp_connections_refused_total").await >= 1.0);
 }
 
