@@ -1,6 +1,7 @@
 //! The Tandem balancer: joins the cluster, derives sticky routes from gossip, and proxies
 //! users' HTTP requests to the agents' apps.
 
+mod deadline;
 pub mod proxy;
 
 use std::convert::Infallible;
@@ -17,6 +18,7 @@ use tandem_common::schema::{NodeAdvert, NodeState, Role};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::deadline::FirstBytes;
 use crate::proxy::{MAX_HEADER_BYTES, Proxy, ProxySettings};
 
 /// The balancer could not start.
@@ -243,8 +245,8 @@ fn spawn_table_refresh(runtime: &NodeRuntime, proxy: Arc<Proxy>) -> tokio::task:
 
 /// How long a user's TLS handshake may take; slower ones are cut off.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a user may take to send a request's head (a connection that sends nothing,
-/// or dribbles, holds a slot for no one).
+/// How long a user may take to send its first bytes, and each request's head (a connection
+/// that sends nothing, or dribbles, holds a slot for no one).
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Accepts users until `stop` turns true; open connections finish their requests.
@@ -295,6 +297,7 @@ async fn serve(
             });
             let served = match tls {
                 None => {
+                    let stream = FirstBytes::new(stream, HEADER_READ_TIMEOUT);
                     builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await
@@ -307,6 +310,7 @@ async fn serve(
                             return;
                         }
                         Ok(Ok(stream)) => {
+                            let stream = FirstBytes::new(stream, HEADER_READ_TIMEOUT);
                             builder
                                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                                 .await

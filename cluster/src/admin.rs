@@ -189,8 +189,21 @@ async fn keyring(State(state): State<AdminState>) -> Json<KeyringView> {
 
 async fn install_key(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(request): Json<KeyringRequest>,
 ) -> KeyringReply {
+    // The admin endpoint speaks plain HTTP: a key sent from another host would cross the
+    // network in clear, token or not.
+    if !peer.ip().is_loopback() {
+        metrics::counter!(names::ADMIN_REFUSED).increment(1);
+        warn!(%peer, "refused a gossip key sent from another host");
+        return Err((
+            StatusCode::FORBIDDEN,
+            "keys are installed from the node's own host only (tandem keyring install \
+             --admin http://127.0.0.1:PORT): over the network the key would travel in clear\n"
+                .into(),
+        ));
+    }
     let text = request
         .key
         .as_deref()

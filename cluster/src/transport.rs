@@ -9,7 +9,10 @@
 //! * send: the codec sends the message to the hop; the hop's datagram is sealed with the
 //!   keyring's primary key and leaves by the network socket;
 //! * receive: a datagram from the network is opened with the keyring; only then does the
-//!   hop hand it to the codec, which decodes it for chitchat, with the real sender.
+//!   hop hand it to the codec, which decodes it for chitchat, with the real sender. A
+//!   marker message follows each datagram through the codec: when the marker comes out
+//!   first, the datagram did not decode (the codec drops such input silently), so nothing
+//!   waits on a timer and no message is ever attributed to the wrong sender.
 //!
 //! Datagrams that do not open (no key, a foreign key, tampered, garbage), and anything the
 //! codec receives from elsewhere than the hop, never reach chitchat: they are counted in
@@ -22,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
+use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use tracing::{debug, warn};
 
 use crate::keyring::Keyring;
@@ -33,11 +36,33 @@ use crate::metrics::names;
 const MAX_DATAGRAM: usize = 65_507;
 /// Refused datagrams are logged at most this often (each is counted).
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// The first bytes of every chitchat message (its magic number, little-endian).
-const CHITCHAT_MAGIC: [u8; 2] = 45_139u16.to_le_bytes();
-/// How long the codec may take to decode a datagram already in its socket: on loopback it
-/// is there at once, so running out means the codec dropped it as undecodable.
-const DECODE_WAIT: Duration = Duration::from_millis(100);
+/// How long the codec may take with a datagram already in its socket (on loopback it is
+/// there at once; this only bounds a wait that should never happen).
+const CODEC_WAIT: Duration = Duration::from_secs(1);
+
+/// What the codec holds of ours, between two `recv` calls (chitchat may drop a `recv` at
+/// any await; the next one picks up from here).
+#[derive(Clone, Copy)]
+enum Pending {
+    Nothing,
+    /// A received datagram (its sender and size on the network) and the marker behind it.
+    Datagram {
+        from: SocketAddr,
+        received: usize,
+    },
+    /// The marker behind a datagram already decoded.
+    Marker,
+}
+
+/// The envelope sent to the codec behind every received datagram: when it comes out of the
+/// codec first, the datagram before it did not decode. (A peer's own message equal to it is
+/// taken as it is, without the codec.)
+fn marker() -> ChitchatEnvelope {
+    ChitchatEnvelope {
+        version: ProtocolVersion::V1,
+        message: ChitchatMessage::BadCluster,
+    }
+}
 
 /// UDP gossip sealed with a keyring.
 pub struct SealedTransport {
@@ -61,8 +86,12 @@ impl Transport for SealedTransport {
         let hop = tokio::net::UdpSocket::bind(loopback)
             .await
             .context("failed to bind the gossip codec's hop on 127.0.0.1")?;
-        Ok(Box::new(SealedSocket {
-            codec_addr: codec.local_addr()?,
+        let codec_addr = codec.local_addr()?;
+        // Connected: the hop takes datagrams from the codec only, whoever else is on the host.
+        hop.connect(codec_addr)
+            .await
+            .context("failed to connect the gossip codec's hop")?;
+        let mut socket = SealedSocket {
             hop_addr: hop.local_addr()?,
             network,
             codec,
@@ -70,24 +99,27 @@ impl Transport for SealedTransport {
             keyring: self.keyring.clone(),
             sealed: Vec::with_capacity(MAX_DATAGRAM),
             buf: vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice(),
-            decoding: None,
+            marker: Vec::new(),
+            pending: Pending::Nothing,
             last_refusal_log: None,
-        }))
+        };
+        // The marker's bytes, as chitchat itself encodes it.
+        socket.marker = socket.encode(marker()).await?.to_vec();
+        Ok(Box::new(socket))
     }
 }
 
 struct SealedSocket {
     network: tokio::net::UdpSocket,
     codec: Box<dyn Socket>,
-    codec_addr: SocketAddr,
     hop: tokio::net::UdpSocket,
     hop_addr: SocketAddr,
     keyring: Arc<Keyring>,
     sealed: Vec<u8>,
     buf: Box<[u8]>,
-    /// A received datagram handed to the codec and not yet decoded (its sender and size):
-    /// chitchat may drop a `recv` at any await, and the next one picks it up here.
-    decoding: Option<(SocketAddr, usize)>,
+    /// [`marker`], encoded.
+    marker: Vec<u8>,
+    pending: Pending,
     last_refusal_log: Option<Instant>,
 }
 
@@ -104,19 +136,7 @@ impl Socket for SealedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        // Whatever a send cut short left at the hop is stale.
-        while self.hop.try_recv_from(&mut self.buf).is_ok() {}
-        self.codec.send(self.hop_addr, envelope).await?;
-        let len = loop {
-            let (len, from) = self
-                .hop
-                .recv_from(&mut self.buf)
-                .await
-                .context("the gossip codec's hop failed")?;
-            if from == self.codec_addr {
-                break len;
-            }
-        };
+        let len = self.encode(envelope).await?.len();
         self.keyring.seal(&self.buf[..len], &mut self.sealed);
         if self.sealed.len() > MAX_DATAGRAM {
             metrics::counter!(names::GOSSIP_REFUSED, "reason" => "too_large").increment(1);
@@ -132,57 +152,97 @@ impl Socket for SealedSocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            if let Some((from, len)) = self.decoding {
-                let decoded = tokio::time::timeout(DECODE_WAIT, self.codec.recv()).await;
-                match decoded {
-                    Ok(Ok(outcome)) if outcome.from_addr == self.hop_addr => {
-                        self.decoding = None;
-                        return Ok(RecvOutcome {
-                            from_addr: from,
-                            envelope: outcome.envelope,
-                            num_bytes_received: len,
-                        });
-                    }
-                    // Someone on this host wrote to the codec directly: not through the seal.
-                    Ok(Ok(outcome)) => self.refused("unsealed", outcome.from_addr, 0),
-                    Ok(Err(err)) => {
-                        self.decoding = None;
-                        return Err(err);
-                    }
-                    Err(_) => {
-                        self.decoding = None;
-                        self.refused("malformed", from, len);
+            match self.pending {
+                Pending::Marker => {
+                    // Behind a datagram already decoded: take it off, whatever it says.
+                    let _ = tokio::time::timeout(CODEC_WAIT, self.decoded()).await;
+                    self.pending = Pending::Nothing;
+                }
+                Pending::Datagram { from, received } => {
+                    let decoded = tokio::time::timeout(CODEC_WAIT, self.decoded()).await;
+                    self.pending = Pending::Nothing;
+                    match decoded {
+                        Ok(Ok(envelope)) if envelope == marker() => {
+                            self.refused("malformed", from, received);
+                        }
+                        Ok(Ok(envelope)) => {
+                            self.pending = Pending::Marker;
+                            return Ok(RecvOutcome {
+                                from_addr: from,
+                                envelope,
+                                num_bytes_received: received,
+                            });
+                        }
+                        Ok(Err(err)) => return Err(err),
+                        Err(_) => self.refused("malformed", from, received),
                     }
                 }
-                continue;
-            }
-            let (len, from) = match self.network.recv_from(&mut self.buf).await {
-                Ok(received) => received,
-                // An ICMP error for an earlier send to a node that is gone.
-                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                Err(err) => return Err(err).context("receiving gossip failed"),
-            };
-            let plain = match self.keyring.open(&self.buf[..len]) {
-                Ok(plain) if plain.starts_with(&CHITCHAT_MAGIC) => plain,
-                Ok(_) => {
-                    self.refused("malformed", from, len);
-                    continue;
+                Pending::Nothing => {
+                    let (len, from) = match self.network.recv_from(&mut self.buf).await {
+                        Ok(received) => received,
+                        // An ICMP error for an earlier send to a node that is gone.
+                        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            continue;
+                        }
+                        Err(err) => return Err(err).context("receiving gossip failed"),
+                    };
+                    let plain = match self.keyring.open(&self.buf[..len]) {
+                        Ok(plain) if plain == self.marker => {
+                            return Ok(RecvOutcome {
+                                from_addr: from,
+                                envelope: marker(),
+                                num_bytes_received: len,
+                            });
+                        }
+                        Ok(plain) => plain,
+                        Err(refused) => {
+                            self.refused(refused.label(), from, len);
+                            continue;
+                        }
+                    };
+                    self.pending = Pending::Datagram {
+                        from,
+                        received: len,
+                    };
+                    let forwarded = async {
+                        self.hop.send(&plain).await?;
+                        self.hop.send(&self.marker).await
+                    };
+                    if let Err(err) = forwarded.await {
+                        self.pending = Pending::Nothing;
+                        return Err(err).context("the gossip codec's hop failed");
+                    }
                 }
-                Err(refused) => {
-                    self.refused(refused.label(), from, len);
-                    continue;
-                }
-            };
-            self.decoding = Some((from, len));
-            if let Err(err) = self.hop.send_to(&plain, self.codec_addr).await {
-                self.decoding = None;
-                return Err(err).context("the gossip codec's hop failed");
             }
         }
     }
 }
 
 impl SealedSocket {
+    /// Encodes `envelope` with chitchat's own encoder, into the front of `buf`.
+    async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<&[u8]> {
+        // Whatever a send cut short left at the hop is stale.
+        while self.hop.try_recv(&mut self.buf).is_ok() {}
+        self.codec.send(self.hop_addr, envelope).await?;
+        let len = tokio::time::timeout(CODEC_WAIT, self.hop.recv(&mut self.buf))
+            .await
+            .context("the gossip codec did not encode a message in time")?
+            .context("the gossip codec's hop failed")?;
+        Ok(&self.buf[..len])
+    }
+
+    /// The next message the codec decoded from the hop; anything sent to the codec by
+    /// another process on this host is refused on the way.
+    async fn decoded(&mut self) -> anyhow::Result<ChitchatEnvelope> {
+        loop {
+            let outcome = self.codec.recv().await?;
+            if outcome.from_addr == self.hop_addr {
+                return Ok(outcome.envelope);
+            }
+            self.refused("unsealed", outcome.from_addr, outcome.num_bytes_received);
+        }
+    }
+
     fn refused(&mut self, reason: &'static str, from: SocketAddr, len: usize) {
         metrics::counter!(names::GOSSIP_REFUSED, "reason" => reason).increment(1);
         let now = Instant::now();
@@ -351,6 +411,26 @@ mod tests {
             }
         }
         assert_eq!(received, 20);
+    }
+
+    #[tokio::test]
+    async fn undecodable_gossip_is_dropped_and_the_next_message_keeps_its_sender() {
+        // Without keys, opened datagrams are whatever arrives: junk that starts like a
+        // chitchat message reaches the codec, which cannot decode it.
+        let mut a = socket(vec![]).await;
+        let mut b = socket(vec![]).await;
+        let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for tail in [&[0xffu8; 40][..], &[7; 3], &[]] {
+            // chitchat's magic number (45139, little-endian): it gets past a first look.
+            let mut datagram = vec![0x53, 0xb0];
+            datagram.extend_from_slice(tail);
+            junk.send_to(&datagram, b.local_addr().unwrap())
+                .await
+                .unwrap();
+        }
+        for _ in 0..3 {
+            assert!(delivered(&mut a, &mut b).await);
+        }
     }
 
     // The metered socket must behave exactly like the socket it wraps: sockets open, carry
