@@ -1,25 +1,20 @@
 //! `tandem keyring`: a node's gossip keyring through its admin endpoint.
 
-use std::time::Duration;
-
 use anyhow::{Context, bail};
 use tandem_cluster::admin::KeyringRequest;
 use tandem_cluster::keyring::{ClusterKey, KeyringView};
+use tandem_common::secret::read_secret_file;
 
 use crate::cli::{KeyringAction, KeyringArgs, PlainChoice};
-use crate::members::admin_base_url;
+use crate::members::{admin_base_url, admin_client};
 
 pub async fn run(args: KeyringArgs) -> anyhow::Result<()> {
     let base = admin_base_url(&args.admin);
-    let token = match &args.admin_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("admin token file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(|path| read_secret_file("admin token", path))
+        .transpose()?;
     let (path, body) = match args.action {
         KeyringAction::List => ("", None),
         KeyringAction::Install { key_file } => {
@@ -41,10 +36,7 @@ pub async fn run(args: KeyringArgs) -> anyhow::Result<()> {
         }
     };
     let url = format!("{base}/v1/keyring{path}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .context("HTTP client")?;
+    let client = admin_client()?;
     let mut request = match &body {
         Some(body) => client.post(&url).json(body),
         None => client.get(&url),

@@ -17,15 +17,19 @@ pub fn admin_base_url(admin: &str) -> String {
     }
 }
 
+/// The HTTP client of the commands that talk to an admin endpoint.
+pub fn admin_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("HTTP client")
+}
+
 /// Fetches `/v1/members` from an admin endpoint.
 pub async fn fetch(admin: &str) -> anyhow::Result<MembersResponse> {
     let base = admin_base_url(admin);
     let url = format!("{base}/v1/members");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .context("HTTP client")?;
-    let response = client
+    let response = admin_client()?
         .get(&url)
         .send()
         .await

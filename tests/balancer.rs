@@ -401,7 +401,7 @@ async fn users_can_connect_over_tls_with_http2() {
     let demo = free_tcp_addr().to_string();
     let agent = Agent::start(dir.path(), "tls-agent", &["--demo-app", &demo]);
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, "s").unwrap();
+    std::fs::write(&secret, "the route cookie secret of this test").unwrap();
     let listen = free_tcp_addr();
     let extra: Vec<String> = [
         "--listen",

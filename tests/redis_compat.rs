@@ -311,6 +311,14 @@ async fn with_a_password_replies_match_redis_server() {
             b"$3\r\napp\r\n"
         );
     }
+    // Before authenticating, a client may send no more than AUTH needs: Redis' limits and
+    // words, each ending the connection.
+    let long_password = "p".repeat(17_000);
+    let too_long: &[&[&str]] = &[&["AUTH", &long_password]];
+    let too_many: &[&[&str]] = &[&["AUTH", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]];
+    for script in [too_long, too_many] {
+        assert_same_replies(redis.addr, agent.resp, script).await;
+    }
     let (_, metrics) = support::get(agent.node.admin, "/metrics").await.unwrap();
     assert!(
         metrics.contains("tandem_resp_auth_failures_total 5\n"),

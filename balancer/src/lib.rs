@@ -30,14 +30,8 @@ pub enum BalancerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cookie secret file {path}")]
-    Secret {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cookie secret file {0} is empty")]
-    EmptySecret(std::path::PathBuf),
+    #[error(transparent)]
+    Secret(#[from] tandem_common::secret::SecretError),
     #[error("TLS certificate or key {path}: {reason}")]
     Tls {
         path: std::path::PathBuf,
@@ -64,15 +58,8 @@ fn cookie_secret(
 ) -> Result<(Vec<u8>, SecretSource), BalancerError> {
     match &config.cookie_secret_file {
         Some(path) => {
-            let text = std::fs::read(path).map_err(|source| BalancerError::Secret {
-                path: path.clone(),
-                source,
-            })?;
-            let secret = text.trim_ascii().to_vec();
-            if secret.is_empty() {
-                return Err(BalancerError::EmptySecret(path.clone()));
-            }
-            Ok((secret, SecretSource::File))
+            let secret = tandem_common::secret::read_secret_file("route cookie secret", path)?;
+            Ok((secret.into_bytes(), SecretSource::File))
         }
         None => Ok(match keyring.primary() {
             Some(key) => (

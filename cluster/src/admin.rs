@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_common::member::MembersResponse;
 use tandem_common::schema::NodeState;
-use tandem_common::secret::constant_time_eq;
+use tandem_common::secret::bearer_matches;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -46,12 +46,8 @@ impl AdminAuth {
                  (it has no --admin-token-file)",
             ),
             AdminAuth::Token(token) => {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                let authorization = headers.get(header::AUTHORIZATION);
+                if bearer_matches(authorization.and_then(|v| v.to_str().ok()), token) {
                     Ok(())
                 } else {
                     Err("a missing or wrong admin token (Authorization: Bearer TOKEN)")

@@ -51,9 +51,12 @@ pub enum KeyError {
     EmptyFile(String),
 }
 
-/// A cluster key.
+/// A cluster key, with its id (computed once: datagrams are matched to keys by id).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClusterKey([u8; KEY_LEN]);
+pub struct ClusterKey {
+    bytes: [u8; KEY_LEN],
+    id: KeyId,
+}
 
 /// The public name of a key: the first 4 bytes of its SHA-256, in hex. Safe to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,7 +96,13 @@ impl fmt::Debug for ClusterKey {
 impl ClusterKey {
     /// A new random key.
     pub fn generate() -> ClusterKey {
-        ClusterKey(XChaCha20Poly1305::generate_key(&mut OsRng).into())
+        ClusterKey::from_bytes(XChaCha20Poly1305::generate_key(&mut OsRng).into())
+    }
+
+    fn from_bytes(bytes: [u8; KEY_LEN]) -> ClusterKey {
+        let digest = Sha256::digest(bytes);
+        let id = KeyId(digest[..ID_LEN].try_into().expect("4 bytes"));
+        ClusterKey { bytes, id }
     }
 
     /// Reads a key from its base64 text (surrounding white space ignored).
@@ -108,7 +117,7 @@ impl ClusterKey {
         let key: [u8; KEY_LEN] = bytes
             .try_into()
             .map_err(|bytes: Vec<u8>| KeyError::Malformed(format!("{} bytes", bytes.len())))?;
-        Ok(ClusterKey(key))
+        Ok(ClusterKey::from_bytes(key))
     }
 
     /// Reads the keys of a key file: one per line, the first being the primary; blank lines
@@ -134,24 +143,23 @@ impl ClusterKey {
     }
 
     pub fn encode(&self) -> String {
-        STANDARD.encode(self.0)
+        STANDARD.encode(self.bytes)
     }
 
     pub fn id(&self) -> KeyId {
-        let digest = Sha256::digest(self.0);
-        KeyId(digest[..ID_LEN].try_into().expect("4 bytes"))
+        self.id
     }
 
     /// A secret for one purpose, derived from this key (HMAC-SHA-256 of the purpose).
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.bytes).expect("any key length");
         mac.update(b"tandem/");
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().into()
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(&self.0.into())
+        XChaCha20Poly1305::new(&self.bytes.into())
     }
 }
 

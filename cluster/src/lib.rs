@@ -145,12 +145,6 @@ impl PreparedNode {
         &self.keyring
     }
 
-    /// Who may make state-changing admin calls; components guard their own admin routes
-    /// with it.
-    pub fn admin_auth(&self) -> &AdminAuth {
-        &self.admin_auth
-    }
-
     /// Adds a component's own endpoints to the admin endpoint.
     pub fn with_admin_routes(mut self, routes: axum::Router) -> Self {
         self.admin_routes = self.admin_routes.merge(routes);

@@ -36,6 +36,14 @@ pub fn read_secret_file(what: &'static str, path: &Path) -> Result<String, Secre
     Ok(secret.to_string())
 }
 
+/// Whether an `Authorization` header value is `Bearer <token>`.
+pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    let given = authorization
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
 /// Compares without stopping at the first difference: the time taken tells nothing about
 /// how much of a guess was right.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -67,5 +75,14 @@ mod tests {
         assert!(constant_time_eq(b"same", b"same"));
         assert!(!constant_time_eq(b"same", b"sane"));
         assert!(!constant_time_eq(b"same", b"same-but-longer"));
+        assert!(bearer_matches(Some("Bearer a-token"), "a-token"));
+        for wrong in [
+            None,
+            Some("a-token"),
+            Some("Bearer another"),
+            Some("bearer a-token"),
+        ] {
+            assert!(!bearer_matches(wrong, "a-token"), "{wrong:?}");
+        }
     }
 }

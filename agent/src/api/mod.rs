@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tandem_common::secret::constant_time_eq;
+use tandem_common::secret::bearer_matches;
 use tandem_common::version::Version;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -95,13 +95,8 @@ async fn require_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    let authorization = request.headers().get(header::AUTHORIZATION);
+    if bearer_matches(authorization.and_then(|v| v.to_str().ok()), &token) {
         return next.run(request).await;
     }
     metrics::counter!(UNAUTHORIZED).increment(1);

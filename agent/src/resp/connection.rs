@@ -17,8 +17,6 @@ use super::reply::Reply;
 use super::{RespLimits, names};
 use crate::sessions::Sessions;
 
-/// Redis' limit on the element count of one request.
-const MAX_ARRAY_LEN: usize = 1024 * 1024;
 /// Redis' limit on an inline request line.
 const MAX_INLINE_LEN: usize = 64 * 1024;
 
@@ -83,8 +81,12 @@ fn check_declared_lengths(buf: &[u8], limits: &RespLimits) -> Result<(), Protoco
     let Some(count) = header_number(buf, &mut pos, "invalid multibulk length")? else {
         return Ok(());
     };
-    if count > MAX_ARRAY_LEN as i64 {
-        return Err(protocol_error("invalid multibulk length"));
+    if count > limits.max_array_len as i64 {
+        return Err(protocol_error(if limits.pre_auth {
+            "unauthenticated multibulk length"
+        } else {
+            "invalid multibulk length"
+        }));
     }
     for _ in 0..count.max(0) {
         let Some(&kind) = buf.get(pos) else {
@@ -100,7 +102,11 @@ fn check_declared_lengths(buf: &[u8], limits: &RespLimits) -> Result<(), Protoco
             return Ok(());
         };
         if len < 0 || len as usize > limits.max_bulk_bytes {
-            return Err(protocol_error("invalid bulk length"));
+            return Err(protocol_error(if limits.pre_auth && len >= 0 {
+                "unauthenticated bulk length"
+            } else {
+                "invalid bulk length"
+            }));
         }
         pos += len as usize + 2;
     }
@@ -213,6 +219,12 @@ async fn run(
         let mut failure = None;
         let mut commands = 0u64;
         loop {
+            // Until it authenticated, a client may send no more than AUTH needs.
+            let limits = if session.authenticated {
+                limits
+            } else {
+                &RespLimits::UNAUTHENTICATED
+            };
             match next_request(&mut input, limits) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
@@ -276,6 +288,8 @@ mod tests {
             max_bulk_bytes: 1_000,
             max_request_bytes: 10_000,
             max_clients: 1,
+            max_array_len: 1024 * 1024,
+            pre_auth: false,
         }
     }
 
@@ -385,6 +399,8 @@ mod properties {
         max_bulk_bytes: 4096,
         max_request_bytes: 16 * 1024,
         max_clients: 1,
+        max_array_len: 64,
+        pre_auth: false,
     };
 
     fn encode(args: &[Vec<u8>]) -> Vec<u8> {

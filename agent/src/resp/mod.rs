@@ -25,9 +25,24 @@ pub struct RespLimits {
     pub max_request_bytes: usize,
     /// Most clients connected at once (Redis' `maxclients`).
     pub max_clients: usize,
+    /// Most arguments in one request.
+    pub max_array_len: usize,
+    /// Whether these are the limits of clients that have not authenticated yet (the
+    /// errors say so, as Redis' do).
+    pub pre_auth: bool,
 }
 
 impl RespLimits {
+    /// What a client may send before it authenticated, as Redis allows: enough for AUTH and
+    /// HELLO, not enough to make the agent buffer for a stranger.
+    pub const UNAUTHENTICATED: RespLimits = RespLimits {
+        max_bulk_bytes: 16 * 1024,
+        max_request_bytes: 256 * 1024,
+        max_clients: 0,
+        max_array_len: 10,
+        pre_auth: true,
+    };
+
     /// Limits that let every value up to the store's limit through, so oversized values get
     /// the store's clear error rather than a protocol error.
     pub fn for_value_limit(max_value_bytes: usize) -> Self {
@@ -36,6 +51,8 @@ impl RespLimits {
             max_bulk_bytes,
             max_request_bytes: max_bulk_bytes.saturating_mul(4).max(64 << 20),
             max_clients: 10_000,
+            max_array_len: 1024 * 1024,
+            pre_auth: false,
         }
     }
 }
