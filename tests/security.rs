@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use support::users::{User, wait_protected_routes};
 use support::{
     Agent, NO_GOSSIP_KEY, Node, cluster_key, free_tcp_addr, free_udp_addr, members, tandem,
     wait_for, write_new_key,
@@ -75,11 +76,20 @@ fn keyring(admin: SocketAddr, args: &[&str]) -> String {
 async fn only_key_holders_join_and_the_key_rotates_without_anyone_dropping_out() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let first = Agent::start(dir, "agent-1", &[]);
+    let (app1, app2) = (free_tcp_addr().to_string(), free_tcp_addr().to_string());
+    let first = Agent::start(dir, "agent-1", &["--demo-app", &app1]);
     let seed = first.node.gossip.to_string();
-    let second = Agent::start(dir, "agent-2", &["--join", &seed]);
+    let second = Agent::start(dir, "agent-2", &["--join", &seed, "--demo-app", &app2]);
+    // A balancer that signs route cookies with the secret it derives from the cluster key.
+    let balancer = start_outsider(dir, "balancer-1", first.node.gossip, &[]);
+    let listen: SocketAddr = balancer.args_value("--listen").parse().unwrap();
     let admin = first.node.admin;
-    wait_live(admin, &["agent-1", "agent-2"]).await;
+    let members = ["agent-1", "agent-2", "balancer-1"];
+    wait_live(admin, &members).await;
+    wait_protected_routes(balancer.admin, "balancer-1", 2).await;
+    let mut user = User::new(1);
+    let home = user.click(listen).await.unwrap();
+    assert_eq!(home.count, 1);
 
     // Outsiders with another key, and with none, knock at the seed.
     let foreign_key = dir.join("foreign.key");
@@ -101,7 +111,7 @@ async fn only_key_holders_join_and_the_key_rotates_without_anyone_dropping_out()
         garbage.send_to(&datagram, first.node.gossip).unwrap();
     }
     tokio::time::sleep(ROUNDS).await;
-    assert_eq!(live_ids(admin).await, ["agent-1", "agent-2"]);
+    assert_eq!(live_ids(admin).await, members);
     for outsider in [&foreign, &keyless] {
         assert_eq!(
             live_ids(outsider.admin).await,
@@ -118,30 +128,37 @@ async fn only_key_holders_join_and_the_key_rotates_without_anyone_dropping_out()
         );
     }
 
-    // Rotation on the running cluster, one node at a time: install, use, remove.
+    // Rotation on the running cluster, one node at a time: install, use, remove. The user
+    // keeps clicking: its cookie, signed with the old key's secret, is honoured and signed
+    // again with the new one's before the old key goes.
     let new_key = dir.join("new.key");
     write_new_key(&new_key);
     let new_id = ClusterKey::read_file(&new_key).unwrap()[0].id().to_string();
     let old_id = ClusterKey::read_file(&cluster_key(dir)).unwrap()[0]
         .id()
         .to_string();
-    let nodes = [&first, &second];
-    for step in [
+    let nodes = [first.node.admin, second.node.admin, balancer.admin];
+    for (clicks, step) in [
         vec!["install", new_key.to_str().unwrap()],
         vec!["use", &new_id],
         vec!["remove", &old_id],
-    ] {
-        for agent in nodes {
-            keyring(agent.node.admin, &step);
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for node in nodes {
+            keyring(node, &step);
         }
         tokio::time::sleep(ROUNDS).await;
-        for agent in nodes {
-            assert_eq!(
-                live_ids(agent.node.admin).await,
-                ["agent-1", "agent-2"],
-                "after {step:?}"
-            );
+        for node in nodes {
+            assert_eq!(live_ids(node).await, members, "after {step:?}");
         }
+        let answer = user.click(listen).await.unwrap();
+        assert_eq!(
+            (answer.count, &answer.node),
+            (clicks as i64 + 2, &home.node),
+            "the user's session after {step:?}"
+        );
     }
     assert_eq!(keyring(admin, &["list"]), format!("{new_id}  primary\n"));
     // The old key opens nothing any more; the new one lets a newcomer in.
@@ -158,9 +175,10 @@ async fn only_key_holders_join_and_the_key_rotates_without_anyone_dropping_out()
         first.node.gossip,
         &["--gossip-key-file", new_key.to_str().unwrap()],
     );
-    wait_live(admin, &["agent-1", "agent-2", "new-key"]).await;
+    let grown = ["agent-1", "agent-2", "balancer-1", "new-key"];
+    wait_live(admin, &grown).await;
     tokio::time::sleep(ROUNDS).await;
-    assert_eq!(live_ids(admin).await, ["agent-1", "agent-2", "new-key"]);
+    assert_eq!(live_ids(admin).await, grown);
     assert_eq!(live_ids(late.admin).await, ["old-key"]);
     drop(newcomer);
 }

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::deadline::FirstBytes;
-use crate::proxy::{MAX_HEADER_BYTES, Proxy, ProxySettings};
+use crate::proxy::{CookieSecrets, MAX_HEADER_BYTES, Proxy, ProxySettings};
 
 /// The balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,23 +51,28 @@ enum SecretSource {
     Random,
 }
 
-/// The route cookie secret: from the file, else derived from the cluster key, else random.
-fn cookie_secret(
+/// The route cookie secrets: from the file, else derived from the cluster keys (following
+/// their rotation), else random.
+fn cookie_secrets(
     config: &BalancerConfig,
-    keyring: &Keyring,
-) -> Result<(Vec<u8>, SecretSource), BalancerError> {
+    keyring: &Arc<Keyring>,
+) -> Result<(CookieSecrets, SecretSource), BalancerError> {
     match &config.cookie_secret_file {
         Some(path) => {
             let secret = tandem_common::secret::read_secret_file("route cookie secret", path)?;
-            Ok((secret.into_bytes(), SecretSource::File))
+            Ok((
+                CookieSecrets::fixed(secret.into_bytes()),
+                SecretSource::File,
+            ))
         }
-        None => Ok(match keyring.primary() {
-            Some(key) => (
-                key.derive("route-cookie").to_vec(),
-                SecretSource::ClusterKey,
-            ),
-            None => (rand::random::<[u8; 32]>().to_vec(), SecretSource::Random),
-        }),
+        None if keyring.primary().is_some() => Ok((
+            CookieSecrets::derived(keyring.clone()),
+            SecretSource::ClusterKey,
+        )),
+        None => Ok((
+            CookieSecrets::fixed(rand::random::<[u8; 32]>().to_vec()),
+            SecretSource::Random,
+        )),
     }
 }
 
@@ -117,10 +122,10 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     };
     let first_listener = bind_shared(config.listen).map_err(listen_error)?;
     let prepared = PreparedNode::prepare(&config.node).await?;
-    let (secret, secret_source) = cookie_secret(&config, prepared.keyring())?;
+    let (secrets, secret_source) = cookie_secrets(&config, prepared.keyring())?;
     let proxy = Proxy::new(ProxySettings {
         cookie_name: config.cookie_name.clone(),
-        cookie_secret: secret,
+        cookie_secrets: Arc::new(secrets),
         cookie_max_age: config.cookie_max_age,
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,

@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
+use tandem_cluster::keyring::Keyring;
 use tandem_common::cookie::{self, RouteCookie};
 use tandem_common::routing::{Route, RouteReason, RoutingTable};
 use tokio::time::Instant;
@@ -57,11 +58,84 @@ pub mod names {
     pub const MARKED_DOWN: &str = "tandem_proxy_nodes_marked_down_total";
 }
 
+/// The secrets route cookies are signed with: the first signs, any verifies.
+pub struct CookieSecrets {
+    /// Where the secrets come from when they follow the cluster's keys.
+    keyring: Option<Arc<Keyring>>,
+    current: ArcSwap<Secrets>,
+}
+
+struct Secrets {
+    /// The keyring generation they were derived at.
+    generation: u64,
+    list: Vec<Vec<u8>>,
+}
+
+impl CookieSecrets {
+    /// One secret, from a file (or random).
+    pub fn fixed(secret: Vec<u8>) -> Self {
+        CookieSecrets {
+            keyring: None,
+            current: ArcSwap::from_pointee(Secrets {
+                generation: 0,
+                list: vec![secret],
+            }),
+        }
+    }
+
+    /// Secrets derived from the cluster's keys, following their rotation: a cookie signed
+    /// with a key still installed is honoured (and signed again with the primary's).
+    pub fn derived(keyring: Arc<Keyring>) -> Self {
+        let secrets = CookieSecrets {
+            keyring: Some(keyring),
+            current: ArcSwap::from_pointee(Secrets {
+                generation: u64::MAX,
+                list: Vec::new(),
+            }),
+        };
+        secrets.get();
+        secrets
+    }
+
+    fn get(&self) -> Arc<Secrets> {
+        let current = self.current.load_full();
+        let Some(keyring) = &self.keyring else {
+            return current;
+        };
+        let generation = keyring.generation();
+        if generation == current.generation {
+            return current;
+        }
+        let list = keyring
+            .derive_all(COOKIE_PURPOSE)
+            .iter()
+            .map(|s| s.to_vec())
+            .collect();
+        let fresh = Arc::new(Secrets { generation, list });
+        self.current.store(fresh.clone());
+        fresh
+    }
+}
+
+impl std::fmt::Debug for CookieSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = if self.keyring.is_some() {
+            "derived"
+        } else {
+            "fixed"
+        };
+        write!(f, "CookieSecrets({source})")
+    }
+}
+
+/// What the cookie secret derived from a cluster key is for.
+const COOKIE_PURPOSE: &str = "route-cookie";
+
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub cookie_name: String,
-    pub cookie_secret: Vec<u8>,
+    pub cookie_secrets: Arc<CookieSecrets>,
     pub cookie_max_age: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -226,20 +300,22 @@ impl Proxy {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let cookie = request
+        let secrets = self.settings.cookie_secrets.get();
+        // The cookie, and whether it was signed with the secret that signs now.
+        let (cookie, current_secret) = request
             .headers()
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .find_map(|value| cookie::find(value, &self.settings.cookie_name))
             .and_then(|value| {
-                RouteCookie::decode(
-                    value,
-                    &self.settings.cookie_secret,
-                    now,
-                    self.settings.cookie_max_age.as_secs(),
-                )
-            });
+                secrets.list.iter().enumerate().find_map(|(i, secret)| {
+                    let max_age = self.settings.cookie_max_age.as_secs();
+                    RouteCookie::decode(value, secret, now, max_age).map(|c| (c, i == 0))
+                })
+            })
+            .unzip();
+        let resign = current_secret == Some(false);
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -311,7 +387,8 @@ impl Proxy {
                         debug!(%from, to = %route.node, "failover");
                         metrics::counter!(names::FAILOVERS).increment(1);
                     }
-                    let mut response = self.respond(response, &route, cookie.as_ref(), now);
+                    let mut response =
+                        self.respond(response, &route, cookie.as_ref(), resign, &secrets, now);
                     if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         response = splice_upgrade(response, client_upgrade).await;
                     }
@@ -385,12 +462,15 @@ impl Proxy {
         }
     }
 
-    /// The app's response, with the route cookie (re)written where needed.
+    /// The app's response, with the route cookie (re)written where needed: a new or moved
+    /// route, a cookie half its age, or one signed with a secret that no longer signs.
     fn respond(
         &self,
         response: Response<Incoming>,
         route: &Route,
         cookie: Option<&RouteCookie>,
+        resign: bool,
+        secrets: &Secrets,
         now: u64,
     ) -> Response<Body> {
         // 1xx..5xx → 0..4, the order the counters were registered in.
@@ -406,7 +486,8 @@ impl Proxy {
         let refresh = match cookie {
             None => true,
             Some(cookie) => {
-                cookie.node != route.node
+                resign
+                    || cookie.node != route.node
                     || cookie.partner != route.partner
                     || now.saturating_sub(cookie.issued_at)
                         > self.settings.cookie_max_age.as_secs() / 2
@@ -418,7 +499,7 @@ impl Proxy {
                 partner: route.partner.clone(),
                 issued_at: now,
             }
-            .encode(&self.settings.cookie_secret);
+            .encode(&secrets.list[0]);
             let secure = if self.settings.tls { "; Secure" } else { "" };
             let set_cookie = format!(
                 "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
@@ -635,5 +716,43 @@ mod tests {
         assert!(kept.contains_key(header::UPGRADE));
         headers.remove(header::CONNECTION);
         assert!(!is_upgrade(&headers));
+    }
+}
+
+#[cfg(test)]
+mod cookie_secrets {
+    use tandem_cluster::keyring::ClusterKey;
+
+    use super::*;
+
+    #[test]
+    fn derived_secrets_follow_the_keyring_through_a_rotation() {
+        let (old, new) = (ClusterKey::generate(), ClusterKey::generate());
+        let keyring = Arc::new(Keyring::new("c", vec![old.clone()]));
+        let secrets = CookieSecrets::derived(keyring.clone());
+        let list = |secrets: &CookieSecrets| secrets.get().list.clone();
+        assert_eq!(list(&secrets), vec![old.derive(COOKIE_PURPOSE).to_vec()]);
+        let cookie = RouteCookie {
+            node: "agent-1".into(),
+            partner: None,
+            issued_at: 1_000,
+        };
+        let signed_before = cookie.encode(&list(&secrets)[0]);
+
+        keyring.install(new.clone());
+        keyring.use_key(new.id()).unwrap();
+        let during = list(&secrets);
+        assert_eq!(during[0], new.derive(COOKIE_PURPOSE).to_vec(), "the new key signs");
+        // A cookie from before the switch is still honoured, by the old key's secret.
+        let verified = during
+            .iter()
+            .position(|s| RouteCookie::decode(&signed_before, s, 1_000, 60).is_some());
+        assert_eq!(verified, Some(1));
+
+        keyring.remove(old.id()).unwrap();
+        assert_eq!(list(&secrets), vec![new.derive(COOKIE_PURPOSE).to_vec()]);
+        // A fixed secret never changes.
+        let fixed = CookieSecrets::fixed(b"a secret from a file".to_vec());
+        assert_eq!(list(&fixed), vec![b"a secret from a file".to_vec()]);
     }
 }

@@ -228,6 +228,8 @@ struct Ring {
 pub struct Keyring {
     cluster: String,
     ring: RwLock<Ring>,
+    /// Counts changes, for whoever keeps something derived from the keys.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Keyring {
@@ -247,7 +249,26 @@ impl Keyring {
                 accept_plain: unique.is_empty(),
                 keys: unique,
             }),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Changes with every change of the keys (install, use, remove).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A secret for `purpose` from each installed key, the primary's first.
+    pub fn derive_all(&self, purpose: &str) -> Vec<[u8; 32]> {
+        let ring = self.ring.read();
+        let mut keys: Vec<&ClusterKey> = ring.keys.iter().collect();
+        keys.sort_by_key(|key| ring.primary != Some(key.id()));
+        keys.iter().map(|key| key.derive(purpose)).collect()
     }
 
     /// The primary key, if any.
@@ -279,6 +300,8 @@ impl Keyring {
         if !ring.keys.contains(&key) {
             ring.keys.push(key);
         }
+        drop(ring);
+        self.changed();
         id
     }
 
@@ -292,6 +315,8 @@ impl Keyring {
             return Err(KeyringError::NoSuchKey(id));
         }
         ring.primary = Some(id);
+        drop(ring);
+        self.changed();
         Ok(())
     }
 
@@ -309,6 +334,8 @@ impl Keyring {
         if ring.keys.len() == before {
             return Err(KeyringError::NoSuchKey(id));
         }
+        drop(ring);
+        self.changed();
         Ok(())
     }
 
@@ -482,7 +509,10 @@ mod tests {
         a.install(new.clone());
         b.install(new.clone());
         // Switch one primary: it seals with the new key, the other still opens it.
+        let before = a.generation();
         a.use_key(new.id()).unwrap();
+        assert_ne!(a.generation(), before);
+        assert_eq!(a.derive_all("x"), vec![new.derive("x"), old.derive("x")]);
         assert_eq!(b.open(&sealed(&a, b"x")).unwrap(), b"x");
         assert_eq!(a.open(&sealed(&b, b"y")).unwrap(), b"y");
         assert_eq!(
@@ -499,6 +529,7 @@ mod tests {
             Err(Refused::UnknownKey)
         );
         assert_eq!(a.remove(old.id()), Err(KeyringError::NoSuchKey(old.id())));
+        assert_eq!(a.derive_all("x"), vec![new.derive("x")]);
         assert_eq!(a.use_key(old.id()), Err(KeyringError::NoSuchKey(old.id())));
         assert_eq!(
             a.view(),
