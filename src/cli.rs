@@ -31,7 +31,7 @@ pub enum Command {
     /// Start a local cluster on loopback (agents and a balancer) until Ctrl-C.
     Demo(DemoArgs),
     /// Print a new cluster key (base64) on stdout: `tandem keygen > cluster.key`.
-    Keygen,
+    Keygen(KeygenArgs),
     /// Show or change a node's gossip keyring (rotation without downtime).
     Keyring(KeyringArgs),
     /// Create the cluster CA and node certificates for replication (mutual TLS).
@@ -318,11 +318,26 @@ pub enum CertsAction {
     },
     /// Issue NODE_ID's certificate and key (NODE_ID.pem, NODE_ID.key) from the CA in DIR.
     Issue {
-        /// The node id the agent runs with (--node-id); the certificate names it.
-        node_id: String,
+        /// The node ids the agents run with (--node-id); each certificate names its node.
+        #[arg(required = true, value_name = "NODE_ID")]
+        node_ids: Vec<String>,
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Keep a node's existing certificate instead of failing (for setup steps that run
+        /// on every start).
+        #[arg(long)]
+        if_missing: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Write the key to FILE (mode 0600) instead of stdout: for setups without a shell.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// With --out: keep an existing key file instead of failing.
+    #[arg(long, requires = "out")]
+    pub if_missing: bool,
 }
 
 #[derive(Debug, Args)]

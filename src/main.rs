@@ -13,7 +13,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use tandem_common::config::{AgentConfig, BalancerConfig, LogFormat, NodeConfig};
 
-use crate::cli::{CertsAction, CertsArgs, Cli, Command};
+use crate::cli::{CertsAction, CertsArgs, Cli, Command, KeygenArgs};
 
 /// jemalloc frees without touching the freed block (its metadata lives apart), so
 /// replacing a session's value costs no cache miss on the old one, and a store of many
@@ -86,16 +86,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Members(args) => runtime(None)?.block_on(members::run(args)),
         Command::Demo(args) => runtime(None)?.block_on(demo::run(args)),
-        Command::Keygen => {
-            println!(
-                "{}",
-                tandem_cluster::keyring::ClusterKey::generate().encode()
-            );
-            Ok(())
-        }
+        Command::Keygen(args) => keygen(args),
         Command::Keyring(args) => runtime(None)?.block_on(keyring::run(args)),
         Command::Certs(args) => certs(args),
     }
+}
+
+/// `tandem keygen`: a new cluster key, on stdout or in a file only its owner reads.
+fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let key = tandem_cluster::keyring::ClusterKey::generate().encode();
+    let Some(path) = args.out else {
+        println!("{key}");
+        return Ok(());
+    };
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path);
+    match created {
+        Ok(mut file) => {
+            writeln!(file, "{key}").with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote a new cluster key to {}", path.display());
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && args.if_missing => {
+            println!("kept the cluster key in {}", path.display());
+        }
+        Err(err) => return Err(err).with_context(|| format!("cannot create {}", path.display())),
+    }
+    Ok(())
 }
 
 /// `tandem certs`: the cluster CA and node certificates.
@@ -117,12 +139,21 @@ fn certs(args: CertsArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        CertsAction::Issue { node_id, dir } => {
-            let (cert, key) = tls::node_paths(&dir, &node_id);
-            if !tls::issue(&dir, &node_id)? {
-                anyhow::bail!("{} exists; remove it to issue a new one", cert.display());
+        CertsAction::Issue {
+            node_ids,
+            dir,
+            if_missing,
+        } => {
+            for node_id in node_ids {
+                let (cert, key) = tls::node_paths(&dir, &node_id);
+                if tls::issue(&dir, &node_id)? {
+                    println!("issued {} and {}", cert.display(), key.display());
+                } else if if_missing {
+                    println!("kept {}", cert.display());
+                } else {
+                    anyhow::bail!("{} exists; remove it to issue a new one", cert.display());
+                }
             }
-            println!("issued {} and {}", cert.display(), key.display());
         }
     }
     Ok(())

@@ -742,7 +742,11 @@ mod cookie_secrets {
         keyring.install(new.clone());
         keyring.use_key(new.id()).unwrap();
         let during = list(&secrets);
-        assert_eq!(during[0], new.derive(COOKIE_PURPOSE).to_vec(), "the new key signs");
+        assert_eq!(
+            during[0],
+            new.derive(COOKIE_PURPOSE).to_vec(),
+            "the new key signs"
+        );
         // A cookie from before the switch is still honoured, by the old key's secret.
         let verified = during
             .iter()
