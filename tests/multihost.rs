@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use support::netns::Topology;
-use support::users::{Counter, User, run_users, wait_protected_routes};
+use support::users::{User, assert_moves, click_round, wait_protected_routes};
 use support::{Node, Reply, Resp, capability, cmd, member, members, wait_for, wait_for_port};
 use tandem_common::schema::ReplTransport;
 
@@ -71,9 +71,9 @@ fn start_agent(net: &Topology, dir: &std::path::Path, host: &str, extra: &[&str]
     Host { node, ip }
 }
 
-/// Starts the balancer on host `lb`; returns it and where users reach it. A cut host
-/// answers nothing, so requests already sent to it give up after a short request timeout
-/// and go to its partner.
+/// Starts the balancer on host `lb`, with its defaults; returns it and where users reach it.
+/// A cut host answers nothing: requests already sent to it are given up once gossip
+/// declares it dead, and go to its partner.
 fn start_balancer(net: &Topology, dir: &std::path::Path) -> (Node, SocketAddr) {
     let ip = net.host_ip("lb");
     let secret = dir.join("cookie-secret");
@@ -92,62 +92,9 @@ fn start_balancer(net: &Topology, dir: &std::path::Path) -> (Node, SocketAddr) {
             listen.to_string(),
             "--cookie-secret-file".into(),
             secret.display().to_string(),
-            "--request-timeout".into(),
-            "5s".into(),
         ],
     );
     (node, listen)
-}
-
-/// Every user clicks [`CLICKS`] times through the balancer: no request fails, each user's
-/// counter goes on from where it was (nothing lost, nothing stale), and each user stays on
-/// one node. Returns the users and the node each one is on.
-async fn click_round(
-    users: Vec<User>,
-    balancer: SocketAddr,
-    round: &str,
-) -> (Vec<User>, BTreeMap<usize, String>) {
-    let mut on = BTreeMap::new();
-    let mut back = Vec::new();
-    for (user, answers) in run_users(users, balancer, CLICKS).await {
-        let answers: Vec<Counter> = answers
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .unwrap_or_else(|err| panic!("{round}: user {} saw a failed request: {err}", user.id));
-        let before = (user.sent - CLICKS) as i64;
-        let counts: Vec<i64> = answers.iter().map(|a| a.count).collect();
-        assert_eq!(
-            counts,
-            (before + 1..=before + CLICKS as i64).collect::<Vec<_>>(),
-            "{round}: user {} lost, repeated or rolled back a click",
-            user.id
-        );
-        let node = &answers.last().unwrap().node;
-        assert!(
-            answers.iter().all(|a| a.node == *node),
-            "{round}: user {} moved more than once: {answers:?}",
-            user.id
-        );
-        on.insert(user.id, node.clone());
-        back.push(user);
-    }
-    (back, on)
-}
-
-/// Where each user went between two rounds: users of a node in `moved` are on its
-/// replacement now, every other user stayed where it was.
-fn assert_moves(
-    before: &BTreeMap<usize, String>,
-    after: &BTreeMap<usize, String>,
-    moved: &[(&str, &str)],
-) {
-    for (user, was) in before {
-        let expected = moved
-            .iter()
-            .find(|(from, _)| from == was)
-            .map_or(was.as_str(), |(_, to)| *to);
-        assert_eq!(after[user], expected, "user {user} was on {was}");
-    }
 }
 
 /// Waits until `host` is paired and reports replicating to its partner by `transport`;
@@ -280,7 +227,7 @@ async fn multicast_inside_a_subnet_quic_across_and_no_session_lost() {
     let lb_admin = SocketAddr::new(net.host_ip("lb"), ADMIN);
     wait_protected_routes(lb_admin, "lb", 4).await;
     let users: Vec<User> = (0..USERS).map(User::new).collect();
-    let (users, placed) = click_round(users, listen, "first clicks").await;
+    let (users, placed) = click_round(users, listen, CLICKS, "first clicks").await;
     for node in ["a1", "a2", "a3", "b1"] {
         assert!(
             placed.values().any(|on| on == node),
@@ -308,7 +255,7 @@ async fn multicast_inside_a_subnet_quic_across_and_no_session_lost() {
     assert_sessions(&hosts["a2"], &on_a1).await;
     assert_sessions(&hosts["b1"], &on_a3).await;
     // Their users go on at the partner, which has their sessions.
-    let (users, after_kill) = click_round(users, listen, "after the kills").await;
+    let (users, after_kill) = click_round(users, listen, CLICKS, "after the kills").await;
     assert_moves(&placed, &after_kill, &[("a1", "a2"), ("a3", "b1")]);
 
     // Cut a host off instead of killing it: its partner keeps every session and serves
@@ -338,12 +285,12 @@ async fn multicast_inside_a_subnet_quic_across_and_no_session_lost() {
         paired(admins).await.unwrap()
     };
     let (cut, keeper) = (pair.0, hosts.get(pair.1.as_str()).unwrap());
-    let (users, paired_again) = click_round(users, listen, "after pairing again").await;
+    let (users, paired_again) = click_round(users, listen, CLICKS, "after pairing again").await;
     assert_moves(&after_kill, &paired_again, &[]);
     let on_cut = write_sessions(&hosts[cut], cut, 300).await;
     net.link_down(cut);
     assert_sessions(keeper, &on_cut).await;
-    let (users, after_cut) = click_round(users, listen, "after the cut").await;
+    let (users, after_cut) = click_round(users, listen, CLICKS, "after the cut").await;
     assert_moves(
         &paired_again,
         &after_cut,
@@ -374,7 +321,7 @@ async fn multicast_inside_a_subnet_quic_across_and_no_session_lost() {
     tokio::time::sleep(Duration::from_secs(2)).await; // a few gossip rounds, any re-pairing
     assert_sessions(keeper, &expected).await;
     // No user is sent back to the stale copy: every counter goes on.
-    let (_, healed) = click_round(users, listen, "after the link came back").await;
+    let (_, healed) = click_round(users, listen, CLICKS, "after the link came back").await;
     assert_moves(&after_cut, &healed, &[]);
     let rejoined = member(cut_admin, cut)
         .await

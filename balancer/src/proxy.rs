@@ -155,7 +155,16 @@ enum UpstreamError {
     AfterSend { node: String, reason: String },
     #[error("{node} did not answer within {timeout:?}")]
     Timeout { node: String, timeout: Duration },
+    /// The node died (per gossip) while the request waited for it: its partner has the
+    /// session; retry there when that is harmless.
+    #[error("{node} died while answering")]
+    NodeGone { node: String },
 }
+
+/// How often a request waiting for an app server checks that its node still serves: a
+/// node that vanished without a word (power, network) is left within about this long once
+/// gossip declares it dead, instead of after the whole request timeout.
+const NODE_CHECK: Duration = Duration::from_millis(250);
 
 /// The shared state of the proxy.
 pub struct Proxy {
@@ -244,6 +253,11 @@ impl Proxy {
             .load()
             .get(node)
             .is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// Whether gossip still has `node` serving (live and taking users).
+    fn serves(&self, node: &str) -> bool {
+        self.table.load().backend(node).is_some_and(|b| b.usable)
     }
 
     fn mark_down(&self, node: &str) {
@@ -400,9 +414,9 @@ impl Proxy {
                             self.mark_down(&route.node);
                             true
                         }
-                        UpstreamError::AfterSend { .. } | UpstreamError::Timeout { .. } => {
-                            retry_after_send
-                        }
+                        UpstreamError::AfterSend { .. }
+                        | UpstreamError::Timeout { .. }
+                        | UpstreamError::NodeGone { .. } => retry_after_send,
                     };
                     warn!(error = %err, retry, "upstream request failed");
                     excluded.insert(route.node.clone());
@@ -438,11 +452,23 @@ impl Proxy {
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.settings.request_timeout,
-            upstream_client(self.settings.connect_timeout).request(request),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let answer = upstream_client(self.settings.connect_timeout).request(request);
+        tokio::pin!(answer);
+        let result = loop {
+            let check = (tokio::time::Instant::now() + NODE_CHECK).min(deadline);
+            tokio::select! {
+                result = &mut answer => break Ok(result),
+                () = tokio::time::sleep_until(check) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        break Err(());
+                    }
+                    if !self.serves(&route.node) {
+                        return Err(UpstreamError::NodeGone { node: route.node.clone() });
+                    }
+                }
+            }
+        };
         self.upstream_seconds
             .record(started.elapsed().as_secs_f64());
         match result {

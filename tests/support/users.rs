@@ -142,3 +142,55 @@ pub async fn wait_protected_routes(admin: SocketAddr, name: &str, count: usize) 
     )
     .await;
 }
+
+/// Every user clicks `clicks` times through the balancer: no request fails, each user's
+/// counter goes on from where it was (nothing lost, nothing stale), and each user stays on
+/// one node. Returns the users and the node each one is on.
+pub async fn click_round(
+    users: Vec<User>,
+    balancer: SocketAddr,
+    clicks: usize,
+    round: &str,
+) -> (Vec<User>, std::collections::BTreeMap<usize, String>) {
+    let mut on = std::collections::BTreeMap::new();
+    let mut back = Vec::new();
+    for (user, answers) in run_users(users, balancer, clicks).await {
+        let answers: Vec<Counter> = answers
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|err| panic!("{round}: user {} saw a failed request: {err}", user.id));
+        let before = (user.sent - clicks) as i64;
+        let counts: Vec<i64> = answers.iter().map(|a| a.count).collect();
+        assert_eq!(
+            counts,
+            (before + 1..=before + clicks as i64).collect::<Vec<_>>(),
+            "{round}: user {} lost, repeated or rolled back a click",
+            user.id
+        );
+        let node = &answers.last().unwrap().node;
+        assert!(
+            answers.iter().all(|a| a.node == *node),
+            "{round}: user {} moved more than once: {answers:?}",
+            user.id
+        );
+        on.insert(user.id, node.clone());
+        back.push(user);
+    }
+    (back, on)
+}
+
+/// Where each user went between two rounds: users of a node in `moved` are on its
+/// replacement now, every other user stayed where it was.
+pub fn assert_moves(
+    before: &std::collections::BTreeMap<usize, String>,
+    after: &std::collections::BTreeMap<usize, String>,
+    moved: &[(&str, &str)],
+) {
+    for (user, was) in before {
+        let expected = moved
+            .iter()
+            .find(|(from, _)| from == was)
+            .map_or(was.as_str(), |(_, to)| *to);
+        assert_eq!(after[user], expected, "user {user} was on {was}");
+    }
+}
