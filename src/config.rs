@@ -214,6 +214,28 @@ mod tests {
         );
     }
 
+    /// The systemd units' config files load as they are, and with every commented
+    /// option uncommented.
+    #[test]
+    fn the_systemd_config_files_load() {
+        let uncomment = |text: &str| -> String {
+            text.lines()
+                .map(|line| line.strip_prefix("# ").unwrap_or(line))
+                .filter(|line| {
+                    line.split_once(" = ")
+                        .is_some_and(|(key, _)| !key.contains(' '))
+                })
+                .map(|line| format!("{line}\n"))
+                .collect()
+        };
+        let agent = include_str!("../deploy/systemd/agent.toml");
+        let balancer = include_str!("../deploy/systemd/balancer.toml");
+        overlay(AgentConfig::default(), agent).unwrap();
+        overlay(BalancerConfig::default(), balancer).unwrap();
+        overlay(AgentConfig::default(), &uncomment(agent)).unwrap();
+        overlay(BalancerConfig::default(), &uncomment(balancer)).unwrap();
+    }
+
     /// The example file documents every option, and each example value is valid.
     #[test]
     fn example_file_documents_every_option() {
