@@ -278,6 +278,12 @@ async fn no_app_server_means_503_with_retry_after() {
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers().get("retry-after").unwrap(), "2");
     assert!(response.text().await.unwrap().contains("no app server"));
+    // Counted where the 5xx alert looks.
+    let (_, metrics) = support::get(balancer.admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("tandem_proxy_requests_total{node=\"none\",class=\"5xx\"} 1"),
+        "{metrics}"
+    );
     drop(balancer);
 }
 

@@ -427,6 +427,8 @@ impl Proxy {
                 }
             }
         }
+        // Answered by the balancer itself: counted with the apps' answers, as node `none`.
+        metrics::counter!(names::REQUESTS, "node" => "none", "class" => "5xx").increment(1);
         match last_error {
             Some(UpstreamError::Timeout { .. }) => text(
                 StatusCode::GATEWAY_TIMEOUT,
