@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release --quiet
-tandem=target/release/tandem
+tandem=${CARGO_TARGET_DIR:-target}/release/tandem
 work=$(mktemp -d)
 pids=()
 

@@ -11,7 +11,7 @@ tag=${1:-tandem:latest}
 
 command -v docker >/dev/null || { echo "deploy/image/build.sh: docker is missing" >&2; exit 1; }
 cargo build --release --quiet
-binary=target/release/tandem
+binary=${CARGO_TARGET_DIR:-target}/release/tandem
 
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
