@@ -19,6 +19,8 @@ pub mod names {
     pub const GOSSIP_MESSAGES_RECEIVED: &str = "tandem_gossip_messages_received_total";
     pub const GOSSIP_BYTES_RECEIVED: &str = "tandem_gossip_bytes_received_total";
     pub const GOSSIP_SEND_ERRORS: &str = "tandem_gossip_send_errors_total";
+    /// Counter: failed receives on the gossip socket (gossip goes on).
+    pub const GOSSIP_RECV_ERRORS: &str = "tandem_gossip_recv_errors_total";
     /// Counter: gossip datagrams refused, by `reason` (`unsealed`, `unknown_key`,
     /// `forged`, `malformed`; `too_large` for messages too big to send once sealed).
     pub const GOSSIP_REFUSED: &str = "tandem_gossip_refused_total";

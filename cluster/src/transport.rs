@@ -173,7 +173,7 @@ impl Socket for SealedSocket {
                                 num_bytes_received: received,
                             });
                         }
-                        Ok(Err(err)) => return Err(err),
+                        Ok(Err(err)) => self.failed("the gossip codec", &err).await,
                         Err(_) => self.refused("malformed", from, received),
                     }
                 }
@@ -181,10 +181,14 @@ impl Socket for SealedSocket {
                     let (len, from) = match self.network.recv_from(&mut self.buf).await {
                         Ok(received) => received,
                         // An ICMP error for an earlier send to a node that is gone.
+                        // An ICMP error for an earlier send to a node that is gone.
                         Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
                             continue;
                         }
-                        Err(err) => return Err(err).context("receiving gossip failed"),
+                        Err(err) => {
+                            self.failed("the gossip socket", &err.into()).await;
+                            continue;
+                        }
                     };
                     let plain = match self.keyring.open(&self.buf[..len]) {
                         Ok(plain) if plain == self.marker => {
@@ -210,7 +214,7 @@ impl Socket for SealedSocket {
                     };
                     if let Err(err) = forwarded.await {
                         self.pending = Pending::Nothing;
-                        return Err(err).context("the gossip codec's hop failed");
+                        self.failed("the gossip codec's hop", &err.into()).await;
                     }
                 }
             }
@@ -219,6 +223,15 @@ impl Socket for SealedSocket {
 }
 
 impl SealedSocket {
+    /// A receive that failed. chitchat ends its gossip loop for good on an error from
+    /// `recv`, so none is returned: the failure is logged and counted, and receiving goes on
+    /// after a short pause (no busy loop on an error that persists).
+    async fn failed(&mut self, what: &str, err: &anyhow::Error) {
+        metrics::counter!(names::GOSSIP_RECV_ERRORS).increment(1);
+        warn!(error = %format!("{err:#}"), "{what} failed to receive; gossip goes on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     /// Encodes `envelope` with chitchat's own encoder, into the front of `buf`.
     async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<&[u8]> {
         // Whatever a send cut short left at the hop is stale.
