@@ -56,6 +56,22 @@ async fn loopback_multicast() -> bool {
     }
 }
 
+/// Writes `key` on `on` and checks what its acknowledgement means: `partner` holds it, and
+/// the write was acknowledged by the partner, not given up on after the sync timeout.
+async fn acknowledged_write(sim: &Sim, on: &str, partner: &str, key: &str) {
+    sim.set(on, key, key).await;
+    assert_eq!(
+        sim.sync_timeouts(on),
+        0,
+        "{key}: a write on {on} waited for the partner in vain"
+    );
+    assert_eq!(
+        sim.get(partner, key).as_deref(),
+        Some(key.as_bytes()),
+        "{key} was acknowledged on {on} before {partner} had it"
+    );
+}
+
 /// Two agents paired in one subnet, replicating over the transport asked for.
 async fn pair(stream: Stream, datagrams: Datagrams, faults: Option<Faults>) -> Sim {
     let mut sim = Sim::with(stream, datagrams, faults);
@@ -87,17 +103,7 @@ async fn every_acknowledged_write_is_on_the_partner(sim: Sim) {
             writers.spawn(async move {
                 for i in 0..WRITES {
                     let key = format!("{side}-{writer}-{i}");
-                    sim.set(side, &key, &key).await;
-                    assert_eq!(
-                        sim.sync_timeouts(side),
-                        0,
-                        "{key}: a write on {side} waited for the partner in vain"
-                    );
-                    assert_eq!(
-                        sim.get(other, &key).as_deref(),
-                        Some(key.as_bytes()),
-                        "{key} was acknowledged on {side} before {other} had it"
-                    );
+                    acknowledged_write(&sim, side, other, &key).await;
                     sim.incr(side, &format!("counter-{side}")).await;
                 }
             });
@@ -178,17 +184,7 @@ async fn a_lossy_path_is_given_up_and_probed_again(stream: Stream, datagrams: Da
     let mut written = 0;
     while sim.transport("a") != Some(ReplTransport::Quic) {
         assert!(written < 2_000, "multicast never given up at 90% loss");
-        let key = format!("lossy-{written}");
-        sim.set("a", &key, "v").await;
-        assert!(
-            sim.get("b", &key).is_some(),
-            "{key} acknowledged before b had it"
-        );
-        assert_eq!(
-            sim.sync_timeouts("a"),
-            0,
-            "{key} waited for the partner in vain"
-        );
+        acknowledged_write(&sim, "a", "b", &format!("lossy-{written}")).await;
         written += 1;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -198,18 +194,8 @@ async fn a_lossy_path_is_given_up_and_probed_again(stream: Stream, datagrams: Da
     })
     .await;
     for i in 0..100 {
-        let key = format!("healthy-{i}");
-        sim.set("a", &key, "v").await;
-        assert!(
-            sim.get("b", &key).is_some(),
-            "{key} acknowledged before b had it"
-        );
+        acknowledged_write(&sim, "a", "b", &format!("healthy-{i}")).await;
     }
-    assert_eq!(
-        sim.sync_timeouts("a"),
-        0,
-        "a write waited for the partner in vain"
-    );
     assert!(!sim.unprotected("a"));
 }
 

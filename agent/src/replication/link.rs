@@ -180,12 +180,7 @@ impl Unacked {
             .filter(|(_, (sent, _))| now.duration_since(*sent) >= RETRANSMIT_AFTER)
             .map(|(seq, _)| *seq)
             .collect();
-        let due: Vec<Frame> = expired
-            .iter()
-            .filter_map(|seq| self.frames.remove(seq).map(|(_, frame)| frame))
-            .collect();
-        self.count_retransmits(due.len(), now);
-        due
+        self.retransmit(&expired, now)
     }
 
     /// Takes the frames that carry any of the numbers `from..=to` (the partner reported
@@ -197,12 +192,17 @@ impl Unacked {
             .take_while(|(_, (_, frame))| first_number(frame).is_none_or(|first| first <= to))
             .map(|(seq, _)| *seq)
             .collect();
-        let missing: Vec<Frame> = wanted
+        self.retransmit(&wanted, now)
+    }
+
+    /// Takes the frames numbered `seqs` to send again, counting each as a retransmission.
+    fn retransmit(&mut self, seqs: &[u64], now: Instant) -> Vec<Frame> {
+        let frames: Vec<Frame> = seqs
             .iter()
             .filter_map(|seq| self.frames.remove(seq).map(|(_, frame)| frame))
             .collect();
-        self.count_retransmits(missing.len(), now);
-        missing
+        self.count_retransmits(frames.len(), now);
+        frames
     }
 
     fn count_retransmits(&mut self, count: usize, now: Instant) {

@@ -769,12 +769,7 @@ impl Inner {
                 },
                 Some((from, to)) = nacks.recv() => {
                     let missing = unacked.missing(from, to, tokio::time::Instant::now());
-                    if missing.is_empty() {
-                        continue;
-                    }
-                    metrics::counter!(names::MULTICAST_RETRANSMITS).increment(missing.len() as u64);
-                    if let Err(err) = sender.send_all(&missing).await {
-                        self.link_failed(id, &err);
+                    if !self.resend(id, &mut sender, &missing).await {
                         return;
                     }
                     continue;
@@ -789,12 +784,7 @@ impl Inner {
                         due.extend(unacked.drain());
                         self.publish_protection();
                     }
-                    if due.is_empty() {
-                        continue;
-                    }
-                    metrics::counter!(names::MULTICAST_RETRANSMITS).increment(due.len() as u64);
-                    if let Err(err) = sender.send_all(&due).await {
-                        self.link_failed(id, &err);
+                    if !self.resend(id, &mut sender, &due).await {
                         return;
                     }
                     continue;
@@ -985,6 +975,20 @@ impl Inner {
         // A full inbox drops the frame; the partner sends it again over the stream.
         let _ = link.inbox.try_send(frame);
         Ok(())
+    }
+
+    /// Sends multicast frames again over the stream (counted as retransmissions); false when
+    /// the link failed doing so.
+    async fn resend(self: &Arc<Self>, id: u64, sender: &mut FrameSender, frames: &[Frame]) -> bool {
+        if frames.is_empty() {
+            return true;
+        }
+        metrics::counter!(names::MULTICAST_RETRANSMITS).increment(frames.len() as u64);
+        if let Err(err) = sender.send_all(frames).await {
+            self.link_failed(id, &err);
+            return false;
+        }
+        true
     }
 
     /// Applies the partner's frames and acknowledges them.
