@@ -57,13 +57,39 @@ fn available() -> bool {
         && ok("iptables", &["-L", "DOCKER-USER", "-n"])
 }
 
-/// The running cluster; `cluster.sh down` when dropped.
+/// The running cluster; `cluster.sh down` when dropped, and the network that held the
+/// default subnet removed.
 struct Cluster;
+
+/// A network on the compose file's default subnet A, as a host may already have one:
+/// cluster.sh must then choose other subnets.
+const SQUATTER: &str = "tandemtest-squatter";
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = run("deploy/compose/cluster.sh", &["down"]);
+        let _ = run("docker", &["network", "rm", SQUATTER]);
     }
+}
+
+/// The first three octets of the subnet Docker gave the project's network `net`.
+fn subnet_prefix(net: &str) -> String {
+    let network = format!("{PROJECT}_{net}");
+    let subnet = must(
+        "docker",
+        &[
+            "network",
+            "inspect",
+            "--format",
+            "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+            &network,
+        ],
+    );
+    let prefix = subnet
+        .trim()
+        .strip_suffix(".0/24")
+        .unwrap_or_else(|| panic!("{network} has subnet {subnet:?}, not a /24"));
+    prefix.to_owned()
 }
 
 fn container(service: &str) -> String {
@@ -85,10 +111,19 @@ async fn users_keep_their_sessions_through_a_killed_agent_and_a_lost_network_lin
     must("deploy/image/build.sh", &[IMAGE]);
     // A cluster left over by an earlier run that was killed would hold the subnets.
     let _ = run("deploy/compose/cluster.sh", &["down"]);
+    let _ = run("docker", &["network", "rm", SQUATTER]);
     let _cluster = Cluster;
+    // Whether this creates it or the subnet was in use already, 172.28.1.0/24 is taken.
+    let _ = run(
+        "docker",
+        &["network", "create", "--subnet", "172.28.1.0/24", SQUATTER],
+    );
     must("deploy/compose/cluster.sh", &["up"]);
+    let (net_a, net_b) = (subnet_prefix("net-a"), subnet_prefix("net-b"));
+    assert_ne!(net_a, "172.28.1", "cluster.sh took a subnet already in use");
+    assert_ne!(net_a, net_b);
 
-    let (lb_a, a1) = (admin("172.28.1.21"), admin("172.28.1.11"));
+    let (lb_a, a1) = (admin(&format!("{net_a}.21")), admin(&format!("{net_a}.11")));
     wait_protected_routes(lb_a, "lb-a", 6).await;
     // Pairs inside a subnet replicate by multicast; the pair across them by QUIC.
     wait_for("both transports in use", FORM, || async {
@@ -104,7 +139,7 @@ async fn users_keep_their_sessions_through_a_killed_agent_and_a_lost_network_lin
     })
     .await;
 
-    let listen: SocketAddr = "172.28.1.21:8080".parse().unwrap();
+    let listen: SocketAddr = format!("{net_a}.21:8080").parse().unwrap();
     let users: Vec<User> = (0..USERS).map(User::new).collect();
     let (users, placed) = click_round(users, listen, CLICKS, "first clicks").await;
 
