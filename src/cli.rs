@@ -36,6 +36,12 @@ pub enum Command {
     Keyring(KeyringArgs),
     /// Create the cluster CA and node certificates for replication (mutual TLS).
     Certs(CertsArgs),
+    /// Turn high availability on or off for the whole cluster, or show the switch.
+    Ha(HaArgs),
+    /// Drain a node: its users move to its partner, then it leaves and exits.
+    Drain(DrainArgs),
+    /// Wait until a node serves with its sessions protected (paired and synced).
+    Wait(WaitArgs),
     /// Print the version.
     Version,
 }
@@ -99,6 +105,14 @@ pub struct NodeFlags {
     /// Without one, such calls are accepted from loopback only.
     #[arg(long, env = "TANDEM_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// How long a drain (SIGTERM, `tandem drain`) waits for the partner to confirm it holds
+    /// every session before the node leaves anyway [default: 30s].
+    #[arg(long, env = "TANDEM_DRAIN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Speak this protocol version (MAJOR.MINOR) instead of the build's, to rehearse an
+    /// upgrade.
+    #[arg(long, env = "TANDEM_PROTOCOL", value_name = "VERSION", hide = true)]
+    pub protocol: Option<tandem_common::schema::Protocol>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -254,14 +268,77 @@ on in a running cluster without a key: `install`, then `use` on every node, then
 `plain refuse` on every node."
 )]
 pub struct KeyringArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    #[command(subcommand)]
+    pub action: KeyringAction,
+}
+
+/// The node a command talks to, through its admin endpoint.
+#[derive(Debug, Args)]
+pub struct AdminTarget {
     /// Admin endpoint of the node, e.g. http://10.0.0.5:7951.
     #[arg(long, env = "TANDEM_ADMIN", value_name = "URL")]
     pub admin: String,
     /// File with the node's admin token (needed unless the node is on loopback and has none).
     #[arg(long, env = "TANDEM_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The switch travels by gossip; the newest setting wins. Off: agents end \
+their pairs and stop replicating, balancers keep users on their nodes (a node's death then \
+loses its users' sessions). On: agents pair and send each other snapshots, live."
+)]
+pub struct HaArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
     #[command(subcommand)]
-    pub action: KeyringAction,
+    pub action: HaAction,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum HaAction {
+    /// Replicate: agents pair up and sync.
+    On,
+    /// Stop replicating: agents unpair, sessions stay where they are.
+    Off,
+    /// Show the switch as the node knows it.
+    Status,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "SIGTERM drains the same way. The node advertises `draining` (balancers \
+send its users to its partner, which holds their sessions), waits until the partner \
+confirms it holds everything (or --drain-timeout passes), leaves the cluster and exits 0."
+)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// Return once the drain has started instead of waiting for the node to leave.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this long, e.g. 2m.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Done when the node is ready and paired with a partner that names it \
+back, no snapshot is under way between them and neither is behind; or, when it has no \
+partner, when no other agent could pair with it (an odd agent out, or HA off). A node that \
+is not reachable yet (restarting) is waited for. Exits 1 on timeout."
+)]
+pub struct WaitArgs {
+    /// Admin endpoint of the node, e.g. http://10.0.0.5:7951.
+    #[arg(long, env = "TANDEM_ADMIN", value_name = "URL")]
+    pub admin: String,
+    /// Give up after this long, e.g. 5m.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,6 +481,12 @@ impl NodeFlags {
         }
         if self.admin_token_file.is_some() {
             node.admin_token_file = self.admin_token_file;
+        }
+        if let Some(timeout) = self.drain_timeout {
+            node.drain_timeout = timeout;
+        }
+        if let Some(protocol) = self.protocol {
+            node.protocol = protocol;
         }
     }
 }

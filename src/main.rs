@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod keyring;
 mod members;
+mod ops;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -89,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => keygen(args),
         Command::Keyring(args) => runtime(None)?.block_on(keyring::run(args)),
         Command::Certs(args) => certs(args),
+        Command::Ha(args) => runtime(None)?.block_on(ops::ha(args)),
+        Command::Drain(args) => runtime(None)?.block_on(ops::drain(args)),
+        Command::Wait(args) => runtime(None)?.block_on(ops::wait(args)),
     }
 }
 

@@ -202,7 +202,9 @@ async fn members_prints_a_table_and_json() {
             "-",
             "(unprotected)",
             "-",
-            "0"
+            "0",
+            "0",
+            "-"
         ]
     );
     let two: Vec<&str> = row("node-two").split_whitespace().collect();
@@ -214,6 +216,8 @@ async fn members_prints_a_table_and_json() {
             "ready",
             &b1.gossip.to_string(),
             "live",
+            "-",
+            "-",
             "-",
             "-",
             "-"

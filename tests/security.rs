@@ -451,7 +451,8 @@ async fn clients_past_max_clients_are_told_so_and_closed() {
 async fn replication_takes_only_cluster_certificates_naming_their_holder() {
     use tandem_agent::replication::tls::{NodeTls, init_ca, issue};
     use tandem_agent::replication::transport::{QuicTransport, Transport};
-    use tandem_common::frame::{Frame, PROTOCOL_VERSION};
+    use tandem_common::frame::Frame;
+    use tandem_common::schema::Protocol;
 
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(dir.path(), "agent-1", &[]);
@@ -482,7 +483,7 @@ async fn replication_takes_only_cluster_certificates_naming_their_holder() {
         QuicTransport::bind(any, &NodeTls::load(&tls_dir, "impostor", false).unwrap()).unwrap();
     let mut channel = impostor.connect("agent-1", repl).await.unwrap();
     let hello = Frame::Hello {
-        version: PROTOCOL_VERSION,
+        protocol: Protocol::CURRENT,
         cluster: "tandem".into(),
         node_id: "agent-2".into(),
     };

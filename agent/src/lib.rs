@@ -27,7 +27,7 @@ use crate::resp::{RespLimits, RespServer};
 use crate::sessions::Sessions;
 use crate::store::{Limits, SessionStore, SystemClock};
 
-/// How often the agent publishes its session count in gossip.
+/// How often the agent publishes its session count and replication lag in gossip.
 const SESSIONS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The agent could not start.
@@ -61,6 +61,7 @@ pub enum AgentError {
 /// [`AgentError`] when the configuration is invalid or an address cannot be bound.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let mut advert = NodeAdvert::new(Role::Agent, tandem_common::VERSION);
+    advert.protocol = config.node.protocol;
     if let Some(url) = &config.app_url {
         check_app_url(url)?;
         advert.app = Some(url.clone());
@@ -153,6 +154,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             confirm_timeout: config.node.gossip.gossip_interval * 25,
             anti_entropy_interval: config.anti_entropy_interval,
             reprobe_after: REPROBE_AFTER,
+            protocol: config.node.protocol,
         },
         store.clone(),
         Some(std::sync::Arc::new(transport)),
@@ -163,7 +165,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         None => replicator,
     };
     let replication_tasks = replicator.spawn(config.node.gossip.gossip_interval);
-    let sessions = Sessions::new(store.clone(), replicator);
+    let sessions = Sessions::new(store.clone(), replicator.clone());
     let sweeper = store.spawn_sweeper();
     tokio::spawn(resp.serve(sessions.clone(), runtime.stopping()));
     tokio::spawn(api.serve(sessions.clone(), runtime.stopping()));
@@ -171,17 +173,27 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         tokio::spawn(demo.serve(sessions.clone(), runtime.gossip.clone(), runtime.stopping()));
     }
     let publisher = {
-        let (gossip, store) = (runtime.gossip.clone(), store.clone());
+        let (gossip, store, replicator) =
+            (runtime.gossip.clone(), store.clone(), replicator.clone());
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(SESSIONS_PUBLISH_INTERVAL);
             loop {
                 ticker.tick().await;
                 let sessions = store.stats().0 as u64;
-                gossip.update(|advert| advert.sessions = sessions).await;
+                let lag = replicator.lag();
+                gossip
+                    .update(|advert| {
+                        advert.sessions = sessions;
+                        advert.lag = lag;
+                    })
+                    .await;
             }
         })
     };
-    runtime.run_until_stopped().await;
+    // Draining, the agent leaves once its partner holds all it has.
+    runtime
+        .run_until_stopped(replicator.partner_caught_up())
+        .await;
     publisher.abort();
     sweeper.abort();
     for task in replication_tasks {

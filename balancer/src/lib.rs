@@ -185,7 +185,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         })
         .collect::<Result<_, _>>()
         .map_err(listen_error)?;
-    runtime.run_until_stopped().await;
+    runtime.run_until_stopped(async {}).await;
     refresher.abort();
     for server in servers {
         let _ = tokio::task::spawn_blocking(move || server.join()).await;

@@ -1,5 +1,5 @@
-//! The admin HTTP endpoint every process serves: health, readiness, members, metrics, and
-//! the gossip keyring.
+//! The admin HTTP endpoint every process serves: health, readiness, members, metrics, the
+//! gossip keyring, the cluster-wide HA switch and the drain.
 //!
 //! Read-only endpoints are open to whoever reaches the admin address. State-changing ones
 //! (the keyring here; components add their own) pass [`AdminAuth::guard`]: they need the
@@ -17,9 +17,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_common::member::MembersResponse;
-use tandem_common::schema::NodeState;
+use tandem_common::schema::{HaSwitch, NodeState};
 use tandem_common::secret::bearer_matches;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::gossip::GossipNode;
@@ -89,6 +90,7 @@ struct AdminState {
     gossip: GossipNode,
     metrics: PrometheusHandle,
     keyring: Arc<Keyring>,
+    drain: watch::Sender<bool>,
 }
 
 impl AdminServer {
@@ -114,12 +116,14 @@ impl AdminServer {
         extra: Router,
         keyring: Arc<Keyring>,
         auth: AdminAuth,
+        drain: watch::Sender<bool>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = AdminState {
             gossip,
             metrics,
             keyring,
+            drain,
         };
         let app = router(state.clone(), &auth)
             .merge(extra)
@@ -134,11 +138,13 @@ impl AdminServer {
 }
 
 fn router(state: AdminState, auth: &AdminAuth) -> Router {
-    let keyring_changes = Router::new()
+    let changes = Router::new()
         .route("/v1/keyring/install", post(install_key))
         .route("/v1/keyring/use", post(use_key))
         .route("/v1/keyring/remove", post(remove_key))
         .route("/v1/keyring/plain", post(accept_plain))
+        .route("/v1/ha", post(set_ha))
+        .route("/v1/drain", post(drain))
         .with_state(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -146,8 +152,50 @@ fn router(state: AdminState, auth: &AdminAuth) -> Router {
         .route("/v1/members", get(members))
         .route("/metrics", get(render_metrics))
         .route("/v1/keyring", get(keyring))
+        .route("/v1/ha", get(ha))
         .with_state(state)
-        .merge(auth.guard(keyring_changes))
+        .merge(auth.guard(changes))
+}
+
+/// Body of `POST /v1/ha`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct HaRequest {
+    pub on: bool,
+}
+
+/// Body of the answer to `POST /v1/drain`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrainReply {
+    pub node_id: String,
+    /// The node's state when the call arrived (`draining` once it drains).
+    pub state: NodeState,
+}
+
+async fn ha(State(state): State<AdminState>) -> Json<HaSwitch> {
+    Json(state.gossip.ha())
+}
+
+async fn set_ha(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(request): Json<HaRequest>,
+) -> Json<HaSwitch> {
+    info!(%peer, on = request.on, "HA switch requested");
+    Json(state.gossip.set_ha(request.on).await)
+}
+
+async fn drain(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> (StatusCode, Json<DrainReply>) {
+    if !state.drain.send_replace(true) {
+        info!(%peer, "drain requested");
+    }
+    let reply = DrainReply {
+        node_id: state.gossip.node_id().to_string(),
+        state: state.gossip.advert().state,
+    };
+    (StatusCode::ACCEPTED, Json(reply))
 }
 
 /// Body of the keyring calls.

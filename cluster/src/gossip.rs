@@ -11,7 +11,7 @@ use chitchat::{
 };
 use tandem_common::config::GossipConfig;
 use tandem_common::member::{Member, newest_incarnations};
-use tandem_common::schema::{NodeAdvert, NodeState, Role};
+use tandem_common::schema::{HaSwitch, NodeAdvert, NodeState, Role};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -177,21 +177,53 @@ impl GossipNode {
         }
     }
 
-    /// Every known node (newest incarnation of each id), as this node sees it now.
+    /// Every known node (newest incarnation of each id), as this node sees it now. A node
+    /// whose protocol this one cannot work with carries the reason in `problem`.
     pub async fn members(&self) -> Vec<Member> {
+        let own = self.advert().protocol;
         let chitchat = self.inner.chitchat.lock().await;
         let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
         let members = chitchat.node_states().iter().map(|(id, state)| {
             let advert = NodeAdvert::from_lookup(|key| state.get(key));
-            Member::new(
+            let mut member = Member::new(
                 &id.node_id,
                 id.generation_id,
                 id.gossip_advertise_addr.to_string(),
                 live.contains(id),
                 advert,
-            )
+            );
+            if let Some(reason) = member.protocol.and_then(|theirs| own.refusal(theirs)) {
+                member.problem = Some(format!("not worked with: {reason}"));
+            }
+            member
         });
         newest_incarnations(members)
+    }
+
+    /// The cluster-wide HA switch as this node knows it (the newest it has seen).
+    pub fn ha(&self) -> HaSwitch {
+        self.advert().ha
+    }
+
+    /// Sets the cluster-wide HA switch; gossip carries it to every node, where the newest
+    /// setting wins. Returns the switch as set.
+    pub async fn set_ha(&self, on: bool) -> HaSwitch {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let mut set = HaSwitch { on, set_at_ms: now };
+        self.update(|advert| {
+            // Newer than what this node has seen, even if its clock is behind.
+            set.set_at_ms = set.set_at_ms.max(advert.ha.set_at_ms + 1);
+            advert.ha = set;
+        })
+        .await;
+        info!(
+            ha = if on { "on" } else { "off" },
+            set_at_ms = set.set_at_ms,
+            "HA switch set"
+        );
+        set
     }
 
     /// Leaves the cluster: advertises `leaving`, lets two gossip rounds carry it, stops.
@@ -230,6 +262,7 @@ impl GossipNode {
         let mut ticker = tokio::time::interval(self.inner.tuning.gossip_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut previous: BTreeMap<(String, u64), bool> = BTreeMap::new();
+        let mut refused: HashSet<(String, u64)> = HashSet::new();
         let mut joining_since = tokio::time::Instant::now();
         loop {
             ticker.tick().await;
@@ -254,6 +287,34 @@ impl GossipNode {
                 }
             }
             previous = current;
+            let protocol = self.advert().protocol;
+            for member in &members {
+                let refusal = member.protocol.and_then(|theirs| protocol.refusal(theirs));
+                if let Some(reason) = refusal
+                    && refused.insert((member.id.clone(), member.generation))
+                {
+                    warn!(
+                        node = %member.id,
+                        %reason,
+                        "refusing a node of an incompatible protocol: it is neither paired \
+                         with nor routed to"
+                    );
+                    metrics::counter!(names::MEMBER_EVENTS, "event" => "refused").increment(1);
+                }
+            }
+
+            // The newest HA switch anyone advertises wins; adopting it passes it on.
+            let newest = HaSwitch::newest(members.iter().filter_map(|m| m.ha));
+            let own = self.advert().ha;
+            if HaSwitch::newest([own, newest]) != own {
+                info!(
+                    ha = if newest.on { "on" } else { "off" },
+                    set_at_ms = newest.set_at_ms,
+                    "the cluster-wide HA switch changed"
+                );
+                self.update(|advert| advert.ha = newest).await;
+            }
+            metrics::gauge!(names::HA_ON).set(if self.ha().on { 1.0 } else { 0.0 });
 
             let state = self.advert().state;
             for known in [

@@ -1,5 +1,5 @@
 //! The runtime every Tandem process shares: gossip membership, the admin endpoint, metrics
-//! and a graceful leave on SIGTERM.
+//! and a drain on SIGTERM (or `POST /v1/drain`) before a graceful leave.
 
 pub mod admin;
 pub mod gossip;
@@ -8,11 +8,13 @@ pub mod metrics;
 pub mod net;
 pub mod transport;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tandem_common::config::NodeConfig;
-use tandem_common::schema::NodeAdvert;
+use tandem_common::schema::{NodeAdvert, NodeState};
 use tandem_common::secret::read_secret_file;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -71,12 +73,18 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
 }
 
+/// Gossip rounds a draining node waits, advertising `draining`, before it settles: time
+/// for every balancer to see it and send its users elsewhere.
+const DRAIN_NOTICE_ROUNDS: u32 = 5;
+
 /// A started process: in the cluster, serving its admin endpoint.
 pub struct NodeRuntime {
     pub gossip: GossipNode,
     /// Where the admin endpoint actually listens.
     pub admin_addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
+    drain_tx: watch::Sender<bool>,
+    drain_timeout: Duration,
     admin_task: tokio::task::JoinHandle<std::io::Result<()>>,
     watch_task: tokio::task::JoinHandle<()>,
 }
@@ -206,6 +214,7 @@ impl PreparedNode {
         let watch_task = gossip.spawn_watch();
 
         let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+        let (drain_tx, _) = watch::channel(false);
         let admin_shutdown = {
             let mut rx = shutdown_rx.clone();
             async move { stopped(&mut rx).await }
@@ -229,25 +238,35 @@ impl PreparedNode {
             admin_routes,
             keyring,
             admin_auth,
+            drain_tx.clone(),
             admin_shutdown,
         ));
         info!(admin = %admin_addr, "admin endpoint listening");
 
-        // Signals end the process through the same path as an explicit stop.
-        let signal_tx = shutdown_tx.clone();
+        // The first signal drains the node; a second one stops it at once.
+        let (signal_drain, signal_stop) = (drain_tx.clone(), shutdown_tx.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                _ = terminate.recv() => info!("SIGTERM received"),
-                _ = interrupt.recv() => info!("SIGINT received"),
-                _ = stopped(&mut shutdown_rx) => return,
+            loop {
+                tokio::select! {
+                    _ = terminate.recv() => info!("SIGTERM received"),
+                    _ = interrupt.recv() => info!("SIGINT received"),
+                    _ = stopped(&mut shutdown_rx) => return,
+                }
+                if *signal_drain.borrow() {
+                    warn!("stopping at once, without waiting for the drain to end");
+                    let _ = signal_stop.send(true);
+                    return;
+                }
+                let _ = signal_drain.send(true);
             }
-            let _ = signal_tx.send(true);
         });
 
         Ok(NodeRuntime {
             gossip,
             admin_addr,
             shutdown_tx,
+            drain_tx,
+            drain_timeout: config.drain_timeout,
             admin_task,
             watch_task,
         })
@@ -260,10 +279,51 @@ impl NodeRuntime {
         self.shutdown_tx.subscribe()
     }
 
-    /// Runs until SIGTERM or SIGINT, then leaves the cluster gracefully.
-    pub async fn run_until_stopped(self) {
-        stopped(&mut self.stopping()).await;
+    /// Asks the node to drain, as SIGTERM does.
+    pub fn drain(&self) {
+        let _ = self.drain_tx.send(true);
+    }
+
+    /// Runs until the node is asked to drain (SIGTERM, SIGINT, `POST /v1/drain`), then
+    /// drains: advertises `draining` so that balancers send its users elsewhere, waits a few
+    /// gossip rounds for them to see it, runs `settle` (the component's own last duties),
+    /// all within the drain timeout; then leaves the cluster and stops the servers. A second
+    /// signal cuts the drain short.
+    pub async fn run_until_stopped(self, settle: impl Future<Output = ()>) {
+        let mut stop = self.stopping();
+        let mut drain = self.drain_tx.subscribe();
+        tokio::select! {
+            () = stopped(&mut drain) => {}
+            () = stopped(&mut stop) => {}
+        }
+        if !*stop.borrow() {
+            ::metrics::gauge!(crate::metrics::names::DRAINING).set(1.0);
+            info!(
+                timeout = ?self.drain_timeout,
+                "draining: balancers send no new users here, and this node's users go on at \
+                 its partner"
+            );
+            self.gossip
+                .update(|advert| advert.state = NodeState::Draining)
+                .await;
+            let notice = self.gossip.tuning().gossip_interval * DRAIN_NOTICE_ROUNDS;
+            let drain = async {
+                tokio::time::sleep(notice).await;
+                settle.await;
+            };
+            tokio::select! {
+                done = tokio::time::timeout(self.drain_timeout, drain) => {
+                    if done.is_err() {
+                        warn!(timeout = ?self.drain_timeout, "the drain did not finish in time; leaving anyway");
+                    } else {
+                        info!("drained");
+                    }
+                }
+                () = stopped(&mut stop) => {}
+            }
+        }
         self.gossip.leave().await;
+        let _ = self.shutdown_tx.send(true);
         self.watch_task.abort();
         match self.admin_task.await {
             Ok(Ok(())) => {}

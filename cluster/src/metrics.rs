@@ -12,7 +12,12 @@ pub mod names {
     pub const NODE_INFO: &str = "tandem_node_info";
     /// Gauge: 1 for this process's current `state`, 0 for the others.
     pub const NODE_STATE: &str = "tandem_node_state";
-    /// Counter: membership changes seen, by `event` (`joined`, `died`).
+    /// Gauge: 1 while the cluster-wide HA switch is on (as this node knows it).
+    pub const HA_ON: &str = "tandem_ha_on";
+    /// Gauge: 1 while this process drains (from the drain call or signal until it exits).
+    pub const DRAINING: &str = "tandem_draining";
+    /// Counter: membership changes seen, by `event` (`joined`, `died`, `refused` for a
+    /// node of an incompatible protocol).
     pub const MEMBER_EVENTS: &str = "tandem_member_events_total";
     pub const GOSSIP_MESSAGES_SENT: &str = "tandem_gossip_messages_sent_total";
     pub const GOSSIP_BYTES_SENT: &str = "tandem_gossip_bytes_sent_total";

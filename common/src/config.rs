@@ -90,7 +90,18 @@ pub struct NodeConfig {
     /// File with the token that state-changing admin calls must carry
     /// (`Authorization: Bearer`). Without one they are accepted from loopback only.
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// How long a drain (SIGTERM, `tandem drain`) waits for the partner to confirm that
+    /// it holds every session of this node before the node leaves anyway. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// The protocol this node speaks: the current one, set otherwise only to rehearse an
+    /// upgrade (a hidden flag; not in configuration files).
+    #[serde(skip)]
+    pub protocol: crate::schema::Protocol,
 }
+
+/// Default of [`NodeConfig::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -106,6 +117,8 @@ impl Default for NodeConfig {
             gossip_key_file: None,
             gossip_key: None,
             admin_token_file: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            protocol: crate::schema::Protocol::CURRENT,
         }
     }
 }

@@ -9,9 +9,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::Mutation;
+use crate::schema::Protocol;
 
-/// Version of the replication protocol; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted (a batch of mutations, a snapshot chunk).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -20,7 +19,8 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 pub enum Frame {
     /// First frame on a channel, from each side.
     Hello {
-        version: u16,
+        /// The protocol the sender speaks; see [`Protocol`] for what is compatible.
+        protocol: Protocol,
         cluster: String,
         node_id: String,
     },
@@ -150,7 +150,7 @@ mod tests {
         };
         vec![
             Frame::Hello {
-                version: PROTOCOL_VERSION,
+                protocol: Protocol::CURRENT,
                 cluster: "c".into(),
                 node_id: "a".into(),
             },
@@ -243,13 +243,13 @@ mod properties {
 
     fn frames() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<u16>(), ".{0,40}", ".{0,40}").prop_map(|(version, cluster, node_id)| {
-                Frame::Hello {
-                    version,
+            (any::<(u16, u16)>(), ".{0,40}", ".{0,40}").prop_map(
+                |((major, minor), cluster, node_id)| Frame::Hello {
+                    protocol: Protocol { major, minor },
                     cluster,
                     node_id,
                 }
-            }),
+            ),
             any::<u64>().prop_map(|epoch| Frame::Propose { epoch }),
             any::<u64>().prop_map(|seq| Frame::Ack { seq }),
             (any::<u64>(), any::<u64>()).prop_map(|(from, to)| Frame::Nack { from, to }),

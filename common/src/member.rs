@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{
-    HaSwitch, NodeAdvert, NodeState, PartnerRef, ReplTransport, Role, SchemaError, Subnet,
+    HaSwitch, NodeAdvert, NodeState, PartnerRef, Protocol, ReplTransport, Role, SchemaError,
+    Subnet, SyncProgress,
 };
 
 /// One node of the cluster as this process sees it.
@@ -33,7 +34,13 @@ pub struct Member {
     pub unprotected: bool,
     /// Agents: how writes reach the partner, while paired.
     pub transport: Option<ReplTransport>,
-    /// Why the advertisement could not be read, if it could not.
+    /// The protocol it speaks.
+    pub protocol: Option<Protocol>,
+    /// Agents: write batches not yet acknowledged by the partner.
+    pub lag: u64,
+    /// Agents: the snapshot being sent to a new partner.
+    pub snapshot: Option<SyncProgress>,
+    /// Why the advertisement could not be read, or why this node is not worked with.
     pub problem: Option<String>,
 }
 
@@ -63,6 +70,9 @@ impl Member {
             version: None,
             unprotected: false,
             transport: None,
+            protocol: None,
+            lag: 0,
+            snapshot: None,
             problem: None,
         };
         match advert {
@@ -79,6 +89,9 @@ impl Member {
                 member.version = Some(advert.version);
                 member.unprotected = advert.unprotected;
                 member.transport = advert.transport;
+                member.protocol = Some(advert.protocol);
+                member.lag = advert.lag;
+                member.snapshot = advert.snapshot;
             }
             Err(err) => member.problem = Some(err.to_string()),
         }
@@ -114,7 +127,7 @@ pub struct MembersResponse {
 
 /// Renders members as an aligned text table.
 pub fn members_table(members: &[Member]) -> String {
-    const HEADER: [&str; 8] = [
+    const HEADER: [&str; 10] = [
         "ID",
         "ROLE",
         "STATE",
@@ -123,8 +136,10 @@ pub fn members_table(members: &[Member]) -> String {
         "PARTNER",
         "TRANSPORT",
         "SESSIONS",
+        "LAG",
+        "SYNC",
     ];
-    let rows: Vec<[String; 8]> = members
+    let rows: Vec<[String; 10]> = members
         .iter()
         .map(|m| {
             let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_string());
@@ -141,11 +156,9 @@ pub fn members_table(members: &[Member]) -> String {
                     (None, false) => "-".to_string(),
                 },
                 or_dash(m.partner.as_ref().and(m.transport).map(|t| t.to_string())),
-                if m.role == Some(Role::Agent) {
-                    m.sessions.to_string()
-                } else {
-                    "-".to_string()
-                },
+                agent_only(m, m.sessions.to_string()),
+                agent_only(m, m.lag.to_string()),
+                or_dash(m.snapshot.map(|s| format!("sending {s}"))),
             ]
         })
         .collect();
@@ -166,7 +179,23 @@ pub fn members_table(members: &[Member]) -> String {
             .join("  ");
         let _ = writeln!(out, "{}", line.trim_end());
     }
+    for m in members.iter().filter(|m| m.problem.is_some()) {
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            m.id,
+            m.problem.as_deref().unwrap_or_default()
+        );
+    }
     out
+}
+
+fn agent_only(member: &Member, value: String) -> String {
+    if member.role == Some(Role::Agent) {
+        value
+    } else {
+        "-".to_string()
+    }
 }
 
 #[cfg(test)]
@@ -206,13 +235,18 @@ mod tests {
         );
         let table = members_table(&[member("web-1", 4, true), broken]);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("ID            ROLE   STATE  ADDRESS"));
         assert_eq!(
             lines[1],
-            "web-1         agent  ready  127.0.0.1:7946  live  - (unprotected)  -          4"
+            "web-1         agent  ready  127.0.0.1:7946  live  - (unprotected)  -          4         0    -"
         );
         assert!(lines[2].starts_with("garbled-node  -      -      10.0.0.9:7946   dead"));
+        assert!(
+            lines[3].starts_with("garbled-node: gossip key `role`"),
+            "{}",
+            lines[3]
+        );
     }
 
     #[test]

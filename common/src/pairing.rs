@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::schema::{NodeState, PartnerRef};
+use crate::schema::{NodeState, PartnerRef, Protocol};
 
 /// One agent as the pairing decision needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct AgentView {
     pub partner: Option<PartnerRef>,
     /// Subnet in CIDR notation, if known.
     pub subnet: Option<String>,
+    /// The protocol it speaks: only agents compatible with each other pair.
+    pub protocol: Protocol,
 }
 
 impl AgentView {
@@ -41,6 +43,8 @@ pub enum PairingDecision {
     /// Our partner is gone (dead, leaving, or paired with another agent): take over its
     /// sessions and become lone.
     PartnerLost { partner: String },
+    /// HA is switched off (as we or the partner see it): end the pair, keep the sessions.
+    Unpair { partner: String },
     /// Propose a pair to this lone agent (we have the lower id).
     Propose { to: String },
     /// The lone agent we are matched with has the lower id: wait for its proposal.
@@ -58,6 +62,11 @@ pub fn decide(me: &str, my_partner: Option<&PartnerRef>, view: &[AgentView]) -> 
     };
     if let Some(partner) = my_partner {
         let theirs = view.iter().find(|a| a.id == partner.node_id);
+        if !own.ha_on || theirs.is_some_and(|other| other.live && !other.ha_on) {
+            return PairingDecision::Unpair {
+                partner: partner.node_id.clone(),
+            };
+        }
         return match theirs {
             Some(other) if other.live && other.state != NodeState::Leaving => {
                 match &other.partner {
@@ -80,7 +89,14 @@ pub fn decide(me: &str, my_partner: Option<&PartnerRef>, view: &[AgentView]) -> 
     if !own.eligible() {
         return PairingDecision::Ineligible;
     }
-    match matching(view).get(me) {
+    // Agents that cannot talk to us are left out; the rest match as every one of them
+    // computes it (in a cluster of one protocol, that is everybody).
+    let compatible: Vec<AgentView> = view
+        .iter()
+        .filter(|a| own.protocol.compatible(a.protocol))
+        .cloned()
+        .collect();
+    match matching(&compatible).get(me) {
         Some(other) if other.as_str() < me => PairingDecision::AwaitProposal {
             from: other.clone(),
         },
@@ -131,6 +147,7 @@ mod tests {
             ha_on: true,
             partner: None,
             subnet: Some(subnet.into()),
+            protocol: Protocol::CURRENT,
         }
     }
 
@@ -255,6 +272,50 @@ mod tests {
                 partner: "b".into()
             }
         );
+    }
+
+    #[test]
+    fn ha_switched_off_on_either_side_ends_the_pair() {
+        let view = vec![paired(agent("a", "n1"), "b"), paired(agent("b", "n1"), "a")];
+        for off in ["a", "b"] {
+            let view: Vec<AgentView> = view
+                .iter()
+                .cloned()
+                .map(|mut a| {
+                    a.ha_on = a.id != off;
+                    a
+                })
+                .collect();
+            for (me, other) in [("a", "b"), ("b", "a")] {
+                assert_eq!(
+                    decide(me, Some(&partner(other)), &view),
+                    Unpair {
+                        partner: other.into()
+                    },
+                    "{off} off, as {me} sees it"
+                );
+            }
+        }
+        let mut off = vec![agent("a", "n1"), agent("b", "n1")];
+        off[0].ha_on = false;
+        off[1].ha_on = false;
+        assert_eq!(decide("a", None, &off), Ineligible);
+    }
+
+    #[test]
+    fn only_agents_of_compatible_protocols_pair() {
+        let at = |id: &str, major, minor| {
+            let mut view = agent(id, "n1");
+            view.protocol = Protocol { major, minor };
+            view
+        };
+        // 1.0 and 1.1 pair; 2.0 pairs only with 2.0, across the upgrade.
+        let view = vec![at("a", 1, 0), at("b", 2, 0), at("c", 1, 1), at("d", 2, 0)];
+        assert_eq!(decide("a", None, &view), Propose { to: "c".into() });
+        assert_eq!(decide("b", None, &view), Propose { to: "d".into() });
+        let view = vec![at("a", 1, 0), at("b", 2, 0)];
+        assert_eq!(decide("a", None, &view), Alone);
+        assert_eq!(decide("b", None, &view), Alone);
     }
 
     #[test]

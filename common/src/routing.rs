@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cookie::RouteCookie;
 use crate::member::Member;
-use crate::schema::{NodeState, Role};
+use crate::schema::{HaSwitch, NodeState, Role};
 
 /// How deep a route follows partners of partners (each failover re-pairs once).
 const CHAIN_DEPTH: usize = 4;
@@ -29,6 +29,9 @@ pub struct Backend {
     pub protected: bool,
     /// Primary sessions it reports.
     pub sessions: u64,
+    /// When this incarnation started (seconds since the Unix epoch): a restarted node holds
+    /// none of the sessions of users routed to it before.
+    pub started_at: u64,
 }
 
 /// Why a request goes where it goes.
@@ -53,9 +56,21 @@ pub struct Route {
 }
 
 /// Every agent with an app, by id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutingTable {
     backends: BTreeMap<String, Backend>,
+    /// The cluster-wide HA switch: with it off nodes keep no copies of each other's
+    /// sessions, and users stay on their node (or are placed anew) without failover.
+    ha_on: bool,
+}
+
+impl Default for RoutingTable {
+    fn default() -> Self {
+        RoutingTable {
+            backends: BTreeMap::new(),
+            ha_on: true,
+        }
+    }
 }
 
 impl RoutingTable {
@@ -63,7 +78,8 @@ impl RoutingTable {
     pub fn build(members: &[Member]) -> Self {
         let agents: BTreeMap<&str, &Member> = members
             .iter()
-            .filter(|m| m.role == Some(Role::Agent))
+            // A member with a problem (an incompatible protocol) is not routed to.
+            .filter(|m| m.role == Some(Role::Agent) && m.problem.is_none())
             .map(|m| (m.id.as_str(), m))
             .collect();
         let mut backends = BTreeMap::new();
@@ -88,10 +104,20 @@ impl RoutingTable {
                     usable,
                     protected: partner.is_some() && !member.unprotected,
                     sessions: member.sessions,
+                    started_at: member.generation / 1_000_000_000,
                 },
             );
         }
-        RoutingTable { backends }
+        let ha = HaSwitch::newest(members.iter().filter_map(|m| m.ha));
+        RoutingTable {
+            backends,
+            ha_on: ha.on,
+        }
+    }
+
+    /// Whether HA is on, as the newest switch among the members says.
+    pub fn ha_on(&self) -> bool {
+        self.ha_on
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &Backend> {
@@ -106,6 +132,11 @@ impl RoutingTable {
     /// the cookie's partner and the partners each of them names (who hold the session after
     /// a failover), else a new placement by `place`. `down` marks nodes this balancer found
     /// unreachable before gossip did; `load` is the load to balance new users by.
+    ///
+    /// A node the cookie names that restarted after the cookie was issued lost the
+    /// session with its old incarnation: the partners, who hold it, come first, and the
+    /// restarted node only when none of them can serve. With HA off users stay on their
+    /// node only: nobody else holds their sessions.
     pub fn route(
         &self,
         cookie: Option<&RouteCookie>,
@@ -114,9 +145,11 @@ impl RoutingTable {
     ) -> Option<Route> {
         let serving = |id: &str| self.backends.get(id).filter(|b| b.usable && !down(id));
         if let Some(cookie) = cookie {
+            let named = |id: &str| id == cookie.node || cookie.partner.as_deref() == Some(id);
+            let mut restarted: Option<&Backend> = None;
             let mut seen = BTreeSet::new();
             let mut frontier: Vec<String> = std::iter::once(cookie.node.clone())
-                .chain(cookie.partner.clone())
+                .chain(cookie.partner.clone().filter(|_| self.ha_on))
                 .collect();
             for _ in 0..CHAIN_DEPTH {
                 let mut next = Vec::new();
@@ -125,14 +158,11 @@ impl RoutingTable {
                         continue;
                     }
                     if let Some(backend) = serving(&id) {
-                        let reason = if backend.id == cookie.node {
-                            RouteReason::Sticky
+                        if named(&id) && backend.started_at > cookie.issued_at {
+                            restarted.get_or_insert(backend);
                         } else {
-                            RouteReason::Failover {
-                                from: cookie.node.clone(),
-                            }
-                        };
-                        return Some(route_to(backend, reason));
+                            return Some(route_to(backend, reason_for(backend, cookie)));
+                        }
                     }
                     if let Some(partner) =
                         self.backends.get(&id).and_then(|b| b.named_partner.clone())
@@ -140,7 +170,13 @@ impl RoutingTable {
                         next.push(partner);
                     }
                 }
+                if !self.ha_on {
+                    break;
+                }
                 frontier = next;
+            }
+            if let Some(backend) = restarted {
+                return Some(route_to(backend, reason_for(backend, cookie)));
             }
         }
         self.place(down, load)
@@ -165,6 +201,16 @@ impl RoutingTable {
             protected
         };
         pool.into_iter().min_by_key(|b| (load(b), b.id.clone()))
+    }
+}
+
+fn reason_for(backend: &Backend, cookie: &RouteCookie) -> RouteReason {
+    if backend.id == cookie.node {
+        RouteReason::Sticky
+    } else {
+        RouteReason::Failover {
+            from: cookie.node.clone(),
+        }
     }
 }
 
@@ -309,6 +355,74 @@ mod tests {
                 "{cookie:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_node_restarted_since_the_cookie_sends_its_users_to_the_partner_first() {
+        let restarted_at = |mut member: Member, secs: u64| {
+            member.generation = secs * 1_000_000_000;
+            member
+        };
+        let issued = |node: &str, partner: Option<&str>, at: u64| RouteCookie {
+            issued_at: at,
+            ..cookie(node, partner)
+        };
+        // a restarted at 100 and paired with b again (b took a's users over meanwhile).
+        let mut members = two_pairs();
+        members[0] = restarted_at(ready("a", Some("b")), 100);
+        let table = RoutingTable::build(&members);
+        assert_eq!(
+            route(&table, Some(&issued("a", Some("b"), 90))),
+            Some(("b".into(), RouteReason::Failover { from: "a".into() })),
+            "a cookie from before the restart"
+        );
+        assert_eq!(
+            route(&table, Some(&issued("a", None, 90))).unwrap().0,
+            "b",
+            "through the partner a names now"
+        );
+        assert_eq!(
+            route(&table, Some(&issued("a", Some("b"), 100))),
+            Some(("a".into(), RouteReason::Sticky)),
+            "a cookie from this incarnation"
+        );
+        // No partner can serve: the restarted node is still the user's node.
+        members[1] = agent("b", Some("a"), NodeState::Ready, false, 0);
+        let table = RoutingTable::build(&members);
+        assert_eq!(
+            route(&table, Some(&issued("a", Some("b"), 90))),
+            Some(("a".into(), RouteReason::Sticky))
+        );
+    }
+
+    #[test]
+    fn with_ha_off_users_stay_on_their_node_and_nowhere_else() {
+        let off = |mut member: Member| {
+            member.ha = Some(HaSwitch {
+                on: false,
+                set_at_ms: 10,
+            });
+            member
+        };
+        let mut members: Vec<Member> = vec![
+            agent("a", None, NodeState::Ready, true, 0),
+            agent("b", None, NodeState::Ready, true, 5),
+            agent("c", None, NodeState::Ready, true, 9),
+        ];
+        members[2] = off(members[2].clone());
+        let table = RoutingTable::build(&members);
+        assert!(!table.ha_on(), "the newest switch wins");
+        assert_eq!(
+            route(&table, Some(&cookie("b", Some("a")))),
+            Some(("b".into(), RouteReason::Sticky))
+        );
+        // b dies: a holds nothing of b's users (HA off), so they are placed anew.
+        members[1] = agent("b", None, NodeState::Ready, false, 5);
+        let table = RoutingTable::build(&members);
+        assert_eq!(
+            route(&table, Some(&cookie("b", Some("c")))),
+            Some(("a".into(), RouteReason::Placed))
+        );
     }
 
     #[test]

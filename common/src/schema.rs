@@ -37,9 +37,16 @@ pub mod keys {
     /// How an agent's writes reach its partner (`quic` or `multicast`), empty when
     /// unpaired, see [`super::ReplTransport`].
     pub const TRANSPORT: &str = "transport";
+    /// The protocol the node speaks, see [`super::Protocol`].
+    pub const PROTOCOL: &str = "protocol";
+    /// Agents: write batches sent to the partner and not yet acknowledged.
+    pub const LAG: &str = "lag";
+    /// Agents: progress of the snapshot being sent to a new partner, see
+    /// [`super::SyncProgress`]; empty when none is being sent.
+    pub const SNAPSHOT: &str = "snapshot";
 
     /// Every key, in the order they are published.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 15] = [
         ROLE,
         STATE,
         APP,
@@ -52,6 +59,9 @@ pub mod keys {
         ADMIN,
         UNPROTECTED,
         TRANSPORT,
+        PROTOCOL,
+        LAG,
+        SNAPSHOT,
     ];
 }
 
@@ -248,6 +258,107 @@ impl FromStr for HaSwitch {
     }
 }
 
+impl HaSwitch {
+    /// The switch that wins among what several nodes saw: the newest; at equal times, off.
+    pub fn newest(switches: impl IntoIterator<Item = HaSwitch>) -> HaSwitch {
+        switches
+            .into_iter()
+            .max_by_key(|ha| (ha.set_at_ms, !ha.on))
+            .unwrap_or_default()
+    }
+}
+
+/// The protocol a node speaks (replication frames and gossip keys): `<major>.<minor>`.
+///
+/// Nodes interoperate when their majors are equal and their minors at most one apart: a
+/// minor release only adds what the one before can do without, and speaks the lower
+/// version to an older peer. Anything else is refused with the two versions named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Protocol {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl Protocol {
+    /// What this build speaks.
+    pub const CURRENT: Protocol = Protocol { major: 1, minor: 0 };
+    /// What a node that does not say speaks (the first release).
+    pub const FIRST: Protocol = Protocol { major: 1, minor: 0 };
+
+    /// Whether a node speaking `self` and one speaking `other` work together.
+    pub fn compatible(self, other: Protocol) -> bool {
+        self.major == other.major && self.minor.abs_diff(other.minor) <= 1
+    }
+
+    /// What two compatible nodes speak to each other: the lower of the two.
+    pub fn common(self, other: Protocol) -> Protocol {
+        self.min(other)
+    }
+
+    /// Why a node speaking `self` refuses one speaking `other`, or `None` if it does not.
+    pub fn refusal(self, other: Protocol) -> Option<String> {
+        (!self.compatible(other)).then(|| {
+            format!(
+                "it speaks protocol {other} and this node {self}, which works only with \
+                 {}.{}–{}.{}",
+                self.major,
+                self.minor.saturating_sub(1),
+                self.major,
+                self.minor.saturating_add(1)
+            )
+        })
+    }
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Protocol::CURRENT
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = SchemaError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || SchemaError::new(keys::PROTOCOL, s, "expected <major>.<minor>");
+        let (major, minor) = s.split_once('.').ok_or_else(err)?;
+        Ok(Protocol {
+            major: major.parse().map_err(|_| err())?,
+            minor: minor.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+/// How far the snapshot to a new partner has come: `<keys sent>/<keys in all>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SyncProgress {
+    pub sent: u64,
+    pub total: u64,
+}
+
+impl fmt::Display for SyncProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.sent, self.total)
+    }
+}
+
+impl FromStr for SyncProgress {
+    type Err = SchemaError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || SchemaError::new(keys::SNAPSHOT, s, "expected <sent>/<total>");
+        let (sent, total) = s.split_once('/').ok_or_else(err)?;
+        Ok(SyncProgress {
+            sent: sent.parse().map_err(|_| err())?,
+            total: total.parse().map_err(|_| err())?,
+        })
+    }
+}
+
 /// How an agent's writes travel to its partner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -354,6 +465,11 @@ pub struct NodeAdvert {
     pub unprotected: bool,
     /// Agents: how writes reach the partner, while paired.
     pub transport: Option<ReplTransport>,
+    pub protocol: Protocol,
+    /// Agents: write batches not yet acknowledged by the partner.
+    pub lag: u64,
+    /// Agents: the snapshot being sent to a new partner.
+    pub snapshot: Option<SyncProgress>,
 }
 
 impl NodeAdvert {
@@ -372,6 +488,9 @@ impl NodeAdvert {
             admin: None,
             unprotected: role == Role::Agent,
             transport: None,
+            protocol: Protocol::CURRENT,
+            lag: 0,
+            snapshot: None,
         }
     }
 
@@ -397,6 +516,9 @@ impl NodeAdvert {
                 if self.unprotected { "yes" } else { "" }.to_string(),
             ),
             (keys::TRANSPORT, opt(&self.transport)),
+            (keys::PROTOCOL, self.protocol.to_string()),
+            (keys::LAG, self.lag.to_string()),
+            (keys::SNAPSHOT, opt(&self.snapshot)),
         ]
     }
 
@@ -417,11 +539,11 @@ impl NodeAdvert {
         let role = non_empty(&get, keys::ROLE)
             .ok_or_else(|| SchemaError::new(keys::ROLE, "", "missing"))?
             .parse()?;
-        let sessions = match non_empty(&get, keys::SESSIONS) {
-            None => 0,
+        let count = |key: &'static str| match non_empty(&get, key) {
+            None => Ok(0),
             Some(value) => value
                 .parse()
-                .map_err(|_| SchemaError::new(keys::SESSIONS, value, "not a number"))?,
+                .map_err(|_| SchemaError::new(key, value, "not a number")),
         };
         Ok(NodeAdvert {
             role,
@@ -430,12 +552,15 @@ impl NodeAdvert {
             repl: non_empty(&get, keys::REPL).map(str::to_string),
             subnet: parsed(&get, keys::SUBNET)?,
             partner: parsed(&get, keys::PARTNER)?,
-            sessions,
+            sessions: count(keys::SESSIONS)?,
             ha: parsed(&get, keys::HA)?.unwrap_or_default(),
             version: non_empty(&get, keys::VERSION).unwrap_or("").to_string(),
             admin: non_empty(&get, keys::ADMIN).map(str::to_string),
             unprotected: non_empty(&get, keys::UNPROTECTED) == Some("yes"),
             transport: parsed(&get, keys::TRANSPORT)?,
+            protocol: parsed(&get, keys::PROTOCOL)?.unwrap_or(Protocol::FIRST),
+            lag: count(keys::LAG)?,
+            snapshot: parsed(&get, keys::SNAPSHOT)?,
         })
     }
 }
@@ -488,6 +613,12 @@ mod tests {
             admin: Some("10.0.0.5:7951".into()),
             unprotected: true,
             transport: Some(ReplTransport::Multicast),
+            protocol: Protocol { major: 1, minor: 3 },
+            lag: 12,
+            snapshot: Some(SyncProgress {
+                sent: 3000,
+                total: 100_000,
+            }),
         };
         let map: HashMap<String, String> = advert
             .to_key_values()
@@ -498,6 +629,8 @@ mod tests {
         assert_eq!(map[keys::SUBNET], "10.0.0.0/24;mcast");
         assert_eq!(map[keys::HA], "off@1700000000000");
         assert_eq!(map[keys::TRANSPORT], "multicast");
+        assert_eq!(map[keys::PROTOCOL], "1.3");
+        assert_eq!(map[keys::SNAPSHOT], "3000/100000");
         assert_eq!(advert_of(&map).unwrap(), advert);
     }
 
@@ -530,6 +663,10 @@ mod tests {
             (&[("role", "agent"), ("sessions", "-1")], "sessions"),
             (&[("role", "agent"), ("ha", "maybe@1")], "ha"),
             (&[("role", "agent"), ("ha", "on")], "ha"),
+            (&[("role", "agent"), ("protocol", "1")], "protocol"),
+            (&[("role", "agent"), ("protocol", "1.x")], "protocol"),
+            (&[("role", "agent"), ("lag", "many")], "lag"),
+            (&[("role", "agent"), ("snapshot", "12")], "snapshot"),
             (&[("role", "agent"), ("subnet", "10.0.0.0")], "subnet"),
             (&[("role", "agent"), ("subnet", "10.0.0.0/33")], "subnet"),
             (&[("role", "agent"), ("subnet", "nonsense/8")], "subnet"),
@@ -543,6 +680,46 @@ mod tests {
             assert_eq!(err.key, *key, "{pairs:?}");
             assert!(err.to_string().contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn the_newest_ha_switch_wins_and_off_breaks_ties() {
+        let at = |on, set_at_ms| HaSwitch { on, set_at_ms };
+        assert_eq!(HaSwitch::newest([]), HaSwitch::default());
+        assert_eq!(
+            HaSwitch::newest([at(true, 5), at(false, 9), at(true, 7)]),
+            at(false, 9)
+        );
+        assert_eq!(HaSwitch::newest([at(true, 9), at(false, 9)]), at(false, 9));
+        assert_eq!(
+            HaSwitch::newest([HaSwitch::default(), at(true, 1)]),
+            at(true, 1)
+        );
+    }
+
+    #[test]
+    fn protocols_one_minor_apart_interoperate() {
+        let v = |major, minor| Protocol { major, minor };
+        let table = [
+            (v(1, 0), v(1, 0), true),
+            (v(1, 0), v(1, 1), true),
+            (v(1, 4), v(1, 3), true),
+            (v(1, 0), v(1, 2), false),
+            (v(1, 0), v(2, 0), false),
+            (v(2, 1), v(1, 1), false),
+        ];
+        for (a, b, ok) in table {
+            assert_eq!(a.compatible(b), ok, "{a} with {b}");
+            assert_eq!(b.compatible(a), ok, "{b} with {a}");
+            assert_eq!(a.refusal(b).is_none(), ok);
+        }
+        assert_eq!(v(1, 4).common(v(1, 3)), v(1, 3));
+        let refusal = v(1, 0).refusal(v(2, 0)).unwrap();
+        assert!(
+            refusal.contains("protocol 2.0") && refusal.contains("1.0"),
+            "{refusal}"
+        );
+        assert_eq!("1.12".parse::<Protocol>().unwrap(), v(1, 12));
     }
 
     #[test]

@@ -25,10 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use tandem_common::frame::{Frame, PROTOCOL_VERSION};
+use tandem_common::frame::Frame;
 use tandem_common::ops::Mutation;
 use tandem_common::pairing::{AgentView, PairingDecision, decide};
-use tandem_common::schema::{NodeState, PartnerRef, ReplTransport, Role};
+use tandem_common::schema::{NodeState, PartnerRef, Protocol, ReplTransport, Role, SyncProgress};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -84,6 +84,8 @@ pub struct ReplicationConfig {
     /// How long after multicast failed (an unanswered probe, a degraded path) a pair
     /// probes it again; doubled on each failure up to [`REPROBE_MAX`] times this.
     pub reprobe_after: Duration,
+    /// The protocol this agent speaks (peers must be compatible).
+    pub protocol: Protocol,
 }
 
 /// Metric names of replication.
@@ -148,8 +150,10 @@ struct Inner {
     lagging: AtomicBool,
     /// Sync writes that returned on the timeout rather than on the partner's ack.
     sync_timeouts: AtomicU64,
-    /// Set while a snapshot from the partner is being applied.
+    /// Set from the moment a pair forms until the partner's whole snapshot has arrived.
     syncing: AtomicBool,
+    /// How far the snapshot to the partner has come, while one is being sent.
+    snapshot_progress: Mutex<Option<SyncProgress>>,
     next_link_id: AtomicU64,
     /// Registered once: every write and every frame counts.
     mutations_sent: metrics::Counter,
@@ -175,6 +179,8 @@ struct Link {
     next_seq: u64,
     acked: watch::Receiver<u64>,
     multicast: Arc<LinkMulticast>,
+    /// Whether the whole snapshot of this store has been queued for the partner.
+    snapshot_sent: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -199,6 +205,7 @@ impl Replicator {
                 confirm_timeout: Duration::ZERO,
                 anti_entropy_interval: Duration::MAX,
                 reprobe_after: REPROBE_AFTER,
+                protocol: Protocol::CURRENT,
             },
             store,
             None,
@@ -223,6 +230,7 @@ impl Replicator {
                 lagging: AtomicBool::new(false),
                 sync_timeouts: AtomicU64::new(0),
                 syncing: AtomicBool::new(false),
+                snapshot_progress: Mutex::new(None),
                 next_link_id: AtomicU64::new(1),
                 mutations_sent: metrics::counter!(names::MUTATIONS_SENT),
                 mutations_received: metrics::counter!(names::MUTATIONS_RECEIVED),
@@ -327,6 +335,52 @@ impl Replicator {
                     self.inner.publish_protection();
                 }
             }
+        }
+    }
+
+    /// Write batches sent to the partner and not yet acknowledged.
+    pub fn lag(&self) -> u64 {
+        let state = self.inner.state.lock();
+        state
+            .link
+            .as_ref()
+            .map_or(0, |link| link.next_seq.saturating_sub(*link.acked.borrow()))
+    }
+
+    /// Returns once the partner holds everything this agent has (the snapshot and every
+    /// write so far acknowledged), or at once without a partner. Says what it waits for.
+    pub async fn partner_caught_up(&self) {
+        let mut last_report = tokio::time::Instant::now();
+        loop {
+            let waiting = {
+                let state = self.inner.state.lock();
+                state.link.as_ref().map(|link| {
+                    let acked = *link.acked.borrow();
+                    let done = link.snapshot_sent && acked >= link.next_seq;
+                    (
+                        link.partner.node_id.clone(),
+                        done,
+                        link.next_seq.saturating_sub(acked),
+                    )
+                })
+            };
+            match waiting {
+                None => {
+                    warn!("no partner holds this agent's sessions: its users start anew elsewhere");
+                    return;
+                }
+                Some((partner, true, _)) => {
+                    info!(%partner, "the partner confirms it holds every session of this agent");
+                    return;
+                }
+                Some((partner, false, behind)) => {
+                    if last_report.elapsed() >= Duration::from_secs(1) {
+                        info!(%partner, batches_unacknowledged = behind, "waiting for the partner to catch up");
+                        last_report = tokio::time::Instant::now();
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -438,7 +492,7 @@ impl Inner {
 
     fn hello(&self) -> Frame {
         Frame::Hello {
-            version: PROTOCOL_VERSION,
+            protocol: self.config.protocol,
             cluster: self.config.cluster.clone(),
             node_id: self.config.node_id.clone(),
         }
@@ -448,14 +502,12 @@ impl Inner {
     fn check_hello(&self, frame: Frame) -> Result<String, String> {
         match frame {
             Frame::Hello {
-                version,
+                protocol,
                 cluster,
                 node_id,
             } => {
-                if version != PROTOCOL_VERSION {
-                    return Err(format!(
-                        "peer {node_id} speaks replication protocol {version}, this agent {PROTOCOL_VERSION}"
-                    ));
+                if let Some(reason) = self.config.protocol.refusal(protocol) {
+                    return Err(format!("peer {node_id} refused: {reason}"));
                 }
                 if cluster != self.config.cluster {
                     return Err(format!("peer {node_id} belongs to cluster {cluster:?}"));
@@ -482,6 +534,7 @@ impl Inner {
                 ha_on: m.ha.is_none_or(|ha| ha.on),
                 partner: m.partner.clone(),
                 subnet: m.subnet.as_ref().map(|s| s.cidr.clone()),
+                protocol: m.protocol.unwrap_or(Protocol::FIRST),
             })
             .collect();
         let repl_addrs: HashMap<&str, Option<&String>> = members
@@ -505,6 +558,10 @@ impl Inner {
                     warn!(%partner, "the partner never advertised this pair; abandoning it");
                     self.drop_link(None, "pair not confirmed");
                 }
+            }
+            PairingDecision::Unpair { partner } => {
+                info!(%partner, "HA is switched off: ending the pair; the sessions stay here");
+                self.drop_link(None, "HA switched off");
             }
             PairingDecision::PartnerLost { partner } => {
                 warn!(%partner, "partner lost; its sessions are served here from now on");
@@ -698,12 +755,15 @@ impl Inner {
                 next_seq: 0,
                 acked: acked_rx,
                 multicast,
+                snapshot_sent: false,
                 tasks,
             });
             state.confirming_since = None;
             state.said_alone = false;
         }
         self.lagging.store(false, Ordering::Relaxed);
+        // Syncing until the partner's whole snapshot has arrived.
+        self.syncing.store(true, Ordering::Relaxed);
         metrics::counter!(names::PAIRS_FORMED).increment(1);
         info!(partner = %partner.node_id, epoch = partner.epoch, "paired; sending a snapshot");
         self.publish_protection();
@@ -724,6 +784,7 @@ impl Inner {
         if let Some(link) = dropped {
             info!(partner = %link.partner.node_id, %reason, "replication link closed");
             self.syncing.store(false, Ordering::Relaxed);
+            self.publish_snapshot(None);
             // Dropping the link aborts its tasks; from a task of its own, after this returns.
             tokio::spawn(async move { drop(link) });
             self.publish_protection();
@@ -1056,9 +1117,6 @@ impl Inner {
                     mutations,
                     last,
                 } => {
-                    if snapshot_keys == 0 && !last {
-                        self.set_syncing(true);
-                    }
                     snapshot_keys += mutations.len() as u64;
                     metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
                         .increment(mutations.len() as u64);
@@ -1245,6 +1303,8 @@ impl Inner {
         let started = tokio::time::Instant::now();
         let mut cursor = Some(0);
         let mut sent = 0u64;
+        let total = self.store.stats().0 as u64;
+        self.publish_snapshot(Some(SyncProgress { sent, total }));
         let mut last_report = started;
         while let Some(at) = cursor {
             let (next, mutations) = self
@@ -1273,14 +1333,41 @@ impl Inner {
             sent += keys;
             metrics::counter!(names::SNAPSHOT_KEYS_SENT).increment(keys);
             if last_report.elapsed() >= Duration::from_secs(1) {
-                info!(%partner, keys_sent = sent, "snapshot in progress");
+                info!(%partner, keys_sent = sent, keys_total = total, "snapshot in progress");
+                self.publish_snapshot(Some(SyncProgress {
+                    sent,
+                    total: total.max(sent),
+                }));
                 last_report = tokio::time::Instant::now();
             }
             let window = seq.saturating_sub(SNAPSHOT_WINDOW);
             if acked.wait_for(|a| *a >= window).await.is_err() {
+                self.publish_snapshot(None);
                 return;
             }
         }
+        if let Some(link) = self.state.lock().link.as_mut().filter(|l| l.id == id) {
+            link.snapshot_sent = true;
+        }
+        self.publish_snapshot(None);
         info!(%partner, keys = sent, elapsed = ?started.elapsed(), "snapshot sent");
+    }
+
+    /// Publishes how far the snapshot to the partner has come (`None`: none in progress).
+    /// As with [`Inner::publish_protection`], the update publishes the latest progress when
+    /// it runs, so updates that overtake each other do no harm.
+    fn publish_snapshot(self: &Arc<Self>, progress: Option<SyncProgress>) {
+        *self.snapshot_progress.lock() = progress;
+        let Some(gossip) = self.gossip.clone() else {
+            return;
+        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            gossip
+                .update(Box::new(move |advert| {
+                    advert.snapshot = *inner.snapshot_progress.lock();
+                }))
+                .await;
+        });
     }
 }

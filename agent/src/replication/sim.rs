@@ -170,6 +170,7 @@ impl Sim {
                 confirm_timeout: Duration::from_secs(1),
                 anti_entropy_interval: Duration::from_millis(200),
                 reprobe_after: REPROBE,
+                protocol: tandem_common::schema::Protocol::CURRENT,
             },
             store.clone(),
             Some(transport),

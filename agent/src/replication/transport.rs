@@ -502,7 +502,7 @@ impl Transport for MemoryTransport {
 
 #[cfg(test)]
 mod tests {
-    use tandem_common::frame::PROTOCOL_VERSION;
+    use tandem_common::schema::Protocol;
 
     use super::*;
 
@@ -523,7 +523,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let hello = Frame::Hello {
-            version: PROTOCOL_VERSION,
+            protocol: Protocol::CURRENT,
             cluster: "c".into(),
             node_id: "a".into(),
         };
