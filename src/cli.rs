@@ -292,13 +292,14 @@ their pairs and stop replicating, balancers keep users on their nodes (a node's 
 loses its users' sessions). On: agents pair and send each other snapshots, live."
 )]
 pub struct HaArgs {
+    /// on, off or status.
+    #[arg(value_enum)]
+    pub action: HaAction,
     #[command(flatten)]
     pub target: AdminTarget,
-    #[command(subcommand)]
-    pub action: HaAction,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum HaAction {
     /// Replicate: agents pair up and sync.
     On,

@@ -81,24 +81,38 @@ fn describe_drain(me: &Member) -> String {
     }
 }
 
+/// How long a lone node must stay without anyone to pair with before `wait` believes it:
+/// a node that has just started may not have heard of everybody yet.
+const LONE_FOR: Duration = Duration::from_secs(2);
+
 pub async fn wait(args: WaitArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut said = String::new();
+    let mut lone_since: Option<tokio::time::Instant> = None;
     loop {
         let now = match fetch(&args.admin).await {
             Err(_) => Err(format!("{} not reachable yet", args.admin)),
             Ok(view) => protection(&view),
         };
         match now {
-            Ok(done) => {
+            Ok(Protection::Alone(done)) => {
+                let since = *lone_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= LONE_FOR {
+                    println!("{done}");
+                    return Ok(());
+                }
+            }
+            Ok(Protection::Paired(done)) => {
                 println!("{done}");
                 return Ok(());
             }
-            Err(waiting) if waiting != said => {
-                println!("waiting: {waiting}");
-                said = waiting;
+            Err(waiting) => {
+                lone_since = None;
+                if waiting != said {
+                    println!("waiting: {waiting}");
+                    said = waiting;
+                }
             }
-            Err(_) => {}
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("gave up after {:?}: {said}", args.timeout);
@@ -107,9 +121,27 @@ pub async fn wait(args: WaitArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A node that serves with its sessions as protected as they can be.
+#[derive(Debug, PartialEq)]
+enum Protection {
+    /// Paired and synced.
+    Paired(String),
+    /// Without a partner, and nobody to pair with (HA off, or an odd agent out).
+    Alone(String),
+}
+
+impl Protection {
+    #[cfg(test)]
+    fn text(&self) -> &str {
+        match self {
+            Protection::Paired(text) | Protection::Alone(text) => text,
+        }
+    }
+}
+
 /// Whether the node that answered serves with its sessions protected, as far as it can
 /// be: `Ok` with what holds, `Err` with what is still awaited.
-fn protection(view: &MembersResponse) -> Result<String, String> {
+fn protection(view: &MembersResponse) -> Result<Protection, String> {
     let by_id = |id: &str| view.members.iter().find(|m| m.id == id);
     let me = by_id(&view.self_id).ok_or("the node does not list itself yet")?;
     let id = &me.id;
@@ -125,8 +157,19 @@ fn protection(view: &MembersResponse) -> Result<String, String> {
     let Some(partner) = &me.partner else {
         let ha = HaSwitch::newest(view.members.iter().filter_map(|m| m.ha));
         if !ha.on {
-            return Ok(format!("{id} serves; HA is off, so it has no partner"));
+            return Ok(Protection::Alone(format!(
+                "{id} serves; HA is off, so it has no partner"
+            )));
         }
+        // Free: without a partner, or naming one that does not name it back (a pair that
+        // is forming or falling apart).
+        let mutual = |m: &Member| {
+            m.partner.as_ref().is_some_and(|p| {
+                by_id(&p.node_id)
+                    .and_then(|other| other.partner.as_ref())
+                    .is_some_and(|back| back.node_id == m.id)
+            })
+        };
         let lone: Vec<&str> = view
             .members
             .iter()
@@ -135,15 +178,15 @@ fn protection(view: &MembersResponse) -> Result<String, String> {
                     && m.live
                     && m.role == Some(Role::Agent)
                     && m.problem.is_none()
-                    && m.partner.is_none()
+                    && !mutual(m)
                     && matches!(m.state, Some(NodeState::Ready | NodeState::Syncing))
             })
             .map(|m| m.id.as_str())
             .collect();
         return if lone.is_empty() {
-            Ok(format!(
+            Ok(Protection::Alone(format!(
                 "{id} serves unprotected: no other agent is free to pair with"
-            ))
+            )))
         } else {
             Err(format!("{id} is about to pair (free: {})", lone.join(", ")))
         };
@@ -167,11 +210,11 @@ fn protection(view: &MembersResponse) -> Result<String, String> {
     if me.unprotected || other.unprotected {
         return Err(format!("the pair {id} ⇄ {} is catching up", other.id));
     }
-    Ok(format!(
+    Ok(Protection::Paired(format!(
         "{id} serves, paired with {} and synced ({} transport)",
         other.id,
         me.transport.map_or("?".to_string(), |t| t.to_string())
-    ))
+    )))
 }
 
 #[cfg(test)]
@@ -242,12 +285,15 @@ mod tests {
             agent("b", Some("c"), ready),
             agent("c", Some("b"), ready),
         ]);
-        assert!(protection(&odd).unwrap().contains("unprotected"));
+        assert!(protection(&odd).unwrap().text().contains("unprotected"));
+        // b names a, which does not name it back: their pair is in flux, b may be free.
+        let flux = view(vec![agent("a", None, ready), agent("b", Some("a"), ready)]);
+        assert!(protection(&flux).unwrap_err().contains("free: b"));
         let mut ha_off = free.clone();
         ha_off.members[1].ha = Some(HaSwitch {
             on: false,
             set_at_ms: 5,
         });
-        assert!(protection(&ha_off).unwrap().contains("HA is off"));
+        assert!(protection(&ha_off).unwrap().text().contains("HA is off"));
     }
 }

@@ -6,65 +6,22 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use support::users::{
-    Counter, Interruption, User, run_users, run_users_around, wait_protected_routes,
+    Counter, DemoCluster, Interruption, User, run_users, run_users_around, start_balancer,
+    wait_protected_routes,
 };
 use support::{Agent, Node, free_tcp_addr, free_udp_addr, wait_for, wait_for_port};
 
 const FORM: Duration = Duration::from_secs(30);
 const USERS: usize = 50;
 
-struct Cluster {
-    agents: BTreeMap<String, Agent>,
-    /// Kept so that the balancer process lives as long as the cluster.
-    _balancer: Node,
-    listen: SocketAddr,
-}
-
-/// A balancer with the cluster's key and no cookie secret of its own: it signs route
-/// cookies with the secret every balancer derives from the key.
-fn start_balancer(dir: &Path, name: &str, seed: SocketAddr) -> (Node, SocketAddr) {
-    let listen = free_tcp_addr();
-    let extra = vec!["--listen".to_string(), listen.to_string()];
-    (
-        Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), extra),
-        listen,
-    )
-}
-
-async fn start_cluster(dir: &Path) -> Cluster {
-    let mut agents = BTreeMap::new();
-    let mut seed = None;
-    for i in 1..=4 {
-        let name = format!("agent-{i}");
-        let demo = free_tcp_addr().to_string();
-        let mut extra = vec!["--demo-app".to_string(), demo];
-        if let Some(seed) = seed {
-            extra.extend(["--join".to_string(), format!("{seed}")]);
-        }
-        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let agent = Agent::start(dir, &name, &args);
-        seed.get_or_insert(agent.node.gossip);
-        agents.insert(name, agent);
-    }
-    let (balancer, listen) = start_balancer(dir, "balancer-1", seed.unwrap());
-    wait_for_port(listen).await;
-    wait_protected_routes(balancer.admin, &balancer.name, 4).await;
-    Cluster {
-        agents,
-        _balancer: balancer,
-        listen,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sticky_users_keep_their_sessions_through_the_death_of_their_node() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_cluster(dir.path()).await;
+    let mut cluster = DemoCluster::start(dir.path(), 4).await;
     let balancer = cluster.listen;
 
     // 50 users, 20 clicks each: counts 1..20, every answer from the same node.
@@ -167,7 +124,7 @@ async fn sticky_users_keep_their_sessions_through_the_death_of_their_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = start_cluster(dir.path()).await;
+    let cluster = DemoCluster::start(dir.path(), 4).await;
     let seed = cluster.agents["agent-1"].node.gossip;
     let (second, second_listen) = start_balancer(dir.path(), "balancer-2", seed);
     wait_for_port(second_listen).await;
@@ -186,7 +143,7 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     }
 
     // Requests are counted by node and status class.
-    let metrics = support::get(cluster._balancer.admin, "/metrics")
+    let metrics = support::get(cluster.balancer.admin, "/metrics")
         .await
         .unwrap()
         .1;

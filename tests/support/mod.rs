@@ -245,8 +245,13 @@ impl Node {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        self.wait_exit(within)
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("node is running");
-        signal(child.id(), "TERM");
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -255,7 +260,7 @@ impl Node {
             if started.elapsed() > within {
                 child.kill().unwrap();
                 panic!(
-                    "{} did not exit within {within:?} of SIGTERM\n{}",
+                    "{} did not exit within {within:?}\n{}",
                     self.name,
                     self.log_text()
                 );

@@ -1,9 +1,137 @@
 //! Virtual users of the demo app behind a balancer: each with its own cookie jar,
 //! clicking a counter that lives in its session.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use super::{Agent, Node, free_tcp_addr, free_udp_addr, wait_for_port};
+
+const FORM: Duration = Duration::from_secs(40);
+
+/// Agents with demo apps and a balancer in front of them, on loopback.
+pub struct DemoCluster {
+    pub agents: BTreeMap<String, Agent>,
+    pub balancer: Node,
+    /// Where users connect.
+    pub listen: SocketAddr,
+}
+
+/// A balancer with the cluster's key and no cookie secret of its own: it signs route
+/// cookies with the secret every balancer derives from the key.
+pub fn start_balancer(dir: &Path, name: &str, seed: SocketAddr) -> (Node, SocketAddr) {
+    let listen = free_tcp_addr();
+    let extra = vec!["--listen".to_string(), listen.to_string()];
+    (
+        Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), extra),
+        listen,
+    )
+}
+
+impl DemoCluster {
+    /// `count` agents `agent-1`… with demo apps and `balancer-1`, every agent protected.
+    pub async fn start(dir: &Path, count: usize) -> DemoCluster {
+        let cluster = DemoCluster::start_with(dir, count, |_| Vec::new()).await;
+        wait_protected_routes(cluster.balancer.admin, &cluster.balancer.name, count).await;
+        cluster
+    }
+
+    /// Like [`DemoCluster::start`], agent `i` (from 1) with the arguments `extra(i)` too,
+    /// and without waiting for pairs.
+    pub async fn start_with(
+        dir: &Path,
+        count: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> DemoCluster {
+        let mut agents = BTreeMap::new();
+        let mut seed = None;
+        for i in 1..=count {
+            let name = format!("agent-{i}");
+            let mut args = vec!["--demo-app".to_string(), free_tcp_addr().to_string()];
+            if let Some(seed) = seed {
+                args.extend(["--join".to_string(), format!("{seed}")]);
+            }
+            args.extend(extra(i));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let agent = Agent::start(dir, &name, &args);
+            seed.get_or_insert(agent.node.gossip);
+            agents.insert(name, agent);
+        }
+        let (balancer, listen) = start_balancer(dir, "balancer-1", seed.unwrap());
+        wait_for_port(listen).await;
+        DemoCluster {
+            agents,
+            balancer,
+            listen,
+        }
+    }
+
+    pub fn agent(&mut self, name: &str) -> &mut Agent {
+        self.agents
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+}
+
+/// Users clicking without a pause until stopped, as real traffic does while operators work.
+pub struct Traffic {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<(User, Vec<Result<Counter, String>>)>>,
+}
+
+impl Traffic {
+    pub fn start(users: Vec<User>, balancer: SocketAddr) -> Traffic {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = users
+            .into_iter()
+            .map(|mut user| {
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    while !*stopped.borrow() {
+                        answers.push(user.click(balancer).await);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    (user, answers)
+                })
+            })
+            .collect();
+        Traffic { stop, tasks }
+    }
+
+    /// Stops the users and checks what each saw: no failed request, and a counter that
+    /// went up by one with every click, never reset, repeated or rolled back. Returns the
+    /// users and how many clicks were answered in all.
+    pub async fn stop(self, what: &str) -> (Vec<User>, usize) {
+        let _ = self.stop.send(true);
+        let (mut users, mut clicks) = (Vec::new(), 0);
+        for task in self.tasks {
+            let (user, answers) = task.await.unwrap();
+            let before = (user.sent - answers.len()) as i64;
+            for (i, answer) in answers.iter().enumerate() {
+                let count = match answer {
+                    Ok(counter) => counter.count,
+                    Err(err) => panic!("{what}: user {} saw a failed request: {err}", user.id),
+                };
+                assert_eq!(
+                    count,
+                    before + i as i64 + 1,
+                    "{what}: user {}'s counter did not go on (answers {:?})",
+                    user.id,
+                    answers
+                        .iter()
+                        .map(|a| a.as_ref().map(|c| (c.count, c.node.clone())).ok())
+                        .collect::<Vec<_>>()
+                );
+            }
+            clicks += answers.len();
+            users.push(user);
+        }
+        (users, clicks)
+    }
+}
 
 /// One virtual user: its own cookie jar.
 pub struct User {

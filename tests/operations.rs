@@ -1,0 +1,263 @@
+//! Operations on a running cluster with real processes and users clicking all along: the
+//! HA switch off and on again, a drain, a rolling restart of every agent, and nodes of
+//! another protocol version. No request may fail and no counter may be reset.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use support::users::{
+    DemoCluster, Traffic, User, assert_moves, click_round, wait_protected_routes,
+};
+use support::{members, tandem, wait_for};
+
+const USERS: usize = 12;
+const SETTLE: Duration = Duration::from_secs(40);
+
+/// `tandem ARGS` run to the end; panics with its output unless it succeeds.
+fn run_tandem(args: &[&str]) -> String {
+    let output: Output = tandem().args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "tandem {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn run_tandem_async(args: Vec<String>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_tandem(&args)
+    })
+    .await
+    .unwrap()
+}
+
+fn url(admin: SocketAddr) -> String {
+    format!("http://{admin}")
+}
+
+/// Waits until no agent has a partner (HA off has reached everyone).
+async fn wait_unpaired(admin: SocketAddr, agents: usize) {
+    wait_for("every agent to end its pair", SETTLE, || async {
+        members(admin).await.is_some_and(|view| {
+            let unpaired = view
+                .members
+                .iter()
+                .filter(|m| m.live && m.id.starts_with("agent-") && m.partner.is_none())
+                .count();
+            unpaired == agents
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_off_and_on_again_under_traffic_fails_nothing_and_protects_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DemoCluster::start(dir.path(), 4).await;
+    let (balancer, listen) = (cluster.balancer.admin, cluster.listen);
+    let a1 = url(cluster.agent("agent-1").node.admin);
+    let a3 = url(cluster.agent("agent-3").node.admin);
+    let users: Vec<User> = (0..USERS).map(User::new).collect();
+    let traffic = Traffic::start(users, listen);
+
+    let said = run_tandem_async(vec!["ha".into(), "off".into(), "--admin".into(), a1]).await;
+    assert!(said.starts_with("HA off"), "{said}");
+    wait_unpaired(balancer, 4).await;
+    let status = run_tandem(&["ha", "status", "--admin", &a3]);
+    assert!(
+        status.starts_with("HA off"),
+        "the switch reached agent-3: {status}"
+    );
+    // A while with HA off: users stay where they are.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    run_tandem_async(vec!["ha".into(), "on".into(), "--admin".into(), a3.clone()]).await;
+    wait_protected_routes(balancer, "balancer-1", 4).await;
+    for agent in cluster.agents.values() {
+        run_tandem_async(vec!["wait".into(), "--admin".into(), url(agent.node.admin)]).await;
+    }
+    let (users, clicks) = traffic.stop("HA off, then on").await;
+    assert!(
+        clicks >= USERS * 5,
+        "the users clicked all along ({clicks})"
+    );
+
+    // Protected again: the death of any one agent loses no session.
+    let (users, placed) = click_round(users, listen, 3, "before the kill").await;
+    let view = members(balancer).await.unwrap();
+    let victim = placed[&0].clone();
+    let heir = view
+        .members
+        .iter()
+        .find(|m| m.id == victim)
+        .and_then(|m| m.partner.clone())
+        .expect("the victim is paired")
+        .node_id;
+    cluster.agent(&victim).node.kill();
+    let (_, after) = click_round(users, listen, 3, "after the kill").await;
+    assert_moves(&placed, &after, &[(victim.as_str(), heir.as_str())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_hands_its_users_to_its_partner_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two pairs and an odd agent out, which the survivor pairs with afterwards.
+    let mut cluster = DemoCluster::start_with(dir.path(), 5, |_| Vec::new()).await;
+    let (balancer, listen) = (cluster.balancer.admin, cluster.listen);
+    wait_protected_routes(balancer, "balancer-1", 4).await;
+    // Half the users click on through the drain; the other half only before and after.
+    let users: Vec<User> = (0..2 * USERS).map(User::new).collect();
+    let (users, placed) = click_round(users, listen, 3, "before the drain").await;
+
+    let view = members(balancer).await.unwrap();
+    let partner_of = |id: &str| {
+        view.members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.partner.clone())
+            .map(|p| p.node_id)
+    };
+    let idle_user = 2 * USERS - 1;
+    let drained = placed[&idle_user].clone();
+    let heir = partner_of(&drained).expect("a paired node");
+    let lone = view
+        .members
+        .iter()
+        .find(|m| m.id.starts_with("agent-") && m.partner.is_none())
+        .expect("an agent left over")
+        .id
+        .clone();
+
+    // SIGTERM drains: users keep clicking all along.
+    let (active, idle): (Vec<User>, Vec<User>) = users.into_iter().partition(|u| u.id < USERS);
+    let traffic = Traffic::start(active, listen);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let node = &mut cluster.agent(&drained).node;
+    let status = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(30)));
+    assert!(status.success(), "the drained agent exits 0: {status:?}");
+    let log = node.log_text();
+    assert!(log.contains("draining"), "{log}");
+    assert!(
+        log.contains("the partner confirms it holds every session"),
+        "{log}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut users, _) = traffic.stop("through the drain").await;
+
+    // The survivor pairs again, with the agent that was left over.
+    let heir_admin = cluster.agent(&heir).node.admin;
+    let done = run_tandem_async(vec!["wait".into(), "--admin".into(), url(heir_admin)]).await;
+    assert!(done.contains(&format!("paired with {lone}")), "{done}");
+
+    // The drained node comes back, empty and alone: users whose cookies still name it
+    // (they did not click meanwhile) go on at the partner that holds their sessions.
+    let node = &mut cluster.agent(&drained).node;
+    node.restart();
+    let done = run_tandem_async(vec!["wait".into(), "--admin".into(), url(node.admin)]).await;
+    assert!(done.contains("no other agent is free"), "{done}");
+    users.extend(idle);
+    let (_, after) = click_round(users, listen, 3, "after the drain").await;
+    assert_moves(&placed, &after, &[(drained.as_str(), heir.as_str())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_agent_fails_no_request_and_resets_no_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DemoCluster::start(dir.path(), 4).await;
+    let listen = cluster.listen;
+    let users: Vec<User> = (0..USERS).map(User::new).collect();
+    let traffic = Traffic::start(users, listen);
+    let names: Vec<String> = cluster.agents.keys().cloned().collect();
+    for name in &names {
+        let admin = url(cluster.agent(name).node.admin);
+        let said = run_tandem_async(vec!["drain".into(), "--admin".into(), admin.clone()]).await;
+        assert!(said.contains("left the cluster"), "{said}");
+        let node = &mut cluster.agent(name).node;
+        let status = tokio::task::block_in_place(|| node.wait_exit(Duration::from_secs(10)));
+        assert!(
+            status.success(),
+            "{name} exits 0 after its drain: {status:?}"
+        );
+        node.restart();
+        let done = run_tandem_async(vec!["wait".into(), "--admin".into(), admin]).await;
+        assert!(done.contains("synced"), "{name}: {done}");
+    }
+    let (users, clicks) = traffic.stop("the rolling restart").await;
+    assert!(
+        clicks >= USERS * 10,
+        "the users clicked all along ({clicks})"
+    );
+    // Every agent is a new incarnation, and the users' sessions are all there.
+    let (_, on) = click_round(users, listen, 2, "after the rolling restart").await;
+    assert_eq!(on.len(), USERS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_minor_version_apart_pairs_and_another_major_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let protocol = |i: usize| match i {
+        2 => vec!["--protocol".to_string(), "1.1".to_string()],
+        3 => vec!["--protocol".to_string(), "2.0".to_string()],
+        _ => Vec::new(),
+    };
+    let mut cluster = DemoCluster::start_with(dir.path(), 3, protocol).await;
+    let admin = cluster.agent("agent-1").node.admin;
+    wait_for(
+        "agent-1 (1.0) and agent-2 (1.1) to pair",
+        SETTLE,
+        || async {
+            members(admin).await.is_some_and(|view| {
+                let partner = |id: &str| {
+                    view.members
+                        .iter()
+                        .find(|m| m.id == id)
+                        .and_then(|m| m.partner.as_ref().map(|p| p.node_id.clone()))
+                };
+                partner("agent-1").as_deref() == Some("agent-2")
+                    && partner("agent-2").as_deref() == Some("agent-1")
+            })
+        },
+    )
+    .await;
+    let view = members(admin).await.unwrap();
+    let odd = view.members.iter().find(|m| m.id == "agent-3").unwrap();
+    let problem = odd.problem.clone().unwrap_or_default();
+    assert!(
+        problem.contains("protocol 2.0") && problem.contains("1.0"),
+        "{problem}"
+    );
+    assert!(odd.partner.is_none());
+    let table = run_tandem(&["members", "--admin", &url(admin)]);
+    assert!(table.contains("agent-3: not worked with"), "{table}");
+    // The balancer (1.0) refuses agent-3 too: it never routes there.
+    let balancer = cluster.balancer.admin;
+    wait_for(
+        "the balancer to route to agent-1 and agent-2",
+        SETTLE,
+        || async {
+            let Some((200, body)) = support::get(balancer, "/v1/routes").await else {
+                return false;
+            };
+            let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let ids: Vec<&str> = routes["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|b| b["id"].as_str())
+                .collect();
+            ids == ["agent-1", "agent-2"]
+        },
+    )
+    .await;
+    let log = cluster.agent("agent-3").node.log_text();
+    assert!(
+        log.contains("refusing a node of an incompatible protocol"),
+        "{log}"
+    );
+}
