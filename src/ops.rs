@@ -48,6 +48,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     }
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut said = String::new();
+    let mut generation = None;
     while tokio::time::Instant::now() < deadline {
         match admin.get::<MembersResponse>("/v1/members").await {
             // The admin endpoint closes as the process exits.
@@ -57,6 +58,11 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
             }
             Ok(view) => {
                 if let Some(me) = view.members.iter().find(|m| m.id == id) {
+                    // A supervisor may have started the node again before we looked.
+                    if *generation.get_or_insert(me.generation) != me.generation {
+                        println!("{id}: left the cluster; a new incarnation already runs");
+                        return Ok(());
+                    }
                     let now = describe_drain(me);
                     if now != said {
                         println!("{id}: {now}");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::users::{User, assert_moves, click_round, wait_protected_routes};
+use support::users::{Traffic, User, assert_moves, click_round, wait_protected_routes};
 use support::{capability, members, wait_for};
 use tandem_common::schema::ReplTransport;
 
@@ -141,6 +141,34 @@ async fn users_keep_their_sessions_through_a_killed_agent_and_a_lost_network_lin
 
     let listen: SocketAddr = format!("{net_a}.21:8080").parse().unwrap();
     let users: Vec<User> = (0..USERS).map(User::new).collect();
+
+    // A rolling restart of one pair with the script operators use, users clicking on.
+    let traffic = Traffic::start(users, listen);
+    let restart = format!("docker start {PROJECT}_{{node}}_1");
+    let script = tokio::task::block_in_place(|| {
+        run(
+            "deploy/rolling-restart.sh",
+            &[
+                "--tandem",
+                env!("CARGO_BIN_EXE_tandem"),
+                "--admin-token-file",
+                "deploy/compose/admin.token",
+                "--restart",
+                &restart,
+                &format!("a1=http://{net_a}.11:7951"),
+                &format!("a2=http://{net_a}.12:7951"),
+            ],
+        )
+    });
+    let said = String::from_utf8_lossy(&script.stdout).into_owned();
+    assert!(
+        script.status.success() && said.contains("all 2 agents restarted"),
+        "{said}{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let (users, _) = traffic.stop("the rolling restart of a1 and a2").await;
+    wait_protected_routes(lb_a, "lb-a", 6).await;
+
     let (users, placed) = click_round(users, listen, CLICKS, "first clicks").await;
 
     // kill -9 the agent of the first user: its users go on at its partner.

@@ -77,10 +77,15 @@ case "${1:-}" in
         echo "subnets: tandem-a $TANDEM_NET_A.0/24, tandem-b $TANDEM_NET_B.0/24"
         docker-compose -p "$project" up -d --quiet-pull
         route -I
+        # The admin token, for tandem drain / ha / keyring from this host.
+        docker cp "${project}_a1_1:/data/admin.token" admin.token
+        chmod 600 admin.token
+        echo "admin token: deploy/compose/admin.token (--admin-token-file)"
         ;;
     down)
         route -D
         docker-compose -p "$project" down -v --remove-orphans
+        rm -f admin.token
         ;;
     *)
         echo "usage: $0 up|down" >&2
