@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use support::users::{Traffic, User, assert_moves, click_round, wait_protected_routes};
-use support::{capability, members, wait_for};
+use support::{capability, members, succeeded, wait_for};
 use tandem_common::schema::ReplTransport;
 
 const PROJECT: &str = "tandemtest";
@@ -32,14 +32,7 @@ fn run(program: &str, args: &[&str]) -> Output {
 }
 
 fn must(program: &str, args: &[&str]) -> String {
-    let output = run(program, args);
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    succeeded(&format!("{program} {args:?}"), run(program, args))
 }
 
 fn available() -> bool {

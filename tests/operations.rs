@@ -5,27 +5,22 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Output;
 use std::time::Duration;
 
 use support::users::{
     DemoCluster, Traffic, User, assert_moves, click_round, wait_protected_routes,
 };
-use support::{members, tandem, wait_for};
+use support::{members, succeeded, tandem, wait_for};
 
 const USERS: usize = 12;
 const SETTLE: Duration = Duration::from_secs(40);
 
 /// `tandem ARGS` run to the end; panics with its output unless it succeeds.
 fn run_tandem(args: &[&str]) -> String {
-    let output: Output = tandem().args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "tandem {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    succeeded(
+        &format!("tandem {args:?}"),
+        tandem().args(args).output().unwrap(),
+    )
 }
 
 async fn run_tandem_async(args: Vec<String>) -> String {

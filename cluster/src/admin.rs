@@ -80,6 +80,15 @@ async fn guard(
     }
 }
 
+/// What the admin endpoint shows and acts on.
+pub struct AdminNode {
+    pub gossip: GossipNode,
+    pub metrics: PrometheusHandle,
+    pub keyring: Arc<Keyring>,
+    /// Set to start draining the node.
+    pub drain: watch::Sender<bool>,
+}
+
 /// The admin listener, bound before the node joins so a port conflict fails start-up.
 pub struct AdminServer {
     listener: TcpListener,
@@ -111,14 +120,17 @@ impl AdminServer {
     /// When accepting connections fails for good.
     pub async fn serve(
         self,
-        gossip: GossipNode,
-        metrics: PrometheusHandle,
+        node: AdminNode,
         extra: Router,
-        keyring: Arc<Keyring>,
         auth: AdminAuth,
-        drain: watch::Sender<bool>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let AdminNode {
+            gossip,
+            metrics,
+            keyring,
+            drain,
+        } = node;
         let state = AdminState {
             gossip,
             metrics,

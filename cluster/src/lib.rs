@@ -20,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::admin::{AdminAuth, AdminServer};
+use crate::admin::{AdminAuth, AdminNode, AdminServer};
 use crate::gossip::{GossipNode, GossipSettings};
 use crate::keyring::{ClusterKey, Keyring};
 
@@ -233,12 +233,14 @@ impl PreparedNode {
             );
         }
         let admin_task = tokio::spawn(admin.serve(
-            gossip.clone(),
-            prometheus,
+            AdminNode {
+                gossip: gossip.clone(),
+                metrics: prometheus,
+                keyring,
+                drain: drain_tx.clone(),
+            },
             admin_routes,
-            keyring,
             admin_auth,
-            drain_tx.clone(),
             admin_shutdown,
         ));
         info!(admin = %admin_addr, "admin endpoint listening");

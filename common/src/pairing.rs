@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn ha_switched_off_on_either_side_ends_the_pair() {
-        let view = vec![paired(agent("a", "n1"), "b"), paired(agent("b", "n1"), "a")];
+        let view = [paired(agent("a", "n1"), "b"), paired(agent("b", "n1"), "a")];
         for off in ["a", "b"] {
             let view: Vec<AgentView> = view
                 .iter()

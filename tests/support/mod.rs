@@ -286,6 +286,18 @@ impl Drop for Node {
     }
 }
 
+/// The standard output of a finished command; panics with all its output, naming it
+/// `what`, unless it succeeded.
+pub fn succeeded(what: &str, output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Sends a signal by name (`TERM`, `INT`, `KILL`).
 pub fn signal(pid: u32, name: &str) {
     let signal: nix::sys::signal::Signal = format!("SIG{name}").parse().expect("signal name");

@@ -75,10 +75,13 @@ impl DemoCluster {
     }
 }
 
+/// A user and the answers to its clicks.
+pub type Clicked = (User, Vec<Result<Counter, String>>);
+
 /// Users clicking without a pause until stopped, as real traffic does while operators work.
 pub struct Traffic {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<(User, Vec<Result<Counter, String>>)>>,
+    tasks: Vec<tokio::task::JoinHandle<Clicked>>,
 }
 
 impl Traffic {
@@ -186,11 +189,7 @@ impl User {
 }
 
 /// Every user clicks `clicks` times; returns each user's answers.
-pub async fn run_users(
-    users: Vec<User>,
-    balancer: SocketAddr,
-    clicks: usize,
-) -> Vec<(User, Vec<Result<Counter, String>>)> {
+pub async fn run_users(users: Vec<User>, balancer: SocketAddr, clicks: usize) -> Vec<Clicked> {
     run_users_around(users, balancer, clicks, None).await
 }
 
@@ -209,7 +208,7 @@ pub async fn run_users_around(
     balancer: SocketAddr,
     clicks: usize,
     interruption: Option<&Interruption>,
-) -> Vec<(User, Vec<Result<Counter, String>>)> {
+) -> Vec<Clicked> {
     let tasks: Vec<_> = users
         .into_iter()
         .map(|mut user| {
