@@ -61,18 +61,32 @@ pub fn agent_endpoint_args(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// A loopback port that is free now, for a process about to be started.
+///
+/// Taken below Linux's ephemeral range (32768 and up), so that the clients' own outgoing
+/// connections, which draw from that range, cannot take it before the process binds it;
+/// and never handed out twice by one test process.
+fn free_port(free: impl Fn(u16) -> bool) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    // Spread the tests' processes over the range, starting from a place of their own.
+    let start = std::process::id() % 12_000;
+    let port = (0..12_000u32)
+        .map(|i| (20_000 + (start + i * 7) % 12_000) as u16)
+        .find(|port| !handed_out.contains(port) && free(*port))
+        .expect("a free loopback port below 32000");
+    handed_out.push(port);
+    port
+}
+
 pub fn free_udp_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    let port = free_port(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok());
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 pub fn free_tcp_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    let port = free_port(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// One `tandem agent` or `tandem balancer` process, killed when dropped.
