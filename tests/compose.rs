@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use support::users::{Traffic, User, assert_moves, click_round, wait_protected_routes};
-use support::{capability, members, succeeded, wait_for};
+use support::{capability, members, partner_in, succeeded, wait_for};
 use tandem_common::schema::ReplTransport;
 
 const PROJECT: &str = "tandemtest";
@@ -166,14 +166,7 @@ async fn users_keep_their_sessions_through_a_killed_agent_and_a_lost_network_lin
 
     // kill -9 the agent of the first user: its users go on at its partner.
     let view = members(a1).await.unwrap();
-    let partner_of = |id: &str| {
-        view.members
-            .iter()
-            .find(|m| m.id == id)
-            .and_then(|m| m.partner.as_ref())
-            .map(|p| p.node_id.clone())
-            .unwrap()
-    };
+    let partner_of = |id: &str| partner_in(&view, id).unwrap();
     let victim = placed[&0].clone();
     let heir = partner_of(&victim);
     must("docker", &["kill", &container(&victim)]);

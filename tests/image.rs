@@ -169,15 +169,7 @@ fn the_image_runs_a_sealed_paired_cluster_as_a_non_root_user() {
         let output = scratch.tandem(&["members", "--admin", "agent-1:7951", "--json"]);
         if output.status.success() {
             let view: MembersResponse = serde_json::from_slice(&output.stdout).unwrap();
-            let partner = |id: &str| {
-                view.members
-                    .iter()
-                    .find(|m| m.id == id && m.live)
-                    .and_then(|m| m.partner.as_ref().map(|p| p.node_id.clone()))
-            };
-            if partner("agent-1").as_deref() == Some("agent-2")
-                && partner("agent-2").as_deref() == Some("agent-1")
-            {
+            if support::paired_in(&view, "agent-1", "agent-2") {
                 break true;
             }
         }

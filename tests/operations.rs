@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::users::{
     DemoCluster, Traffic, User, assert_moves, click_round, wait_protected_routes,
 };
-use support::{members, succeeded, tandem, wait_for};
+use support::{members, paired_in, partner_in, succeeded, tandem, wait_for};
 
 const USERS: usize = 12;
 const SETTLE: Duration = Duration::from_secs(40);
@@ -87,13 +87,7 @@ async fn ha_off_and_on_again_under_traffic_fails_nothing_and_protects_again() {
     let (users, placed) = click_round(users, listen, 3, "before the kill").await;
     let view = members(balancer).await.unwrap();
     let victim = placed[&0].clone();
-    let heir = view
-        .members
-        .iter()
-        .find(|m| m.id == victim)
-        .and_then(|m| m.partner.clone())
-        .expect("the victim is paired")
-        .node_id;
+    let heir = partner_in(&view, &victim).expect("the victim is paired");
     cluster.agent(&victim).node.kill();
     let (_, after) = click_round(users, listen, 3, "after the kill").await;
     assert_moves(&placed, &after, &[(victim.as_str(), heir.as_str())]);
@@ -111,16 +105,9 @@ async fn a_drained_node_hands_its_users_to_its_partner_and_exits() {
     let (users, placed) = click_round(users, listen, 3, "before the drain").await;
 
     let view = members(balancer).await.unwrap();
-    let partner_of = |id: &str| {
-        view.members
-            .iter()
-            .find(|m| m.id == id)
-            .and_then(|m| m.partner.clone())
-            .map(|p| p.node_id)
-    };
     let idle_user = 2 * USERS - 1;
     let drained = placed[&idle_user].clone();
-    let heir = partner_of(&drained).expect("a paired node");
+    let heir = partner_in(&view, &drained).expect("a paired node");
     let lone = view
         .members
         .iter()
@@ -207,16 +194,9 @@ async fn one_minor_version_apart_pairs_and_another_major_is_refused_by_name() {
         "agent-1 (1.0) and agent-2 (1.1) to pair",
         SETTLE,
         || async {
-            members(admin).await.is_some_and(|view| {
-                let partner = |id: &str| {
-                    view.members
-                        .iter()
-                        .find(|m| m.id == id)
-                        .and_then(|m| m.partner.as_ref().map(|p| p.node_id.clone()))
-                };
-                partner("agent-1").as_deref() == Some("agent-2")
-                    && partner("agent-2").as_deref() == Some("agent-1")
-            })
+            members(admin)
+                .await
+                .is_some_and(|view| paired_in(&view, "agent-1", "agent-2"))
         },
     )
     .await;

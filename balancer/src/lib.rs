@@ -216,7 +216,7 @@ async fn routes_json(
 ) -> axum::Json<serde_json::Value> {
     let table = proxy.table();
     let backends: Vec<_> = table.backends().collect();
-    axum::Json(serde_json::json!({ "backends": backends }))
+    axum::Json(serde_json::json!({ "backends": backends, "ha_on": table.ha_on() }))
 }
 
 /// Rebuilds the routing table from the gossip view every gossip interval; the proxy reads

@@ -347,6 +347,24 @@ pub async fn member(admin: SocketAddr, id: &str) -> Option<Member> {
         .find(|m| m.id == id)
 }
 
+/// The partner `id` names in `view`, if it names one.
+pub fn partner_in(view: &MembersResponse, id: &str) -> Option<String> {
+    view.members
+        .iter()
+        .find(|m| m.id == id)
+        .and_then(|m| m.partner.as_ref())
+        .map(|p| p.node_id.clone())
+}
+
+/// Whether `a` and `b` are live in `view` and name each other as partners.
+pub fn paired_in(view: &MembersResponse, a: &str, b: &str) -> bool {
+    let live = |id: &str| view.members.iter().any(|m| m.id == id && m.live);
+    live(a)
+        && live(b)
+        && partner_in(view, a).as_deref() == Some(b)
+        && partner_in(view, b).as_deref() == Some(a)
+}
+
 /// Polls `check` until it holds; returns how long that took. Panics after `timeout`,
 /// naming what was awaited.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
