@@ -326,7 +326,7 @@ fn show(
         Value::Str(bytes) => ("string", Some(utf8(bytes)?), None),
         Value::Hash(hash) => {
             let mut fields = BTreeMap::new();
-            for (field, value) in hash {
+            for (field, value) in hash.iter() {
                 fields.insert(utf8(field)?, utf8(value)?);
             }
             ("hash", None, Some(fields))

@@ -35,8 +35,9 @@ pub const EXPIRED_GRACE_MS: u64 = 30 * 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Str(Bytes),
-    /// Fields keep their insertion order, as Redis' small hashes do.
-    Hash(IndexMap<Bytes, Bytes>),
+    /// Fields keep their insertion order, as Redis' small hashes do. Boxed: the map is
+    /// larger than a string's `Bytes`, and every key's slot would pay for it.
+    Hash(Box<IndexMap<Bytes, Bytes>>),
 }
 
 /// One key.
@@ -368,7 +369,7 @@ impl Keyspace {
                 fields,
                 expires_at_ms,
             } => {
-                let hash = fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
+                let hash = Box::new(fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect());
                 let entry = Entry {
                     value: Value::Hash(hash),
                     expires_at_ms: *expires_at_ms,
@@ -398,7 +399,8 @@ impl Keyspace {
                 } else {
                     // Absent, or a string that a newer hash write replaces.
                     self.remove(key);
-                    let hash = fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
+                    let hash =
+                        Box::new(fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect());
                     let entry = Entry {
                         value: Value::Hash(hash),
                         expires_at_ms: None,
