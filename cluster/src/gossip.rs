@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chitchat::transport::Transport;
 use chitchat::{
     Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
 };
@@ -72,6 +73,20 @@ impl GossipNode {
     /// # Errors
     /// When the gossip socket cannot be bound.
     pub async fn start(settings: GossipSettings, advert: NodeAdvert) -> Result<Self, GossipError> {
+        let transport = SealedTransport::new(settings.keyring.clone());
+        Self::start_on(settings, advert, transport).await
+    }
+
+    /// Joins the cluster over `transport` (metered here) instead of sealed UDP: for
+    /// simulations of many nodes in one process.
+    ///
+    /// # Errors
+    /// When the transport cannot open the gossip address.
+    pub async fn start_on(
+        settings: GossipSettings,
+        advert: NodeAdvert,
+        transport: impl Transport,
+    ) -> Result<Self, GossipError> {
         // A restarted node must be a new incarnation: chitchat ignores updates from a node
         // that comes back with the generation it had before.
         let generation = SystemTime::now()
@@ -108,7 +123,7 @@ impl GossipNode {
             .into_iter()
             .map(|(key, value)| (key.to_string(), value))
             .collect();
-        let transport = MeteredTransport::new(SealedTransport::new(settings.keyring.clone()));
+        let transport = MeteredTransport::new(transport);
         let handle = chitchat::spawn_chitchat(config, key_values, &transport)
             .await
             .map_err(|err| GossipError {
@@ -200,6 +215,13 @@ impl GossipNode {
         newest_incarnations(members)
     }
 
+    /// The ids of the nodes this node holds live now (itself included); cheaper than
+    /// [`members`](Self::members) where only liveness matters.
+    pub async fn live_ids(&self) -> HashSet<Arc<str>> {
+        let chitchat = self.inner.chitchat.lock().await;
+        chitchat.live_nodes().map(|id| id.node_id.clone()).collect()
+    }
+
     /// The cluster-wide HA switch as this node knows it (the newest it has seen).
     pub fn ha(&self) -> HaSwitch {
         self.advert().ha
@@ -235,6 +257,11 @@ impl GossipNode {
             .await;
         info!("leaving the cluster");
         tokio::time::sleep(self.inner.tuning.gossip_interval * 2).await;
+        self.halt().await;
+    }
+
+    /// Stops gossiping at once without telling anyone: to its peers, as if the node died.
+    pub async fn halt(&self) {
         let handle = self.inner.handle.lock().expect("handle lock").take();
         if let Some(handle) = handle
             && let Err(err) = handle.shutdown().await
