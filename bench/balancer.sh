@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The balancer next to nginx, in one run: wrk through `tandem balancer` and through nginx
-# (proxy_pass to keep-alive upstreams, sticky by hashing the same route cookie) to the same
-# two app servers (two paired agents' demo apps, GET /), with the sticky cookie sent.
-# Prints requests/s and latency percentiles side by side.
+# The balancer next to nginx and HAProxy, in one run: wrk through `tandem balancer`,
+# through nginx (proxy_pass to keep-alive upstreams) and through HAProxy (`http-reuse
+# always`), the two sticky by hashing the same route cookie, to the same two app servers
+# (two paired agents' demo apps, GET /), with the sticky cookie sent. Prints requests/s,
+# latency percentiles and the proxy's CPU time per request side by side, and writes
+# $RESULTS/balancer.csv and balancer.png.
 #
 #   bench/balancer.sh              # 10 s per run, 50 connections, 2 threads
 #   DURATION=30s CONNECTIONS=100 bench/balancer.sh
 #
-# Needs wrk and nginx (Debian: wrk nginx-light) and python3.
+# Needs wrk, nginx and haproxy (Debian: wrk nginx-light haproxy), curl and python3.
 source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
-need wrk nginx curl   # Debian: wrk nginx-light curl
+need wrk nginx haproxy curl   # Debian: wrk nginx-light haproxy curl
 
 wait_http() { for _ in $(seq 150); do curl -fsS -o /dev/null "$1" 2>/dev/null && return; sleep 0.1; done; echo "bench/balancer.sh: $1 did not answer" >&2; exit 1; }
 
@@ -39,15 +41,8 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 
-echo "a secret for the benchmark" >"$work/secret"
 listen=$(free_port)
-"$tandem" balancer --node-id bench-balancer --gossip-addr "127.0.0.1:$(free_port)" --admin-addr "127.0.0.1:$(free_port)" \
-    --join "127.0.0.1:$seed" --listen "127.0.0.1:$listen" --cookie-secret-file "$work/secret" >"$work/balancer.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 150); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$listen/")" = 200 ] && break
-    sleep 0.1
-done
+start_balancer "$seed" "$listen"
 
 nginx_port=$(free_port)
 cat >"$work/nginx.conf" <<NGINX
@@ -77,6 +72,32 @@ http {
 NGINX
 nginx -c "$work/nginx.conf" -p "$work"
 wait_http "http://127.0.0.1:$nginx_port/"
+nginx_pids="$(cat "$work/nginx.pid") $(pgrep -d' ' -P "$(cat "$work/nginx.pid")")"
+
+haproxy_port=$(free_port)
+cat >"$work/haproxy.cfg" <<HAPROXY
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:$haproxy_port
+    default_backend apps
+backend apps
+    balance hash req.cook(TANDEM_ROUTE)
+    hash-type consistent
+    server app1 127.0.0.1:${apps[0]}
+    server app2 127.0.0.1:${apps[1]}
+HAPROXY
+haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+pids+=($!)
+haproxy_pid=$!
+wait_http "http://127.0.0.1:$haproxy_port/"
 
 # One user's route cookie, issued by the balancer; both proxies get it on every request.
 cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$listen/" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(TANDEM_ROUTE=[^;]*\).*/\1/p' | head -1)
@@ -91,23 +112,37 @@ if curl -s -D - -o /dev/null -H "Cookie: $cookie" "http://127.0.0.1:$listen/" | 
     echo "bench/balancer.sh: the balancer keeps rewriting the route cookie" >&2; exit 1
 fi
 
-measure() { # url -> "rps p50 p99" (latencies in ms)
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "Cookie: $cookie" "$1" |
-        awk '
-            function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-            /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
-            /Non-2xx/ { bad = $NF }
-            END { printf "%.0f %.3f %.3f %s\n", rps, p50, p99, (bad == "" ? 0 : bad) }'
+measure() { # url pids... -> "rps p50 p99 non-2xx cpu-µs-per-request" (latencies in ms)
+    local url=$1 before after
+    shift
+    before=$(cpu_ticks "$@")
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "Cookie: $cookie" "$url" >"$work/wrk.out"
+    after=$(cpu_ticks "$@")
+    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+        function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+        /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
+        / requests in / { n = $1 } /Non-2xx/ { bad = $NF }
+        END { printf "%.0f %.3f %.3f %s %.2f\n", rps, p50, p99, (bad == "" ? 0 : bad), ticks / hz * 1e6 / n }' "$work/wrk.out"
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, GET / of a demo app, sticky cookie sent; machine: $(nproc) cores"
-echo "$(nginx -v 2>&1), tandem $($tandem version | awk '{print $2}')"
+echo "$(nginx -v 2>&1), $(haproxy -v | head -1), tandem $($tandem version | awk '{print $2}')"
 echo
-echo "| proxy | requests/s | p50 ms | p99 ms | non-2xx |"
-echo "| --- | --- | --- | --- | --- |"
+echo "| proxy | requests/s | p50 ms | p99 ms | non-2xx | proxy CPU µs per request |"
+echo "| --- | --- | --- | --- | --- | --- |"
+echo "round,proxy,requests/s" >"$results/balancer.csv"
 for round in 1 2; do
-    read -r rps p50 p99 bad < <(measure "http://127.0.0.1:$nginx_port/")
-    echo "| nginx (round $round) | $rps | $p50 | $p99 | $bad |"
-    read -r rps p50 p99 bad < <(measure "http://127.0.0.1:$listen/")
-    echo "| tandem balancer (round $round) | $rps | $p50 | $p99 | $bad |"
+    for proxy in nginx haproxy tandem; do
+        case $proxy in
+            nginx) url="http://127.0.0.1:$nginx_port/"; name=nginx; proxy_pids=$nginx_pids ;;
+            haproxy) url="http://127.0.0.1:$haproxy_port/"; name=HAProxy; proxy_pids=$haproxy_pid ;;
+            tandem) url="http://127.0.0.1:$listen/"; name="tandem balancer"; proxy_pids=$balancer_pid ;;
+        esac
+        # shellcheck disable=SC2086
+        read -r rps p50 p99 bad cpu < <(measure "$url" $proxy_pids)
+        echo "| $name (round $round) | $rps | $p50 | $p99 | $bad | $cpu |"
+        echo "round $round,$name,$rps" >>"$results/balancer.csv"
+    done
 done
+"$chart" --title "Sticky HTTP proxying, wrk -c$CONNECTIONS, 2 app servers" --y-label "requests/s" \
+    --out "$results/balancer.png" <"$results/balancer.csv"

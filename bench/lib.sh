@@ -3,8 +3,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --release --quiet
+cargo build --release --quiet -p tandem -p tandem-bench
 tandem=${CARGO_TARGET_DIR:-target}/release/tandem
+chart=${CARGO_TARGET_DIR:-target}/release/chart
+# Results (CSV) and charts (PNG) are written here; BENCHMARKS.md embeds the charts.
+results=${RESULTS:-bench/results}
+mkdir -p "$results"
 work=$(mktemp -d)
 pids=()
 
@@ -51,3 +55,64 @@ measure() { # host port pipeline pid...
             'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%.2f\n", $1, $2, $5, $7, ticks / hz * 1e6 / n }' <<<"$out"
     done
 }
+
+wait_ping() { for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.1; done; }
+
+start_redis() { # port [replicaof-port]
+    local extra=()
+    [ -n "${2:-}" ] && extra=(--replicaof 127.0.0.1 "$2")
+    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no "${extra[@]}" \
+        >"$work/redis-$1.log" 2>&1 &
+    pids+=($!)
+    wait_ping "$1"
+}
+
+start_agent() { # name resp-port gossip-port [seed-gossip-port] [extra flags...]
+    local name=$1 resp=$2 gossip=$3 seed=${4:-}
+    shift 4 || shift $#
+    local join=()
+    [ -n "$seed" ] && join=(--join "127.0.0.1:$seed")
+    "$tandem" agent --node-id "$name" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$(free_port)" \
+        --resp-addr "127.0.0.1:$resp" --api-addr "127.0.0.1:$(free_port)" --repl-addr "127.0.0.1:$(free_port)" \
+        --tls-dir "$work/tls" "${join[@]}" "$@" >"$work/agent-$name.log" 2>&1 &
+    pids+=($!)
+    wait_ping "$resp"
+}
+
+# The admin address an agent logged at start.
+admin_of() { grep -o 'admin=[0-9.:]*' "$work/agent-$1.log" | head -1 | cut -d= -f2; }
+
+# Writes KEYS sessions "session:N" of SIZE bytes through the Redis protocol at port.
+load_sessions() { # port keys size
+    python3 - "$2" "$3" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
+import sys
+keys, size = int(sys.argv[1]), int(sys.argv[2])
+out = sys.stdout.buffer
+for i in range(keys):
+    key = b"session:%d" % i
+    value = (b"%d:" % i).ljust(size, b"x")
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+PY
+}
+
+# Resident memory of a process, in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# Starts `tandem balancer` joined at the gossip port seed, serving HTTP on port listen, and
+# waits until it routes to an app; sets balancer_pid and balancer_admin.
+start_balancer() { # seed-gossip-port listen-port
+    echo "a secret for the benchmark" >"$work/secret"
+    balancer_admin=127.0.0.1:$(free_port)
+    "$tandem" balancer --node-id bench-balancer --gossip-addr "127.0.0.1:$(free_port)" --admin-addr "$balancer_admin" \
+        --join "127.0.0.1:$1" --listen "127.0.0.1:$2" --cookie-secret-file "$work/secret" >"$work/balancer.log" 2>&1 &
+    pids+=($!)
+    balancer_pid=$!
+    for _ in $(seq 150); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2/")" = 200 ] && return
+        sleep 0.1
+    done
+    echo "$(basename "$0"): the balancer on port $2 does not route" >&2; exit 1
+}
+
+# The cluster as the admin endpoint at address sees it (`tandem members --json`).
+members_json() { "$tandem" members --admin "$1" --json 2>/dev/null; }

@@ -4,7 +4,8 @@
 # pipelining (-P 16). First each alone; then replicated: redis-server with one replica
 # next to the agent paired with a partner, in sync mode (a write returns once the partner
 # has it) and in async mode. Prints Markdown tables (requests/s, p50/p99 latency, and the
-# CPU time the servers, with their replica or partner, spent per request).
+# CPU time the servers, with their replica or partner, spent per request), and writes the
+# requests/s as CSV and PNG charts into $RESULTS (bench/results).
 #
 #   bench/resp.sh            # 200,000 requests per test
 #   REQUESTS=1000000 bench/resp.sh
@@ -21,29 +22,6 @@ MODES=${MODES:-alone sync async}   # which comparisons to run
 
 need redis-server redis-benchmark redis-cli   # Debian: redis-server redis-tools
 
-wait_ping() { for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.1; done; }
-
-start_redis() { # port [replicaof-port]
-    local extra=()
-    [ -n "${2:-}" ] && extra=(--replicaof 127.0.0.1 "$2")
-    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no "${extra[@]}" \
-        >"$work/redis-$1.log" 2>&1 &
-    pids+=($!)
-    wait_ping "$1"
-}
-
-start_agent() { # name resp-port gossip-port [seed-gossip-port] [extra flags...]
-    local name=$1 resp=$2 gossip=$3 seed=${4:-}
-    shift 4 || shift $#
-    local join=()
-    [ -n "$seed" ] && join=(--join "127.0.0.1:$seed")
-    "$tandem" agent --node-id "$name" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$(free_port)" \
-        --resp-addr "127.0.0.1:$resp" --api-addr "127.0.0.1:$(free_port)" --repl-addr "127.0.0.1:$(free_port)" \
-        --tls-dir "$work/tls" "${join[@]}" "$@" >"$work/agent-$name.log" 2>&1 &
-    pids+=($!)
-    wait_ping "$resp"
-}
-
 wait_paired() { # resp-port of an agent
     for _ in $(seq 150); do
         "$tandem" members --admin "$1" --json 2>/dev/null | grep -Eq '"partner": *\{' && return
@@ -52,17 +30,24 @@ wait_paired() { # resp-port of an agent
     echo "bench/resp.sh: agents did not pair" >&2; exit 1
 }
 
-# Table rows comparing two servers, side by side.
-compare() { # redis-port agent-port, then "redis-pids" "agent-pids" (space-separated)
+# Table rows comparing two servers, side by side; the requests/s also go to
+# $results/resp-<name>.csv, drawn as resp-<name>.png once the comparison is done.
+compare() { # name redis-port agent-port, then "redis-pids" "agent-pids" (space-separated)
+    local csv=$results/resp-$1.csv
+    echo "test,server,requests/s" >"$csv"
     for pipeline in 1 16; do
         # shellcheck disable=SC2086
-        paste -d, <(measure 127.0.0.1 "$1" "$pipeline" $3) <(measure 127.0.0.1 "$2" "$pipeline" $4) |
+        paste -d, <(measure 127.0.0.1 "$2" "$pipeline" $4) <(measure 127.0.0.1 "$3" "$pipeline" $5) |
         while IFS=, read -r test r_rps r_p50 r_p99 r_cpu _ a_rps a_p50 a_p99 a_cpu; do
             ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
             printf '| %s | %s | %.0f | %.0f | %s | %s / %s | %s / %s | %s / %s |\n' \
                 "$test" "$pipeline" "$r_rps" "$a_rps" "$ratio" "$r_p50" "$r_p99" "$a_p50" "$a_p99" "$r_cpu" "$a_cpu"
+            printf '%s -P %s,%s,%.0f\n%s -P %s,%s,%.0f\n' "$test" "$pipeline" "$6" "$r_rps" \
+                "$test" "$pipeline" "$7" "$a_rps" >>"$csv"
         done
     done
+    "$chart" --title "$8, $CLIENTS clients, $SIZE-byte values" --y-label "requests/s" \
+        --out "$results/resp-$1.png" <"$csv" 2>/dev/null
 }
 header() { # title, agent column name
     echo
@@ -80,7 +65,8 @@ if [[ " $MODES " == *" alone "* ]]; then
     start_redis "$redis_port"
     start_agent solo "$agent_port" "$(free_port)" ""
     header "Alone: redis-server vs one agent (no partner)" "agent"
-    compare "$redis_port" "$agent_port" "${pids[0]}" "${pids[1]}"
+    compare alone "$redis_port" "$agent_port" "${pids[0]}" "${pids[1]}" redis-server "tandem agent" \
+        "Alone: redis-server vs one agent"
     stop_all
 fi
 
@@ -91,10 +77,11 @@ for mode in $MODES; do
     start_redis "$redis_port"
     start_redis "$replica_port" "$redis_port"
     start_agent "a-$mode" "$agent_port" "$seed" "" --replication "$mode"
-    admin=$(grep -o 'admin=[0-9.:]*' "$work/agent-a-$mode.log" | head -1 | cut -d= -f2)
+    admin=$(admin_of "a-$mode")
     start_agent "b-$mode" "$partner_port" "$(free_port)" "$seed" --replication "$mode"
     wait_paired "$admin"
     header "Replicated: redis-server with one replica vs an agent with a partner, $mode mode" "agent ($mode)"
-    compare "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}"
+    compare "$mode" "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}" \
+        "redis + replica" "tandem pair ($mode)" "Replicated: redis with a replica vs a pair in $mode mode"
     stop_all
 done
