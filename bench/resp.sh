@@ -36,8 +36,12 @@ compare() { # name redis-port agent-port, then "redis-pids" "agent-pids" (space-
     local csv=$results/resp-$1.csv
     echo "test,server,requests/s" >"$csv"
     for pipeline in 1 16; do
+        # One after the other: the two servers never share the cores with each other.
         # shellcheck disable=SC2086
-        paste -d, <(measure 127.0.0.1 "$2" "$pipeline" $4) <(measure 127.0.0.1 "$3" "$pipeline" $5) |
+        measure 127.0.0.1 "$2" "$pipeline" $4 >"$work/redis.csv"
+        # shellcheck disable=SC2086
+        measure 127.0.0.1 "$3" "$pipeline" $5 >"$work/tandem.csv"
+        paste -d, "$work/redis.csv" "$work/tandem.csv" |
         while IFS=, read -r test r_rps r_p50 r_p99 r_cpu _ a_rps a_p50 a_p99 a_cpu; do
             ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
             printf '| %s | %s | %.0f | %.0f | %s | %s / %s | %s / %s | %s / %s |\n' \
