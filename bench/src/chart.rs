@@ -158,6 +158,7 @@ pub fn bars(
         .disable_x_mesh()
         .x_labels(0)
         .y_desc(y_label)
+        .y_label_formatter(&|value| short(*value))
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| fail(e.to_string()))?;
@@ -203,6 +204,7 @@ pub fn bars(
 /// A bar's value, short: 53576 → "53.6k".
 fn short(value: f64) -> String {
     match value.abs() {
+        0.0 => "0".to_string(),
         v if v >= 1e6 => format!("{:.2}M", value / 1e6),
         v if v >= 1e4 => format!("{:.1}k", value / 1e3),
         v if v >= 100.0 => format!("{value:.0}"),
@@ -349,5 +351,6 @@ mod tests {
         assert_eq!(short(1_250_000.0), "1.25M");
         assert_eq!(short(812.4), "812");
         assert_eq!(short(1.234), "1.23");
+        assert_eq!(short(0.0), "0");
     }
 }

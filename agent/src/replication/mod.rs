@@ -47,7 +47,7 @@ const SNAPSHOT_WINDOW: u64 = 4;
 /// Most mutations coalesced into one frame.
 const BATCH_MUTATIONS: usize = 4_096;
 /// Write batches an async-mode partner may fall behind by before writers wait for it.
-const ASYNC_BACKLOG: u64 = 10_000;
+const ASYNC_BACKLOG: u64 = 256;
 /// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Multicast probes sent when a pair forms, this far apart, before giving up on it.
