@@ -19,6 +19,24 @@ use crate::sessions::Sessions;
 
 /// Redis' limit on an inline request line.
 const MAX_INLINE_LEN: usize = 64 * 1024;
+/// How much a connection reads at once at first, and again once its client sends little.
+const READ_CHUNK: usize = 16 * 1024;
+/// The most a connection reads at once, for clients that pipeline large batches.
+const MAX_READ_CHUNK: usize = 256 * 1024;
+
+/// How much to read next, after `read` bytes came in with room for `room`. A read that
+/// filled its room left more behind: a pipelined batch larger than the buffer, which is
+/// answered with one write only if it is read in one go; the chunk doubles. Once reads
+/// come in under half the chunk, it is back to the start.
+fn next_read_chunk(chunk: usize, read: usize, room: usize) -> usize {
+    if read >= room {
+        (chunk * 2).min(MAX_READ_CHUNK)
+    } else if read < chunk / 2 {
+        READ_CHUNK
+    } else {
+        chunk
+    }
+}
 
 /// Input that is not a valid request; the connection is answered and closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,8 +230,9 @@ async fn run(
     limits: &RespLimits,
     commands_total: &metrics::Counter,
 ) -> Result<(), ConnectionEnd> {
-    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(16 * 1024);
+    let mut chunk = READ_CHUNK;
     let mut mutations: Vec<Mutation> = Vec::new();
     loop {
         let mut failure = None;
@@ -270,11 +289,21 @@ async fn run(
         if session.quit {
             return Ok(());
         }
-        if input.capacity() - input.len() < 4096 {
-            input.reserve(16 * 1024);
+        if chunk == READ_CHUNK && input.is_empty() && input.capacity() > 4 * READ_CHUNK {
+            // A client that pipelined large batches and no longer does: give the memory back.
+            input = BytesMut::with_capacity(READ_CHUNK);
         }
-        if stream.read_buf(&mut input).await? == 0 {
+        if input.capacity() - input.len() < chunk {
+            input.reserve(chunk);
+        }
+        let room = input.capacity() - input.len();
+        let read = stream.read_buf(&mut input).await?;
+        if read == 0 {
             return Ok(());
+        }
+        // Until it authenticated, a client gets no larger reads.
+        if session.authenticated {
+            chunk = next_read_chunk(chunk, read, room);
         }
     }
 }
@@ -282,6 +311,30 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_grow_while_they_fill_their_room_and_shrink_when_the_client_sends_little() {
+        // A 17.6 KB pipeline fills a 16 KiB read: the next reads are larger.
+        assert_eq!(
+            next_read_chunk(READ_CHUNK, READ_CHUNK, READ_CHUNK),
+            2 * READ_CHUNK
+        );
+        assert_eq!(
+            next_read_chunk(2 * READ_CHUNK, 17_600, 2 * READ_CHUNK),
+            2 * READ_CHUNK
+        );
+        // Never past the most.
+        assert_eq!(
+            next_read_chunk(MAX_READ_CHUNK, MAX_READ_CHUNK, MAX_READ_CHUNK),
+            MAX_READ_CHUNK
+        );
+        // One small command after large batches: back to the start.
+        assert_eq!(
+            next_read_chunk(8 * READ_CHUNK, 1_100, 8 * READ_CHUNK),
+            READ_CHUNK
+        );
+        assert_eq!(next_read_chunk(READ_CHUNK, 1_100, READ_CHUNK), READ_CHUNK);
+    }
 
     fn limits() -> RespLimits {
         RespLimits {

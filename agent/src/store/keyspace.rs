@@ -258,9 +258,10 @@ impl Keyspace {
         self.limits
     }
 
-    /// The mutations local writes made since the last call.
-    pub fn take_outbox(&mut self) -> Vec<Mutation> {
-        std::mem::take(&mut self.outbox)
+    /// Moves the mutations local writes made since the last call to the end of `into`
+    /// (the outbox keeps its allocation for the next write).
+    pub fn move_outbox_into(&mut self, into: &mut Vec<Mutation>) {
+        into.append(&mut self.outbox);
     }
 
     fn shard_of(key: &[u8]) -> usize {

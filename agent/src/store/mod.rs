@@ -61,15 +61,30 @@ impl SessionStore {
 
     /// Runs one command atomically against the keyspace.
     pub fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
+        let mut mutations = Vec::new();
+        let value = self.run_into(&mut mutations, command);
+        Outcome { value, mutations }
+    }
+
+    /// Runs one command atomically against the keyspace and appends its mutations to
+    /// `mutations` (a connection gathers a whole pipeline's there, without an allocation
+    /// per write).
+    pub fn run_into<T>(
+        &self,
+        mutations: &mut Vec<Mutation>,
+        command: impl FnOnce(&mut Keyspace, u64) -> T,
+    ) -> T {
         let now_ms = self.clock.now_ms();
         let mut keyspace = self.keyspace.lock();
         let value = command(&mut keyspace, now_ms);
-        let mutations = keyspace.take_outbox();
+        let before = mutations.len();
+        keyspace.move_outbox_into(mutations);
         drop(keyspace);
-        if !mutations.is_empty() {
-            self.mutations_total.increment(mutations.len() as u64);
+        let made = mutations.len() - before;
+        if made > 0 {
+            self.mutations_total.increment(made as u64);
         }
-        Outcome { value, mutations }
+        value
     }
 
     /// Applies mutations made elsewhere (a partner's writes); returns how many were newer

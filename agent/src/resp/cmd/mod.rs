@@ -34,9 +34,7 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// Runs a store command and keeps its mutations.
     pub fn run<T>(&mut self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> T {
-        let outcome = self.store.run(command);
-        self.mutations.extend(outcome.mutations);
-        outcome.value
+        self.store.run_into(self.mutations, command)
     }
 }
 
