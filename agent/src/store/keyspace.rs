@@ -20,6 +20,8 @@ pub const SHARDS: usize = 1024;
 /// key several times faster than SipHash and still keeps an attacker from choosing keys
 /// that collide.
 type KeyMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
+/// A hash's fields, in insertion order, hashed like the keys.
+pub type FieldMap = IndexMap<Bytes, Bytes, foldhash::fast::RandomState>;
 /// Bytes accounted for each key beyond its key and value bytes (map slot, entry, index).
 const KEY_OVERHEAD: usize = 96;
 /// Bytes accounted for each hash field beyond its name and value.
@@ -37,7 +39,7 @@ pub enum Value {
     Str(Bytes),
     /// Fields keep their insertion order, as Redis' small hashes do. Boxed: the map is
     /// larger than a string's `Bytes`, and every key's slot would pay for it.
-    Hash(Box<IndexMap<Bytes, Bytes>>),
+    Hash(Box<FieldMap>),
 }
 
 /// One key.
@@ -524,11 +526,7 @@ impl Keyspace {
         }
     }
 
-    fn hash(
-        &mut self,
-        key: &[u8],
-        now_ms: u64,
-    ) -> Result<Option<&IndexMap<Bytes, Bytes>>, StoreError> {
+    fn hash(&mut self, key: &[u8], now_ms: u64) -> Result<Option<&FieldMap>, StoreError> {
         match self.entry(key, now_ms) {
             None => Ok(None),
             Some(Entry {
@@ -929,7 +927,7 @@ impl Keyspace {
         &mut self,
         key: &[u8],
         now_ms: u64,
-        read: impl FnOnce(Option<&IndexMap<Bytes, Bytes>>) -> T,
+        read: impl FnOnce(Option<&FieldMap>) -> T,
     ) -> Result<T, StoreError> {
         Ok(read(self.hash(key, now_ms)?))
     }
