@@ -106,16 +106,7 @@ pub fn lines(
             )
             .map_err(|e| fail(e.to_string()))?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    root.present().map_err(|e| fail(e.to_string()))?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperLeft).map_err(fail)
 }
 
 /// Draws one group of bars per entry of `groups`, one bar per series in each, with the
@@ -189,16 +180,24 @@ pub fn bars(
         root.draw(&Text::new(name.as_str(), (x, y + 8), label_style.clone()))
             .map_err(|e| fail(e.to_string()))?;
     }
+    finish(&mut chart, &root, SeriesLabelPosition::UpperRight).map_err(fail)
+}
+
+/// Draws the legend at `position` and writes the file.
+fn finish<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
     chart
         .configure_series_labels()
         .label_font((FONT, 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    root.present().map_err(|e| fail(e.to_string()))?;
-    Ok(())
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
 }
 
 /// A bar's value, short: 53576 → "53.6k".
