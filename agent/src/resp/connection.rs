@@ -5,7 +5,7 @@
 //! is executed before replies are written, so a pipeline costs one write.
 
 use bytes::{Bytes, BytesMut};
-use redis_protocol::resp2::types::{BytesFrame, Resp2Frame};
+use redis_protocol::resp2::types::RangeFrame;
 use tandem_common::ops::Mutation;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,8 +63,10 @@ pub fn next_request(
         return inline_request(buf);
     }
     check_declared_lengths(buf, limits)?;
-    match redis_protocol::resp2::decode::decode_bytes_mut(buf) {
-        Ok(Some((frame, _, _))) => frame_to_args(frame).map(Some),
+    // Decoded as ranges of the buffer: each argument is then one slice of the request,
+    // without a frame built around it.
+    match redis_protocol::resp2::decode::decode_range(buf) {
+        Ok(Some((frame, len))) => frame_to_args(&buf.split_to(len).freeze(), frame).map(Some),
         Ok(None) if buf.len() > limits.max_request_bytes => Err(protocol_error(format!(
             "request larger than {} bytes",
             limits.max_request_bytes
@@ -74,20 +76,19 @@ pub fn next_request(
     }
 }
 
-fn frame_to_args(frame: BytesFrame) -> Result<Vec<Bytes>, ProtocolError> {
+/// The arguments of a decoded request, as slices of its bytes. (Arguments other than bulk
+/// strings were refused by [`check_declared_lengths`] before decoding.)
+fn frame_to_args(request: &Bytes, frame: RangeFrame) -> Result<Vec<Bytes>, ProtocolError> {
     match frame {
-        BytesFrame::Array(items) => items
+        RangeFrame::Array(items) => items
             .into_iter()
             .map(|item| match item {
-                BytesFrame::BulkString(bytes) => Ok(bytes),
-                other => Err(protocol_error(format!(
-                    "expected '$', got '{}'",
-                    char::from(other.kind().to_byte())
-                ))),
+                RangeFrame::BulkString((start, end)) => Ok(request.slice(start..end)),
+                _ => Err(protocol_error("expected '$'")),
             })
             .collect(),
         // `*-1` and `*0` are empty requests.
-        BytesFrame::Null => Ok(Vec::new()),
+        RangeFrame::Null => Ok(Vec::new()),
         _ => Err(protocol_error("expected an array")),
     }
 }
