@@ -67,25 +67,20 @@ pub struct Outcome {
     pub messages: f64,
 }
 
-fn address(index: usize) -> SocketAddr {
-    // 10.1.0.1 onwards in memory; on loopback, 127.1.0.1 onwards (all of 127/8 is local).
+/// Node `index`'s gossip address: 10.1.0.1 onwards in memory; 127.1.0.1 onwards over
+/// UDP (all of 127/8 is local).
+fn address(index: usize, transport: Transport) -> SocketAddr {
     let [_, _, high, low] = ((index as u32) + 1).to_be_bytes();
-    SocketAddr::from((Ipv4Addr::new(10, 1, high, low), GOSSIP_PORT))
-}
-
-fn loopback(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        std::net::IpAddr::V4(ip) => {
-            let [_, b, c, d] = ip.octets();
-            SocketAddr::from((Ipv4Addr::new(127, b, c, d), addr.port()))
-        }
-        std::net::IpAddr::V6(_) => addr,
-    }
+    let first = match transport {
+        Transport::Memory => 10,
+        Transport::Udp => 127,
+    };
+    SocketAddr::from((Ipv4Addr::new(first, 1, high, low), GOSSIP_PORT))
 }
 
 /// An agent's advertisement as a settled, paired agent publishes it.
 fn agent_advert(index: usize) -> NodeAdvert {
-    let addr = address(index);
+    let addr = address(index, Transport::Memory);
     let mut advert = NodeAdvert::new(Role::Agent, env!("CARGO_PKG_VERSION"));
     advert.state = NodeState::Ready;
     advert.app = Some(format!("{}:8080", addr.ip()));
@@ -119,10 +114,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(&self, index: usize) -> anyhow::Result<GossipNode> {
-        let mut addr = address(index);
-        if self.kind == Transport::Udp {
-            addr = loopback(addr);
-        }
+        let addr = address(index, self.kind);
         let settings = GossipSettings {
             node_id: node_id(index),
             cluster: "scale".to_string(),
@@ -205,12 +197,8 @@ pub async fn measure(scenario: &Scenario, metrics: &PrometheusHandle) -> anyhow:
         },
         seeds: Vec::new(),
     };
-    let seed_addr = |i| match scenario.transport {
-        Transport::Memory => address(i),
-        Transport::Udp => loopback(address(i)),
-    };
     cluster.seeds = (0..SEEDS.min(n))
-        .map(|i| seed_addr(i).to_string())
+        .map(|i| address(i, scenario.transport).to_string())
         .collect();
 
     let started = Instant::now();
