@@ -46,6 +46,10 @@ const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
 const SNAPSHOT_WINDOW: u64 = 4;
 /// Most mutations coalesced into one frame.
 const BATCH_MUTATIONS: usize = 4_096;
+/// Batches are coalesced into one frame up to about this many bytes: a frame then fits
+/// one multicast datagram, and the partner applies and acknowledges a long burst piece
+/// by piece while the rest is still on its way, instead of waiting for all of it.
+const BATCH_BYTES: usize = multicast::MAX_DATAGRAM - 4 * 1024;
 /// Write batches an async-mode partner may fall behind by before writers wait for it.
 const ASYNC_BACKLOG: u64 = 256;
 /// How long the handshake may take.
@@ -430,6 +434,14 @@ impl Replicator {
             }));
         }
         tasks
+    }
+}
+
+/// The size of a batch of live writes, 0 for any other frame.
+fn batch_size(frame: &Frame) -> usize {
+    match frame {
+        Frame::Mutations { mutations, .. } => mutations.iter().map(Mutation::encoded_size).sum(),
+        _ => 0,
     }
 }
 
@@ -855,8 +867,11 @@ impl Inner {
             // then share one packet (and the partner's one acknowledgement).
             tokio::task::yield_now().await;
             let mut frames: Vec<Frame> = vec![first];
+            // The size of the last frame's mutations, when it is a batch of them.
+            let mut batch_bytes = batch_size(&frames[0]);
             while frames.len() < 64 {
                 let Ok(next) = outbound.try_recv() else { break };
+                let next_bytes = batch_size(&next);
                 match (frames.last_mut(), next) {
                     (
                         Some(Frame::Mutations { seq, mutations, .. }),
@@ -865,13 +880,19 @@ impl Inner {
                             mutations: more,
                             ..
                         },
-                    ) if mutations.len() < BATCH_MUTATIONS => {
+                    ) if mutations.len() < BATCH_MUTATIONS
+                        && batch_bytes + next_bytes <= BATCH_BYTES =>
+                    {
                         *seq = next_seq;
                         mutations.extend(more);
+                        batch_bytes += next_bytes;
                     }
                     // Acknowledgements are cumulative: the latest covers the earlier.
                     (Some(Frame::Ack { seq }), Frame::Ack { seq: next_seq }) => *seq = next_seq,
-                    (_, other) => frames.push(other),
+                    (_, other) => {
+                        frames.push(other);
+                        batch_bytes = next_bytes;
+                    }
                 }
             }
             stream.clear();

@@ -25,12 +25,16 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use socket2::{Domain, Protocol, Socket, Type};
 use tandem_common::version::fnv1a;
+use tracing::warn;
 
 const MAGIC: &[u8; 4] = b"TDMC";
 const VERSION: u8 = 1;
 /// Largest datagram sent or accepted: a frame above it travels over the stream. The IP
 /// layer fragments datagrams above the link MTU, as JGroups' bundles are on a LAN.
 pub const MAX_DATAGRAM: usize = 60 * 1024;
+/// Receive buffer asked for the group's socket: room for a few hundred full datagrams.
+/// Linux grants up to twice `net.core.rmem_max`.
+const RECV_BUFFER: usize = 8 * 1024 * 1024;
 /// Length of a sealing key.
 pub const KEY_LEN: usize = 32;
 /// Datagrams this far behind the newest one received are refused as possible replays.
@@ -114,6 +118,18 @@ impl Multicast {
         socket.set_multicast_ttl_v4(1)?;
         socket.set_multicast_loop_v4(true)?;
         socket.set_nonblocking(true)?;
+        // A burst of writes arrives as many datagrams at once; the kernel drops what
+        // does not fit the buffer, and each drop costs a retransmission over the stream.
+        socket.set_recv_buffer_size(RECV_BUFFER)?;
+        let granted = socket.recv_buffer_size()?;
+        if granted < RECV_BUFFER {
+            warn!(
+                granted,
+                wanted = RECV_BUFFER,
+                "the kernel gives the multicast socket a smaller receive buffer than asked; \
+                 bursts of writes may be dropped and sent again (raise net.core.rmem_max)"
+            );
+        }
         Ok(Multicast {
             path: Path::Udp {
                 socket: tokio::net::UdpSocket::from_std(socket.into())?,
