@@ -28,6 +28,107 @@ const DEGRADED_PERIOD: Duration = Duration::from_secs(1);
 /// are then sent again over the stream).
 pub const INBOX: usize = 1024;
 
+/// Most mutations coalesced into one frame.
+const BATCH_MUTATIONS: usize = 4_096;
+/// Batches are coalesced into one frame up to about this many bytes: a frame then fits
+/// one multicast datagram, and the partner applies and acknowledges a long burst piece
+/// by piece while the rest is still on its way, instead of waiting for all of it.
+pub const BATCH_BYTES: usize = super::multicast::MAX_DATAGRAM - 4 * 1024;
+/// Frames of live writes the partner may have to acknowledge before the writer holds the
+/// next one back to let more writes join it. Each frame costs both sides a packet, a
+/// wake-up and an acknowledgement whatever its size; under load, fewer and fuller frames
+/// leave more of the cores to the writes themselves.
+pub const BATCH_WINDOW: usize = 2;
+/// The longest a frame is held back for an acknowledgement.
+pub const BATCH_HOLD: Duration = Duration::from_millis(5);
+
+/// The frames one write of the link carries: consecutive batches of live writes merged
+/// into one frame (up to [`BATCH_BYTES`]), consecutive acknowledgements into the latest.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub frames: Vec<Frame>,
+    /// The estimated size of the last frame's mutations, when it is a batch of them.
+    last_bytes: usize,
+}
+
+impl Batch {
+    /// Most frames in one write.
+    const MAX_FRAMES: usize = 64;
+
+    pub fn new(first: Frame) -> Self {
+        let mut batch = Batch::default();
+        batch.push(first);
+        batch
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.frames.len() >= Self::MAX_FRAMES
+    }
+
+    pub fn push(&mut self, next: Frame) {
+        let next_bytes = batch_size(&next);
+        match (self.frames.last_mut(), next) {
+            (
+                Some(Frame::Mutations { seq, mutations, .. }),
+                Frame::Mutations {
+                    seq: next_seq,
+                    mutations: more,
+                    ..
+                },
+            ) if mutations.len() < BATCH_MUTATIONS
+                && self.last_bytes + next_bytes <= BATCH_BYTES =>
+            {
+                *seq = next_seq;
+                mutations.extend(more);
+                self.last_bytes += next_bytes;
+            }
+            // Acknowledgements are cumulative: the latest covers the earlier.
+            (Some(Frame::Ack { seq }), Frame::Ack { seq: next_seq }) => *seq = next_seq,
+            (_, other) => {
+                self.frames.push(other);
+                self.last_bytes = next_bytes;
+            }
+        }
+    }
+
+    /// Whether the write may wait for more: it is one batch of live writes with room
+    /// left (anything else, acknowledgements above all, goes at once).
+    pub fn may_wait(&self) -> bool {
+        matches!(self.frames[..], [Frame::Mutations { .. }]) && self.last_bytes < BATCH_BYTES / 2
+    }
+}
+
+/// The size of a batch of live writes, 0 for any other frame.
+fn batch_size(frame: &Frame) -> usize {
+    match frame {
+        Frame::Mutations { mutations, .. } => mutations
+            .iter()
+            .map(tandem_common::ops::Mutation::encoded_size)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// The last numbers of the frames of live writes sent and not yet acknowledged.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    ends: VecDeque<u64>,
+}
+
+impl InFlight {
+    pub fn sent(&mut self, seq: u64) {
+        self.ends.push_back(seq);
+    }
+
+    /// Frames sent beyond `acked`.
+    pub fn beyond(&mut self, acked: u64) -> usize {
+        while self.ends.front().is_some_and(|&end| end <= acked) {
+            self.ends.pop_front();
+        }
+        self.ends.len()
+    }
+}
+
 /// Which numbered frames have arrived, whichever path carried them.
 #[derive(Debug, Default)]
 pub struct Delivered {
@@ -235,6 +336,75 @@ impl Unacked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use tandem_common::ops::{Mutation, Op};
+    use tandem_common::version::Version;
+
+    /// A batch of `writes` writes of 1 KiB numbered `seq`.
+    fn writes(seq: u64, count: usize) -> Frame {
+        let mutation = Mutation {
+            key: Bytes::from_static(b"session:1"),
+            version: Version::ZERO,
+            op: Op::Set {
+                value: Bytes::from(vec![0; 1024]),
+                expires_at_ms: None,
+            },
+        };
+        Frame::Mutations {
+            first: seq,
+            seq,
+            mutations: vec![mutation; count],
+        }
+    }
+
+    #[test]
+    fn batches_merge_up_to_a_datagram_and_acknowledgements_into_the_latest() {
+        let mut batch = Batch::new(writes(1, 1));
+        assert!(batch.may_wait(), "one small batch of writes may wait for more");
+        for seq in 2..=100 {
+            batch.push(writes(seq, 1));
+        }
+        let sizes: Vec<(u64, u64, usize)> = batch
+            .frames
+            .iter()
+            .map(|frame| match frame {
+                Frame::Mutations {
+                    first,
+                    seq,
+                    mutations,
+                } => (*first, *seq, mutations.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(sizes.len() > 1, "100 KiB do not fit one frame: {sizes:?}");
+        assert_eq!(sizes.iter().map(|s| s.2).sum::<usize>(), 100, "no write lost");
+        assert_eq!(sizes.last().unwrap().1, 100);
+        for frame in &batch.frames {
+            let mut encoded = bytes::BytesMut::new();
+            frame.encode(&mut encoded).unwrap();
+            assert!(encoded.len() <= BATCH_BYTES + 64, "{} bytes", encoded.len());
+        }
+        assert!(!batch.may_wait(), "several frames go at once");
+
+        let mut acks = Batch::new(Frame::Ack { seq: 3 });
+        acks.push(Frame::Ack { seq: 7 });
+        assert_eq!(acks.frames, [Frame::Ack { seq: 7 }]);
+        assert!(!acks.may_wait(), "an acknowledgement never waits");
+        acks.push(writes(1, 1));
+        assert!(!acks.may_wait());
+    }
+
+    #[test]
+    fn frames_in_flight_are_those_beyond_the_acknowledgement() {
+        let mut in_flight = InFlight::default();
+        assert_eq!(in_flight.beyond(0), 0);
+        in_flight.sent(3);
+        in_flight.sent(8);
+        in_flight.sent(9);
+        assert_eq!(in_flight.beyond(0), 3);
+        assert_eq!(in_flight.beyond(5), 2, "the frame ending at 3 is acknowledged");
+        assert_eq!(in_flight.beyond(9), 0);
+    }
 
     #[test]
     fn acknowledgement_waits_for_gaps_and_ignores_duplicates() {

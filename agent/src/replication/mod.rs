@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::link::{Delivered, LinkMulticast, Unacked};
+use self::link::{Batch, Delivered, InFlight, LinkMulticast, Unacked};
 use self::membership::Membership;
 use self::multicast::{Multicast, Sealer};
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
@@ -44,12 +44,6 @@ use crate::store::keyspace::SHARDS;
 const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
 /// Snapshot frames in flight before the sender waits for acknowledgements.
 const SNAPSHOT_WINDOW: u64 = 4;
-/// Most mutations coalesced into one frame.
-const BATCH_MUTATIONS: usize = 4_096;
-/// Batches are coalesced into one frame up to about this many bytes: a frame then fits
-/// one multicast datagram, and the partner applies and acknowledges a long burst piece
-/// by piece while the rest is still on its way, instead of waiting for all of it.
-const BATCH_BYTES: usize = multicast::MAX_DATAGRAM - 4 * 1024;
 /// Write batches an async-mode partner may fall behind by before writers wait for it.
 const ASYNC_BACKLOG: u64 = 256;
 /// How long the handshake may take.
@@ -437,14 +431,6 @@ impl Replicator {
     }
 }
 
-/// The size of a batch of live writes, 0 for any other frame.
-fn batch_size(frame: &Frame) -> usize {
-    match frame {
-        Frame::Mutations { mutations, .. } => mutations.iter().map(Mutation::encoded_size).sum(),
-        _ => 0,
-    }
-}
-
 fn malformed(reason: String) -> TransportError {
     TransportError::Frame(tandem_common::frame::FrameError::Malformed(reason))
 }
@@ -821,7 +807,7 @@ impl Inner {
         mut sender: FrameSender,
         mut outbound: mpsc::UnboundedReceiver<Frame>,
         mut nacks: mpsc::UnboundedReceiver<(u64, u64)>,
-        acked: watch::Receiver<u64>,
+        mut acked: watch::Receiver<u64>,
         multicast: Arc<LinkMulticast>,
     ) {
         let mut sealer = self
@@ -829,6 +815,7 @@ impl Inner {
             .as_ref()
             .map(|_| Sealer::new(&multicast.send_key, multicast.epoch, &self.config.node_id));
         let mut unacked = Unacked::default();
+        let mut in_flight = InFlight::default();
         let mut stream = BytesMut::new();
         let mut scratch = BytesMut::new();
         let mut ticker = tokio::time::interval(link::RETRANSMIT_AFTER / 4);
@@ -866,37 +853,39 @@ impl Inner {
             // Let the connections that are running right now queue their writes too: they
             // then share one packet (and the partner's one acknowledgement).
             tokio::task::yield_now().await;
-            let mut frames: Vec<Frame> = vec![first];
-            // The size of the last frame's mutations, when it is a batch of them.
-            let mut batch_bytes = batch_size(&frames[0]);
-            while frames.len() < 64 {
+            let mut batch = Batch::new(first);
+            while !batch.is_full() {
                 let Ok(next) = outbound.try_recv() else { break };
-                let next_bytes = batch_size(&next);
-                match (frames.last_mut(), next) {
-                    (
-                        Some(Frame::Mutations { seq, mutations, .. }),
-                        Frame::Mutations {
-                            seq: next_seq,
-                            mutations: more,
-                            ..
+                batch.push(next);
+            }
+            // Under load, while the partner has frames to acknowledge, the next waits a
+            // little for more writes to join it (they are waiting for the same answer).
+            if batch.may_wait() && in_flight.beyond(*acked.borrow()) >= link::BATCH_WINDOW {
+                let hold = tokio::time::sleep(link::BATCH_HOLD);
+                tokio::pin!(hold);
+                while batch.may_wait() {
+                    tokio::select! {
+                        biased;
+                        changed = acked.changed() => {
+                            if changed.is_err()
+                                || in_flight.beyond(*acked.borrow()) < link::BATCH_WINDOW
+                            {
+                                break;
+                            }
+                        }
+                        next = outbound.recv() => match next {
+                            Some(next) => batch.push(next),
+                            None => return,
                         },
-                    ) if mutations.len() < BATCH_MUTATIONS
-                        && batch_bytes + next_bytes <= BATCH_BYTES =>
-                    {
-                        *seq = next_seq;
-                        mutations.extend(more);
-                        batch_bytes += next_bytes;
-                    }
-                    // Acknowledgements are cumulative: the latest covers the earlier.
-                    (Some(Frame::Ack { seq }), Frame::Ack { seq: next_seq }) => *seq = next_seq,
-                    (_, other) => {
-                        frames.push(other);
-                        batch_bytes = next_bytes;
+                        () = &mut hold => break,
                     }
                 }
             }
             stream.clear();
-            for frame in frames {
+            for frame in batch.frames {
+                if let Frame::Mutations { seq, .. } = &frame {
+                    in_flight.sent(*seq);
+                }
                 scratch.clear();
                 if let Err(err) = frame.encode(&mut scratch) {
                     self.link_failed(id, &TransportError::Frame(err));
