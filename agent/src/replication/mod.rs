@@ -875,7 +875,8 @@ impl Inner {
                         }
                         next = outbound.recv() => match next {
                             Some(next) => batch.push(next),
-                            None => return,
+                            // The link is closing: what is held still goes out.
+                            None => break,
                         },
                         () = &mut hold => break,
                     }
