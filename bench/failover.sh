@@ -48,7 +48,7 @@ partner = lambda a: (agents.get(a, {}).get('partner') or {}).get('node_id')
 print($2)"
 }
 for _ in $(seq 600); do
-    [ "$(view "${admin[a1]}" "sum(1 for a in agents if partner(a) and partner(partner(a)) == a), len(agents)")" = "(4, 5)" ] && break
+    [ "$(view "${admin[a1]}" "sum(1 for a in agents if partner(a) and partner(partner(a)) == a), len(agents)")" = "4 5" ] && break
     sleep 0.1
 done
 [ "$(view "${admin[a1]}" "len([a for a in agents if not partner(a)])")" = 1 ] ||
