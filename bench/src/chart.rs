@@ -212,12 +212,15 @@ fn short(value: f64) -> String {
     }
 }
 
+/// A bar chart's data: the groups, and each series with one value per group.
+pub type Bars = (Vec<String>, Vec<(String, Vec<f64>)>);
+
 /// Reads a chart's data from CSV lines `group,series,value` (a header line is skipped):
 /// the groups and the series in the order they first appear.
 ///
 /// # Errors
 /// A line has not three fields, a value is not a number, or a value is missing.
-pub fn read_bars(text: &str) -> anyhow::Result<(Vec<String>, Vec<(String, Vec<f64>)>)> {
+pub fn read_bars(text: &str) -> anyhow::Result<Bars> {
     let mut rows = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();

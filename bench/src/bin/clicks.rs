@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use tandem_bench::percentile;
 
 #[derive(Parser)]
 struct Args {
@@ -113,14 +114,6 @@ async fn user(id: usize, balancer: String, until: tokio::time::Instant) -> Seen 
         }
     }
     seen
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index] as f64 / 1000.0
 }
 
 #[tokio::main]
