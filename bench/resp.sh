@@ -11,6 +11,11 @@
 #   REQUESTS=1000000 bench/resp.sh
 #   MODES=sync TESTS=set bench/resp.sh   # only the sync-replicated SET rows
 #
+# The last comparison ("acked") gives both sides the same guarantee: every write is on
+# the replica before its reply. redis-server is asked for it with WAIT 1 after each
+# pipeline of SETs; the agent's sync mode gives it to every write. redis-benchmark cannot
+# send WAIT, so that comparison uses tandem-bench's acked-writes as the client for both.
+#
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 source "$(dirname "$0")/lib.sh"
 
@@ -18,9 +23,17 @@ REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 SIZE=${SIZE:-1024}
 TESTS=${TESTS:-set,get,hset}
-MODES=${MODES:-alone sync async}   # which comparisons to run
+MODES=${MODES:-alone sync async acked}   # which comparisons to run
 
 need redis-server redis-benchmark redis-cli   # Debian: redis-server redis-tools
+
+wait_replica() { # port of a redis replica
+    for _ in $(seq 150); do
+        redis-cli -p "$1" info replication | grep -q '^master_link_status:up' && return
+        sleep 0.2
+    done
+    echo "bench/resp.sh: the redis replica on port $1 did not connect" >&2; exit 1
+}
 
 wait_paired() { # resp-port of an agent
     for _ in $(seq 150); do
@@ -74,18 +87,62 @@ if [[ " $MODES " == *" alone "* ]]; then
     stop_all
 fi
 
-for mode in $MODES; do
-    [ "$mode" = alone ] && continue
+# redis-server with one replica and an agent paired with a partner in the given mode;
+# sets redis_port and agent_port. (pids: redis, its replica, the agent, its partner.)
+start_replicated() { # mode
     redis_port=$(free_port); replica_port=$(free_port)
     agent_port=$(free_port); partner_port=$(free_port); seed=$(free_port)
     start_redis "$redis_port"
     start_redis "$replica_port" "$redis_port"
-    start_agent "a-$mode" "$agent_port" "$seed" "" --replication "$mode"
-    admin=$(admin_of "a-$mode")
-    start_agent "b-$mode" "$partner_port" "$(free_port)" "$seed" --replication "$mode"
+    wait_replica "$replica_port"
+    start_agent "a-$1" "$agent_port" "$seed" "" --replication "$1"
+    admin=$(admin_of "a-$1")
+    start_agent "b-$1" "$partner_port" "$(free_port)" "$seed" --replication "$1"
     wait_paired "$admin"
+}
+
+for mode in $MODES; do
+    case $mode in alone | acked) continue ;; esac
+    start_replicated "$mode"
     header "Replicated: redis-server with one replica vs an agent with a partner, $mode mode" "agent ($mode)"
     compare "$mode" "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}" \
         "redis + replica" "tandem pair ($mode)" "Replicated: redis with a replica vs a pair in $mode mode"
     stop_all
 done
+
+# One acked-writes run: prints "requests/s,p50,p99,unacknowledged,cpu µs per request".
+acked_run() { # port pipeline "pids" [--wait]
+    local before after out
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks $3)
+    out=$("$acked_writes" --addr "127.0.0.1:$1" --pipeline "$2" --requests "$REQUESTS" --clients "$CLIENTS" \
+        --size "$SIZE" ${4:-})
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $3)
+    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$REQUESTS" -v out="$out" \
+        'BEGIN { printf "%s,%.2f\n", out, ticks / hz * 1e6 / n }'
+}
+
+if [[ " $MODES " == *" acked "* ]]; then
+    acked_writes=${CARGO_TARGET_DIR:-target}/release/acked-writes
+    start_replicated sync
+    echo
+    echo "### Acknowledged writes: redis-server with a replica and WAIT vs an agent with a partner, sync mode"
+    echo
+    echo "| pipeline | redis (SET, then WAIT 1) req/s | agent (sync) req/s | tandem / redis | redis p50 / p99 ms | tandem p50 / p99 ms | CPU µs per request, redis / tandem | writes WAIT found on no replica |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    csv=$results/resp-acked.csv
+    echo "test,server,requests/s" >"$csv"
+    for pipeline in 1 16; do
+        IFS=, read -r r_rps r_p50 r_p99 r_lost r_cpu < <(acked_run "$redis_port" "$pipeline" "${pids[0]} ${pids[1]}" --wait)
+        IFS=, read -r a_rps a_p50 a_p99 _ a_cpu < <(acked_run "$agent_port" "$pipeline" "${pids[2]} ${pids[3]}")
+        ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
+        printf '| %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s |\n' "$pipeline" "$r_rps" "$a_rps" "$ratio" \
+            "$r_p50" "$r_p99" "$a_p50" "$a_p99" "$r_cpu" "$a_cpu" "$r_lost"
+        printf 'SET -P %s,redis + replica + WAIT,%s\nSET -P %s,tandem pair (sync),%s\n' "$pipeline" "$r_rps" \
+            "$pipeline" "$a_rps" >>"$csv"
+    done
+    "$chart" --title "Writes on the replica before the reply, $CLIENTS clients, $SIZE-byte values" \
+        --y-label "requests/s" --out "$results/resp-acked.png" <"$csv" 2>/dev/null
+    stop_all
+fi
