@@ -360,7 +360,10 @@ mod tests {
     #[test]
     fn batches_merge_up_to_a_datagram_and_acknowledgements_into_the_latest() {
         let mut batch = Batch::new(writes(1, 1));
-        assert!(batch.may_wait(), "one small batch of writes may wait for more");
+        assert!(
+            batch.may_wait(),
+            "one small batch of writes may wait for more"
+        );
         for seq in 2..=100 {
             batch.push(writes(seq, 1));
         }
@@ -377,7 +380,11 @@ mod tests {
             })
             .collect();
         assert!(sizes.len() > 1, "100 KiB do not fit one frame: {sizes:?}");
-        assert_eq!(sizes.iter().map(|s| s.2).sum::<usize>(), 100, "no write lost");
+        assert_eq!(
+            sizes.iter().map(|s| s.2).sum::<usize>(),
+            100,
+            "no write lost"
+        );
         assert_eq!(sizes.last().unwrap().1, 100);
         for frame in &batch.frames {
             let mut encoded = bytes::BytesMut::new();
@@ -402,7 +409,11 @@ mod tests {
         in_flight.sent(8);
         in_flight.sent(9);
         assert_eq!(in_flight.beyond(0), 3);
-        assert_eq!(in_flight.beyond(5), 2, "the frame ending at 3 is acknowledged");
+        assert_eq!(
+            in_flight.beyond(5),
+            2,
+            "the frame ending at 3 is acknowledged"
+        );
         assert_eq!(in_flight.beyond(9), 0);
     }
 
