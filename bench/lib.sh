@@ -61,7 +61,8 @@ wait_ping() { for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && 
 start_redis() { # port [replicaof-port]
     local extra=()
     [ -n "${2:-}" ] && extra=(--replicaof 127.0.0.1 "$2")
-    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no "${extra[@]}" \
+    # In the work directory: a replica writes the copy it receives to disk.
+    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" "${extra[@]}" \
         >"$work/redis-$1.log" 2>&1 &
     pids+=($!)
     wait_ping "$1"
