@@ -67,7 +67,7 @@ start_redis() { # host ip [replicaof-ip]
     local extra=()
     [ -n "${3:-}" ] && extra=(--replicaof "$3" 6380)
     spawn_on "$1" "$work/redis-$1.log" \
-        redis-server --port 6380 --bind "$2" --protected-mode no --save '' --appendonly no "${extra[@]}"
+        redis-server --port 6380 --bind "$2" --protected-mode no --save '' --appendonly no --dir "$work" "${extra[@]}"
     wait_ping "$1" "$2"
 }
 
