@@ -1,8 +1,10 @@
 //! The keyspace: sessions in memory, with expiry, limits and versioned mutations.
 //!
 //! Pure data structure: the caller passes the current time and holds the lock. Every change
-//! goes through [`Keyspace::apply`], for local writes (which first stamp a new version) and
-//! for mutations received from a partner alike, so both sides converge on the same state.
+//! is a versioned mutation made by one function, for local writes (stamped with a new
+//! version, always the newest) and for mutations received from a partner alike (applied
+//! by [`Keyspace::apply`] only when newer than what the key holds), so both sides converge
+//! on the same state.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -270,17 +272,11 @@ impl Keyspace {
         fnv1a(key) as usize % SHARDS
     }
 
-    /// The entry under `key` if it exists and has not expired; an expired one is removed.
-    pub fn entry(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        let shard = Self::shard_of(key);
-        let entry = self.shards[shard].get(key)?;
-        if entry.is_expired(now_ms) {
-            if entry.is_expired(now_ms.saturating_sub(EXPIRED_GRACE_MS)) {
-                self.expire_now(key);
-            }
-            return None;
-        }
-        self.shards[shard].get(key)
+    /// The entry under `key` if it exists and has not expired. (An expired one stays for
+    /// the grace period and is then removed by [`Keyspace::sweep`]; one lookup per read.)
+    pub fn entry(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.raw_entry(key)
+            .filter(|entry| !entry.is_expired(now_ms))
     }
 
     /// The stored entry, expired or not (for replication and repair).
@@ -354,6 +350,12 @@ impl Keyspace {
         if mutation.version <= self.current_version(&mutation.key) {
             return false;
         }
+        self.write(mutation);
+        true
+    }
+
+    /// Makes the change a mutation describes, whatever version the key holds.
+    fn write(&mut self, mutation: &Mutation) {
         let key = &mutation.key;
         let version = mutation.version;
         match &mutation.op {
@@ -461,7 +463,6 @@ impl Keyspace {
                 }
             }
         }
-        true
     }
 
     /// Stamps, applies and records a local write.
@@ -482,8 +483,12 @@ impl Keyspace {
             version: self.clock.tick(now_ms),
             op,
         };
-        let applied = self.apply(&mutation);
-        debug_assert!(applied, "a fresh local version is always the newest");
+        // A fresh local version is always the newest: no need to look up the key's own.
+        debug_assert!(
+            mutation.version > self.current_version(&mutation.key),
+            "a fresh local version is always the newest"
+        );
+        self.write(&mutation);
         self.outbox.push(mutation);
     }
 
