@@ -30,6 +30,8 @@ need() {
 
 # CPU time (user + system, in clock ticks) the given processes have used so far.
 cpu_ticks() { local total=0; for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$total"; }
+# Microseconds of CPU per request, from the clock ticks `cpu_ticks` counted over them.
+cpu_us_per() { awk -v ticks="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.2f", ticks / hz * 1e6 / n }'; }
 
 # One redis-benchmark run per test in $TESTS against host:port; prints "test,rps,p50,p99,cpu"
 # lines, cpu being the microseconds of CPU the server processes (the rest of the arguments:
@@ -38,7 +40,6 @@ cpu_ticks() { local total=0; for pid in "$@"; do total=$((total + $(awk '{print 
 measure() { # host port pipeline pid...
     local host=$1 port=$2 pipeline=$3
     shift 3
-    local hz; hz=$(getconf CLK_TCK)
     local run=()
     [ -n "${BENCH_NETNS:-}" ] && run=(ip netns exec "$BENCH_NETNS")
     for test in ${TESTS//,/ }; do
@@ -51,8 +52,8 @@ measure() { # host port pipeline pid...
             exit 1
         }
         after=$(cpu_ticks "$@")
-        awk -F, -v ticks=$((after - before)) -v hz="$hz" -v n="$REQUESTS" \
-            'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%.2f\n", $1, $2, $5, $7, ticks / hz * 1e6 / n }' <<<"$out"
+        awk -F, -v cpu="$(cpu_us_per $((after - before)) "$REQUESTS")" \
+            'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%s\n", $1, $2, $5, $7, cpu }' <<<"$out"
     done
 }
 

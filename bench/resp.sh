@@ -119,8 +119,7 @@ acked_run() { # port pipeline "pids" [--wait]
         --size "$SIZE" ${4:-})
     # shellcheck disable=SC2086
     after=$(cpu_ticks $3)
-    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$REQUESTS" -v out="$out" \
-        'BEGIN { printf "%s,%.2f\n", out, ticks / hz * 1e6 / n }'
+    echo "$out,$(cpu_us_per $((after - before)) "$REQUESTS")"
 }
 
 if [[ " $MODES " == *" acked "* ]]; then
