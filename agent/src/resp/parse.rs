@@ -20,6 +20,11 @@ impl Args {
         self.items.len()
     }
 
+    /// The arguments not taken yet.
+    pub fn as_slice(&self) -> &[Bytes] {
+        self.items.as_slice()
+    }
+
     /// The next argument; arity is checked before a command runs, so a missing one is a
     /// syntax error (an option without its value).
     pub fn arg(&mut self) -> Result<Bytes, CmdError> {

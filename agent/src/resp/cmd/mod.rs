@@ -14,6 +14,8 @@ mod keys;
 mod server;
 mod strings;
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use tandem_common::ops::Mutation;
 
@@ -29,12 +31,14 @@ pub struct Ctx<'a> {
     pub clients: &'a Clients,
     /// Mutations made by the commands of the current batch, for replication.
     pub mutations: &'a mut Vec<Mutation>,
+    /// The store's time when the current batch was read, in ms since the epoch.
+    pub now_ms: u64,
 }
 
 impl Ctx<'_> {
     /// Runs a store command and keeps its mutations.
     pub fn run<T>(&mut self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> T {
-        self.store.run_into(self.mutations, command)
+        self.store.run_at(self.now_ms, self.mutations, command)
     }
 }
 
@@ -146,20 +150,36 @@ commands! {
     "hsetnx" => 4, hashes::hsetnx, true;
 }
 
+/// The longest command name.
+const MAX_NAME: usize = 16;
+
 /// Looks a command up by name, ignoring case.
 pub fn lookup(name: &[u8]) -> Option<&'static Command> {
-    COMMANDS
-        .iter()
-        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+    static BY_NAME: LazyLock<foldhash::HashMap<&'static [u8], &'static Command>> =
+        LazyLock::new(|| {
+            COMMANDS
+                .iter()
+                .map(|command| (command.name.as_bytes(), command))
+                .collect()
+        });
+    if name.len() > MAX_NAME {
+        return None;
+    }
+    let mut lower = [0u8; MAX_NAME];
+    let lower = &mut lower[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    BY_NAME.get(&*lower).copied()
 }
 
 /// Runs one command (`args[0]` is its name) and returns the reply.
-pub fn execute(ctx: &mut Ctx<'_>, mut args: Vec<Bytes>) -> Reply {
-    let name = args.remove(0);
+pub fn execute(ctx: &mut Ctx<'_>, args: Vec<Bytes>) -> Reply {
+    let mut args = Args::new(args);
+    let name = args.arg_opt().unwrap_or_default();
     let Some(command) = lookup(&name) else {
-        return unknown_command(&name, &args);
+        return unknown_command(&name, args.as_slice());
     };
-    let given = args.len() as i32 + 1;
+    let given = args.remaining() as i32 + 1;
     let arity_ok = if command.arity >= 0 {
         given == command.arity
     } else {
@@ -174,7 +194,7 @@ pub fn execute(ctx: &mut Ctx<'_>, mut args: Vec<Bytes>) -> Reply {
         return Reply::Error("NOAUTH Authentication required.".into());
     }
     ctx.session.last_command = command.name;
-    match (command.handler)(ctx, &mut Args::new(args)) {
+    match (command.handler)(ctx, &mut args) {
         Ok(reply) => reply,
         Err(err) => err.to_reply(),
     }
@@ -198,4 +218,27 @@ pub fn sanitize(bytes: &[u8]) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_found_by_its_name_in_any_case() {
+        for command in COMMANDS {
+            assert!(command.name.len() <= MAX_NAME, "{}", command.name);
+            for name in [
+                command.name.to_string(),
+                command.name.to_uppercase(),
+                command.name[..1].to_uppercase() + &command.name[1..],
+            ] {
+                let found = lookup(name.as_bytes()).map(|c| c.name);
+                assert_eq!(found, Some(command.name), "{name}");
+            }
+        }
+        assert!(lookup(b"nosuchcommand").is_none());
+        assert!(lookup(b"").is_none());
+        assert!(lookup(&[b'g'; 100]).is_none());
+    }
 }
