@@ -122,9 +122,30 @@ impl Frame {
         }
         buf.advance(4);
         let body = buf.split_to(size);
-        rmp_serde::from_slice(&body)
-            .map(Some)
-            .map_err(|err| FrameError::Malformed(err.to_string()))
+        Self::decode_body(&body).map(Some)
+    }
+
+    /// Decodes `buf` as exactly one length-prefixed frame and nothing else (a datagram's
+    /// plaintext), without copying it first.
+    ///
+    /// # Errors
+    /// A length prefix that does not match the bytes, or a body that does not decode.
+    pub fn decode_exact(buf: &[u8]) -> Result<Frame, FrameError> {
+        let Some((prefix, body)) = buf.split_first_chunk::<4>() else {
+            return Err(FrameError::Malformed("shorter than a length prefix".into()));
+        };
+        let size = u32::from_be_bytes(*prefix) as usize;
+        if size != body.len() {
+            return Err(FrameError::Malformed(format!(
+                "length prefix {size} for a body of {} bytes",
+                body.len()
+            )));
+        }
+        Self::decode_body(body)
+    }
+
+    fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+        rmp_serde::from_slice(body).map_err(|err| FrameError::Malformed(err.to_string()))
     }
 }
 
@@ -182,6 +203,22 @@ mod tests {
             Frame::ProbeAck { nonce: 3 },
             Frame::Nack { from: 4, to: 6 },
         ]
+    }
+
+    #[test]
+    fn one_whole_frame_decodes_exactly_and_anything_else_is_malformed() {
+        for frame in sample() {
+            let mut wire = BytesMut::new();
+            frame.encode(&mut wire).unwrap();
+            assert_eq!(Frame::decode_exact(&wire).unwrap(), frame);
+            // Cut short, or followed by more bytes: not one whole frame.
+            assert!(Frame::decode_exact(&wire[..wire.len() - 1]).is_err());
+            let mut longer = wire.to_vec();
+            longer.push(0);
+            assert!(Frame::decode_exact(&longer).is_err());
+        }
+        assert!(Frame::decode_exact(b"").is_err());
+        assert!(Frame::decode_exact(&[0, 0, 0, 1, 0xc1]).is_err());
     }
 
     #[test]

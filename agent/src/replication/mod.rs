@@ -1037,12 +1037,8 @@ impl Inner {
             let opener = opener.as_mut().ok_or(Dropped::Unauthenticated)?;
             opener.open(&header, datagram)?
         };
-        let mut plain = BytesMut::from(&plain[..]);
-        let frame = match Frame::decode(&mut plain, multicast::MAX_DATAGRAM) {
-            Ok(Some(frame)) if plain.is_empty() => frame,
-            // Authentic but not one whole frame: a bug on the other side, not an attack.
-            _ => return Err(Dropped::Malformed),
-        };
+        // Authentic but not one whole frame: a bug on the other side, not an attack.
+        let frame = Frame::decode_exact(&plain).map_err(|_| Dropped::Malformed)?;
         metrics::counter!(names::MULTICAST_RECEIVED).increment(1);
         // A full inbox drops the frame; the partner sends it again over the stream.
         let _ = link.inbox.try_send(frame);
