@@ -217,6 +217,8 @@ impl Replicator {
         transport: Option<Arc<dyn Transport>>,
         gossip: Option<Arc<dyn Membership>>,
     ) -> Self {
+        // Lone until a link forms: nobody needs the writes as mutations.
+        store.set_recording(false);
         Replicator {
             inner: Arc::new(Inner {
                 config,
@@ -714,6 +716,10 @@ impl Inner {
                 warn!(partner = %partner.node_id, "already paired; dropping the second link");
                 return;
             }
+            // Before the snapshot reads the store, and with the state locked until the link
+            // is in place: a write is either in the snapshot, or recorded and then handed to
+            // `replicate`, which finds the link.
+            self.store.set_recording(true);
             let Channel {
                 sender, receiver, ..
             } = channel;
@@ -774,6 +780,7 @@ impl Inner {
             match &state.link {
                 Some(link) if id.is_none_or(|id| id == link.id) => {
                     state.confirming_since = None;
+                    self.store.set_recording(false);
                     state.link.take()
                 }
                 _ => None,
@@ -1109,7 +1116,7 @@ impl Inner {
                     }
                     if delivered.accept(first, seq) {
                         self.mutations_received.increment(mutations.len() as u64);
-                        self.store.apply(&mutations);
+                        self.store.apply(mutations);
                         unacked = Some(delivered.upto());
                         if let Some((from, to)) = delivered.gap()
                             && from > nacked
@@ -1127,7 +1134,7 @@ impl Inner {
                     snapshot_keys += mutations.len() as u64;
                     metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
                         .increment(mutations.len() as u64);
-                    self.store.apply(&mutations);
+                    self.store.apply(mutations);
                     delivered.accept(seq, seq);
                     unacked = Some(delivered.upto());
                     if last {
@@ -1170,7 +1177,7 @@ impl Inner {
                     self.send_repairs(&outbound, &shards);
                 }
                 Frame::Repair { mutations } => {
-                    let changed = self.store.apply(&mutations);
+                    let changed = self.store.apply(mutations);
                     if changed > 0 {
                         metrics::counter!(names::REPAIRED_KEYS).increment(changed as u64);
                         info!(

@@ -225,6 +225,14 @@ pub struct Keyspace {
     limits: Limits,
     /// Mutations made by local writes since the caller last took them.
     outbox: Vec<Mutation>,
+    /// Whether local writes go to the outbox. Off while nobody replicates them (a lone
+    /// agent): a write then moves its key and value into the store, where recording it
+    /// shares them with the mutation (a reference count on each, allocated by the first
+    /// share). Whoever turns it on must read the store afterwards (a snapshot) to cover
+    /// the writes made before.
+    recording: bool,
+    /// Local writes made so far, recorded or not.
+    writes: u64,
 }
 
 impl Keyspace {
@@ -238,7 +246,22 @@ impl Keyspace {
             clock: HybridClock::new(node_tag(node_id)),
             limits,
             outbox: Vec::new(),
+            recording: true,
+            writes: 0,
         }
+    }
+
+    /// Turns the recording of local writes as mutations on or off (on for a new keyspace).
+    pub fn set_recording(&mut self, on: bool) {
+        self.recording = on;
+        if !on {
+            self.outbox.clear();
+        }
+    }
+
+    /// Local writes made so far, recorded or not.
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     pub fn len(&self) -> usize {
@@ -313,16 +336,16 @@ impl Keyspace {
 
     /// Stores `entry` under `key`, replacing what is there. An existing key is overwritten
     /// in place: the map keeps its own copy of the key and its slot.
-    fn put(&mut self, key: &Bytes, entry: Entry) {
-        let shard = Self::shard_of(key);
-        let Some((stored, current)) = self.shards[shard].get_key_value(key) else {
-            self.insert(key.clone(), entry);
+    fn put(&mut self, key: Bytes, entry: Entry) {
+        let shard = Self::shard_of(&key);
+        let Some((stored, current)) = self.shards[shard].get_key_value(&key) else {
+            self.insert(key, entry);
             return;
         };
         let old_expiry = current.expires_at_ms;
         let old_size = current.size(stored);
         let reindex = (old_expiry != entry.expires_at_ms).then(|| stored.clone());
-        self.used_bytes = self.used_bytes - old_size + entry.size(key);
+        self.used_bytes = self.used_bytes - old_size + entry.size(&key);
         if let Some(stored) = reindex {
             if let Some(at) = old_expiry {
                 self.expiries.remove(&(at, stored.clone()));
@@ -331,7 +354,7 @@ impl Keyspace {
                 self.expiries.insert((at, stored));
             }
         }
-        if let Some(slot) = self.shards[shard].get_mut(key) {
+        if let Some(slot) = self.shards[shard].get_mut(&key) {
             *slot = entry;
         }
     }
@@ -345,7 +368,7 @@ impl Keyspace {
 
     /// Applies a mutation unless the key already holds the same or a newer version.
     /// Returns whether it was applied.
-    pub fn apply(&mut self, mutation: &Mutation) -> bool {
+    pub fn apply(&mut self, mutation: Mutation) -> bool {
         self.clock.observe(mutation.version);
         if mutation.version <= self.current_version(&mutation.key) {
             return false;
@@ -354,18 +377,18 @@ impl Keyspace {
         true
     }
 
-    /// Makes the change a mutation describes, whatever version the key holds.
-    fn write(&mut self, mutation: &Mutation) {
-        let key = &mutation.key;
-        let version = mutation.version;
-        match &mutation.op {
+    /// Makes the change a mutation describes, whatever version the key holds. The store
+    /// takes the mutation's key, fields and values as they are.
+    fn write(&mut self, mutation: Mutation) {
+        let Mutation { key, version, op } = mutation;
+        match op {
             Op::Set {
                 value,
                 expires_at_ms,
             } => {
                 let entry = Entry {
-                    value: Value::Str(value.clone()),
-                    expires_at_ms: *expires_at_ms,
+                    value: Value::Str(value),
+                    expires_at_ms,
                     version,
                 };
                 self.put(key, entry);
@@ -374,28 +397,29 @@ impl Keyspace {
                 fields,
                 expires_at_ms,
             } => {
-                let hash = Box::new(fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect());
                 let entry = Entry {
-                    value: Value::Hash(hash),
-                    expires_at_ms: *expires_at_ms,
+                    value: Value::Hash(Box::new(fields.into_iter().collect())),
+                    expires_at_ms,
                     version,
                 };
                 self.put(key, entry);
             }
             Op::SetFields { fields } => {
-                let shard = Self::shard_of(key);
+                let shard = Self::shard_of(&key);
                 if let Some(Entry {
                     value: Value::Hash(hash),
                     version: current,
                     ..
-                }) = self.shards[shard].get_mut(key)
+                }) = self.shards[shard].get_mut(&key)
                 {
                     // In place: a large hash is not re-measured for every field.
                     for (field, value) in fields {
-                        let added = field_size(field, value);
-                        match hash.insert(field.clone(), value.clone()) {
+                        let added = field_size(&field, &value);
+                        let field_len = field.len();
+                        match hash.insert(field, value) {
                             Some(old) => {
-                                self.used_bytes = self.used_bytes + added - field_size(field, &old);
+                                self.used_bytes = self.used_bytes + added
+                                    - (FIELD_OVERHEAD + field_len + old.len());
                             }
                             None => self.used_bytes += added,
                         }
@@ -403,26 +427,24 @@ impl Keyspace {
                     *current = version;
                 } else {
                     // Absent, or a string that a newer hash write replaces.
-                    self.remove(key);
-                    let hash =
-                        Box::new(fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect());
+                    self.remove(&key);
                     let entry = Entry {
-                        value: Value::Hash(hash),
+                        value: Value::Hash(Box::new(fields.into_iter().collect())),
                         expires_at_ms: None,
                         version,
                     };
-                    self.insert(key.clone(), entry);
+                    self.insert(key, entry);
                 }
             }
             Op::DeleteFields { fields } => {
-                let shard = Self::shard_of(key);
-                let emptied = match self.shards[shard].get_mut(key) {
+                let shard = Self::shard_of(&key);
+                let emptied = match self.shards[shard].get_mut(&key) {
                     Some(Entry {
                         value: Value::Hash(hash),
                         version: current,
                         ..
                     }) => {
-                        for field in fields {
+                        for field in &fields {
                             if let Some(old) = hash.shift_remove(field) {
                                 self.used_bytes -= field_size(field, &old);
                             }
@@ -437,28 +459,28 @@ impl Keyspace {
                     None => true,
                 };
                 if emptied {
-                    self.remove(key);
-                    self.tombstones[Self::shard_of(key)].insert(key.clone(), version);
+                    self.remove(&key);
+                    self.tombstones[Self::shard_of(&key)].insert(key, version);
                 }
             }
             Op::Delete => {
-                self.remove(key);
-                self.tombstones[Self::shard_of(key)].insert(key.clone(), version);
+                self.remove(&key);
+                self.tombstones[Self::shard_of(&key)].insert(key, version);
             }
             Op::Expire { expires_at_ms } => {
-                let shard = Self::shard_of(key);
+                let shard = Self::shard_of(&key);
                 // The index shares the map's own copy of the key.
                 let stored = self.shards[shard]
-                    .get_key_value(key)
+                    .get_key_value(&key)
                     .map(|(k, _)| k.clone());
-                if let (Some(stored), Some(entry)) = (stored, self.shards[shard].get_mut(key)) {
+                if let (Some(stored), Some(entry)) = (stored, self.shards[shard].get_mut(&key)) {
                     if let Some(old) = entry.expires_at_ms {
                         self.expiries.remove(&(old, stored.clone()));
                     }
                     if let Some(new) = expires_at_ms {
-                        self.expiries.insert((*new, stored));
+                        self.expiries.insert((new, stored));
                     }
-                    entry.expires_at_ms = *expires_at_ms;
+                    entry.expires_at_ms = expires_at_ms;
                     entry.version = version;
                 }
             }
@@ -488,8 +510,13 @@ impl Keyspace {
             mutation.version > self.current_version(&mutation.key),
             "a fresh local version is always the newest"
         );
-        self.write(&mutation);
-        self.outbox.push(mutation);
+        self.writes += 1;
+        if self.recording {
+            self.write(mutation.clone());
+            self.outbox.push(mutation);
+        } else {
+            self.write(mutation);
+        }
     }
 
     fn check_size(&self, what: &'static str, bytes: &[u8]) -> Result<(), StoreError> {

@@ -87,22 +87,34 @@ impl SessionStore {
         command: impl FnOnce(&mut Keyspace, u64) -> T,
     ) -> T {
         let mut keyspace = self.keyspace.lock();
+        let before = keyspace.writes();
         let value = command(&mut keyspace, now_ms);
-        let before = mutations.len();
+        let made = keyspace.writes() - before;
         keyspace.move_outbox_into(mutations);
         drop(keyspace);
-        let made = mutations.len() - before;
         if made > 0 {
-            self.mutations_total.increment(made as u64);
+            self.mutations_total.increment(made);
         }
         value
     }
 
+    /// Turns the recording of local writes as mutations on (a partner is there to get
+    /// them) or off (nobody is: commands then return no mutations). On for a new store.
+    /// Turned on before the store is read for a snapshot, so that every write is either
+    /// in the snapshot or recorded.
+    pub fn set_recording(&self, on: bool) {
+        self.keyspace.lock().set_recording(on);
+    }
+
     /// Applies mutations made elsewhere (a partner's writes); returns how many were newer
     /// than what the store held.
-    pub fn apply(&self, mutations: &[Mutation]) -> usize {
+    pub fn apply(&self, mutations: Vec<Mutation>) -> usize {
         let mut keyspace = self.keyspace.lock();
-        mutations.iter().filter(|m| keyspace.apply(m)).count()
+        let mut applied = 0;
+        for mutation in mutations {
+            applied += usize::from(keyspace.apply(mutation));
+        }
+        applied
     }
 
     /// (keys, accounted bytes).

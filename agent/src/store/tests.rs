@@ -38,6 +38,32 @@ fn get(store: &SessionStore, key: &str) -> Option<Bytes> {
 }
 
 #[test]
+fn a_store_nobody_replicates_records_no_mutations_and_loses_no_write() {
+    let (store, _) = store();
+    store.set_recording(false);
+    assert!(set(&store, "k", "v1", SetExpiry::None).is_empty());
+    let hash = store.run(|ks, now| ks.hset(b("h"), vec![(b("f"), b("1"))], now).unwrap());
+    assert!(hash.mutations.is_empty());
+    assert_eq!(get(&store, "k"), Some(b("v1")));
+    assert_eq!(store.stats().0, 2);
+    let unrecorded = store.run(|ks, _| ks.writes()).value;
+    assert_eq!(unrecorded, 2);
+    // Recording again (a partner arrived): the next writes are mutations, with versions
+    // newer than those the unrecorded writes stored (the snapshot carries those).
+    store.set_recording(true);
+    let snapshot = store.run(|ks, now| ks.snapshot_chunk(0, 100, now)).value.1;
+    let written = set(&store, "k", "v2", SetExpiry::None);
+    assert_eq!(written.len(), 1);
+    assert!(snapshot.iter().all(|m| m.version < written[0].version));
+    let replica = SessionStore::new("node-b", Limits::default(), ManualClock::at(T0));
+    replica.apply(snapshot);
+    replica.apply(written);
+    assert_eq!(get(&replica, "k"), Some(b("v2")));
+    assert_eq!(replica.stats().0, 2, "the hash came with the snapshot");
+    assert_eq!(store.run(|ks, _| ks.writes()).value, 3);
+}
+
+#[test]
 fn every_write_is_one_versioned_mutation() {
     let (store, _) = store();
     let first = set(&store, "k", "v1", SetExpiry::None);
@@ -88,11 +114,11 @@ fn mutations_replay_to_the_same_state_and_stale_ones_are_ignored() {
             .mutations,
     );
     log.extend(primary.run(|ks, now| ks.delete(&[b("n")], now)).mutations);
-    assert_eq!(replica.apply(&log), log.len());
+    assert_eq!(replica.apply(log.clone()), log.len());
     // Applying everything again, or in reverse, changes nothing.
-    assert_eq!(replica.apply(&log), 0);
+    assert_eq!(replica.apply(log.clone()), 0);
     let reversed: Vec<Mutation> = log.iter().rev().cloned().collect();
-    assert_eq!(replica.apply(&reversed), 0);
+    assert_eq!(replica.apply(reversed.clone()), 0);
     for key in ["s", "h", "n"] {
         let a = primary
             .run(|ks, now| ks.entry(key.as_bytes(), now).cloned())
@@ -138,7 +164,7 @@ fn newest_version_wins_whichever_order_it_arrives_in() {
     for order in [[&old, &new], [&new, &old]] {
         let (store, _) = store();
         for m in order {
-            store.apply(std::slice::from_ref(m));
+            store.apply(vec![m.clone()]);
         }
         assert_eq!(get(&store, "k"), Some(b("new")));
     }
@@ -152,7 +178,7 @@ fn local_writes_after_a_newer_remote_one_order_after_it() {
         counter: 9,
         node: 99,
     };
-    store.apply(&[Mutation {
+    store.apply(vec![Mutation {
         key: b("k"),
         version: future,
         op: Op::Delete,
@@ -582,7 +608,7 @@ fn a_snapshot_recreates_the_store_with_its_versions() {
         let (next, mutations) = primary
             .run(|ks, now| ks.snapshot_chunk(at, 1_000, now))
             .value;
-        replica.apply(&mutations);
+        replica.apply(mutations.clone());
         cursor = next;
         chunks += 1;
     }
@@ -610,12 +636,12 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
     let written = primary
         .run(|ks, now| ks.hset(b("s"), vec![(b("user"), b("ada"))], now).unwrap())
         .mutations;
-    replica.apply(&written);
+    replica.apply(written.clone());
     let touch_at = T0 + 1_000;
     let expire = primary
         .run(|ks, now| ks.expire(b("s"), touch_at, ExpireCondition::Always, now))
         .mutations;
-    replica.apply(&expire);
+    replica.apply(expire.clone());
     // The primary extends the session just before the deadline; the copy gets the touch
     // just after it.
     clock.advance(999);
@@ -629,7 +655,7 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
         "never read after its deadline"
     );
     replica.sweep_once();
-    replica.apply(&touch);
+    replica.apply(touch.clone());
     assert_eq!(
         replica.run(|ks, now| ks.hget(b"s", b"user", now)).value,
         Ok(Some(b("ada")))
@@ -639,10 +665,10 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
     let other = primary
         .run(|ks, now| ks.hset(b("x"), vec![(b("old"), b("1"))], now).unwrap())
         .mutations;
-    replica.apply(&other);
+    replica.apply(other.clone());
     primary.run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now));
     replica.apply(
-        &primary
+        primary
             .run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now))
             .mutations,
     );
@@ -651,7 +677,7 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
         .run(|ks, now| ks.hset(b("x"), vec![(b("new"), b("2"))], now).unwrap())
         .mutations;
     assert!(matches!(fresh[0].op, Op::Delete), "{fresh:?}");
-    primary.apply(&fresh);
+    primary.apply(fresh.clone());
     for side in [&primary, &replica] {
         let fields = side.run(|ks, now| ks.hgetall(b"x", now)).value.unwrap();
         assert_eq!(fields, vec![(b("new"), b("2"))]);
