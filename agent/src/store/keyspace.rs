@@ -414,13 +414,10 @@ impl Keyspace {
                 {
                     // In place: a large hash is not re-measured for every field.
                     for (field, value) in fields {
-                        let added = field_size(&field, &value);
-                        let field_len = field.len();
+                        let (added, value_len) = (field_size(&field, &value), value.len());
                         match hash.insert(field, value) {
-                            Some(old) => {
-                                self.used_bytes = self.used_bytes + added
-                                    - (FIELD_OVERHEAD + field_len + old.len());
-                            }
+                            // The field was there: only the value's size changes.
+                            Some(old) => self.used_bytes = self.used_bytes + value_len - old.len(),
                             None => self.used_bytes += added,
                         }
                     }
