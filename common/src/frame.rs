@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::ops::Mutation;
 use crate::schema::Protocol;
 
+mod fast;
+
 /// Largest frame accepted (a batch of mutations, a snapshot chunk).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -145,6 +147,9 @@ impl Frame {
     }
 
     fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+        if let Some(frame) = fast::mutations(body) {
+            return Ok(frame);
+        }
         rmp_serde::from_slice(body).map_err(|err| FrameError::Malformed(err.to_string()))
     }
 }
