@@ -76,6 +76,8 @@ pub fn next_request(
         }
         return Ok(None);
     };
+    // The second walk over the (few, short) headers slices the arguments out of the
+    // request; keeping their ranges from the first would take an allocation of its own.
     let request = buf.split_to(len).freeze();
     let mut args = Vec::with_capacity(count);
     walk_multibulk(&request, limits, |start, end| {
