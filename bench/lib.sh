@@ -35,24 +35,35 @@ cpu_us_per() { awk -v ticks="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { p
 
 # One redis-benchmark run per test in $TESTS against host:port; prints "test,rps,p50,p99,cpu"
 # lines, cpu being the microseconds of CPU the server processes (the rest of the arguments:
-# the server and its replica or partner) spent per request. redis-benchmark runs inside
-# network namespace $BENCH_NETNS when that is set.
+# the server and its replica or partner) spent per request: their sum, or with CPU_EACH=1
+# each process' own, separated by "/". redis-benchmark runs inside network namespace
+# $BENCH_NETNS when that is set.
 measure() { # host port pipeline pid...
     local host=$1 port=$2 pipeline=$3
     shift 3
     local run=()
     [ -n "${BENCH_NETNS:-}" ] && run=(ip netns exec "$BENCH_NETNS")
     for test in ${TESTS//,/ }; do
-        local before after out
-        before=$(cpu_ticks "$@")
+        local before=() out each=() total=0 cpu i
+        for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
         out=$("${run[@]}" redis-benchmark -h "$host" -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
             -d "$SIZE" -P "$pipeline" -r 100000 --csv 2>"$work/redis-benchmark.err") || {
             echo "redis-benchmark -t $test against $host:$port failed:" >&2
             cat "$work/redis-benchmark.err" >&2
             exit 1
         }
-        after=$(cpu_ticks "$@")
-        awk -F, -v cpu="$(cpu_us_per $((after - before)) "$REQUESTS")" \
+        i=0
+        for pid in "$@"; do
+            local used=$(($(cpu_ticks "$pid") - before[i++]))
+            total=$((total + used))
+            each+=("$(cpu_us_per "$used" "$REQUESTS")")
+        done
+        if [ -n "${CPU_EACH:-}" ]; then
+            cpu=$(IFS=/; echo "${each[*]}")
+        else
+            cpu=$(cpu_us_per "$total" "$REQUESTS")
+        fi
+        awk -F, -v cpu="$cpu" \
             'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%s\n", $1, $2, $5, $7, cpu }' <<<"$out"
     done
 }

@@ -16,6 +16,9 @@
 # pipeline of SETs; the agent's sync mode gives it to every write. redis-benchmark cannot
 # send WAIT, so that comparison uses tandem-bench's acked-writes as the client for both.
 #
+# The last table ("split") shows where the CPU of unpipelined SETs goes: to the server, or
+# to its replica or partner.
+#
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 source "$(dirname "$0")/lib.sh"
 
@@ -23,7 +26,7 @@ REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 SIZE=${SIZE:-1024}
 TESTS=${TESTS:-set,get,hset}
-MODES=${MODES:-alone sync async acked}   # which comparisons to run
+MODES=${MODES:-alone sync async acked split}   # which comparisons to run
 
 need redis-server redis-benchmark redis-cli   # Debian: redis-server redis-tools
 
@@ -102,7 +105,7 @@ start_replicated() { # mode
 }
 
 for mode in $MODES; do
-    case $mode in alone | acked) continue ;; esac
+    case $mode in alone | acked | split) continue ;; esac
     start_replicated "$mode"
     header "Replicated: redis-server with one replica vs an agent with a partner, $mode mode" "agent ($mode)"
     compare "$mode" "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}" \
@@ -144,4 +147,22 @@ if [[ " $MODES " == *" acked "* ]]; then
     "$chart" --title "Writes on the replica before the reply, $CLIENTS clients, $SIZE-byte values" \
         --y-label "requests/s" --out "$results/resp-acked.png" <"$csv" 2>/dev/null
     stop_all
+fi
+
+if [[ " $MODES " == *" split "* ]]; then
+    echo
+    echo "### CPU per SET of each process, unpipelined"
+    echo
+    echo "| servers | requests/s | CPU µs per SET: the server / its replica or partner |"
+    echo "| --- | --- | --- |"
+    for mode in sync async; do
+        start_replicated "$mode"
+        if [ "$mode" = sync ]; then
+            IFS=, read -r _ rps _ _ cpu < <(TESTS=set CPU_EACH=1 measure 127.0.0.1 "$redis_port" 1 "${pids[0]}" "${pids[1]}")
+            printf '| redis-server + replica | %.0f | %s |\n' "$rps" "$cpu"
+        fi
+        IFS=, read -r _ rps _ _ cpu < <(TESTS=set CPU_EACH=1 measure 127.0.0.1 "$agent_port" 1 "${pids[2]}" "${pids[3]}")
+        printf '| tandem pair (%s) | %.0f | %s |\n' "$mode" "$rps" "$cpu"
+        stop_all
+    done
 fi
