@@ -66,12 +66,14 @@ async fn three_agents_and_a_balancer_detect_a_killed_agent_and_its_restart() {
     );
     let first_generation = a3_seen.generation;
 
-    for (_, admin) in all {
+    for (name, admin) in all {
         assert_eq!(get(admin, "/healthz").await.unwrap().0, 200);
-        assert_eq!(
-            get(admin, "/readyz").await.unwrap(),
-            (200, "ready\n".into())
-        );
+        // Two of the agents pair meanwhile, and each is `syncing` (503) until it has its
+        // partner's snapshot: ready is what it settles on.
+        wait_for(&format!("{name} to answer ready"), FORM, || async {
+            get(admin, "/readyz").await == Some((200, "ready\n".into()))
+        })
+        .await;
     }
     // The gauges are refreshed every gossip round.
     let expected_lines = [
