@@ -6,6 +6,7 @@
 //! by [`Keyspace::apply`] only when newer than what the key holds), so both sides converge
 //! on the same state.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
@@ -227,8 +228,8 @@ pub struct Keyspace {
     outbox: Vec<Mutation>,
     /// Whether local writes go to the outbox. Off while nobody replicates them (a lone
     /// agent): a write then moves its key and value into the store, where recording it
-    /// shares them with the mutation (a reference count on each, allocated by the first
-    /// share). Whoever turns it on must read the store afterwards (a snapshot) to cover
+    /// shares the value (and a new key) with the mutation (a reference count, allocated by
+    /// the first share). Whoever turns it on must read the store afterwards (a snapshot) to cover
     /// the writes made before.
     recording: bool,
     /// Local writes made so far, recorded or not.
@@ -336,10 +337,10 @@ impl Keyspace {
 
     /// Stores `entry` under `key`, replacing what is there. An existing key is overwritten
     /// in place: the map keeps its own copy of the key and its slot.
-    fn put(&mut self, key: Bytes, entry: Entry) {
+    fn put(&mut self, key: Cow<'_, Bytes>, entry: Entry) {
         let shard = Self::shard_of(&key);
-        let Some((stored, current)) = self.shards[shard].get_key_value(&key) else {
-            self.insert(key, entry);
+        let Some((stored, current)) = self.shards[shard].get_key_value(&*key) else {
+            self.insert(key.into_owned(), entry);
             return;
         };
         let old_expiry = current.expires_at_ms;
@@ -354,7 +355,7 @@ impl Keyspace {
                 self.expiries.insert((at, stored));
             }
         }
-        if let Some(slot) = self.shards[shard].get_mut(&key) {
+        if let Some(slot) = self.shards[shard].get_mut(&*key) {
             *slot = entry;
         }
     }
@@ -373,14 +374,16 @@ impl Keyspace {
         if mutation.version <= self.current_version(&mutation.key) {
             return false;
         }
-        self.write(mutation);
+        let Mutation { key, version, op } = mutation;
+        self.write(Cow::Owned(key), version, op);
         true
     }
 
     /// Makes the change a mutation describes, whatever version the key holds. The store
-    /// takes the mutation's key, fields and values as they are.
-    fn write(&mut self, mutation: Mutation) {
-        let Mutation { key, version, op } = mutation;
+    /// takes the fields and values as they are, and the key where it is new (an existing
+    /// key keeps the map's copy): a key still needed elsewhere comes borrowed, and only a
+    /// new one is then cloned.
+    fn write(&mut self, key: Cow<'_, Bytes>, version: Version, op: Op) {
         match op {
             Op::Set {
                 value,
@@ -410,7 +413,7 @@ impl Keyspace {
                     value: Value::Hash(hash),
                     version: current,
                     ..
-                }) = self.shards[shard].get_mut(&key)
+                }) = self.shards[shard].get_mut(&*key)
                 {
                     // In place: a large hash is not re-measured for every field.
                     for (field, value) in fields {
@@ -430,12 +433,12 @@ impl Keyspace {
                         expires_at_ms: None,
                         version,
                     };
-                    self.insert(key, entry);
+                    self.insert(key.into_owned(), entry);
                 }
             }
             Op::DeleteFields { fields } => {
                 let shard = Self::shard_of(&key);
-                let emptied = match self.shards[shard].get_mut(&key) {
+                let emptied = match self.shards[shard].get_mut(&*key) {
                     Some(Entry {
                         value: Value::Hash(hash),
                         version: current,
@@ -457,20 +460,20 @@ impl Keyspace {
                 };
                 if emptied {
                     self.remove(&key);
-                    self.tombstones[Self::shard_of(&key)].insert(key, version);
+                    self.tombstones[Self::shard_of(&key)].insert(key.into_owned(), version);
                 }
             }
             Op::Delete => {
                 self.remove(&key);
-                self.tombstones[Self::shard_of(&key)].insert(key, version);
+                self.tombstones[Self::shard_of(&key)].insert(key.into_owned(), version);
             }
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(&key);
                 // The index shares the map's own copy of the key.
                 let stored = self.shards[shard]
-                    .get_key_value(&key)
+                    .get_key_value(&*key)
                     .map(|(k, _)| k.clone());
-                if let (Some(stored), Some(entry)) = (stored, self.shards[shard].get_mut(&key)) {
+                if let (Some(stored), Some(entry)) = (stored, self.shards[shard].get_mut(&*key)) {
                     if let Some(old) = entry.expires_at_ms {
                         self.expiries.remove(&(old, stored.clone()));
                     }
@@ -509,10 +512,15 @@ impl Keyspace {
         );
         self.writes += 1;
         if self.recording {
-            self.write(mutation.clone());
+            self.write(
+                Cow::Borrowed(&mutation.key),
+                mutation.version,
+                mutation.op.clone(),
+            );
             self.outbox.push(mutation);
         } else {
-            self.write(mutation);
+            let Mutation { key, version, op } = mutation;
+            self.write(Cow::Owned(key), version, op);
         }
     }
 

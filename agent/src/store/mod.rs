@@ -62,24 +62,15 @@ impl SessionStore {
     /// Runs one command atomically against the keyspace.
     pub fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
         let mut mutations = Vec::new();
-        let value = self.run_into(&mut mutations, command);
+        let value = self.run_at(self.clock.now_ms(), &mut mutations, command);
         Outcome { value, mutations }
     }
 
-    /// Runs one command atomically against the keyspace and appends its mutations to
+    /// Runs one command atomically against the keyspace at `now_ms` (read from the store's
+    /// clock a moment before: a connection reads it once per pipeline, as a clock read per
+    /// command costs a few percent of a pipelined GET) and appends its mutations to
     /// `mutations` (a connection gathers a whole pipeline's there, without an allocation
-    /// per write).
-    pub fn run_into<T>(
-        &self,
-        mutations: &mut Vec<Mutation>,
-        command: impl FnOnce(&mut Keyspace, u64) -> T,
-    ) -> T {
-        self.run_at(self.clock.now_ms(), mutations, command)
-    }
-
-    /// [`SessionStore::run_into`] at a time read from the store's clock a moment before
-    /// (a connection reads it once per pipeline: a clock read per command costs a few
-    /// percent of a pipelined GET). Versions stay unique and increasing whatever `now_ms`.
+    /// per write). Versions stay unique and increasing whatever `now_ms`.
     pub fn run_at<T>(
         &self,
         now_ms: u64,
