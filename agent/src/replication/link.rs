@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tandem_common::frame::Frame;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::multicast::{KEY_LEN, Opener, new_key};
@@ -173,6 +173,110 @@ impl Delivered {
     }
 }
 
+/// How a writer's wait for the partner ended (a closed link drops the sender instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The partner acknowledged every write up to the one waited for.
+    Acked,
+    /// The wait took longer than the link allows.
+    TimedOut,
+}
+
+/// The partner's acknowledgements: the latest, for the tasks that watch it, and the
+/// writers waiting for theirs, oldest first. An acknowledgement wakes exactly the writers
+/// it covers (a watch would wake every one of them to check), and one timer per link ends
+/// the waits that last too long: under load, a connection is woken once per write instead
+/// of at every acknowledgement, and no write arms a timer of its own.
+pub struct Acked {
+    latest: watch::Sender<u64>,
+    queue: Mutex<WaitQueue>,
+}
+
+#[derive(Default)]
+struct WaitQueue {
+    acked: u64,
+    /// By number, and so by the time they started (numbers are handed out in order).
+    waiting: VecDeque<(u64, Instant, oneshot::Sender<Waited>)>,
+}
+
+impl Default for Acked {
+    fn default() -> Self {
+        Acked {
+            latest: watch::Sender::new(0),
+            queue: Mutex::default(),
+        }
+    }
+}
+
+impl Acked {
+    /// Follows the latest acknowledgement.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// Waits for the acknowledgement of `seq`; `None` when it already came. Numbers must
+    /// be given in ascending order.
+    pub fn wait(&self, seq: u64, now: Instant) -> Option<oneshot::Receiver<Waited>> {
+        let mut queue = self.queue.lock();
+        if seq <= queue.acked {
+            return None;
+        }
+        debug_assert!(queue.waiting.back().is_none_or(|(last, ..)| *last <= seq));
+        let (done, waited) = oneshot::channel();
+        queue.waiting.push_back((seq, now, done));
+        Some(waited)
+    }
+
+    /// The partner has everything up to `seq`: wakes the writers that waited for it.
+    pub fn ack(&self, seq: u64) {
+        let mut queue = self.queue.lock();
+        if seq <= queue.acked {
+            return;
+        }
+        queue.acked = seq;
+        self.latest.send_replace(seq);
+        while queue
+            .waiting
+            .front()
+            .is_some_and(|(waits_for, ..)| *waits_for <= seq)
+        {
+            let (_, _, done) = queue.waiting.pop_front().expect("checked");
+            // A writer that stopped waiting (its connection closed) is not an error.
+            let _ = done.send(Waited::Acked);
+        }
+    }
+
+    /// Ends the waits that have lasted `timeout` by `now`; returns when the oldest wait
+    /// left began, if any.
+    pub fn expire(&self, now: Instant, timeout: Duration) -> Option<Instant> {
+        let mut queue = self.queue.lock();
+        while queue
+            .waiting
+            .front()
+            .is_some_and(|(_, since, _)| now.duration_since(*since) >= timeout)
+        {
+            let (_, _, done) = queue.waiting.pop_front().expect("checked");
+            let _ = done.send(Waited::TimedOut);
+        }
+        queue.waiting.front().map(|(_, since, _)| *since)
+    }
+
+    /// The link is gone: every writer stops waiting (its receiver sees the sender closed).
+    pub fn close(&self) {
+        self.queue.lock().waiting.clear();
+    }
+
+    /// Times out, `timeout` after it began, every wait the partner does not answer: sleeps
+    /// until the oldest wait is due, so that it wakes about once per `timeout` whatever
+    /// the load.
+    pub async fn time_out_after(&self, timeout: Duration) {
+        loop {
+            let oldest = self.expire(Instant::now(), timeout);
+            tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now) + timeout).await;
+        }
+    }
+}
+
 /// Multicast state of one link, shared by its writer, its reader and the agent's
 /// multicast receiver.
 pub struct LinkMulticast {
@@ -193,6 +297,10 @@ pub struct LinkMulticast {
     pub inbox: mpsc::Sender<Frame>,
     /// Numbers the partner reported missing, for the link's writer to send again.
     pub nacks: mpsc::UnboundedSender<(u64, u64)>,
+    /// The highest acknowledgement owed on the stream, and the last one sent there (see
+    /// [`LinkMulticast::ack_by_datagram`]).
+    stream_ack_owed: AtomicU64,
+    stream_ack_sent: AtomicU64,
 }
 
 impl LinkMulticast {
@@ -210,7 +318,29 @@ impl LinkMulticast {
             epoch,
             inbox,
             nacks,
+            stream_ack_owed: AtomicU64::new(0),
+            stream_ack_sent: AtomicU64::new(0),
         }
+    }
+
+    /// A frame came over the stream: the acknowledgement that covers it, `upto`, must
+    /// travel the stream too. The partner sends a frame over the stream when its datagram
+    /// was not acknowledged in time, and the datagram that was lost may have been the
+    /// acknowledgement; another one by datagram could be lost the same way.
+    pub fn owe_stream_ack(&self, upto: u64) {
+        self.stream_ack_owed.fetch_max(upto, Ordering::Relaxed);
+    }
+
+    /// Whether the acknowledgement `seq` may go by datagram (false: by the stream, which
+    /// then pays what was owed there up to `seq`). Called by the link's writer alone.
+    pub fn ack_by_datagram(&self, seq: u64) -> bool {
+        if self.stream_ack_owed.load(Ordering::Relaxed)
+            > self.stream_ack_sent.load(Ordering::Relaxed)
+        {
+            self.stream_ack_sent.store(seq, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     pub fn active(&self) -> bool {
@@ -399,6 +529,74 @@ mod tests {
         assert!(!acks.may_wait(), "an acknowledgement never waits");
         acks.push(writes(1, 1));
         assert!(!acks.may_wait());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_acknowledgement_wakes_the_writers_it_covers_and_late_ones_time_out() {
+        let acks = Acked::default();
+        let mut latest = acks.watch();
+        let now = Instant::now();
+        let mut waits: Vec<_> = (1..=4).map(|seq| acks.wait(seq, now).unwrap()).collect();
+        acks.ack(2);
+        assert_eq!(*latest.borrow_and_update(), 2);
+        assert_eq!(waits[0].try_recv(), Ok(Waited::Acked));
+        assert_eq!(waits[1].try_recv(), Ok(Waited::Acked));
+        assert!(waits[2].try_recv().is_err(), "3 is not acknowledged yet");
+        assert!(acks.wait(2, now).is_none(), "2 needs no waiting any more");
+        // An older acknowledgement arriving late changes nothing.
+        acks.ack(1);
+        assert_eq!(*latest.borrow(), 2);
+        assert!(!latest.has_changed().unwrap());
+
+        // One timer for the link: 3 and 4 wait the whole timeout, 5 (later) a little more.
+        let timeout = Duration::from_millis(500);
+        let timer = async { acks.time_out_after(timeout).await };
+        let checks = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut late = acks.wait(5, Instant::now()).unwrap();
+            let waited = waits.remove(2).await;
+            assert_eq!(waited, Ok(Waited::TimedOut));
+            assert_eq!(
+                Instant::now() - now,
+                timeout,
+                "3 waited exactly the timeout"
+            );
+            assert_eq!(waits.remove(2).await, Ok(Waited::TimedOut));
+            assert!(late.try_recv().is_err(), "5 has time left");
+            assert_eq!(late.await, Ok(Waited::TimedOut));
+            assert_eq!(Instant::now() - now, timeout + Duration::from_millis(100));
+            // A closed link ends every wait: the writer sees the sender gone.
+            let gone = acks.wait(6, Instant::now()).unwrap();
+            acks.close();
+            assert!(gone.await.is_err());
+        };
+        tokio::select! {
+            () = timer => unreachable!("the timer runs until the link ends"),
+            () = checks => {}
+        }
+    }
+
+    #[test]
+    fn acknowledgements_of_frames_that_came_over_the_stream_go_over_the_stream() {
+        let (inbox, _) = mpsc::channel(1);
+        let (nacks, _) = mpsc::unbounded_channel();
+        let link = LinkMulticast::new(1, inbox, nacks);
+        assert!(link.ack_by_datagram(3), "nothing came over the stream yet");
+        // Frames up to 9 are in, the last over the stream (a retransmission).
+        link.owe_stream_ack(9);
+        // An acknowledgement sent before that one, handled after it: it goes by the
+        // stream, but does not cover 9, so the next goes by the stream too.
+        assert!(!link.ack_by_datagram(5));
+        assert!(!link.ack_by_datagram(9));
+        assert!(
+            link.ack_by_datagram(12),
+            "the stream has had its acknowledgement"
+        );
+        link.owe_stream_ack(4);
+        assert!(
+            link.ack_by_datagram(13),
+            "4 is covered by what went by the stream"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::link::{Batch, Delivered, InFlight, LinkMulticast, Unacked};
+use self::link::{Acked, Batch, Delivered, InFlight, LinkMulticast, Unacked, Waited};
 use self::membership::Membership;
 use self::multicast::{Multicast, Sealer};
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
@@ -119,7 +119,7 @@ pub mod names {
     pub const REPAIRED_KEYS: &str = "tandem_repl_repaired_keys_total";
     /// Gauge by `transport` (`quic`, `multicast`): 1 for the one live writes take now.
     pub const TRANSPORT: &str = "tandem_repl_transport";
-    /// Counter: frames sent by multicast.
+    /// Counter: frames sent by multicast (writes and acknowledgements).
     pub const MULTICAST_SENT: &str = "tandem_repl_multicast_frames_sent_total";
     /// Counter: frames received from the partner by multicast.
     pub const MULTICAST_RECEIVED: &str = "tandem_repl_multicast_frames_received_total";
@@ -156,6 +156,7 @@ struct Inner {
     /// Registered once: every write and every frame counts.
     mutations_sent: metrics::Counter,
     mutations_received: metrics::Counter,
+    lag: metrics::Gauge,
 }
 
 #[derive(Default)]
@@ -176,6 +177,8 @@ struct Link {
     outbound: mpsc::UnboundedSender<Frame>,
     next_seq: u64,
     acked: watch::Receiver<u64>,
+    /// The partner's acknowledgements and the writers waiting for them.
+    acks: Arc<Acked>,
     multicast: Arc<LinkMulticast>,
     /// Whether the whole snapshot of this store has been queued for the partner.
     snapshot_sent: bool,
@@ -184,6 +187,7 @@ struct Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
+        self.acks.close();
         for task in &self.tasks {
             task.abort();
         }
@@ -234,6 +238,7 @@ impl Replicator {
                 next_link_id: AtomicU64::new(1),
                 mutations_sent: metrics::counter!(names::MUTATIONS_SENT),
                 mutations_received: metrics::counter!(names::MUTATIONS_RECEIVED),
+                lag: metrics::gauge!(names::LAG),
             }),
         }
     }
@@ -272,7 +277,7 @@ impl Replicator {
             return;
         }
         let count = mutations.len() as u64;
-        let pending = {
+        let waiting = {
             let mut state = self.inner.state.lock();
             let Some(link) = state.link.as_mut() else {
                 return;
@@ -290,40 +295,39 @@ impl Replicator {
             {
                 return;
             }
-            (seq, link.acked.clone())
-        };
-        self.inner.mutations_sent.increment(count);
-        let (seq, mut acked) = pending;
-        // Sync: wait for this write. Async: return at once unless the partner is so far
-        // behind that the queue would grow without bound; then wait for it to catch up.
-        let wait_until = match self.inner.config.mode {
-            ReplicationMode::Sync => seq,
-            ReplicationMode::Async => {
-                let behind = seq.saturating_sub(*acked.borrow());
-                metrics::gauge!(names::LAG).set(behind as f64);
-                if behind <= ASYNC_BACKLOG {
-                    return;
+            // Sync: wait for this write. Async: return at once unless the partner is so
+            // far behind that the queue would grow without bound; then wait for it to
+            // catch up. Under the lock, so that waits are queued in the order of numbers.
+            let now = tokio::time::Instant::now();
+            match self.inner.config.mode {
+                ReplicationMode::Sync => link.acks.wait(seq, now),
+                ReplicationMode::Async => {
+                    let behind = seq.saturating_sub(*link.acked.borrow());
+                    self.inner.lag.set(behind as f64);
+                    if behind <= ASYNC_BACKLOG {
+                        None
+                    } else {
+                        link.acks.wait(seq - ASYNC_BACKLOG, now)
+                    }
                 }
-                seq - ASYNC_BACKLOG
             }
         };
-        let waited = tokio::time::timeout(
-            self.inner.config.sync_timeout,
-            acked.wait_for(|a| *a >= wait_until),
-        )
-        .await;
-        match waited {
-            Ok(Ok(_)) => {
+        self.inner.mutations_sent.increment(count);
+        let Some(waiting) = waiting else {
+            return;
+        };
+        match waiting.await {
+            Ok(Waited::Acked) => {
                 if self.inner.lagging.swap(false, Ordering::Relaxed) {
                     info!("the partner acknowledges in time again: protected");
                     self.inner.publish_protection();
                 }
             }
-            Ok(Err(_)) => {
+            Err(_) => {
                 // The link closed while waiting; the pairing loop takes it from here.
                 debug!("replication link closed during a sync write");
             }
-            Err(_) => {
+            Ok(Waited::TimedOut) => {
                 metrics::counter!(names::SYNC_TIMEOUTS).increment(1);
                 self.inner.sync_timeouts.fetch_add(1, Ordering::Relaxed);
                 if !self.inner.lagging.swap(true, Ordering::Relaxed) {
@@ -430,6 +434,21 @@ impl Replicator {
             }));
         }
         tasks
+    }
+}
+
+/// Seals `frame` and multicasts it; false when it could not be sent (it then takes the
+/// stream).
+async fn send_datagram(socket: &Multicast, sealer: &mut Sealer, frame: &[u8]) -> bool {
+    match socket.send(&sealer.seal(frame)).await {
+        Ok(()) => {
+            metrics::counter!(names::MULTICAST_SENT).increment(1);
+            true
+        }
+        Err(err) => {
+            debug!(error = %err, "multicast send failed; using the stream");
+            false
+        }
     }
 }
 
@@ -708,7 +727,8 @@ impl Inner {
     fn install_link(self: &Arc<Self>, channel: Channel, partner: PartnerRef) {
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
-        let (acked_tx, acked_rx) = watch::channel(0u64);
+        let acks = Arc::new(Acked::default());
+        let acked_rx = acks.watch();
         let (nacks_tx, nacks_rx) = mpsc::unbounded_channel();
         {
             let mut state = self.state.lock();
@@ -738,16 +758,20 @@ impl Inner {
                 receiver,
                 inbox_rx,
                 outbound_tx.clone(),
-                acked_tx,
+                acks.clone(),
                 multicast.clone(),
             ));
+            let timeouts = {
+                let (acks, timeout) = (acks.clone(), self.config.sync_timeout);
+                tokio::spawn(async move { acks.time_out_after(timeout).await })
+            };
             let snapshot = tokio::spawn(self.clone().send_snapshot(id, partner.node_id.clone()));
             let probe = tokio::spawn(self.clone().probe_multicast(
                 outbound_tx.clone(),
                 multicast.clone(),
                 partner.node_id.clone(),
             ));
-            let mut tasks = vec![writer, reader, snapshot, probe];
+            let mut tasks = vec![writer, reader, timeouts, snapshot, probe];
             // One side of the pair starts the comparisons; both answer them.
             if self.config.node_id < partner.node_id {
                 tasks.push(tokio::spawn(self.clone().anti_entropy(outbound_tx.clone())));
@@ -758,6 +782,7 @@ impl Inner {
                 outbound: outbound_tx,
                 next_seq: 0,
                 acked: acked_rx,
+                acks,
                 multicast,
                 snapshot_sent: false,
                 tasks,
@@ -910,17 +935,19 @@ impl Inner {
                             && unacked.has_room()
                             && scratch.len() <= multicast::MAX_DATAGRAM - 300 =>
                     {
-                        let datagram = sealer.seal(&scratch);
-                        match socket.send(&datagram).await {
-                            Ok(()) => {
-                                metrics::counter!(names::MULTICAST_SENT).increment(1);
-                                Some(*seq)
-                            }
-                            Err(err) => {
-                                debug!(error = %err, "multicast send failed; using the stream");
-                                None
-                            }
+                        send_datagram(socket, sealer, &scratch)
+                            .await
+                            .then_some(*seq)
+                    }
+                    // The partner's writes are acknowledged the way they came: a datagram
+                    // costs both sides less than a packet of the QUIC connection.
+                    (Frame::Ack { seq }, Some(socket), Some(sealer))
+                        if multicast.active() && multicast.ack_by_datagram(*seq) =>
+                    {
+                        if send_datagram(socket, sealer, &scratch).await {
+                            continue;
                         }
+                        None
                     }
                     _ => None,
                 };
@@ -1073,7 +1100,7 @@ impl Inner {
         mut receiver: FrameReceiver,
         mut inbox: mpsc::Receiver<Frame>,
         outbound: mpsc::UnboundedSender<Frame>,
-        acked: watch::Sender<u64>,
+        acks: Arc<Acked>,
         multicast: Arc<LinkMulticast>,
     ) {
         let mut snapshot_keys = 0u64;
@@ -1084,20 +1111,21 @@ impl Inner {
         // them all.
         let mut unacked: Option<u64> = None;
         loop {
+            // Each frame with the path it took: true for the stream.
             let next = match receiver.buffered() {
-                Ok(Some(frame)) => Ok(frame),
+                Ok(Some(frame)) => Ok((frame, true)),
                 Ok(None) => {
                     if let Some(seq) = unacked.take() {
                         let _ = outbound.send(Frame::Ack { seq });
                     }
                     tokio::select! {
-                        frame = receiver.recv() => frame,
-                        Some(frame) = inbox.recv() => Ok(frame),
+                        frame = receiver.recv() => frame.map(|frame| (frame, true)),
+                        Some(frame) = inbox.recv() => Ok((frame, false)),
                     }
                 }
                 Err(err) => Err(err),
             };
-            let frame = match next {
+            let (frame, by_stream) = match next {
                 Ok(frame) => frame,
                 Err(err) => {
                     self.link_failed(id, &err);
@@ -1114,16 +1142,24 @@ impl Inner {
                         self.link_failed(id, &malformed(format!("mutations {first}..={seq}")));
                         return;
                     }
-                    if delivered.accept(first, seq) {
+                    let new = delivered.accept(first, seq);
+                    if new {
                         self.mutations_received.increment(mutations.len() as u64);
                         self.store.apply(mutations);
-                        unacked = Some(delivered.upto());
                         if let Some((from, to)) = delivered.gap()
                             && from > nacked
                         {
                             nacked = from;
                             let _ = outbound.send(Frame::Nack { from, to });
                         }
+                    }
+                    // A frame sent again over the stream is acknowledged there even when
+                    // its datagram did arrive: the acknowledgement may be what was lost.
+                    if by_stream {
+                        multicast.owe_stream_ack(delivered.upto());
+                    }
+                    if new || by_stream {
+                        unacked = Some(delivered.upto());
                     }
                 }
                 Frame::Snapshot {
@@ -1136,6 +1172,7 @@ impl Inner {
                         .increment(mutations.len() as u64);
                     self.store.apply(mutations);
                     delivered.accept(seq, seq);
+                    multicast.owe_stream_ack(delivered.upto());
                     unacked = Some(delivered.upto());
                     if last {
                         info!(keys = snapshot_keys, "snapshot from the partner applied");
@@ -1212,13 +1249,7 @@ impl Inner {
                     }
                 }
                 Frame::Ack { seq } => {
-                    acked.send_if_modified(|current| {
-                        let newer = seq > *current;
-                        if newer {
-                            *current = seq;
-                        }
-                        newer
-                    });
+                    acks.ack(seq);
                     self.update_lag(id, seq);
                 }
                 other => {
@@ -1295,7 +1326,7 @@ impl Inner {
                 return;
             };
             let behind = link.next_seq.saturating_sub(acked);
-            metrics::gauge!(names::LAG).set(behind as f64);
+            self.lag.set(behind as f64);
             behind == 0
         };
         // A partner that was late has now applied everything it was sent: protected again,

@@ -5,8 +5,9 @@
 //! AES-256-GCM under a key the sender gave its partner over their mutually authenticated
 //! QUIC stream. Only the partner can open it: datagrams of other pairs, of other clusters,
 //! replayed ones and garbage are dropped and counted. Reliability is the link's: frames
-//! carry sequence numbers, the partner acknowledges over the stream, and a frame not
-//! acknowledged in time is sent again over the stream (see `LinkMulticast` in the parent).
+//! carry sequence numbers, the partner acknowledges them (by datagram too, while its own
+//! multicast works), and a frame not acknowledged in time is sent again over the stream
+//! (see `LinkMulticast` in the parent).
 //!
 //! Datagram layout (the header is authenticated as associated data):
 //!
