@@ -119,7 +119,7 @@ pub mod names {
     pub const REPAIRED_KEYS: &str = "tandem_repl_repaired_keys_total";
     /// Gauge by `transport` (`quic`, `multicast`): 1 for the one live writes take now.
     pub const TRANSPORT: &str = "tandem_repl_transport";
-    /// Counter: frames sent by multicast (writes and acknowledgements).
+    /// Counter: frames sent by multicast (writes, acknowledgements and probes).
     pub const MULTICAST_SENT: &str = "tandem_repl_multicast_frames_sent_total";
     /// Counter: frames received from the partner by multicast.
     pub const MULTICAST_RECEIVED: &str = "tandem_repl_multicast_frames_received_total";
@@ -437,10 +437,11 @@ impl Replicator {
     }
 }
 
-/// Seals `frame` and multicasts it; false when it could not be sent (it then takes the
-/// stream).
-async fn send_datagram(socket: &Multicast, sealer: &mut Sealer, frame: &[u8]) -> bool {
-    match socket.send(&sealer.seal(frame)).await {
+/// Seals the frame encoded in `datagram` (behind room for the header) and multicasts it;
+/// false when it could not be sent (it then takes the stream).
+async fn send_datagram(socket: &Multicast, sealer: &mut Sealer, datagram: &mut BytesMut) -> bool {
+    sealer.seal_in_place(datagram);
+    match socket.send(datagram).await {
         Ok(()) => {
             metrics::counter!(names::MULTICAST_SENT).increment(1);
             true
@@ -846,6 +847,7 @@ impl Inner {
             .multicast
             .as_ref()
             .map(|_| Sealer::new(&multicast.send_key, multicast.epoch, &self.config.node_id));
+        let header_room = sealer.as_ref().map_or(0, Sealer::header_len);
         let mut unacked = Unacked::default();
         let mut in_flight = InFlight::default();
         let mut stream = BytesMut::new();
@@ -919,41 +921,54 @@ impl Inner {
                 if let Frame::Mutations { seq, .. } = &frame {
                     in_flight.sent(*seq);
                 }
+                // Encoded behind room for a datagram's header: sealed where it is if it
+                // goes by multicast, copied from there into the stream's write otherwise.
                 scratch.clear();
+                scratch.resize(header_room, 0);
                 if let Err(err) = frame.encode(&mut scratch) {
                     self.link_failed(id, &TransportError::Frame(err));
                     return;
                 }
+                let encoded = scratch.len() - header_room;
                 let by_multicast = match (&frame, &self.multicast, &mut sealer) {
                     (Frame::Probe { .. }, Some(socket), Some(sealer)) => {
-                        let _ = socket.send(&sealer.seal(&scratch)).await;
+                        send_datagram(socket, sealer, &mut scratch).await;
                         continue;
                     }
                     (Frame::Probe { .. }, _, _) => continue,
                     (Frame::Mutations { seq, .. }, Some(socket), Some(sealer))
                         if multicast.active()
                             && unacked.has_room()
-                            && scratch.len() <= multicast::MAX_DATAGRAM - 300 =>
+                            && encoded <= multicast::MAX_DATAGRAM - 300 =>
                     {
-                        send_datagram(socket, sealer, &scratch)
-                            .await
-                            .then_some(*seq)
+                        Some(
+                            send_datagram(socket, sealer, &mut scratch)
+                                .await
+                                .then_some(*seq),
+                        )
                     }
                     // The partner's writes are acknowledged the way they came: a datagram
                     // costs both sides less than a packet of the QUIC connection.
                     (Frame::Ack { seq }, Some(socket), Some(sealer))
                         if multicast.active() && multicast.ack_by_datagram(*seq) =>
                     {
-                        if send_datagram(socket, sealer, &scratch).await {
+                        if send_datagram(socket, sealer, &mut scratch).await {
                             continue;
                         }
-                        None
+                        Some(None)
                     }
                     _ => None,
                 };
                 match by_multicast {
-                    Some(seq) => unacked.sent(seq, frame, tokio::time::Instant::now()),
-                    None => stream.extend_from_slice(&scratch),
+                    Some(Some(seq)) => unacked.sent(seq, frame, tokio::time::Instant::now()),
+                    // Sealed, but not sent: the stream takes it as it was.
+                    Some(None) => {
+                        if let Err(err) = frame.encode(&mut stream) {
+                            self.link_failed(id, &TransportError::Frame(err));
+                            return;
+                        }
+                    }
+                    None => stream.extend_from_slice(&scratch[header_room..]),
                 }
             }
             if !stream.is_empty()

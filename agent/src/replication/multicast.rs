@@ -19,6 +19,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -360,23 +361,43 @@ impl Sealer {
 
     /// The datagram carrying `frame` (an encoded replication frame).
     pub fn seal(&mut self, frame: &[u8]) -> Vec<u8> {
-        self.counter += 1;
-        let mut datagram = Vec::with_capacity(32 + self.sender.len() + frame.len());
-        datagram.extend_from_slice(MAGIC);
-        datagram.push(VERSION);
-        datagram.extend_from_slice(&self.epoch.to_be_bytes());
-        datagram.push(self.sender.len() as u8);
-        datagram.extend_from_slice(self.sender.as_bytes());
-        datagram.extend_from_slice(&self.counter.to_be_bytes());
-        let header_len = datagram.len();
+        let mut datagram = BytesMut::with_capacity(self.header_len() + frame.len() + 16);
+        datagram.resize(self.header_len(), 0);
         datagram.extend_from_slice(frame);
+        self.seal_in_place(&mut datagram);
+        datagram.into()
+    }
+
+    /// How many bytes the header takes in front of the frame.
+    pub fn header_len(&self) -> usize {
+        MAGIC.len() + 1 + 8 + 1 + self.sender.len() + 8
+    }
+
+    /// Makes `datagram`, an encoded frame behind [`Sealer::header_len`] bytes left free
+    /// for the header, the datagram that carries it: writes the header, seals the frame
+    /// where it is and appends the tag (no copy of the frame, which is up to a datagram).
+    pub fn seal_in_place(&mut self, datagram: &mut BytesMut) {
+        self.counter += 1;
+        let header_len = self.header_len();
+        let mut at = 0;
+        for part in [
+            &MAGIC[..],
+            &[VERSION],
+            &self.epoch.to_be_bytes(),
+            &[self.sender.len() as u8],
+            self.sender.as_bytes(),
+            &self.counter.to_be_bytes(),
+        ] {
+            datagram[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        debug_assert_eq!(at, header_len);
         let (header, body) = datagram.split_at_mut(header_len);
         let tag = self
             .key
             .seal_in_place_separate_tag(nonce(self.counter), Aad::from(&*header), body)
             .expect("a frame below the AEAD's limit");
         datagram.extend_from_slice(tag.as_ref());
-        datagram
     }
 }
 
