@@ -188,22 +188,18 @@ pub enum Waited {
 /// the waits that last too long: under load, a connection is woken once per write instead
 /// of at every acknowledgement, and no write arms a timer of its own.
 pub struct Acked {
+    /// Changed under the lock of `waiting`, so that a writer never queues for a number
+    /// already acknowledged.
     latest: watch::Sender<u64>,
-    queue: Mutex<WaitQueue>,
-}
-
-#[derive(Default)]
-struct WaitQueue {
-    acked: u64,
     /// By number, and so by the time they started (numbers are handed out in order).
-    waiting: VecDeque<(u64, Instant, oneshot::Sender<Waited>)>,
+    waiting: Mutex<VecDeque<(u64, Instant, oneshot::Sender<Waited>)>>,
 }
 
 impl Default for Acked {
     fn default() -> Self {
         Acked {
             latest: watch::Sender::new(0),
-            queue: Mutex::default(),
+            waiting: Mutex::default(),
         }
     }
 }
@@ -214,33 +210,36 @@ impl Acked {
         self.latest.subscribe()
     }
 
+    /// Everything up to this number has been acknowledged.
+    pub fn latest(&self) -> u64 {
+        *self.latest.borrow()
+    }
+
     /// Waits for the acknowledgement of `seq`; `None` when it already came. Numbers must
     /// be given in ascending order.
     pub fn wait(&self, seq: u64, now: Instant) -> Option<oneshot::Receiver<Waited>> {
-        let mut queue = self.queue.lock();
-        if seq <= queue.acked {
+        let mut waiting = self.waiting.lock();
+        if seq <= self.latest() {
             return None;
         }
-        debug_assert!(queue.waiting.back().is_none_or(|(last, ..)| *last <= seq));
+        debug_assert!(waiting.back().is_none_or(|(last, ..)| *last <= seq));
         let (done, waited) = oneshot::channel();
-        queue.waiting.push_back((seq, now, done));
+        waiting.push_back((seq, now, done));
         Some(waited)
     }
 
     /// The partner has everything up to `seq`: wakes the writers that waited for it.
     pub fn ack(&self, seq: u64) {
-        let mut queue = self.queue.lock();
-        if seq <= queue.acked {
+        let mut waiting = self.waiting.lock();
+        if seq <= self.latest() {
             return;
         }
-        queue.acked = seq;
         self.latest.send_replace(seq);
-        while queue
-            .waiting
+        while waiting
             .front()
             .is_some_and(|(waits_for, ..)| *waits_for <= seq)
         {
-            let (_, _, done) = queue.waiting.pop_front().expect("checked");
+            let (_, _, done) = waiting.pop_front().expect("checked");
             // A writer that stopped waiting (its connection closed) is not an error.
             let _ = done.send(Waited::Acked);
         }
@@ -249,21 +248,20 @@ impl Acked {
     /// Ends the waits that have lasted `timeout` by `now`; returns when the oldest wait
     /// left began, if any.
     pub fn expire(&self, now: Instant, timeout: Duration) -> Option<Instant> {
-        let mut queue = self.queue.lock();
-        while queue
-            .waiting
+        let mut waiting = self.waiting.lock();
+        while waiting
             .front()
             .is_some_and(|(_, since, _)| now.duration_since(*since) >= timeout)
         {
-            let (_, _, done) = queue.waiting.pop_front().expect("checked");
+            let (_, _, done) = waiting.pop_front().expect("checked");
             let _ = done.send(Waited::TimedOut);
         }
-        queue.waiting.front().map(|(_, since, _)| *since)
+        waiting.front().map(|(_, since, _)| *since)
     }
 
     /// The link is gone: every writer stops waiting (its receiver sees the sender closed).
     pub fn close(&self) {
-        self.queue.lock().waiting.clear();
+        self.waiting.lock().clear();
     }
 
     /// Times out, `timeout` after it began, every wait the partner does not answer: sleeps

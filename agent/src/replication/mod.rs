@@ -156,6 +156,7 @@ struct Inner {
     /// Registered once: every write and every frame counts.
     mutations_sent: metrics::Counter,
     mutations_received: metrics::Counter,
+    multicast_sent: metrics::Counter,
     lag: metrics::Gauge,
 }
 
@@ -176,7 +177,6 @@ struct Link {
     partner: PartnerRef,
     outbound: mpsc::UnboundedSender<Frame>,
     next_seq: u64,
-    acked: watch::Receiver<u64>,
     /// The partner's acknowledgements and the writers waiting for them.
     acks: Arc<Acked>,
     multicast: Arc<LinkMulticast>,
@@ -238,6 +238,7 @@ impl Replicator {
                 next_link_id: AtomicU64::new(1),
                 mutations_sent: metrics::counter!(names::MUTATIONS_SENT),
                 mutations_received: metrics::counter!(names::MUTATIONS_RECEIVED),
+                multicast_sent: metrics::counter!(names::MULTICAST_SENT),
                 lag: metrics::gauge!(names::LAG),
             }),
         }
@@ -302,7 +303,7 @@ impl Replicator {
             match self.inner.config.mode {
                 ReplicationMode::Sync => link.acks.wait(seq, now),
                 ReplicationMode::Async => {
-                    let behind = seq.saturating_sub(*link.acked.borrow());
+                    let behind = seq.saturating_sub(link.acks.latest());
                     self.inner.lag.set(behind as f64);
                     if behind <= ASYNC_BACKLOG {
                         None
@@ -348,7 +349,7 @@ impl Replicator {
         state
             .link
             .as_ref()
-            .map_or(0, |link| link.next_seq.saturating_sub(*link.acked.borrow()))
+            .map_or(0, |link| link.next_seq.saturating_sub(link.acks.latest()))
     }
 
     /// Returns once the partner holds everything this agent has (the snapshot and every
@@ -359,7 +360,7 @@ impl Replicator {
             let waiting = {
                 let state = self.inner.state.lock();
                 state.link.as_ref().map(|link| {
-                    let acked = *link.acked.borrow();
+                    let acked = link.acks.latest();
                     let done = link.snapshot_sent && acked >= link.next_seq;
                     (
                         link.partner.node_id.clone(),
@@ -434,22 +435,6 @@ impl Replicator {
             }));
         }
         tasks
-    }
-}
-
-/// Seals the frame encoded in `datagram` (behind room for the header) and multicasts it;
-/// false when it could not be sent (it then takes the stream).
-async fn send_datagram(socket: &Multicast, sealer: &mut Sealer, datagram: &mut BytesMut) -> bool {
-    sealer.seal_in_place(datagram);
-    match socket.send(datagram).await {
-        Ok(()) => {
-            metrics::counter!(names::MULTICAST_SENT).increment(1);
-            true
-        }
-        Err(err) => {
-            debug!(error = %err, "multicast send failed; using the stream");
-            false
-        }
     }
 }
 
@@ -729,7 +714,6 @@ impl Inner {
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
         let acks = Arc::new(Acked::default());
-        let acked_rx = acks.watch();
         let (nacks_tx, nacks_rx) = mpsc::unbounded_channel();
         {
             let mut state = self.state.lock();
@@ -751,7 +735,7 @@ impl Inner {
                 sender,
                 outbound_rx,
                 nacks_rx,
-                acked_rx.clone(),
+                acks.watch(),
                 multicast.clone(),
             ));
             let reader = tokio::spawn(self.clone().read_frames(
@@ -782,7 +766,6 @@ impl Inner {
                 partner: partner.clone(),
                 outbound: outbound_tx,
                 next_seq: 0,
-                acked: acked_rx,
                 acks,
                 multicast,
                 snapshot_sent: false,
@@ -819,6 +802,27 @@ impl Inner {
             // Dropping the link aborts its tasks; from a task of its own, after this returns.
             tokio::spawn(async move { drop(link) });
             self.publish_protection();
+        }
+    }
+
+    /// Seals the frame encoded in `datagram` (behind room for the header) and multicasts
+    /// it; false when it could not be sent (it then takes the stream).
+    async fn send_datagram(
+        &self,
+        socket: &Multicast,
+        sealer: &mut Sealer,
+        datagram: &mut BytesMut,
+    ) -> bool {
+        sealer.seal_in_place(datagram);
+        match socket.send(datagram).await {
+            Ok(()) => {
+                self.multicast_sent.increment(1);
+                true
+            }
+            Err(err) => {
+                debug!(error = %err, "multicast send failed; using the stream");
+                false
+            }
         }
     }
 
@@ -930,39 +934,39 @@ impl Inner {
                     return;
                 }
                 let encoded = scratch.len() - header_room;
-                let by_multicast = match (&frame, &self.multicast, &mut sealer) {
+                // Whether the frame went by datagram; `None` when it was not for one.
+                let by_datagram = match (&frame, &self.multicast, &mut sealer) {
                     (Frame::Probe { .. }, Some(socket), Some(sealer)) => {
-                        send_datagram(socket, sealer, &mut scratch).await;
+                        self.send_datagram(socket, sealer, &mut scratch).await;
                         continue;
                     }
                     (Frame::Probe { .. }, _, _) => continue,
-                    (Frame::Mutations { seq, .. }, Some(socket), Some(sealer))
+                    (Frame::Mutations { .. }, Some(socket), Some(sealer))
                         if multicast.active()
                             && unacked.has_room()
                             && encoded <= multicast::MAX_DATAGRAM - 300 =>
                     {
-                        Some(
-                            send_datagram(socket, sealer, &mut scratch)
-                                .await
-                                .then_some(*seq),
-                        )
+                        Some(self.send_datagram(socket, sealer, &mut scratch).await)
                     }
                     // The partner's writes are acknowledged the way they came: a datagram
                     // costs both sides less than a packet of the QUIC connection.
                     (Frame::Ack { seq }, Some(socket), Some(sealer))
                         if multicast.active() && multicast.ack_by_datagram(*seq) =>
                     {
-                        if send_datagram(socket, sealer, &mut scratch).await {
-                            continue;
-                        }
-                        Some(None)
+                        Some(self.send_datagram(socket, sealer, &mut scratch).await)
                     }
                     _ => None,
                 };
-                match by_multicast {
-                    Some(Some(seq)) => unacked.sent(seq, frame, tokio::time::Instant::now()),
+                match by_datagram {
+                    // Writes are kept until acknowledged, to go again over the stream.
+                    Some(true) => {
+                        if let Frame::Mutations { seq, .. } = &frame {
+                            let seq = *seq;
+                            unacked.sent(seq, frame, tokio::time::Instant::now());
+                        }
+                    }
                     // Sealed, but not sent: the stream takes it as it was.
-                    Some(None) => {
+                    Some(false) => {
                         if let Err(err) = frame.encode(&mut stream) {
                             self.link_failed(id, &TransportError::Frame(err));
                             return;
@@ -1388,7 +1392,7 @@ impl Inner {
                 if link.outbound.send(frame).is_err() {
                     return;
                 }
-                (seq, link.acked.clone())
+                (seq, link.acks.watch())
             };
             sent += keys;
             metrics::counter!(names::SNAPSHOT_KEYS_SENT).increment(keys);

@@ -360,6 +360,7 @@ impl Sealer {
     }
 
     /// The datagram carrying `frame` (an encoded replication frame).
+    #[cfg(test)]
     pub fn seal(&mut self, frame: &[u8]) -> Vec<u8> {
         let mut datagram = BytesMut::with_capacity(self.header_len() + frame.len() + 16);
         datagram.resize(self.header_len(), 0);
