@@ -56,6 +56,55 @@ async fn loopback_multicast() -> bool {
     }
 }
 
+/// An agent's socket filter drops the datagrams it sent itself, and only those: the
+/// partner's and garbage still arrive (garbage to be counted as dropped).
+#[tokio::test]
+async fn the_kernel_drops_an_agents_own_datagrams_only() {
+    use super::multicast::{Sealer, new_key};
+    if !loopback_multicast().await {
+        return;
+    }
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let config = MulticastConfig {
+        group: std::net::Ipv4Addr::new(239, 79, (port >> 8) as u8, port as u8),
+        port,
+        interface: std::net::Ipv4Addr::LOCALHOST,
+    };
+    let me = Multicast::bind(config).unwrap();
+    me.drop_own("web-1").unwrap();
+    let other = Multicast::bind(config).unwrap();
+    let key = new_key();
+    let mine = Sealer::new(&key, 3, "web-1").seal(b"mine");
+    let similar = Sealer::new(&key, 3, "web-12").seal(b"similar");
+    let partners = Sealer::new(&key, 3, "web-2").seal(b"partner's");
+    // Loopback keeps the order: the filtered socket must see the second, fourth and fifth.
+    for datagram in [&mine[..], &similar, &mine, &partners, b"TDMC"] {
+        me.send(datagram).await.unwrap();
+    }
+    let mut buf = [0u8; 256];
+    let mut next = async |socket: &Multicast| {
+        let got = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await;
+        let (len, _) = got.expect("a datagram in time").unwrap();
+        buf[..len].to_vec()
+    };
+    assert_eq!(
+        next(&me).await,
+        similar,
+        "a longer id that starts with ours is not ours"
+    );
+    assert_eq!(next(&me).await, partners);
+    assert_eq!(
+        next(&me).await,
+        b"TDMC",
+        "a short datagram passes, to be counted"
+    );
+    // Without the filter, a socket gets everything.
+    assert_eq!(next(&other).await, mine);
+    assert_eq!(next(&other).await, similar);
+}
+
 /// Writes `key` on `on` and checks what its acknowledgement means: `partner` holds it, and
 /// the write was acknowledged by the partner, not given up on after the sync timeout.
 async fn acknowledged_write(sim: &Sim, on: &str, partner: &str, key: &str) {

@@ -250,9 +250,14 @@ impl Replicator {
     /// When called after the replicator was cloned or spawned.
     #[must_use]
     pub fn with_multicast(mut self, multicast: Multicast) -> Self {
-        Arc::get_mut(&mut self.inner)
-            .expect("multicast is set before the replicator is shared")
-            .multicast = Some(Arc::new(multicast));
+        let inner = Arc::get_mut(&mut self.inner)
+            .expect("multicast is set before the replicator is shared");
+        // This agent's own datagrams loop back to its socket; dropped in the kernel, they
+        // cost no wake-up. Without the filter they are skipped on arrival.
+        if let Err(err) = multicast.drop_own(&inner.config.node_id) {
+            debug!(error = %err, "no socket filter for this agent's own multicast datagrams");
+        }
+        inner.multicast = Some(Arc::new(multicast));
         self
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, SockRef, Socket, Type};
 use tandem_common::version::fnv1a;
 use tracing::warn;
 
@@ -162,6 +162,19 @@ impl Multicast {
         self
     }
 
+    /// Asks the kernel to drop the datagrams `sender` sent (this agent's own, looped back
+    /// to its socket) before they wake the receiver: a socket filter compares the header's
+    /// sender id. The in-memory group has no such filter; its receiver skips them itself.
+    ///
+    /// # Errors
+    /// The kernel refuses the filter; the datagrams are then skipped after they arrive.
+    pub fn drop_own(&self, sender: &str) -> io::Result<()> {
+        match &self.path {
+            Path::Udp { socket, .. } => SockRef::from(socket).attach_filter(&own_filter(sender)),
+            Path::Memory { .. } => Ok(()),
+        }
+    }
+
     pub async fn send(&self, datagram: &[u8]) -> io::Result<()> {
         let Some(faults) = &self.faults else {
             return self.send_now(datagram).await;
@@ -199,6 +212,75 @@ impl Multicast {
             }
         }
     }
+}
+
+/// A classic BPF program for a UDP socket that drops datagrams whose header names
+/// `sender` and accepts every other one: garbage and short datagrams too, so that the
+/// receiver counts them. Offsets count from the UDP header (8 bytes) in front of the
+/// payload; loads are big-endian.
+fn own_filter(sender: &str) -> Vec<SockFilter> {
+    const LD_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN
+    const LD_W: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const LD_B: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    const UDP: u32 = 8;
+    let id = wire_id(sender).as_bytes();
+    let id_at = UDP + 14;
+    // (load, expected value) pairs; any mismatch jumps to "accept".
+    let mut checks = vec![(SockFilter::new(LD_LEN, 0, 0, 0), None)];
+    checks.push((
+        SockFilter::new(LD_W, 0, 0, UDP),
+        Some(u32::from_be_bytes(*MAGIC)),
+    ));
+    checks.push((
+        SockFilter::new(LD_B, 0, 0, UDP + 4),
+        Some(u32::from(VERSION)),
+    ));
+    checks.push((SockFilter::new(LD_B, 0, 0, UDP + 13), Some(id.len() as u32)));
+    for (i, chunk) in id.chunks(4).enumerate() {
+        let at = id_at + 4 * i as u32;
+        if let Ok(word) = <[u8; 4]>::try_from(chunk) {
+            checks.push((
+                SockFilter::new(LD_W, 0, 0, at),
+                Some(u32::from_be_bytes(word)),
+            ));
+        } else {
+            for (j, &byte) in chunk.iter().enumerate() {
+                checks.push((
+                    SockFilter::new(LD_B, 0, 0, at + j as u32),
+                    Some(u32::from(byte)),
+                ));
+            }
+        }
+    }
+    // Instructions: one load and one jump per check, then "drop" and "accept".
+    let len = 2 * checks.len() + 2;
+    let mut program = Vec::with_capacity(len);
+    for (i, (load, expected)) in checks.into_iter().enumerate() {
+        program.push(load);
+        // Jumps are relative to the next instruction; the accept is the last one.
+        let to_accept = u8::try_from(len - 1 - (2 * i + 2)).expect("ids are at most 255 bytes");
+        program.push(match expected {
+            // The datagram must be long enough for every load below, or loads would fail
+            // (and a failed load drops the datagram).
+            None => SockFilter::new(JGE, 0, to_accept, UDP + 14 + id.len() as u32),
+            Some(value) => SockFilter::new(JEQ, 0, to_accept, value),
+        });
+    }
+    program.push(SockFilter::new(RET, 0, 0, 0));
+    program.push(SockFilter::new(RET, 0, 0, u32::MAX));
+    program
+}
+
+/// A node id as datagram headers carry it: at most 255 bytes, cut at a character.
+fn wire_id(node_id: &str) -> &str {
+    let mut end = node_id.len().min(255);
+    while !node_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &node_id[..end]
 }
 
 /// A datagram as it arrives: the bytes and the sender's address.
@@ -354,7 +436,7 @@ impl Sealer {
         Sealer {
             key: aead_key(key),
             epoch,
-            sender: sender.chars().take(255).collect(),
+            sender: wire_id(sender).to_owned(),
             counter: 0,
         }
     }
