@@ -7,7 +7,7 @@
 //! on the same state.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
@@ -21,8 +21,8 @@ use super::glob::glob_match;
 pub const SHARDS: usize = 1024;
 /// A shard's map from key to what it holds. foldhash, seeded per process, hashes a short
 /// key several times faster than SipHash and still keeps an attacker from choosing keys
-/// that collide.
-type KeyMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
+/// that collide. (hashbrown's map: it finds a key and its stored copy in one lookup.)
+type KeyMap<V> = hashbrown::HashMap<Bytes, V, foldhash::fast::RandomState>;
 /// A hash's fields, in insertion order, hashed like the keys.
 pub type FieldMap = IndexMap<Bytes, Bytes, foldhash::fast::RandomState>;
 /// Bytes accounted for each key beyond its key and value bytes (map slot, entry, index).
@@ -339,25 +339,20 @@ impl Keyspace {
     /// in place: the map keeps its own copy of the key and its slot.
     fn put(&mut self, key: Cow<'_, Bytes>, entry: Entry) {
         let shard = Self::shard_of(&key);
-        let Some((stored, current)) = self.shards[shard].get_key_value(&*key) else {
+        let Some((stored, current)) = self.shards[shard].get_key_value_mut(&**key) else {
             self.insert(key.into_owned(), entry);
             return;
         };
-        let old_expiry = current.expires_at_ms;
-        let old_size = current.size(stored);
-        let reindex = (old_expiry != entry.expires_at_ms).then(|| stored.clone());
-        self.used_bytes = self.used_bytes - old_size + entry.size(&key);
-        if let Some(stored) = reindex {
-            if let Some(at) = old_expiry {
+        self.used_bytes = self.used_bytes - current.size(stored) + entry.size(stored);
+        if current.expires_at_ms != entry.expires_at_ms {
+            if let Some(at) = current.expires_at_ms {
                 self.expiries.remove(&(at, stored.clone()));
             }
             if let Some(at) = entry.expires_at_ms {
-                self.expiries.insert((at, stored));
+                self.expiries.insert((at, stored.clone()));
             }
         }
-        if let Some(slot) = self.shards[shard].get_mut(&*key) {
-            *slot = entry;
-        }
+        *current = entry;
     }
 
     fn current_version(&self, key: &[u8]) -> Version {
@@ -470,15 +465,12 @@ impl Keyspace {
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(&key);
                 // The index shares the map's own copy of the key.
-                let stored = self.shards[shard]
-                    .get_key_value(&*key)
-                    .map(|(k, _)| k.clone());
-                if let (Some(stored), Some(entry)) = (stored, self.shards[shard].get_mut(&*key)) {
+                if let Some((stored, entry)) = self.shards[shard].get_key_value_mut(&**key) {
                     if let Some(old) = entry.expires_at_ms {
                         self.expiries.remove(&(old, stored.clone()));
                     }
                     if let Some(new) = expires_at_ms {
-                        self.expiries.insert((new, stored));
+                        self.expiries.insert((new, stored.clone()));
                     }
                     entry.expires_at_ms = expires_at_ms;
                     entry.version = version;
