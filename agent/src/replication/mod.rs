@@ -1065,7 +1065,7 @@ impl Inner {
                     continue;
                 }
             };
-            if let Err(dropped) = self.take_datagram(&buf[..len]) {
+            if let Err(dropped) = self.take_datagram(&mut buf[..len]) {
                 metrics::counter!(names::MULTICAST_DROPPED, "reason" => dropped.label())
                     .increment(1);
                 if dropped != multicast::Dropped::OtherPair {
@@ -1075,7 +1075,9 @@ impl Inner {
         }
     }
 
-    fn take_datagram(&self, datagram: &[u8]) -> Result<(), multicast::Dropped> {
+    /// Opens the partner's datagram (where it is, in `datagram`) and hands its frame to
+    /// the link.
+    fn take_datagram(&self, datagram: &mut [u8]) -> Result<(), multicast::Dropped> {
         use multicast::Dropped;
         let header = multicast::header(datagram)?;
         if header.sender == self.config.node_id {
@@ -1093,10 +1095,11 @@ impl Inner {
         let plain = {
             let mut opener = link.opener.lock();
             let opener = opener.as_mut().ok_or(Dropped::Unauthenticated)?;
-            opener.open(&header, datagram)?
+            let seal = header.seal();
+            opener.open_in_place(seal, datagram)?
         };
         // Authentic but not one whole frame: a bug on the other side, not an attack.
-        let frame = Frame::decode_exact(&plain).map_err(|_| Dropped::Malformed)?;
+        let frame = Frame::decode_exact(plain).map_err(|_| Dropped::Malformed)?;
         metrics::counter!(names::MULTICAST_RECEIVED).increment(1);
         // A full inbox drops the frame; the partner sends it again over the stream.
         let _ = link.inbox.try_send(frame);

@@ -387,6 +387,23 @@ pub struct Header<'a> {
     len: usize,
 }
 
+impl Header<'_> {
+    /// What opening the datagram needs of its header.
+    pub fn seal(&self) -> Seal {
+        Seal {
+            counter: self.counter,
+            header_len: self.len,
+        }
+    }
+}
+
+/// How a datagram was sealed: its counter (the nonce) and where the sealed frame starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    counter: u64,
+    header_len: usize,
+}
+
 /// Reads a datagram's header.
 ///
 /// # Errors
@@ -508,26 +525,35 @@ impl Opener {
         ((at / 64) as usize, 1 << (at % 64))
     }
 
-    /// The frame bytes inside `datagram`, whose header is `header`.
+    /// The frame bytes inside `datagram`, whose header is `header` (a copy: for tests).
+    #[cfg(test)]
+    pub fn open(&mut self, header: &Header<'_>, datagram: &[u8]) -> Result<Vec<u8>, Dropped> {
+        let mut datagram = datagram.to_vec();
+        self.open_in_place(header.seal(), &mut datagram)
+            .map(<[u8]>::to_vec)
+    }
+
+    /// Opens `datagram`, sealed as `seal` says, where it is: the frame bytes inside it.
     ///
     /// # Errors
     /// [`Dropped::Unauthenticated`] when it does not open with the key, [`Dropped::Replayed`]
     /// when its counter was seen or is too old to tell.
-    pub fn open(&mut self, header: &Header<'_>, datagram: &[u8]) -> Result<Vec<u8>, Dropped> {
-        let counter = header.counter;
+    pub fn open_in_place<'d>(
+        &mut self,
+        seal: Seal,
+        datagram: &'d mut [u8],
+    ) -> Result<&'d [u8], Dropped> {
+        let counter = seal.counter;
         let (word, bit) = Self::slot(counter);
         let seen = counter <= self.newest && self.seen[word] & bit != 0;
         if counter == 0 || counter + REPLAY_WINDOW <= self.newest || seen {
             return Err(Dropped::Replayed);
         }
-        let (aad, sealed) = datagram.split_at(header.len);
-        let mut body = sealed.to_vec();
-        let len = self
+        let (aad, sealed) = datagram.split_at_mut(seal.header_len);
+        let body = self
             .key
-            .open_in_place(nonce(counter), Aad::from(aad), &mut body)
-            .map_err(|_| Dropped::Unauthenticated)?
-            .len();
-        body.truncate(len);
+            .open_in_place(nonce(counter), Aad::from(&*aad), sealed)
+            .map_err(|_| Dropped::Unauthenticated)?;
         // Only an authentic datagram moves the window.
         if counter > self.newest {
             let cleared = (counter - self.newest).min(REPLAY_WINDOW);
