@@ -52,12 +52,19 @@ fn clap_error(err: clap::Error) -> ExitCode {
     }
 }
 
-/// The async runtime: `threads` workers, or one per core.
+/// The async runtime: `threads` workers, or one per core. One thread is the scheduler
+/// made for it, which runs every task on the calling thread: no work queue shared with
+/// other workers, and no hand-over between the thread that waits and the one that runs.
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads {
-        builder.worker_threads(threads.max(1));
-    }
+    let mut builder = match threads {
+        Some(1) | Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     Ok(builder.enable_all().build()?)
 }
 
