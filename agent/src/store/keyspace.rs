@@ -10,7 +10,6 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
 use tandem_common::ops::{Mutation, Op};
 use tandem_common::version::{HybridClock, Version, fnv1a, node_tag};
 
@@ -23,8 +22,7 @@ pub const SHARDS: usize = 1024;
 /// key several times faster than SipHash and still keeps an attacker from choosing keys
 /// that collide. (hashbrown's map: it finds a key and its stored copy in one lookup.)
 type KeyMap<V> = hashbrown::HashMap<Bytes, V, foldhash::fast::RandomState>;
-/// A hash's fields, in insertion order, hashed like the keys.
-pub type FieldMap = IndexMap<Bytes, Bytes, foldhash::fast::RandomState>;
+pub use super::fields::FieldMap;
 /// Bytes accounted for each key beyond its key and value bytes (map slot, entry, index).
 const KEY_OVERHEAD: usize = 96;
 /// Bytes accounted for each hash field beyond its name and value.
@@ -40,7 +38,7 @@ pub const EXPIRED_GRACE_MS: u64 = 30 * 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Str(Bytes),
-    /// Fields keep their insertion order, as Redis' small hashes do. Boxed: the map is
+    /// Fields keep their insertion order while few, as Redis' small hashes do. Boxed: the map is
     /// larger than a string's `Bytes`, and every key's slot would pay for it.
     Hash(Box<FieldMap>),
 }
@@ -440,7 +438,7 @@ impl Keyspace {
                         ..
                     }) => {
                         for field in &fields {
-                            if let Some(old) = hash.shift_remove(field) {
+                            if let Some(old) = hash.remove(field) {
                                 self.used_bytes -= field_size(field, &old);
                             }
                         }

@@ -5,6 +5,7 @@
 //! what replication ships to the partner.
 
 pub mod clock;
+mod fields;
 mod glob;
 pub use self::glob::glob_match;
 pub mod keyspace;
