@@ -7,9 +7,14 @@
 # CPU time the servers, with their replica or partner, spent per request), and writes the
 # requests/s as CSV and PNG charts into $RESULTS (bench/results).
 #
-#   bench/resp.sh            # 200,000 requests per test
+#   bench/resp.sh            # 200,000 requests per test, 3 rounds
 #   REQUESTS=1000000 bench/resp.sh
 #   MODES=sync TESTS=set bench/resp.sh   # only the sync-replicated SET rows
+#   ROUNDS=1 bench/resp.sh   # one round: quicker, noisier
+#
+# Each comparison runs ROUNDS times, the two servers taking turns, and each row shows the
+# round with the median requests/s of each server: on a small shared machine one run can
+# be 20 % off the next.
 #
 # The last comparison ("acked") gives both sides the same guarantee: every write is on
 # the replica before its reply. redis-server is asked for it with WAIT 1 after each
@@ -27,6 +32,16 @@ CLIENTS=${CLIENTS:-50}
 SIZE=${SIZE:-1024}
 TESTS=${TESTS:-set,get,hset}
 MODES=${MODES:-alone sync async acked split}   # which comparisons to run
+ROUNDS=${ROUNDS:-3}
+
+# Of the rows "test,requests/s,..." of several rounds, the one with the median requests/s
+# of each test, in the order the tests first appear.
+median_rows() { # csv
+    local test
+    for test in $(cut -d, -f1 "$1" | awk '!seen[$0]++'); do
+        grep "^$test," "$1" | sort -t, -k2,2 -g | awk -v n="$(grep -c "^$test," "$1")" 'NR == int((n + 1) / 2)'
+    done
+}
 
 need redis-server redis-benchmark redis-cli   # Debian: redis-server redis-tools
 
@@ -53,10 +68,16 @@ compare() { # name redis-port agent-port, then "redis-pids" "agent-pids" (space-
     echo "test,server,requests/s" >"$csv"
     for pipeline in 1 16; do
         # One after the other: the two servers never share the cores with each other.
-        # shellcheck disable=SC2086
-        measure 127.0.0.1 "$2" "$pipeline" $4 >"$work/redis.csv"
-        # shellcheck disable=SC2086
-        measure 127.0.0.1 "$3" "$pipeline" $5 >"$work/tandem.csv"
+        : >"$work/redis-rounds.csv"
+        : >"$work/tandem-rounds.csv"
+        for _ in $(seq "$ROUNDS"); do
+            # shellcheck disable=SC2086
+            measure 127.0.0.1 "$2" "$pipeline" $4 >>"$work/redis-rounds.csv"
+            # shellcheck disable=SC2086
+            measure 127.0.0.1 "$3" "$pipeline" $5 >>"$work/tandem-rounds.csv"
+        done
+        median_rows "$work/redis-rounds.csv" >"$work/redis.csv"
+        median_rows "$work/tandem-rounds.csv" >"$work/tandem.csv"
         paste -d, "$work/redis.csv" "$work/tandem.csv" |
         while IFS=, read -r test r_rps r_p50 r_p99 r_cpu _ a_rps a_p50 a_p99 a_cpu; do
             ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
@@ -77,7 +98,8 @@ header() { # title, agent column name
     echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 }
 
-echo "redis-benchmark: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000"
+echo "redis-benchmark: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000;"
+echo "each row is the round with the median requests/s of $ROUNDS, the two servers taking turns"
 echo "machine: $(nproc) cores, $(uname -r); $(redis-server --version | awk '{print $3}'), tandem $($tandem version | awk '{print $2}')"
 
 if [[ " $MODES " == *" alone "* ]]; then
@@ -136,8 +158,16 @@ if [[ " $MODES " == *" acked "* ]]; then
     csv=$results/resp-acked.csv
     echo "test,server,requests/s" >"$csv"
     for pipeline in 1 16; do
-        IFS=, read -r r_rps r_p50 r_p99 r_lost r_cpu < <(acked_run "$redis_port" "$pipeline" "${pids[0]} ${pids[1]}" --wait)
-        IFS=, read -r a_rps a_p50 a_p99 _ a_cpu < <(acked_run "$agent_port" "$pipeline" "${pids[2]} ${pids[3]}")
+        : >"$work/redis-acked.csv"
+        : >"$work/tandem-acked.csv"
+        for _ in $(seq "$ROUNDS"); do
+            echo "SET,$(acked_run "$redis_port" "$pipeline" "${pids[0]} ${pids[1]}" --wait)" >>"$work/redis-acked.csv"
+            echo "SET,$(acked_run "$agent_port" "$pipeline" "${pids[2]} ${pids[3]}")" >>"$work/tandem-acked.csv"
+        done
+        IFS=, read -r _ r_rps r_p50 r_p99 r_lost r_cpu < <(median_rows "$work/redis-acked.csv")
+        IFS=, read -r _ a_rps a_p50 a_p99 _ a_cpu < <(median_rows "$work/tandem-acked.csv")
+        # Writes lost are counted over every round, not only the median one.
+        r_lost=$(awk -F, '{ lost += $5 } END { print lost }' "$work/redis-acked.csv")
         ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
         printf '| %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s |\n' "$pipeline" "$r_rps" "$a_rps" "$ratio" \
             "$r_p50" "$r_p99" "$a_p50" "$a_p99" "$r_cpu" "$a_cpu" "$r_lost"
