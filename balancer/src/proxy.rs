@@ -184,10 +184,10 @@ pub struct Proxy {
 thread_local! {
     /// One upstream pool per serving thread: a request and its upstream connection stay on
     /// the thread that accepted the user's connection.
-    static CLIENT: std::cell::OnceCell<Client<HttpConnector, Body>> = const { std::cell::OnceCell::new() };
+    static CLIENT: std::cell::OnceCell<Client<ResetOnClose, Body>> = const { std::cell::OnceCell::new() };
 }
 
-fn upstream_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+fn upstream_client(connect_timeout: Duration) -> Client<ResetOnClose, Body> {
     CLIENT.with(|cell| {
         cell.get_or_init(|| {
             let mut connector = HttpConnector::new();
@@ -196,10 +196,46 @@ fn upstream_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(256)
-                .build(connector)
+                .build(ResetOnClose(connector))
         })
         .clone()
     })
+}
+
+/// Upstream connections that are reset, not shut down, when the balancer closes them
+/// (`SO_LINGER` 0, as HAProxy's `option nolinger`). A request the balancer gave up on (its
+/// node was declared dead, or it timed out) and sent to the partner instead may still sit
+/// unsent in the connection's buffer; closed normally, the kernel would keep sending it
+/// and deliver it once the network comes back, a late write on a stale copy of the
+/// session that would then be newer than the partner's. A reset drops it. Connections
+/// closed in the normal course are idle: nothing is lost by resetting them.
+#[derive(Clone)]
+struct ResetOnClose(HttpConnector);
+
+impl tower_service::Service<Uri> for ResetOnClose {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let stream = connecting.await?;
+            if let Err(err) = stream.inner().set_zero_linger() {
+                debug!(error = %err, "cannot make an upstream connection reset on close");
+            }
+            Ok(stream)
+        })
+    }
 }
 
 impl Proxy {
@@ -728,6 +764,29 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.51.100.7");
         assert_eq!(headers["x-forwarded-host"], "shop.example");
         assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+
+    /// A closed upstream connection is reset, so that nothing left in its buffer reaches the
+    /// app later: the app reads a reset, not the end of the stream.
+    #[tokio::test]
+    async fn upstream_connections_are_reset_when_closed() {
+        use tokio::io::AsyncReadExt;
+        use tower_service::Service;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let mut connector = ResetOnClose(HttpConnector::new());
+        let stream = connector.call(uri).await.unwrap();
+        let (mut app, _) = listener.accept().await.unwrap();
+        drop(stream);
+        let mut buf = [0u8; 16];
+        let read = app.read(&mut buf).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "the app saw the connection end normally"
+        );
     }
 
     #[test]
