@@ -208,7 +208,8 @@ fn upstream_client(connect_timeout: Duration) -> Client<ResetOnClose, Body> {
 /// unsent in the connection's buffer; closed normally, the kernel would keep sending it
 /// and deliver it once the network comes back, a late write on a stale copy of the
 /// session that would then be newer than the partner's. A reset drops it. Connections
-/// closed in the normal course are idle: nothing is lost by resetting them.
+/// closed in the normal course are idle ones leaving the pool, and upgraded ones once both
+/// sides have ended them: nothing is waiting in them to be lost.
 #[derive(Clone)]
 struct ResetOnClose(HttpConnector);
 

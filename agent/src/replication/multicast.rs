@@ -31,6 +31,13 @@ use tracing::warn;
 
 const MAGIC: &[u8; 4] = b"TDMC";
 const VERSION: u8 = 1;
+/// Where the header's fields start (see the layout above); the counter follows the id.
+const VERSION_AT: usize = MAGIC.len();
+const EPOCH_AT: usize = VERSION_AT + 1;
+const ID_LEN_AT: usize = EPOCH_AT + 8;
+const ID_AT: usize = ID_LEN_AT + 1;
+/// Longest sender id a header carries (its length is one byte).
+const MAX_ID: usize = u8::MAX as usize;
 /// Largest datagram sent or accepted: a frame above it travels over the stream. The IP
 /// layer fragments datagrams above the link MTU, as JGroups' bundles are on a LAN.
 pub const MAX_DATAGRAM: usize = 60 * 1024;
@@ -227,29 +234,32 @@ fn own_filter(sender: &str) -> Vec<SockFilter> {
     const RET: u16 = 0x06; // BPF_RET | BPF_K
     const UDP: u32 = 8;
     let id = wire_id(sender).as_bytes();
-    let id_at = UDP + 14;
+    let at = |field: usize| UDP + field as u32;
     // (load, expected value) pairs; any mismatch jumps to "accept".
     let mut checks = vec![(SockFilter::new(LD_LEN, 0, 0, 0), None)];
     checks.push((
-        SockFilter::new(LD_W, 0, 0, UDP),
+        SockFilter::new(LD_W, 0, 0, at(0)),
         Some(u32::from_be_bytes(*MAGIC)),
     ));
     checks.push((
-        SockFilter::new(LD_B, 0, 0, UDP + 4),
+        SockFilter::new(LD_B, 0, 0, at(VERSION_AT)),
         Some(u32::from(VERSION)),
     ));
-    checks.push((SockFilter::new(LD_B, 0, 0, UDP + 13), Some(id.len() as u32)));
+    checks.push((
+        SockFilter::new(LD_B, 0, 0, at(ID_LEN_AT)),
+        Some(id.len() as u32),
+    ));
     for (i, chunk) in id.chunks(4).enumerate() {
-        let at = id_at + 4 * i as u32;
+        let chunk_at = at(ID_AT + 4 * i);
         if let Ok(word) = <[u8; 4]>::try_from(chunk) {
             checks.push((
-                SockFilter::new(LD_W, 0, 0, at),
+                SockFilter::new(LD_W, 0, 0, chunk_at),
                 Some(u32::from_be_bytes(word)),
             ));
         } else {
             for (j, &byte) in chunk.iter().enumerate() {
                 checks.push((
-                    SockFilter::new(LD_B, 0, 0, at + j as u32),
+                    SockFilter::new(LD_B, 0, 0, chunk_at + j as u32),
                     Some(u32::from(byte)),
                 ));
             }
@@ -265,7 +275,7 @@ fn own_filter(sender: &str) -> Vec<SockFilter> {
         program.push(match expected {
             // The datagram must be long enough for every load below, or loads would fail
             // (and a failed load drops the datagram).
-            None => SockFilter::new(JGE, 0, to_accept, UDP + 14 + id.len() as u32),
+            None => SockFilter::new(JGE, 0, to_accept, at(ID_AT + id.len())),
             Some(value) => SockFilter::new(JEQ, 0, to_accept, value),
         });
     }
@@ -274,9 +284,9 @@ fn own_filter(sender: &str) -> Vec<SockFilter> {
     program
 }
 
-/// A node id as datagram headers carry it: at most 255 bytes, cut at a character.
+/// A node id as datagram headers carry it: at most [`MAX_ID`] bytes, cut at a character.
 fn wire_id(node_id: &str) -> &str {
-    let mut end = node_id.len().min(255);
+    let mut end = node_id.len().min(MAX_ID);
     while !node_id.is_char_boundary(end) {
         end -= 1;
     }
@@ -409,17 +419,17 @@ pub struct Seal {
 /// # Errors
 /// [`Dropped::Malformed`] for anything that is not a Tandem datagram of this version.
 pub fn header(datagram: &[u8]) -> Result<Header<'_>, Dropped> {
-    let fixed = MAGIC.len() + 1 + 8 + 1;
-    if datagram.len() < fixed || &datagram[..4] != MAGIC || datagram[4] != VERSION {
+    if datagram.len() < ID_AT || &datagram[..VERSION_AT] != MAGIC || datagram[VERSION_AT] != VERSION
+    {
         return Err(Dropped::Malformed);
     }
-    let epoch = u64::from_be_bytes(datagram[5..13].try_into().expect("8 bytes"));
-    let id_len = datagram[13] as usize;
-    let id_end = fixed + id_len;
+    let epoch = u64::from_be_bytes(datagram[EPOCH_AT..ID_LEN_AT].try_into().expect("8 bytes"));
+    let id_len = datagram[ID_LEN_AT] as usize;
+    let id_end = ID_AT + id_len;
     if datagram.len() < id_end + 8 + AES_256_GCM.tag_len() {
         return Err(Dropped::Malformed);
     }
-    let sender = std::str::from_utf8(&datagram[fixed..id_end]).map_err(|_| Dropped::Malformed)?;
+    let sender = std::str::from_utf8(&datagram[ID_AT..id_end]).map_err(|_| Dropped::Malformed)?;
     let counter = u64::from_be_bytes(datagram[id_end..id_end + 8].try_into().expect("8 bytes"));
     Ok(Header {
         epoch,
@@ -470,7 +480,7 @@ impl Sealer {
 
     /// How many bytes the header takes in front of the frame.
     pub fn header_len(&self) -> usize {
-        MAGIC.len() + 1 + 8 + 1 + self.sender.len() + 8
+        ID_AT + self.sender.len() + 8
     }
 
     /// Makes `datagram`, an encoded frame behind [`Sealer::header_len`] bytes left free

@@ -38,8 +38,8 @@ pub const EXPIRED_GRACE_MS: u64 = 30 * 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Str(Bytes),
-    /// Fields keep their insertion order while few, as Redis' small hashes do. Boxed: the map is
-    /// larger than a string's `Bytes`, and every key's slot would pay for it.
+    /// Fields keep their insertion order while few, as Redis' small hashes do. Boxed: the
+    /// map is larger than a string's `Bytes`, and every key's slot would pay for it.
     Hash(Box<FieldMap>),
 }
 
