@@ -12,6 +12,9 @@ use crate::ops::Mutation;
 use crate::schema::Protocol;
 
 mod fast;
+mod writes;
+
+pub use writes::Writes;
 
 /// Largest frame accepted (a batch of mutations, a snapshot chunk).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use parking_lot::Mutex;
-use tandem_common::frame::Frame;
+use tandem_common::frame::{Frame, FrameError, Writes};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -42,20 +43,77 @@ pub const BATCH_WINDOW: usize = 2;
 /// The longest a frame is held back for an acknowledgement.
 pub const BATCH_HOLD: Duration = Duration::from_millis(5);
 
+/// What a link's writer sends: a frame, or local writes, encoded as they were made.
+#[derive(Debug)]
+pub enum Outgoing {
+    Frame(Frame),
+    Writes(LiveWrites),
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Outgoing::Frame(frame)
+    }
+}
+
+/// The live writes numbered `first..=seq`: what goes as one [`Frame::Mutations`].
+#[derive(Debug)]
+pub struct LiveWrites {
+    pub first: u64,
+    pub seq: u64,
+    /// One per batch merged in, in order.
+    parts: Vec<Writes>,
+    count: usize,
+    bytes: usize,
+}
+
+impl LiveWrites {
+    /// The batch numbered `seq`.
+    pub fn new(seq: u64, writes: Writes) -> Self {
+        LiveWrites {
+            first: seq,
+            seq,
+            count: writes.len(),
+            bytes: writes.encoded_len(),
+            parts: vec![writes],
+        }
+    }
+
+    /// How many mutations.
+    #[cfg(test)]
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Appends the frame, length-prefixed, to `out`.
+    ///
+    /// # Errors
+    /// The frame exceeds the limit.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), FrameError> {
+        Frame::encode_writes(self.first, self.seq, &self.parts, out)
+    }
+
+    /// Takes in the next batch.
+    fn extend(&mut self, next: LiveWrites) {
+        self.seq = next.seq;
+        self.count += next.count;
+        self.bytes += next.bytes;
+        self.parts.extend(next.parts);
+    }
+}
+
 /// The frames one write of the link carries: consecutive batches of live writes merged
 /// into one frame (up to [`BATCH_BYTES`]), consecutive acknowledgements into the latest.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub frames: Vec<Frame>,
-    /// The estimated size of the last frame's mutations, when it is a batch of them.
-    last_bytes: usize,
+    pub frames: Vec<Outgoing>,
 }
 
 impl Batch {
     /// Most frames in one write.
     const MAX_FRAMES: usize = 64;
 
-    pub fn new(first: Frame) -> Self {
+    pub fn new(first: Outgoing) -> Self {
         let mut batch = Batch::default();
         batch.push(first);
         batch
@@ -65,47 +123,26 @@ impl Batch {
         self.frames.len() >= Self::MAX_FRAMES
     }
 
-    pub fn push(&mut self, next: Frame) {
-        let next_bytes = batch_size(&next);
+    pub fn push(&mut self, next: Outgoing) {
         match (self.frames.last_mut(), next) {
-            (
-                Some(Frame::Mutations { seq, mutations, .. }),
-                Frame::Mutations {
-                    seq: next_seq,
-                    mutations: more,
-                    ..
-                },
-            ) if mutations.len() < BATCH_MUTATIONS
-                && self.last_bytes + next_bytes <= BATCH_BYTES =>
+            (Some(Outgoing::Writes(writes)), Outgoing::Writes(more))
+                if writes.count < BATCH_MUTATIONS && writes.bytes + more.bytes <= BATCH_BYTES =>
             {
-                *seq = next_seq;
-                mutations.extend(more);
-                self.last_bytes += next_bytes;
+                writes.extend(more);
             }
             // Acknowledgements are cumulative: the latest covers the earlier.
-            (Some(Frame::Ack { seq }), Frame::Ack { seq: next_seq }) => *seq = next_seq,
-            (_, other) => {
-                self.frames.push(other);
-                self.last_bytes = next_bytes;
-            }
+            (
+                Some(Outgoing::Frame(Frame::Ack { seq })),
+                Outgoing::Frame(Frame::Ack { seq: next_seq }),
+            ) => *seq = next_seq,
+            (_, other) => self.frames.push(other),
         }
     }
 
     /// Whether the write may wait for more: it is one batch of live writes with room
     /// left (anything else, acknowledgements above all, goes at once).
     pub fn may_wait(&self) -> bool {
-        matches!(self.frames[..], [Frame::Mutations { .. }]) && self.last_bytes < BATCH_BYTES / 2
-    }
-}
-
-/// The size of a batch of live writes, 0 for any other frame.
-fn batch_size(frame: &Frame) -> usize {
-    match frame {
-        Frame::Mutations { mutations, .. } => mutations
-            .iter()
-            .map(tandem_common::ops::Mutation::encoded_size)
-            .sum(),
-        _ => 0,
+        matches!(&self.frames[..], [Outgoing::Writes(writes)] if writes.bytes < BATCH_BYTES / 2)
     }
 }
 
@@ -372,17 +409,10 @@ impl LinkMulticast {
     }
 }
 
-fn first_number(frame: &Frame) -> Option<u64> {
-    match frame {
-        Frame::Mutations { first, .. } => Some(*first),
-        _ => None,
-    }
-}
-
 /// Frames sent by multicast and not yet acknowledged, by their last number.
 #[derive(Default)]
 pub struct Unacked {
-    frames: BTreeMap<u64, (Instant, Frame)>,
+    frames: BTreeMap<u64, (Instant, LiveWrites)>,
     retransmits: VecDeque<Instant>,
 }
 
@@ -395,13 +425,13 @@ impl Unacked {
         self.frames.len() < SEND_WINDOW
     }
 
-    pub fn sent(&mut self, seq: u64, frame: Frame, now: Instant) {
-        self.frames.insert(seq, (now, frame));
+    pub fn sent(&mut self, writes: LiveWrites, now: Instant) {
+        self.frames.insert(writes.seq, (now, writes));
     }
 
     /// Forgets what `acked` covers and returns the frames whose time ran out, to go again
     /// over the stream.
-    pub fn due(&mut self, acked: u64, now: Instant) -> Vec<Frame> {
+    pub fn due(&mut self, acked: u64, now: Instant) -> Vec<LiveWrites> {
         self.frames = self.frames.split_off(&(acked + 1));
         let expired: Vec<u64> = self
             .frames
@@ -414,19 +444,19 @@ impl Unacked {
 
     /// Takes the frames that carry any of the numbers `from..=to` (the partner reported
     /// them missing), to go again over the stream.
-    pub fn missing(&mut self, from: u64, to: u64, now: Instant) -> Vec<Frame> {
+    pub fn missing(&mut self, from: u64, to: u64, now: Instant) -> Vec<LiveWrites> {
         let wanted: Vec<u64> = self
             .frames
             .range(from..)
-            .take_while(|(_, (_, frame))| first_number(frame).is_none_or(|first| first <= to))
+            .take_while(|(_, (_, writes))| writes.first <= to)
             .map(|(seq, _)| *seq)
             .collect();
         self.retransmit(&wanted, now)
     }
 
     /// Takes the frames numbered `seqs` to send again, counting each as a retransmission.
-    fn retransmit(&mut self, seqs: &[u64], now: Instant) -> Vec<Frame> {
-        let frames: Vec<Frame> = seqs
+    fn retransmit(&mut self, seqs: &[u64], now: Instant) -> Vec<LiveWrites> {
+        let frames: Vec<LiveWrites> = seqs
             .iter()
             .filter_map(|seq| self.frames.remove(seq).map(|(_, frame)| frame))
             .collect();
@@ -453,7 +483,7 @@ impl Unacked {
     }
 
     /// Everything still unacknowledged (the path is given up: it all goes by stream).
-    pub fn drain(&mut self) -> Vec<Frame> {
+    pub fn drain(&mut self) -> Vec<LiveWrites> {
         std::mem::take(&mut self.frames)
             .into_values()
             .map(|(_, frame)| frame)
@@ -468,8 +498,8 @@ mod tests {
     use tandem_common::ops::{Mutation, Op};
     use tandem_common::version::Version;
 
-    /// A batch of `writes` writes of 1 KiB numbered `seq`.
-    fn writes(seq: u64, count: usize) -> Frame {
+    /// A batch of `count` writes of 1 KiB numbered `seq`.
+    fn writes(seq: u64, count: usize) -> LiveWrites {
         let mutation = Mutation {
             key: Bytes::from_static(b"session:1"),
             version: Version::ZERO,
@@ -478,54 +508,63 @@ mod tests {
                 expires_at_ms: None,
             },
         };
-        Frame::Mutations {
-            first: seq,
-            seq,
-            mutations: vec![mutation; count],
-        }
+        let mut writes = Writes::default();
+        (0..count).for_each(|_| writes.push(&mutation));
+        LiveWrites::new(seq, writes)
+    }
+
+    /// The numbers of live writes, to compare.
+    fn numbers(writes: &[LiveWrites]) -> Vec<(u64, u64)> {
+        writes.iter().map(|w| (w.first, w.seq)).collect()
     }
 
     #[test]
     fn batches_merge_up_to_a_datagram_and_acknowledgements_into_the_latest() {
-        let mut batch = Batch::new(writes(1, 1));
+        let mut batch = Batch::new(Outgoing::Writes(writes(1, 1)));
         assert!(
             batch.may_wait(),
             "one small batch of writes may wait for more"
         );
         for seq in 2..=100 {
-            batch.push(writes(seq, 1));
+            batch.push(Outgoing::Writes(writes(seq, 1)));
         }
-        let sizes: Vec<(u64, u64, usize)> = batch
+        let frames: Vec<&LiveWrites> = batch
             .frames
             .iter()
             .map(|frame| match frame {
-                Frame::Mutations {
-                    first,
-                    seq,
-                    mutations,
-                } => (*first, *seq, mutations.len()),
-                other => panic!("{other:?}"),
+                Outgoing::Writes(writes) => writes,
+                other @ Outgoing::Frame(_) => panic!("{other:?}"),
             })
             .collect();
-        assert!(sizes.len() > 1, "100 KiB do not fit one frame: {sizes:?}");
+        assert!(frames.len() > 1, "100 KiB do not fit one frame");
         assert_eq!(
-            sizes.iter().map(|s| s.2).sum::<usize>(),
+            frames.iter().map(|w| w.count()).sum::<usize>(),
             100,
             "no write lost"
         );
-        assert_eq!(sizes.last().unwrap().1, 100);
-        for frame in &batch.frames {
-            let mut encoded = bytes::BytesMut::new();
-            frame.encode(&mut encoded).unwrap();
+        assert_eq!(frames.last().unwrap().seq, 100);
+        let mut next = 1;
+        for writes in &frames {
+            assert_eq!(writes.first, next, "the frames follow each other");
+            next = writes.seq + 1;
+            let mut encoded = BytesMut::new();
+            writes.encode(&mut encoded).unwrap();
             assert!(encoded.len() <= BATCH_BYTES + 64, "{} bytes", encoded.len());
+            let Frame::Mutations { mutations, .. } = Frame::decode_exact(&encoded).unwrap() else {
+                panic!("not a frame of writes");
+            };
+            assert_eq!(mutations.len(), writes.count());
         }
         assert!(!batch.may_wait(), "several frames go at once");
 
-        let mut acks = Batch::new(Frame::Ack { seq: 3 });
-        acks.push(Frame::Ack { seq: 7 });
-        assert_eq!(acks.frames, [Frame::Ack { seq: 7 }]);
+        let mut acks = Batch::new(Frame::Ack { seq: 3 }.into());
+        acks.push(Frame::Ack { seq: 7 }.into());
+        assert!(matches!(
+            acks.frames[..],
+            [Outgoing::Frame(Frame::Ack { seq: 7 })]
+        ));
         assert!(!acks.may_wait(), "an acknowledgement never waits");
-        acks.push(writes(1, 1));
+        acks.push(Outgoing::Writes(writes(1, 1)));
         assert!(!acks.may_wait());
     }
 
@@ -638,24 +677,19 @@ mod tests {
     #[test]
     fn unacknowledged_frames_go_again_after_their_time_and_too_many_degrade() {
         let start = Instant::now();
-        let frame = |seq| Frame::Mutations {
-            first: seq,
-            seq,
-            mutations: Vec::new(),
-        };
         let mut unacked = Unacked::default();
         for seq in 1..=3 {
-            unacked.sent(seq, frame(seq), start);
+            unacked.sent(writes(seq, 0), start);
         }
         assert!(unacked.due(0, start).is_empty(), "not yet due");
         // 1 is acknowledged; 2 and 3 time out.
         let due = unacked.due(1, start + RETRANSMIT_AFTER);
-        assert_eq!(due, vec![frame(2), frame(3)]);
+        assert_eq!(numbers(&due), [(2, 2), (3, 3)]);
         assert!(unacked.is_empty());
         assert!(!unacked.degraded());
         let later = start + RETRANSMIT_AFTER * 2;
         for seq in 4..4 + DEGRADED_RETRANSMITS as u64 {
-            unacked.sent(seq, frame(seq), later);
+            unacked.sent(writes(seq, 0), later);
         }
         unacked.due(3, later + RETRANSMIT_AFTER);
         assert!(unacked.degraded());
@@ -664,21 +698,18 @@ mod tests {
     #[test]
     fn frames_reported_missing_go_again_at_once() {
         let now = Instant::now();
-        let frame = |first, seq| Frame::Mutations {
-            first,
-            seq,
-            mutations: Vec::new(),
-        };
         let mut unacked = Unacked::default();
         for (first, seq) in [(1, 2), (3, 3), (4, 6), (7, 7)] {
-            unacked.sent(seq, frame(first, seq), now);
+            let mut frame = writes(first, 0);
+            frame.extend(writes(seq, 0));
+            unacked.sent(frame, now);
         }
         // The partner has 1..=2 and 7, misses 3..=6.
-        assert_eq!(unacked.missing(3, 6, now), vec![frame(3, 3), frame(4, 6)]);
+        assert_eq!(numbers(&unacked.missing(3, 6, now)), [(3, 3), (4, 6)]);
         // A gap inside a frame takes the whole frame; nothing is sent twice.
-        assert_eq!(unacked.missing(5, 5, now), vec![]);
-        assert_eq!(unacked.missing(1, 1, now), vec![frame(1, 2)]);
-        assert_eq!(unacked.due(7, now + RETRANSMIT_AFTER), vec![]);
+        assert_eq!(numbers(&unacked.missing(5, 5, now)), []);
+        assert_eq!(numbers(&unacked.missing(1, 1, now)), [(1, 2)]);
+        assert_eq!(numbers(&unacked.due(7, now + RETRANSMIT_AFTER)), []);
         assert!(unacked.is_empty());
     }
 }

@@ -25,15 +25,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use tandem_common::frame::Frame;
-use tandem_common::ops::Mutation;
+use tandem_common::frame::{Frame, Writes};
 use tandem_common::pairing::{AgentView, PairingDecision, decide};
 use tandem_common::schema::{NodeState, PartnerRef, Protocol, ReplTransport, Role, SyncProgress};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::link::{Acked, Batch, Delivered, InFlight, LinkMulticast, Unacked, Waited};
+use self::link::{
+    Acked, Batch, Delivered, InFlight, LinkMulticast, LiveWrites, Outgoing, Unacked, Waited,
+};
 use self::membership::Membership;
 use self::multicast::{Multicast, Sealer};
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
@@ -175,7 +176,7 @@ struct PairState {
 struct Link {
     id: u64,
     partner: PartnerRef,
-    outbound: mpsc::UnboundedSender<Frame>,
+    outbound: mpsc::UnboundedSender<Outgoing>,
     next_seq: u64,
     /// The partner's acknowledgements and the writers waiting for them.
     acks: Arc<Acked>,
@@ -278,7 +279,7 @@ impl Replicator {
 
     /// Ships a write's mutations to the partner; in sync mode, returns once the partner
     /// applied them or the sync timeout passed.
-    pub async fn replicate(&self, mutations: Vec<Mutation>) {
+    pub async fn replicate(&self, mutations: Writes) {
         if mutations.is_empty() {
             return;
         }
@@ -292,11 +293,7 @@ impl Replicator {
             let seq = link.next_seq;
             if link
                 .outbound
-                .send(Frame::Mutations {
-                    first: seq,
-                    seq,
-                    mutations,
-                })
+                .send(Outgoing::Writes(LiveWrites::new(seq, mutations)))
                 .is_err()
             {
                 return;
@@ -847,7 +844,7 @@ impl Inner {
         self: Arc<Self>,
         id: u64,
         mut sender: FrameSender,
-        mut outbound: mpsc::UnboundedReceiver<Frame>,
+        mut outbound: mpsc::UnboundedReceiver<Outgoing>,
         mut nacks: mpsc::UnboundedReceiver<(u64, u64)>,
         mut acked: watch::Receiver<u64>,
         multicast: Arc<LinkMulticast>,
@@ -927,57 +924,60 @@ impl Inner {
             }
             stream.clear();
             for frame in batch.frames {
-                if let Frame::Mutations { seq, .. } = &frame {
-                    in_flight.sent(*seq);
+                if let Outgoing::Writes(writes) = &frame {
+                    in_flight.sent(writes.seq);
                 }
                 // Encoded behind room for a datagram's header: sealed where it is if it
                 // goes by multicast, copied from there into the stream's write otherwise.
                 scratch.clear();
                 scratch.resize(header_room, 0);
-                if let Err(err) = frame.encode(&mut scratch) {
+                let encoded = match &frame {
+                    Outgoing::Frame(frame) => frame.encode(&mut scratch),
+                    Outgoing::Writes(writes) => writes.encode(&mut scratch),
+                };
+                if let Err(err) = encoded {
                     self.link_failed(id, &TransportError::Frame(err));
                     return;
                 }
                 let encoded = scratch.len() - header_room;
-                // Whether the frame went by datagram; `None` when it was not for one.
-                let by_datagram = match (&frame, &self.multicast, &mut sealer) {
-                    (Frame::Probe { .. }, Some(socket), Some(sealer)) => {
-                        self.send_datagram(socket, sealer, &mut scratch).await;
-                        continue;
+                let (Some(socket), Some(sealer)) = (&self.multicast, &mut sealer) else {
+                    match frame {
+                        Outgoing::Frame(Frame::Probe { .. }) => {}
+                        _ => stream.extend_from_slice(&scratch[header_room..]),
                     }
-                    (Frame::Probe { .. }, _, _) => continue,
-                    (Frame::Mutations { .. }, Some(socket), Some(sealer))
+                    continue;
+                };
+                match frame {
+                    Outgoing::Frame(Frame::Probe { .. }) => {
+                        self.send_datagram(socket, sealer, &mut scratch).await;
+                    }
+                    Outgoing::Writes(writes)
                         if multicast.active()
                             && unacked.has_room()
                             && encoded <= multicast::MAX_DATAGRAM - 300 =>
                     {
-                        Some(self.send_datagram(socket, sealer, &mut scratch).await)
-                    }
-                    // The partner's writes are acknowledged the way they came: a datagram
-                    // costs both sides less than a packet of the QUIC connection.
-                    (Frame::Ack { seq }, Some(socket), Some(sealer))
-                        if multicast.active() && multicast.ack_by_datagram(*seq) =>
-                    {
-                        Some(self.send_datagram(socket, sealer, &mut scratch).await)
-                    }
-                    _ => None,
-                };
-                match by_datagram {
-                    // Writes are kept until acknowledged, to go again over the stream.
-                    Some(true) => {
-                        if let Frame::Mutations { seq, .. } = &frame {
-                            let seq = *seq;
-                            unacked.sent(seq, frame, tokio::time::Instant::now());
-                        }
-                    }
-                    // Sealed, but not sent: the stream takes it as it was.
-                    Some(false) => {
-                        if let Err(err) = frame.encode(&mut stream) {
+                        if self.send_datagram(socket, sealer, &mut scratch).await {
+                            // Kept until acknowledged, to go again over the stream.
+                            unacked.sent(writes, tokio::time::Instant::now());
+                        } else if let Err(err) = writes.encode(&mut stream) {
+                            // Sealed, but not sent: the stream takes it as it was.
                             self.link_failed(id, &TransportError::Frame(err));
                             return;
                         }
                     }
-                    None => stream.extend_from_slice(&scratch[header_room..]),
+                    // The partner's writes are acknowledged the way they came: a datagram
+                    // costs both sides less than a packet of the QUIC connection.
+                    Outgoing::Frame(ack @ Frame::Ack { seq })
+                        if multicast.active() && multicast.ack_by_datagram(seq) =>
+                    {
+                        if !self.send_datagram(socket, sealer, &mut scratch).await
+                            && let Err(err) = ack.encode(&mut stream)
+                        {
+                            self.link_failed(id, &TransportError::Frame(err));
+                            return;
+                        }
+                    }
+                    _ => stream.extend_from_slice(&scratch[header_room..]),
                 }
             }
             if !stream.is_empty()
@@ -995,7 +995,7 @@ impl Inner {
     /// degrades later, probes again after a delay that doubles each time.
     async fn probe_multicast(
         self: Arc<Self>,
-        outbound: mpsc::UnboundedSender<Frame>,
+        outbound: mpsc::UnboundedSender<Outgoing>,
         multicast: Arc<LinkMulticast>,
         partner: String,
     ) {
@@ -1019,14 +1019,14 @@ impl Inner {
             return;
         }
         let key = multicast.send_key.to_vec();
-        if outbound.send(Frame::MulticastKey { key }).is_err() {
+        if outbound.send(Frame::MulticastKey { key }.into()).is_err() {
             return;
         }
         let mut delay = self.config.reprobe_after;
         loop {
             for _ in 0..PROBE_ATTEMPTS {
                 let nonce = multicast.start_probe();
-                if outbound.send(Frame::Probe { nonce }).is_err() {
+                if outbound.send(Frame::Probe { nonce }.into()).is_err() {
                     return;
                 }
                 tokio::time::sleep(PROBE_INTERVAL).await;
@@ -1108,12 +1108,24 @@ impl Inner {
 
     /// Sends multicast frames again over the stream (counted as retransmissions); false when
     /// the link failed doing so.
-    async fn resend(self: &Arc<Self>, id: u64, sender: &mut FrameSender, frames: &[Frame]) -> bool {
+    async fn resend(
+        self: &Arc<Self>,
+        id: u64,
+        sender: &mut FrameSender,
+        frames: &[LiveWrites],
+    ) -> bool {
         if frames.is_empty() {
             return true;
         }
         metrics::counter!(names::MULTICAST_RETRANSMITS).increment(frames.len() as u64);
-        if let Err(err) = sender.send_all(frames).await {
+        let mut encoded = BytesMut::new();
+        for frame in frames {
+            if let Err(err) = frame.encode(&mut encoded) {
+                self.link_failed(id, &TransportError::Frame(err));
+                return false;
+            }
+        }
+        if let Err(err) = sender.send_encoded(&encoded).await {
             self.link_failed(id, &err);
             return false;
         }
@@ -1126,7 +1138,7 @@ impl Inner {
         id: u64,
         mut receiver: FrameReceiver,
         mut inbox: mpsc::Receiver<Frame>,
-        outbound: mpsc::UnboundedSender<Frame>,
+        outbound: mpsc::UnboundedSender<Outgoing>,
         acks: Arc<Acked>,
         multicast: Arc<LinkMulticast>,
     ) {
@@ -1143,7 +1155,7 @@ impl Inner {
                 Ok(Some(frame)) => Ok((frame, true)),
                 Ok(None) => {
                     if let Some(seq) = unacked.take() {
-                        let _ = outbound.send(Frame::Ack { seq });
+                        let _ = outbound.send(Frame::Ack { seq }.into());
                     }
                     tokio::select! {
                         frame = receiver.recv() => frame.map(|frame| (frame, true)),
@@ -1177,7 +1189,7 @@ impl Inner {
                             && from > nacked
                         {
                             nacked = from;
-                            let _ = outbound.send(Frame::Nack { from, to });
+                            let _ = outbound.send(Frame::Nack { from, to }.into());
                         }
                     }
                     // A frame sent again over the stream is acknowledged there even when
@@ -1227,7 +1239,7 @@ impl Inner {
                             "anti-entropy: shards differ from the partner's"
                         );
                         self.send_repairs(&outbound, &differing);
-                        let _ = outbound.send(Frame::RepairRequest { shards: differing });
+                        let _ = outbound.send(Frame::RepairRequest { shards: differing }.into());
                     }
                 }
                 Frame::RepairRequest { shards } => {
@@ -1258,7 +1270,7 @@ impl Inner {
                     }
                 },
                 Frame::Probe { nonce } => {
-                    let _ = outbound.send(Frame::ProbeAck { nonce });
+                    let _ = outbound.send(Frame::ProbeAck { nonce }.into());
                 }
                 Frame::Nack { from, to } => {
                     if from > to {
@@ -1309,7 +1321,7 @@ impl Inner {
     }
 
     /// Sends what this store holds in `shards`, in frames of about a thousand keys.
-    fn send_repairs(&self, outbound: &mpsc::UnboundedSender<Frame>, shards: &[u32]) {
+    fn send_repairs(&self, outbound: &mpsc::UnboundedSender<Outgoing>, shards: &[u32]) {
         let mut batch = Vec::new();
         for &shard in shards {
             let part = self
@@ -1318,27 +1330,33 @@ impl Inner {
                 .value;
             batch.extend(part);
             if batch.len() >= SNAPSHOT_CHUNK_KEYS {
-                let _ = outbound.send(Frame::Repair {
-                    mutations: std::mem::take(&mut batch),
-                });
+                let _ = outbound.send(
+                    Frame::Repair {
+                        mutations: std::mem::take(&mut batch),
+                    }
+                    .into(),
+                );
             }
         }
         if !batch.is_empty() {
-            let _ = outbound.send(Frame::Repair { mutations: batch });
+            let _ = outbound.send(Frame::Repair { mutations: batch }.into());
         }
     }
 
     /// Every interval, sends the partner a digest of the store to compare with its own.
-    async fn anti_entropy(self: Arc<Self>, outbound: mpsc::UnboundedSender<Frame>) {
+    async fn anti_entropy(self: Arc<Self>, outbound: mpsc::UnboundedSender<Outgoing>) {
         let mut ticker = tokio::time::interval(self.config.anti_entropy_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await; // the snapshot just covered everything
         loop {
             ticker.tick().await;
             if outbound
-                .send(Frame::Digest {
-                    shards: self.digests(),
-                })
+                .send(
+                    Frame::Digest {
+                        shards: self.digests(),
+                    }
+                    .into(),
+                )
                 .is_err()
             {
                 return;
@@ -1397,7 +1415,7 @@ impl Inner {
                     mutations,
                     last: cursor.is_none(),
                 };
-                if link.outbound.send(frame).is_err() {
+                if link.outbound.send(frame.into()).is_err() {
                     return;
                 }
                 (seq, link.acks.watch())

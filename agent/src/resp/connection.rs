@@ -11,7 +11,7 @@
 //! again; the tests check the two agree.)
 
 use bytes::{Bytes, BytesMut};
-use tandem_common::ops::Mutation;
+use tandem_common::frame::Writes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -251,7 +251,7 @@ async fn run(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut chunk = READ_CHUNK;
-    let mut mutations: Vec<Mutation> = Vec::new();
+    let mut mutations = Writes::default();
     loop {
         let mut failure = None;
         let mut commands = 0u64;

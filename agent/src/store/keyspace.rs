@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use tandem_common::frame::Writes;
 use tandem_common::ops::{Mutation, Op};
 use tandem_common::version::{HybridClock, Version, fnv1a, node_tag};
 
@@ -222,13 +223,12 @@ pub struct Keyspace {
     len: usize,
     clock: HybridClock,
     limits: Limits,
-    /// Mutations made by local writes since the caller last took them.
-    outbox: Vec<Mutation>,
+    /// Mutations made by local writes since the caller last took them, encoded for the
+    /// partner as they are made: the store never shares a value with a mutation.
+    outbox: Writes,
     /// Whether local writes go to the outbox. Off while nobody replicates them (a lone
-    /// agent): a write then moves its key and value into the store, where recording it
-    /// shares the value (and a new key) with the mutation (a reference count, allocated by
-    /// the first share). Whoever turns it on must read the store afterwards (a snapshot) to cover
-    /// the writes made before.
+    /// agent). Whoever turns it on must read the store afterwards (a snapshot) to cover the
+    /// writes made before.
     recording: bool,
     /// Local writes made so far, recorded or not.
     writes: u64,
@@ -244,7 +244,7 @@ impl Keyspace {
             len: 0,
             clock: HybridClock::new(node_tag(node_id)),
             limits,
-            outbox: Vec::new(),
+            outbox: Writes::default(),
             recording: true,
             writes: 0,
         }
@@ -284,10 +284,10 @@ impl Keyspace {
         self.limits
     }
 
-    /// Moves the mutations local writes made since the last call to the end of `into`
-    /// (the outbox keeps its allocation for the next write).
-    pub fn move_outbox_into(&mut self, into: &mut Vec<Mutation>) {
-        into.append(&mut self.outbox);
+    /// Swaps the outbox with `writes`: given before a command, the command's writes go
+    /// straight to the end of the caller's, and taken back after it.
+    pub fn swap_outbox(&mut self, writes: &mut Writes) {
+        std::mem::swap(&mut self.outbox, writes);
     }
 
     fn shard_of(key: &[u8]) -> usize {
@@ -502,16 +502,10 @@ impl Keyspace {
         );
         self.writes += 1;
         if self.recording {
-            self.write(
-                Cow::Borrowed(&mutation.key),
-                mutation.version,
-                mutation.op.clone(),
-            );
-            self.outbox.push(mutation);
-        } else {
-            let Mutation { key, version, op } = mutation;
-            self.write(Cow::Owned(key), version, op);
+            self.outbox.push(&mutation);
         }
+        let Mutation { key, version, op } = mutation;
+        self.write(Cow::Owned(key), version, op);
     }
 
     fn check_size(&self, what: &'static str, bytes: &[u8]) -> Result<(), StoreError> {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tandem_common::frame::Writes;
 use tandem_common::ops::Mutation;
 use tokio::task::JoinHandle;
 
@@ -39,11 +40,11 @@ pub struct SessionStore {
     mutations_total: metrics::Counter,
 }
 
-/// What a command returned, and the mutations it made.
+/// What a command returned, and the mutations it made (encoded for the partner).
 #[derive(Debug)]
 pub struct Outcome<T> {
     pub value: T,
-    pub mutations: Vec<Mutation>,
+    pub mutations: Writes,
 }
 
 impl SessionStore {
@@ -62,7 +63,7 @@ impl SessionStore {
 
     /// Runs one command atomically against the keyspace.
     pub fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
-        let mut mutations = Vec::new();
+        let mut mutations = Writes::default();
         let value = self.run_at(self.clock.now_ms(), &mut mutations, command);
         Outcome { value, mutations }
     }
@@ -71,18 +72,19 @@ impl SessionStore {
     /// clock a moment before: a connection reads it once per pipeline, as a clock read per
     /// command costs a few percent of a pipelined GET) and appends its mutations to
     /// `mutations` (a connection gathers a whole pipeline's there, without an allocation
-    /// per write). Versions stay unique and increasing whatever `now_ms`.
+    /// or a copy per write). Versions stay unique and increasing whatever `now_ms`.
     pub fn run_at<T>(
         &self,
         now_ms: u64,
-        mutations: &mut Vec<Mutation>,
+        mutations: &mut Writes,
         command: impl FnOnce(&mut Keyspace, u64) -> T,
     ) -> T {
         let mut keyspace = self.keyspace.lock();
         let before = keyspace.writes();
+        keyspace.swap_outbox(mutations);
         let value = command(&mut keyspace, now_ms);
+        keyspace.swap_outbox(mutations);
         let made = keyspace.writes() - before;
-        keyspace.move_outbox_into(mutations);
         drop(keyspace);
         if made > 0 {
             self.mutations_total.increment(made);

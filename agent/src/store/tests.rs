@@ -29,6 +29,8 @@ fn set(store: &SessionStore, key: &str, value: &str, expiry: SetExpiry) -> Vec<M
                 .unwrap()
         })
         .mutations
+        .to_mutations()
+        .unwrap()
 }
 
 fn get(store: &SessionStore, key: &str) -> Option<Bytes> {
@@ -85,6 +87,8 @@ fn every_write_is_one_versioned_mutation() {
         store
             .run(|ks, now| ks.delete(&[b("absent")], now))
             .mutations
+            .to_mutations()
+            .unwrap()
             .is_empty()
     );
 }
@@ -101,19 +105,31 @@ fn mutations_replay_to_the_same_state_and_stale_ones_are_ignored() {
                 ks.hset(b("h"), vec![(b("a"), b("1")), (b("b"), b("2"))], now)
                     .unwrap()
             })
-            .mutations,
+            .mutations
+            .to_mutations()
+            .unwrap(),
     );
     log.extend(
         primary
             .run(|ks, now| ks.hdel(b("h"), vec![b("a")], now).unwrap())
-            .mutations,
+            .mutations
+            .to_mutations()
+            .unwrap(),
     );
     log.extend(
         primary
             .run(|ks, now| ks.incr_by(b("n"), 5, now).unwrap())
-            .mutations,
+            .mutations
+            .to_mutations()
+            .unwrap(),
     );
-    log.extend(primary.run(|ks, now| ks.delete(&[b("n")], now)).mutations);
+    log.extend(
+        primary
+            .run(|ks, now| ks.delete(&[b("n")], now))
+            .mutations
+            .to_mutations()
+            .unwrap(),
+    );
     assert_eq!(replica.apply(log.clone()), log.len());
     // Applying everything again, or in reverse, changes nothing.
     assert_eq!(replica.apply(log.clone()), 0);
@@ -635,19 +651,25 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
     let replica = SessionStore::new("node-b", Limits::default(), clock.clone());
     let written = primary
         .run(|ks, now| ks.hset(b("s"), vec![(b("user"), b("ada"))], now).unwrap())
-        .mutations;
+        .mutations
+        .to_mutations()
+        .unwrap();
     replica.apply(written.clone());
     let touch_at = T0 + 1_000;
     let expire = primary
         .run(|ks, now| ks.expire(b("s"), touch_at, ExpireCondition::Always, now))
-        .mutations;
+        .mutations
+        .to_mutations()
+        .unwrap();
     replica.apply(expire.clone());
     // The primary extends the session just before the deadline; the copy gets the touch
     // just after it.
     clock.advance(999);
     let touch = primary
         .run(|ks, now| ks.expire(b("s"), now + 60_000, ExpireCondition::Always, now))
-        .mutations;
+        .mutations
+        .to_mutations()
+        .unwrap();
     clock.advance(2);
     assert_eq!(
         replica.run(|ks, now| ks.hget(b"s", b"user", now)).value,
@@ -664,18 +686,24 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
     // A local write on an expired copy starts afresh, and tells the partner to.
     let other = primary
         .run(|ks, now| ks.hset(b("x"), vec![(b("old"), b("1"))], now).unwrap())
-        .mutations;
+        .mutations
+        .to_mutations()
+        .unwrap();
     replica.apply(other.clone());
     primary.run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now));
     replica.apply(
         primary
             .run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now))
-            .mutations,
+            .mutations
+            .to_mutations()
+            .unwrap(),
     );
     clock.advance(20);
     let fresh = replica
         .run(|ks, now| ks.hset(b("x"), vec![(b("new"), b("2"))], now).unwrap())
-        .mutations;
+        .mutations
+        .to_mutations()
+        .unwrap();
     assert!(matches!(fresh[0].op, Op::Delete), "{fresh:?}");
     primary.apply(fresh.clone());
     for side in [&primary, &replica] {

@@ -17,7 +17,7 @@ mod strings;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use tandem_common::ops::Mutation;
+use tandem_common::frame::Writes;
 
 use super::clients::{ClientSession, Clients};
 use super::parse::Args;
@@ -30,7 +30,7 @@ pub struct Ctx<'a> {
     pub session: &'a mut ClientSession,
     pub clients: &'a Clients,
     /// Mutations made by the commands of the current batch, for replication.
-    pub mutations: &'a mut Vec<Mutation>,
+    pub mutations: &'a mut Writes,
     /// The store's time when the current batch was read, in ms since the epoch.
     pub now_ms: u64,
 }
