@@ -28,6 +28,18 @@ need() {
     done
 }
 
+# With PIN=1 on a machine of two cores or more, the client (redis-benchmark) runs on the
+# first core and the servers (each with its replica or partner) on the others, as if the
+# client were another machine. Unpinned, the client and the servers contend for the same
+# cores, and where the scheduler happens to place them moves a run's result by ±15 %.
+on_client=()
+on_server=()
+if [ "${PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+    need taskset   # Debian: util-linux
+    on_client=(taskset -c 0)
+    on_server=(taskset -c "1-$(($(nproc) - 1))")
+fi
+
 # CPU time (user + system, in clock ticks) the given processes have used so far.
 cpu_ticks() { local total=0; for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$total"; }
 # Microseconds of CPU per request, from the clock ticks `cpu_ticks` counted over them.
@@ -43,6 +55,7 @@ measure() { # host port pipeline pid...
     shift 3
     local run=()
     [ -n "${BENCH_NETNS:-}" ] && run=(ip netns exec "$BENCH_NETNS")
+    run+=("${on_client[@]}")
     for test in ${TESTS//,/ }; do
         local before=() out each=() total=0 cpu i
         for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
@@ -74,7 +87,7 @@ start_redis() { # port [replicaof-port]
     local extra=()
     [ -n "${2:-}" ] && extra=(--replicaof 127.0.0.1 "$2")
     # In the work directory: a replica writes the copy it receives to disk.
-    redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" "${extra[@]}" \
+    "${on_server[@]}" redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" "${extra[@]}" \
         >"$work/redis-$1.log" 2>&1 &
     pids+=($!)
     wait_ping "$1"
@@ -85,7 +98,7 @@ start_agent() { # name resp-port gossip-port [seed-gossip-port] [extra flags...]
     shift 4 || shift $#
     local join=()
     [ -n "$seed" ] && join=(--join "127.0.0.1:$seed")
-    "$tandem" agent --node-id "$name" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$(free_port)" \
+    "${on_server[@]}" "$tandem" agent --node-id "$name" --gossip-addr "127.0.0.1:$gossip" --admin-addr "127.0.0.1:$(free_port)" \
         --resp-addr "127.0.0.1:$resp" --api-addr "127.0.0.1:$(free_port)" --repl-addr "127.0.0.1:$(free_port)" \
         --tls-dir "$work/tls" "${join[@]}" "$@" >"$work/agent-$name.log" 2>&1 &
     pids+=($!)

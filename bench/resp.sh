@@ -24,7 +24,11 @@
 # The last table ("split") shows where the CPU of unpipelined SETs goes: to the server, or
 # to its replica or partner.
 #
+# The client runs on the first core and the servers on the others (PIN=1, the default; see
+# lib.sh); PIN=0 lets the scheduler place every process.
+#
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
+PIN=${PIN:-1}
 source "$(dirname "$0")/lib.sh"
 
 REQUESTS=${REQUESTS:-200000}
@@ -101,6 +105,13 @@ header() { # title, agent column name
 echo "redis-benchmark: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000;"
 echo "each row is the round with the median requests/s of $ROUNDS, the two servers taking turns"
 echo "machine: $(nproc) cores, $(uname -r); $(redis-server --version | awk '{print $3}'), tandem $($tandem version | awk '{print $2}')"
+if [ ${#on_client[@]} -gt 0 ]; then
+    servers="CPU 1"
+    [ "$(nproc)" -gt 2 ] && servers="CPUs 1-$(($(nproc) - 1))"
+    echo "placement: the client on CPU 0, the servers with their replica or partner on $servers"
+else
+    echo "placement: unpinned, every process where the scheduler puts it"
+fi
 
 if [[ " $MODES " == *" alone "* ]]; then
     redis_port=$(free_port); agent_port=$(free_port)
@@ -140,7 +151,7 @@ acked_run() { # port pipeline "pids" [--wait]
     local before after out
     # shellcheck disable=SC2086
     before=$(cpu_ticks $3)
-    out=$("$acked_writes" --addr "127.0.0.1:$1" --pipeline "$2" --requests "$REQUESTS" --clients "$CLIENTS" \
+    out=$("${on_client[@]}" "$acked_writes" --addr "127.0.0.1:$1" --pipeline "$2" --requests "$REQUESTS" --clients "$CLIENTS" \
         --size "$SIZE" ${4:-})
     # shellcheck disable=SC2086
     after=$(cpu_ticks $3)
