@@ -24,11 +24,11 @@
 # The last table ("split") shows where the CPU of unpipelined SETs goes: to the server, or
 # to its replica or partner.
 #
-# The client runs on the first core and the servers on the others (PIN=1, the default; see
-# lib.sh); PIN=0 lets the scheduler place every process.
+# PIN=1 runs the client on the first core and the servers on the others (see lib.sh); by
+# default the scheduler places every process. The placement changes the comparison, not
+# only the noise: pinned, a server shares its core with its replica or partner.
 #
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
-PIN=${PIN:-1}
 source "$(dirname "$0")/lib.sh"
 
 REQUESTS=${REQUESTS:-200000}
