@@ -43,6 +43,13 @@ impl FieldMap {
         }
     }
 
+    pub fn get_mut(&mut self, field: &[u8]) -> Option<&mut Bytes> {
+        match &mut self.0 {
+            Fields::Ordered(map) => map.get_mut(field),
+            Fields::Unordered(map) => map.get_mut(field),
+        }
+    }
+
     pub fn contains_key(&self, field: &[u8]) -> bool {
         self.get(field).is_some()
     }

@@ -71,14 +71,36 @@ impl Entry {
 /// A copy of `bytes` in an allocation of its own.
 ///
 /// Keys and values of local writes arrive as slices of a connection's read buffer; storing
-/// the slice would keep that whole buffer alive for as long as the session lives. They are
-/// copied once, when the write is committed; the store and the mutation shipped to the
-/// partner then share the copy. (Mutations decoded from a partner's frames own theirs.)
+/// the slice would keep that whole buffer alive for as long as the session lives. Values
+/// are copied when the write is committed; keys and field names only where the store
+/// keeps them, for an existing key or field keeps the store's own (see [`Source`]).
 fn owned(bytes: &Bytes) -> Bytes {
     Bytes::copy_from_slice(bytes)
 }
 
-/// `op` with every key, field and value in an allocation of its own.
+/// Where the bytes of a write come from, and so whether the store copies a key or a field
+/// name before keeping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A local command: slices of the connection's read buffer.
+    Request,
+    /// A partner's frame, decoded into allocations of their own.
+    Partner,
+}
+
+impl Source {
+    /// `bytes` as the store may keep them.
+    fn keep(self, bytes: Bytes) -> Bytes {
+        match self {
+            Source::Request => owned(&bytes),
+            Source::Partner => bytes,
+        }
+    }
+}
+
+/// `op` with every value in an allocation of its own, and the field names of a whole hash
+/// (those of [`Op::SetFields`] are copied where they are kept, and those of
+/// [`Op::DeleteFields`] are only looked up).
 fn owned_op(op: Op) -> Op {
     let pairs = |fields: Vec<(Bytes, Bytes)>| -> Vec<(Bytes, Bytes)> {
         fields.iter().map(|(f, v)| (owned(f), owned(v))).collect()
@@ -99,12 +121,9 @@ fn owned_op(op: Op) -> Op {
             expires_at_ms,
         },
         Op::SetFields { fields } => Op::SetFields {
-            fields: pairs(fields),
+            fields: fields.into_iter().map(|(f, v)| (f, owned(&v))).collect(),
         },
-        Op::DeleteFields { fields } => Op::DeleteFields {
-            fields: fields.iter().map(owned).collect(),
-        },
-        op @ (Op::Delete | Op::Expire { .. }) => op,
+        op @ (Op::DeleteFields { .. } | Op::Delete | Op::Expire { .. }) => op,
     }
 }
 
@@ -335,10 +354,10 @@ impl Keyspace {
 
     /// Stores `entry` under `key`, replacing what is there. An existing key is overwritten
     /// in place: the map keeps its own copy of the key and its slot.
-    fn put(&mut self, key: Cow<'_, Bytes>, entry: Entry) {
+    fn put(&mut self, key: Cow<'_, Bytes>, entry: Entry, source: Source) {
         let shard = Self::shard_of(&key);
         let Some((stored, current)) = self.shards[shard].get_key_value_mut(&**key) else {
-            self.insert(key.into_owned(), entry);
+            self.insert(source.keep(key.into_owned()), entry);
             return;
         };
         self.used_bytes = self.used_bytes - current.size(stored) + entry.size(stored);
@@ -368,15 +387,14 @@ impl Keyspace {
             return false;
         }
         let Mutation { key, version, op } = mutation;
-        self.write(Cow::Owned(key), version, op);
+        self.write(Cow::Owned(key), version, op, Source::Partner);
         true
     }
 
     /// Makes the change a mutation describes, whatever version the key holds. The store
-    /// takes the fields and values as they are, and the key where it is new (an existing
-    /// key keeps the map's copy): a key still needed elsewhere comes borrowed, and only a
-    /// new one is then cloned.
-    fn write(&mut self, key: Cow<'_, Bytes>, version: Version, op: Op) {
+    /// takes the values as they are; a key or field name only where it is new (an existing
+    /// one keeps the store's copy), copied first when it comes from a request.
+    fn write(&mut self, key: Cow<'_, Bytes>, version: Version, op: Op, source: Source) {
         match op {
             Op::Set {
                 value,
@@ -387,7 +405,7 @@ impl Keyspace {
                     expires_at_ms,
                     version,
                 };
-                self.put(key, entry);
+                self.put(key, entry, source);
             }
             Op::SetHash {
                 fields,
@@ -398,7 +416,7 @@ impl Keyspace {
                     expires_at_ms,
                     version,
                 };
-                self.put(key, entry);
+                self.put(key, entry, source);
             }
             Op::SetFields { fields } => {
                 let shard = Self::shard_of(&key);
@@ -408,25 +426,28 @@ impl Keyspace {
                     ..
                 }) = self.shards[shard].get_mut(&*key)
                 {
-                    // In place: a large hash is not re-measured for every field.
+                    // In place: a large hash is not re-measured for every field. A field that
+                    // is there keeps its name and takes the new value.
                     for (field, value) in fields {
-                        let (added, value_len) = (field_size(&field, &value), value.len());
-                        match hash.insert(field, value) {
-                            // The field was there: only the value's size changes.
-                            Some(old) => self.used_bytes = self.used_bytes + value_len - old.len(),
-                            None => self.used_bytes += added,
+                        if let Some(old) = hash.get_mut(&field) {
+                            self.used_bytes = self.used_bytes + value.len() - old.len();
+                            *old = value;
+                        } else {
+                            self.used_bytes += field_size(&field, &value);
+                            hash.insert(source.keep(field), value);
                         }
                     }
                     *current = version;
                 } else {
                     // Absent, or a string that a newer hash write replaces.
                     self.remove(&key);
+                    let fields = fields.into_iter().map(|(f, v)| (source.keep(f), v));
                     let entry = Entry {
-                        value: Value::Hash(Box::new(fields.into_iter().collect())),
+                        value: Value::Hash(Box::new(fields.collect())),
                         expires_at_ms: None,
                         version,
                     };
-                    self.insert(key.into_owned(), entry);
+                    self.insert(source.keep(key.into_owned()), entry);
                 }
             }
             Op::DeleteFields { fields } => {
@@ -453,12 +474,14 @@ impl Keyspace {
                 };
                 if emptied {
                     self.remove(&key);
-                    self.tombstones[Self::shard_of(&key)].insert(key.into_owned(), version);
+                    self.tombstones[Self::shard_of(&key)]
+                        .insert(source.keep(key.into_owned()), version);
                 }
             }
             Op::Delete => {
                 self.remove(&key);
-                self.tombstones[Self::shard_of(&key)].insert(key.into_owned(), version);
+                self.tombstones[Self::shard_of(&key)]
+                    .insert(source.keep(key.into_owned()), version);
             }
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(&key);
@@ -479,7 +502,7 @@ impl Keyspace {
 
     /// Stamps, applies and records a local write.
     fn commit(&mut self, key: Bytes, op: Op, now_ms: u64) {
-        let (key, op) = (owned(&key), owned_op(op));
+        let op = owned_op(op);
         let expired_copy = self.raw_entry(&key).is_some_and(|e| e.is_expired(now_ms));
         if expired_copy && op != Op::Delete {
             // A local write never builds on an expired copy kept for the grace period;
@@ -505,7 +528,7 @@ impl Keyspace {
             self.outbox.push(&mutation);
         }
         let Mutation { key, version, op } = mutation;
-        self.write(Cow::Owned(key), version, op);
+        self.write(Cow::Owned(key), version, op, Source::Request);
     }
 
     fn check_size(&self, what: &'static str, bytes: &[u8]) -> Result<(), StoreError> {

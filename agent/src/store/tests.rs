@@ -715,3 +715,66 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
     replica.sweep_once();
     assert_eq!(replica.run(|ks, now| ks.kind(b"s", now)).value, None);
 }
+
+/// Local writes arrive as slices of a connection's read buffer. The store keeps copies of
+/// whatever it holds on to (keys, field names, values, the keys of tombstones), new or
+/// overwritten, so that no session keeps a whole buffer alive.
+#[test]
+fn writes_keep_nothing_of_the_request_buffer() {
+    for recording in [false, true] {
+        let (store, _) = store();
+        store.set_recording(recording);
+        let buffer = Bytes::from(b"keyotherhashfieldfield2value".repeat(64));
+        let arg = |at: usize, len: usize| buffer.slice(at..at + len);
+        let (key, other, hash, field, field2, value) = (
+            arg(0, 3),
+            arg(3, 5),
+            arg(8, 4),
+            arg(12, 5),
+            arg(17, 6),
+            arg(23, 5),
+        );
+        for _ in 0..2 {
+            // The first round makes each key and field, the second overwrites them.
+            store.run(|ks, now| {
+                ks.set(
+                    key.clone(),
+                    value.clone(),
+                    SetExpiry::None,
+                    SetCondition::Always,
+                    false,
+                    now,
+                )
+                .unwrap();
+                ks.set(
+                    other.clone(),
+                    value.clone(),
+                    SetExpiry::None,
+                    SetCondition::Always,
+                    false,
+                    now,
+                )
+                .unwrap();
+                ks.hset(hash.clone(), vec![(field.clone(), value.clone())], now)
+                    .unwrap();
+                ks.hset(hash.clone(), vec![(field2.clone(), value.clone())], now)
+                    .unwrap();
+            });
+        }
+        // Deletes leave tombstones under the key.
+        store.run(|ks, now| {
+            ks.delete(std::slice::from_ref(&other), now);
+            ks.hdel(hash.clone(), vec![field.clone(), field2.clone()], now)
+                .unwrap();
+        });
+        drop((key, other, hash, field, field2, value));
+        assert!(
+            buffer.is_unique(),
+            "recording {recording}: the store holds a slice"
+        );
+        assert_eq!(
+            store.run(|ks, now| ks.get(b"key", now)).value.unwrap(),
+            Some(b("value"))
+        );
+    }
+}
