@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tandem_common::frame::{Frame, Writes};
+use tandem_common::ops::Mutation;
 use tandem_common::pairing::{AgentView, PairingDecision, decide};
 use tandem_common::schema::{NodeState, PartnerRef, Protocol, ReplTransport, Role, SyncProgress};
 use tokio::sync::{mpsc, watch};
@@ -43,6 +44,9 @@ use crate::store::keyspace::SHARDS;
 
 /// Keys per snapshot frame.
 const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
+/// About the most bytes of one snapshot or repair frame: the keys read at once are sent in
+/// frames of about this size, far below the frame limit whatever their values' sizes.
+const CHUNK_BYTES: usize = 8 << 20;
 /// Snapshot frames in flight before the sender waits for acknowledgements.
 const SNAPSHOT_WINDOW: u64 = 4;
 /// Write batches an async-mode partner may fall behind by before writers wait for it.
@@ -438,6 +442,27 @@ impl Replicator {
         }
         tasks
     }
+}
+
+/// `mutations` cut, in order, into frames of about [`CHUNK_BYTES`] each (a larger mutation
+/// alone); one empty frame for none.
+fn in_frames(mutations: Vec<Mutation>) -> Vec<Vec<Mutation>> {
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut bytes = 0;
+    for mutation in mutations {
+        let size = mutation.encoded_size();
+        if !frame.is_empty() && bytes + size > CHUNK_BYTES {
+            frames.push(std::mem::take(&mut frame));
+            bytes = 0;
+        }
+        bytes += size;
+        frame.push(mutation);
+    }
+    if !frame.is_empty() || frames.is_empty() {
+        frames.push(frame);
+    }
+    frames
 }
 
 fn malformed(reason: String) -> TransportError {
@@ -1322,24 +1347,27 @@ impl Inner {
 
     /// Sends what this store holds in `shards`, in frames of about a thousand keys.
     fn send_repairs(&self, outbound: &mpsc::UnboundedSender<Outgoing>, shards: &[u32]) {
+        let send = |batch: Vec<Mutation>| {
+            for mutations in in_frames(batch) {
+                let _ = outbound.send(Frame::Repair { mutations }.into());
+            }
+        };
         let mut batch = Vec::new();
+        let mut bytes = 0;
         for &shard in shards {
             let part = self
                 .store
                 .run(|ks, now| ks.shard_repair(shard as usize, now))
                 .value;
+            bytes += part.iter().map(Mutation::encoded_size).sum::<usize>();
             batch.extend(part);
-            if batch.len() >= SNAPSHOT_CHUNK_KEYS {
-                let _ = outbound.send(
-                    Frame::Repair {
-                        mutations: std::mem::take(&mut batch),
-                    }
-                    .into(),
-                );
+            if batch.len() >= SNAPSHOT_CHUNK_KEYS || bytes >= CHUNK_BYTES {
+                send(std::mem::take(&mut batch));
+                bytes = 0;
             }
         }
         if !batch.is_empty() {
-            let _ = outbound.send(Frame::Repair { mutations: batch }.into());
+            send(batch);
         }
     }
 
@@ -1402,38 +1430,42 @@ impl Inner {
                 .run(|ks, now| ks.snapshot_chunk(at, SNAPSHOT_CHUNK_KEYS, now))
                 .value;
             cursor = next;
-            let keys = mutations.len() as u64;
-            let (seq, mut acked) = {
-                let mut state = self.state.lock();
-                let Some(link) = state.link.as_mut().filter(|l| l.id == id) else {
-                    return;
+            let frames = in_frames(mutations);
+            let count = frames.len();
+            for (i, mutations) in frames.into_iter().enumerate() {
+                let keys = mutations.len() as u64;
+                let (seq, mut acked) = {
+                    let mut state = self.state.lock();
+                    let Some(link) = state.link.as_mut().filter(|l| l.id == id) else {
+                        return;
+                    };
+                    link.next_seq += 1;
+                    let seq = link.next_seq;
+                    let frame = Frame::Snapshot {
+                        seq,
+                        mutations,
+                        last: cursor.is_none() && i + 1 == count,
+                    };
+                    if link.outbound.send(frame.into()).is_err() {
+                        return;
+                    }
+                    (seq, link.acks.watch())
                 };
-                link.next_seq += 1;
-                let seq = link.next_seq;
-                let frame = Frame::Snapshot {
-                    seq,
-                    mutations,
-                    last: cursor.is_none(),
-                };
-                if link.outbound.send(frame.into()).is_err() {
+                sent += keys;
+                metrics::counter!(names::SNAPSHOT_KEYS_SENT).increment(keys);
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    info!(%partner, keys_sent = sent, keys_total = total, "snapshot in progress");
+                    self.publish_snapshot(Some(SyncProgress {
+                        sent,
+                        total: total.max(sent),
+                    }));
+                    last_report = tokio::time::Instant::now();
+                }
+                let window = seq.saturating_sub(SNAPSHOT_WINDOW);
+                if acked.wait_for(|a| *a >= window).await.is_err() {
+                    self.publish_snapshot(None);
                     return;
                 }
-                (seq, link.acks.watch())
-            };
-            sent += keys;
-            metrics::counter!(names::SNAPSHOT_KEYS_SENT).increment(keys);
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                info!(%partner, keys_sent = sent, keys_total = total, "snapshot in progress");
-                self.publish_snapshot(Some(SyncProgress {
-                    sent,
-                    total: total.max(sent),
-                }));
-                last_report = tokio::time::Instant::now();
-            }
-            let window = seq.saturating_sub(SNAPSHOT_WINDOW);
-            if acked.wait_for(|a| *a >= window).await.is_err() {
-                self.publish_snapshot(None);
-                return;
             }
         }
         if let Some(link) = self.state.lock().link.as_mut().filter(|l| l.id == id) {
@@ -1459,5 +1491,50 @@ impl Inner {
                 }))
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+    use tandem_common::frame::MAX_FRAME_BYTES;
+    use tandem_common::ops::Op;
+    use tandem_common::version::Version;
+
+    use super::*;
+
+    /// A snapshot or repair reads up to 1,000 keys at once; with large values they must
+    /// still travel in frames the partner accepts, in order and every one of them.
+    #[test]
+    fn keys_read_at_once_travel_in_frames_below_the_limit() {
+        let key = |i: usize, size: usize| Mutation {
+            key: Bytes::from(format!("session:{i}")),
+            version: Version::ZERO,
+            op: Op::Set {
+                value: Bytes::from(vec![b'v'; size]),
+                expires_at_ms: None,
+            },
+        };
+        // 40 values of 3 MiB: 120 MiB read at once.
+        let mutations: Vec<Mutation> = (0..40).map(|i| key(i, 3 << 20)).collect();
+        let frames = in_frames(mutations.clone());
+        assert!(frames.len() > 1);
+        for mutations in &frames {
+            let mut encoded = BytesMut::new();
+            Frame::Snapshot {
+                seq: 1,
+                mutations: mutations.clone(),
+                last: false,
+            }
+            .encode(&mut encoded)
+            .unwrap();
+            assert!(encoded.len() <= CHUNK_BYTES + (3 << 20) && encoded.len() < MAX_FRAME_BYTES);
+        }
+        assert_eq!(frames.concat(), mutations, "every key, in order");
+        // Nothing read: one empty frame still goes (the last of a snapshot says so).
+        assert_eq!(in_frames(Vec::new()), vec![Vec::<Mutation>::new()]);
+        // A key larger than a frame's share goes alone.
+        let one = in_frames(vec![key(0, 10), key(1, CHUNK_BYTES), key(2, 10)]);
+        assert_eq!(one.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
     }
 }

@@ -16,7 +16,11 @@ pub const ORDERED_FIELDS: usize = 128;
 
 /// The fields of one hash, field name to value.
 #[derive(Debug, Clone)]
-pub struct FieldMap(Fields);
+pub struct FieldMap {
+    fields: Fields,
+    /// The bytes of every field name and value.
+    bytes: usize,
+}
 
 #[derive(Debug, Clone)]
 enum Fields {
@@ -26,7 +30,7 @@ enum Fields {
 
 impl FieldMap {
     pub fn len(&self) -> usize {
-        match &self.0 {
+        match &self.fields {
             Fields::Ordered(map) => map.len(),
             Fields::Unordered(map) => map.len(),
         }
@@ -37,17 +41,29 @@ impl FieldMap {
     }
 
     pub fn get(&self, field: &[u8]) -> Option<&Bytes> {
-        match &self.0 {
+        match &self.fields {
             Fields::Ordered(map) => map.get(field),
             Fields::Unordered(map) => map.get(field),
         }
     }
 
-    pub fn get_mut(&mut self, field: &[u8]) -> Option<&mut Bytes> {
-        match &mut self.0 {
+    /// The bytes of every field name and value.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Gives `field`, if the hash has it, the value `value` (the field keeps its name);
+    /// returns the value replaced, or `value` back when the field is not there.
+    pub fn replace(&mut self, field: &[u8], value: Bytes) -> Result<Bytes, Bytes> {
+        let slot = match &mut self.fields {
             Fields::Ordered(map) => map.get_mut(field),
             Fields::Unordered(map) => map.get_mut(field),
-        }
+        };
+        let Some(slot) = slot else {
+            return Err(value);
+        };
+        self.bytes = self.bytes + value.len() - slot.len();
+        Ok(std::mem::replace(slot, value))
     }
 
     pub fn contains_key(&self, field: &[u8]) -> bool {
@@ -57,29 +73,38 @@ impl FieldMap {
     /// Sets `field`; returns the value it replaces. A hash that grows past
     /// [`ORDERED_FIELDS`] stops keeping the order.
     pub fn insert(&mut self, field: Bytes, value: Bytes) -> Option<Bytes> {
-        match &mut self.0 {
+        let (field_len, value_len) = (field.len(), value.len());
+        let old = match &mut self.fields {
             Fields::Ordered(map) => {
                 let old = map.insert(field, value);
                 if map.len() > ORDERED_FIELDS {
                     let map = std::mem::take(map);
-                    self.0 = Fields::Unordered(map.into_iter().collect());
+                    self.fields = Fields::Unordered(map.into_iter().collect());
                 }
                 old
             }
             Fields::Unordered(map) => map.insert(field, value),
-        }
+        };
+        // A field that was there keeps its name: only the value's size changes.
+        self.bytes = match &old {
+            Some(old) => self.bytes + value_len - old.len(),
+            None => self.bytes + field_len + value_len,
+        };
+        old
     }
 
     /// Removes `field` (the others keep their order); returns its value.
     pub fn remove(&mut self, field: &[u8]) -> Option<Bytes> {
-        match &mut self.0 {
+        let old = match &mut self.fields {
             Fields::Ordered(map) => map.shift_remove(field),
             Fields::Unordered(map) => map.remove(field),
-        }
+        }?;
+        self.bytes -= field.len() + old.len();
+        Some(old)
     }
 
     pub fn iter(&self) -> Iter<'_> {
-        match &self.0 {
+        match &self.fields {
             Fields::Ordered(map) => Iter::Ordered(map.iter()),
             Fields::Unordered(map) => Iter::Unordered(map.iter()),
         }
@@ -88,7 +113,10 @@ impl FieldMap {
 
 impl Default for FieldMap {
     fn default() -> Self {
-        FieldMap(Fields::Ordered(IndexMap::default()))
+        FieldMap {
+            fields: Fields::Ordered(IndexMap::default()),
+            bytes: 0,
+        }
     }
 }
 
@@ -176,6 +204,30 @@ mod tests {
             map.iter().size_hint(),
             (3 * ORDERED_FIELDS - 2, Some(3 * ORDERED_FIELDS - 2))
         );
+    }
+
+    /// The hash's byte count follows every insert, overwrite, replace and removal, in
+    /// both forms.
+    #[test]
+    fn the_byte_count_is_that_of_every_field_name_and_value() {
+        let counted =
+            |map: &FieldMap| -> usize { map.iter().map(|(f, v)| f.len() + v.len()).sum() };
+        let mut map = FieldMap::default();
+        for i in 0..300usize {
+            map.insert(field(i), Bytes::from(vec![0; i % 7]));
+            if i % 3 == 0 {
+                map.insert(field(i), Bytes::from(vec![1; i % 5]));
+            }
+            if i % 4 == 0 {
+                assert!(map.replace(&field(i / 2), Bytes::from(vec![2; 9])).is_ok());
+            }
+            if i % 5 == 0 {
+                map.remove(&field(i / 3));
+            }
+            assert_eq!(map.bytes(), counted(&map), "after {i}");
+        }
+        assert!(map.replace(b"absent", Bytes::from_static(b"v")).is_err());
+        assert_eq!(map.bytes(), counted(&map));
     }
 
     #[test]

@@ -16,6 +16,11 @@ use tandem_common::version::{HybridClock, Version, fnv1a, node_tag};
 
 use super::glob::glob_match;
 
+/// Most bytes of field names and values one hash holds: a hash travels whole in a
+/// snapshot or repair frame ([`tandem_common::frame::MAX_FRAME_BYTES`]), with room left for
+/// the encoding and other keys.
+pub const MAX_HASH_BYTES: usize = tandem_common::frame::MAX_FRAME_BYTES / 2;
+
 /// Keys are spread over this many shards; `SCAN` walks shard by shard, so a key present
 /// for a whole scan is always returned.
 pub const SHARDS: usize = 1024;
@@ -59,7 +64,7 @@ impl Entry {
             + key.len()
             + match &self.value {
                 Value::Str(value) => value.len(),
-                Value::Hash(fields) => fields.iter().map(|(f, v)| field_size(f, v)).sum(),
+                Value::Hash(fields) => fields.bytes() + fields.len() * FIELD_OVERHEAD,
             }
     }
 
@@ -429,12 +434,13 @@ impl Keyspace {
                     // In place: a large hash is not re-measured for every field. A field that
                     // is there keeps its name and takes the new value.
                     for (field, value) in fields {
-                        if let Some(old) = hash.get_mut(&field) {
-                            self.used_bytes = self.used_bytes + value.len() - old.len();
-                            *old = value;
-                        } else {
-                            self.used_bytes += field_size(&field, &value);
-                            hash.insert(source.keep(field), value);
+                        let value_len = value.len();
+                        match hash.replace(&field, value) {
+                            Ok(old) => self.used_bytes = self.used_bytes + value_len - old.len(),
+                            Err(value) => {
+                                self.used_bytes += field_size(&field, &value);
+                                hash.insert(source.keep(field), value);
+                            }
                         }
                     }
                     *current = version;
@@ -890,21 +896,39 @@ impl Keyspace {
         let mut growth = 0;
         let mut added = 0;
         let exists;
+        // The hash's field names and values after the write, at most.
+        let mut hash_bytes;
         {
             let hash = self.hash(&key, now_ms)?;
             exists = hash.is_some();
+            hash_bytes = hash.map_or(0, FieldMap::bytes);
             for (i, (field, value)) in fields.iter().enumerate() {
                 // A field named twice in one call is new once (calls name few fields).
                 let seen_before = fields[..i].iter().any(|(f, _)| f == field);
                 match hash.and_then(|h| h.get(field)) {
-                    Some(old) => growth += value.len().saturating_sub(old.len()),
+                    Some(old) => {
+                        growth += value.len().saturating_sub(old.len());
+                        hash_bytes = hash_bytes + value.len() - old.len();
+                    }
                     None if !seen_before => {
                         growth += field_size(field, value);
+                        hash_bytes += field.len() + value.len();
                         added += 1;
                     }
-                    None => growth += value.len(),
+                    None => {
+                        growth += value.len();
+                        hash_bytes += value.len();
+                    }
                 }
             }
+        }
+        // A hash travels to the partner whole in a snapshot or repair: it must fit a frame.
+        if hash_bytes > MAX_HASH_BYTES {
+            return Err(StoreError::TooLarge {
+                what: "hash",
+                size: hash_bytes,
+                max: MAX_HASH_BYTES,
+            });
         }
         for (field, value) in &fields {
             self.check_size("field", field)?;

@@ -778,3 +778,48 @@ fn writes_keep_nothing_of_the_request_buffer() {
         );
     }
 }
+
+/// A hash travels whole in a snapshot or repair, so it may not outgrow a frame: the write
+/// that would is refused with the limit named, and the hash stays as it was.
+#[test]
+fn a_hash_past_its_limit_is_refused_and_kept_as_it_was() {
+    let limits = Limits {
+        max_value_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let store = SessionStore::new("node-a", limits, ManualClock::at(T0));
+    let value = Bytes::from(vec![b'v'; 1 << 20]);
+    let fields = (keyspace::MAX_HASH_BYTES >> 20) - 1;
+    for i in 0..fields {
+        store
+            .run(|ks, now| ks.hset(b("h"), vec![(b(&format!("f{i}")), value.clone())], now))
+            .value
+            .unwrap();
+    }
+    let refused = store
+        .run(|ks, now| {
+            ks.hset(
+                b("h"),
+                vec![(b("a"), value.clone()), (b("b"), value.clone())],
+                now,
+            )
+        })
+        .value;
+    assert!(
+        matches!(refused, Err(StoreError::TooLarge { what: "hash", .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .run(|ks, now| ks.hgetall(b"h", now))
+            .value
+            .unwrap()
+            .len(),
+        fields
+    );
+    // Overwriting a field does not grow the hash: it passes.
+    store
+        .run(|ks, now| ks.hset(b("h"), vec![(b("f0"), value.clone())], now))
+        .value
+        .unwrap();
+}
