@@ -278,3 +278,59 @@ async fn a_silent_partner_does_not_block_writes_and_redundancy_comes_back() {
     })
     .await;
 }
+
+/// A new partner receives a store of large values: 80 values of 1,000,000 bytes, more than
+/// one replication frame may carry (64 MiB), read in one snapshot chunk. Each arrives
+/// whole, and the pair forms once (the link never fails on a frame past the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_large_values_arrives_whole() {
+    const KEYS: usize = 80;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), "agent-a", &[]);
+    wait_for_port(a.resp).await;
+    let value = |i: usize| {
+        let mut value = format!("{i}:").into_bytes();
+        value.resize(1_000_000, b'a' + (i % 26) as u8);
+        value
+    };
+    let mut resp_a = Resp::connect(a.resp).await;
+    for batch in (0..KEYS).collect::<Vec<_>>().chunks(10) {
+        let commands: Vec<Vec<Vec<u8>>> = batch
+            .iter()
+            .map(|&i| cmd(&[&"SET", &format!("big:{i}"), &value(i)]))
+            .collect();
+        let replies = resp_a.pipeline(&commands).await;
+        assert!(
+            replies.iter().all(|r| !matches!(r, Reply::Error(_))),
+            "{replies:?}"
+        );
+    }
+    let a_join = join_args(&a);
+    let b_args: Vec<&str> = a_join.iter().map(String::as_str).collect();
+    let b = Agent::start(dir.path(), "agent-b", &b_args);
+    wait_for_port(b.resp).await;
+    wait_paired(&a, &b, "agent-a", "agent-b").await;
+    let mut resp_b = Resp::connect(b.resp).await;
+    wait_for("agent-b to hold every key", PAIR, || async {
+        matches!(Resp::connect(b.resp).await.call(&["DBSIZE"]).await, Reply::Integer(n) if n as usize == KEYS)
+    })
+    .await;
+    for i in [0, KEYS / 2, KEYS - 1] {
+        let got = resp_b.call_raw(&["GET", &format!("big:{i}")]).await;
+        let mut wanted = b"$1000000\r\n".to_vec();
+        wanted.extend_from_slice(&value(i));
+        wanted.extend_from_slice(b"\r\n");
+        assert!(
+            got == wanted,
+            "big:{i} arrived changed ({} bytes)",
+            got.len()
+        );
+    }
+    let pairs = member(a.node.admin, "agent-a").await.map(|m| m.partner);
+    assert!(pairs.is_some_and(|p| p.is_some()), "still paired");
+    let logs = a.node.log_text();
+    assert!(
+        !logs.contains("exceeds the limit"),
+        "a frame past the limit:\n{logs}"
+    );
+}
