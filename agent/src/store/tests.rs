@@ -737,28 +737,15 @@ fn writes_keep_nothing_of_the_request_buffer() {
         for _ in 0..2 {
             // The first round makes each key and field, the second overwrites them.
             store.run(|ks, now| {
-                ks.set(
-                    key.clone(),
-                    value.clone(),
-                    SetExpiry::None,
-                    SetCondition::Always,
-                    false,
-                    now,
-                )
-                .unwrap();
-                ks.set(
-                    other.clone(),
-                    value.clone(),
-                    SetExpiry::None,
-                    SetCondition::Always,
-                    false,
-                    now,
-                )
-                .unwrap();
-                ks.hset(hash.clone(), vec![(field.clone(), value.clone())], now)
-                    .unwrap();
-                ks.hset(hash.clone(), vec![(field2.clone(), value.clone())], now)
-                    .unwrap();
+                for key in [&key, &other] {
+                    let (expiry, condition) = (SetExpiry::None, SetCondition::Always);
+                    ks.set(key.clone(), value.clone(), expiry, condition, false, now)
+                        .unwrap();
+                }
+                for field in [&field, &field2] {
+                    ks.hset(hash.clone(), vec![(field.clone(), value.clone())], now)
+                        .unwrap();
+                }
             });
         }
         // Deletes leave tombstones under the key.
