@@ -965,18 +965,14 @@ impl Inner {
                     return;
                 }
                 let encoded = scratch.len() - header_room;
-                let (Some(socket), Some(sealer)) = (&self.multicast, &mut sealer) else {
-                    match frame {
-                        Outgoing::Frame(Frame::Probe { .. }) => {}
-                        _ => stream.extend_from_slice(&scratch[header_room..]),
-                    }
-                    continue;
-                };
-                match frame {
-                    Outgoing::Frame(Frame::Probe { .. }) => {
+                // The multicast socket and this link's sealer, when the agent multicasts.
+                let datagram = self.multicast.as_deref().zip(sealer.as_mut());
+                match (frame, datagram) {
+                    (Outgoing::Frame(Frame::Probe { .. }), Some((socket, sealer))) => {
                         self.send_datagram(socket, sealer, &mut scratch).await;
                     }
-                    Outgoing::Writes(writes)
+                    (Outgoing::Frame(Frame::Probe { .. }), None) => {}
+                    (Outgoing::Writes(writes), Some((socket, sealer)))
                         if multicast.active()
                             && unacked.has_room()
                             && encoded <= multicast::MAX_DATAGRAM - 300 =>
@@ -992,7 +988,7 @@ impl Inner {
                     }
                     // The partner's writes are acknowledged the way they came: a datagram
                     // costs both sides less than a packet of the QUIC connection.
-                    Outgoing::Frame(ack @ Frame::Ack { seq })
+                    (Outgoing::Frame(ack @ Frame::Ack { seq }), Some((socket, sealer)))
                         if multicast.active() && multicast.ack_by_datagram(seq) =>
                     {
                         if !self.send_datagram(socket, sealer, &mut scratch).await

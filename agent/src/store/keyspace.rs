@@ -6,7 +6,6 @@
 //! by [`Keyspace::apply`] only when newer than what the key holds), so both sides converge
 //! on the same state.
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
@@ -359,10 +358,10 @@ impl Keyspace {
 
     /// Stores `entry` under `key`, replacing what is there. An existing key is overwritten
     /// in place: the map keeps its own copy of the key and its slot.
-    fn put(&mut self, key: Cow<'_, Bytes>, entry: Entry, source: Source) {
+    fn put(&mut self, key: Bytes, entry: Entry, source: Source) {
         let shard = Self::shard_of(&key);
-        let Some((stored, current)) = self.shards[shard].get_key_value_mut(&**key) else {
-            self.insert(source.keep(key.into_owned()), entry);
+        let Some((stored, current)) = self.shards[shard].get_key_value_mut(&*key) else {
+            self.insert(source.keep(key), entry);
             return;
         };
         self.used_bytes = self.used_bytes - current.size(stored) + entry.size(stored);
@@ -392,14 +391,14 @@ impl Keyspace {
             return false;
         }
         let Mutation { key, version, op } = mutation;
-        self.write(Cow::Owned(key), version, op, Source::Partner);
+        self.write(key, version, op, Source::Partner);
         true
     }
 
     /// Makes the change a mutation describes, whatever version the key holds. The store
     /// takes the values as they are; a key or field name only where it is new (an existing
     /// one keeps the store's copy), copied first when it comes from a request.
-    fn write(&mut self, key: Cow<'_, Bytes>, version: Version, op: Op, source: Source) {
+    fn write(&mut self, key: Bytes, version: Version, op: Op, source: Source) {
         match op {
             Op::Set {
                 value,
@@ -453,7 +452,7 @@ impl Keyspace {
                         expires_at_ms: None,
                         version,
                     };
-                    self.insert(source.keep(key.into_owned()), entry);
+                    self.insert(source.keep(key), entry);
                 }
             }
             Op::DeleteFields { fields } => {
@@ -480,19 +479,17 @@ impl Keyspace {
                 };
                 if emptied {
                     self.remove(&key);
-                    self.tombstones[Self::shard_of(&key)]
-                        .insert(source.keep(key.into_owned()), version);
+                    self.tombstones[Self::shard_of(&key)].insert(source.keep(key), version);
                 }
             }
             Op::Delete => {
                 self.remove(&key);
-                self.tombstones[Self::shard_of(&key)]
-                    .insert(source.keep(key.into_owned()), version);
+                self.tombstones[Self::shard_of(&key)].insert(source.keep(key), version);
             }
             Op::Expire { expires_at_ms } => {
                 let shard = Self::shard_of(&key);
                 // The index shares the map's own copy of the key.
-                if let Some((stored, entry)) = self.shards[shard].get_key_value_mut(&**key) {
+                if let Some((stored, entry)) = self.shards[shard].get_key_value_mut(&*key) {
                     if let Some(old) = entry.expires_at_ms {
                         self.expiries.remove(&(old, stored.clone()));
                     }
@@ -534,7 +531,7 @@ impl Keyspace {
             self.outbox.push(&mutation);
         }
         let Mutation { key, version, op } = mutation;
-        self.write(Cow::Owned(key), version, op, Source::Request);
+        self.write(key, version, op, Source::Request);
     }
 
     fn check_size(&self, what: &'static str, bytes: &[u8]) -> Result<(), StoreError> {

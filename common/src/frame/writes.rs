@@ -97,7 +97,8 @@ impl Frame {
             let _ = rmp::encode::write_uint(&mut writer, seq);
             let _ = rmp::encode::write_array_len(&mut writer, count);
         }
-        let size = out.len() - start - 4 + parts.iter().map(Writes::encoded_len).sum::<usize>();
+        let mutations: usize = parts.iter().map(Writes::encoded_len).sum();
+        let size = out.len() - start - 4 + mutations;
         if size > MAX_FRAME_BYTES {
             out.truncate(start);
             return Err(FrameError::TooLarge {
@@ -105,7 +106,7 @@ impl Frame {
                 max: MAX_FRAME_BYTES,
             });
         }
-        out.reserve(size + 4 - (out.len() - start));
+        out.reserve(mutations);
         for part in parts {
             out.extend_from_slice(&part.bytes);
         }
