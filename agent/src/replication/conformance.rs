@@ -35,7 +35,7 @@ async fn loopback_multicast() -> bool {
             interface: std::net::Ipv4Addr::LOCALHOST,
         };
         let group = Multicast::bind(config)?;
-        group.send(b"probe").await?;
+        group.send(b"probe")?;
         let mut buf = [0u8; 16];
         let got = tokio::time::timeout(Duration::from_secs(1), group.recv(&mut buf)).await;
         std::io::Result::Ok(matches!(got, Ok(Ok((5, _)))))
@@ -81,7 +81,7 @@ async fn the_kernel_drops_an_agents_own_datagrams_only() {
     let partners = Sealer::new(&key, 3, "web-2").seal(b"partner's");
     // Loopback keeps the order: the filtered socket must see the second, fourth and fifth.
     for datagram in [&mine[..], &similar, &mine, &partners, b"TDMC"] {
-        me.send(datagram).await.unwrap();
+        me.send(datagram).unwrap();
     }
     let mut buf = [0u8; 256];
     let mut next = async |socket: &Multicast| {

@@ -16,7 +16,7 @@ use tandem_common::frame::{Frame, FrameError, Writes};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::multicast::{KEY_LEN, Opener, new_key};
+use super::multicast::{self, KEY_LEN, Multicast, Opener, Sealer, new_key};
 
 /// A multicast frame not acknowledged within this time goes again over the stream.
 pub const RETRANSMIT_AFTER: Duration = Duration::from_millis(40);
@@ -48,6 +48,9 @@ pub const BATCH_HOLD: Duration = Duration::from_millis(5);
 pub enum Outgoing {
     Frame(Frame),
     Writes(LiveWrites),
+    /// Live writes from this number on wait in the link's pending frame: the writer sends
+    /// it unless it has been sent already (see [`Pending`]).
+    Flush(u64),
 }
 
 impl From<Frame> for Outgoing {
@@ -93,6 +96,19 @@ impl LiveWrites {
         Frame::encode_writes(self.first, self.seq, &self.parts, out)
     }
 
+    /// Whether `next` may join this frame: it follows, and the frame stays within
+    /// [`BATCH_BYTES`] and [`BATCH_MUTATIONS`].
+    fn has_room_for(&self, next: &LiveWrites) -> bool {
+        next.first == self.seq + 1
+            && self.count < BATCH_MUTATIONS
+            && self.bytes + next.bytes <= BATCH_BYTES
+    }
+
+    /// Whether the frame is small enough to wait for more writes to join it.
+    fn may_wait(&self) -> bool {
+        self.bytes < BATCH_BYTES / 2
+    }
+
     /// Takes in the next batch.
     fn extend(&mut self, next: LiveWrites) {
         self.seq = next.seq;
@@ -102,11 +118,60 @@ impl LiveWrites {
     }
 }
 
+/// The live writes of a link not yet handed to its writer: the frame being filled.
+///
+/// A connection's writes join the pending frame. The one whose writes do not fit sends
+/// the full frame on the spot, by multicast when it can (see [`Dispatch`]): under load the
+/// partner then applies each frame while the connections behind it still run, instead
+/// of receiving every frame at once after the last connection of the round. Whatever is
+/// pending when the writer runs, the writer sends (it is told by [`Outgoing::Flush`]).
+#[derive(Debug, Default)]
+pub struct Pending {
+    frame: Option<LiveWrites>,
+}
+
+impl Pending {
+    /// Adds the batch; returns the frame it closed, full, to send now, and whether the
+    /// writer must be told that a new frame is pending (with the number it starts at).
+    pub fn push(&mut self, writes: LiveWrites) -> (Option<LiveWrites>, Option<u64>) {
+        match &mut self.frame {
+            Some(frame) if frame.has_room_for(&writes) => {
+                frame.extend(writes);
+                (None, None)
+            }
+            _ => {
+                let first = writes.first;
+                (self.frame.replace(writes), Some(first))
+            }
+        }
+    }
+
+    /// The pending frame, if it is the one starting at `first` (an older flush finds a
+    /// frame already sent, and a newer one pending that its own flush will send).
+    pub fn take_from(&mut self, first: u64) -> Option<LiveWrites> {
+        self.frame.take_if(|frame| frame.first == first)
+    }
+
+    /// The pending frame, whichever it is: before another frame takes the next number.
+    pub fn take(&mut self) -> Option<LiveWrites> {
+        self.frame.take()
+    }
+
+    /// Whether the frame pending from `first` may wait for more writes.
+    pub fn may_wait(&self, first: u64) -> bool {
+        self.frame
+            .as_ref()
+            .is_some_and(|frame| frame.first == first && frame.may_wait())
+    }
+}
+
 /// The frames one write of the link carries: consecutive batches of live writes merged
 /// into one frame (up to [`BATCH_BYTES`]), consecutive acknowledgements into the latest.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub frames: Vec<Outgoing>,
+    /// The latest pending frame announced, to take when the batch goes.
+    pub flush: Option<u64>,
 }
 
 impl Batch {
@@ -125,8 +190,9 @@ impl Batch {
 
     pub fn push(&mut self, next: Outgoing) {
         match (self.frames.last_mut(), next) {
+            (_, Outgoing::Flush(first)) => self.flush = Some(first),
             (Some(Outgoing::Writes(writes)), Outgoing::Writes(more))
-                if writes.count < BATCH_MUTATIONS && writes.bytes + more.bytes <= BATCH_BYTES =>
+                if writes.has_room_for(&more) =>
             {
                 writes.extend(more);
             }
@@ -139,10 +205,10 @@ impl Batch {
         }
     }
 
-    /// Whether the write may wait for more: it is one batch of live writes with room
-    /// left (anything else, acknowledgements above all, goes at once).
+    /// Whether the write may wait for more: it only sends the pending frame (anything
+    /// else, acknowledgements above all, goes at once).
     pub fn may_wait(&self) -> bool {
-        matches!(&self.frames[..], [Outgoing::Writes(writes)] if writes.bytes < BATCH_BYTES / 2)
+        self.frames.is_empty() && self.flush.is_some()
     }
 }
 
@@ -312,11 +378,93 @@ impl Acked {
     }
 }
 
+/// What multicasting live writes takes, shared by the link's writer and the connections
+/// that send a full frame themselves ([`Pending`]): the sealer (every datagram takes the
+/// next nonce), the frames awaiting acknowledgement, and the frames in flight.
+pub struct Dispatch {
+    sealer: Sealer,
+    pub unacked: Unacked,
+    pub in_flight: InFlight,
+    /// Where a datagram is encoded and sealed.
+    scratch: BytesMut,
+    sent: metrics::Counter,
+}
+
+impl Dispatch {
+    fn new(sealer: Sealer) -> Self {
+        Dispatch {
+            sealer,
+            unacked: Unacked::default(),
+            in_flight: InFlight::default(),
+            scratch: BytesMut::new(),
+            sent: metrics::counter!(super::names::MULTICAST_SENT),
+        }
+    }
+
+    /// Multicasts the frame (a probe or an acknowledgement); false when the socket
+    /// refused it.
+    pub fn multicast_frame(&mut self, socket: &Multicast, frame: &Frame) -> bool {
+        self.start_datagram();
+        // These frames are a few bytes: their encoding cannot fail.
+        frame.encode(&mut self.scratch).is_ok() && self.send(socket)
+    }
+
+    /// Multicasts live writes and keeps them until the partner acknowledges them; gives
+    /// them back when they must take the stream: too large for a datagram, too many
+    /// unacknowledged already, or refused by the socket.
+    pub fn multicast_writes(
+        &mut self,
+        socket: &Multicast,
+        writes: LiveWrites,
+        now: Instant,
+    ) -> Result<(), LiveWrites> {
+        if !self.unacked.has_room() || writes.bytes > multicast::MAX_DATAGRAM {
+            return Err(writes);
+        }
+        let header = self.start_datagram();
+        if writes.encode(&mut self.scratch).is_err()
+            || self.scratch.len() - header > multicast::MAX_DATAGRAM - 300
+            || !self.send(socket)
+        {
+            return Err(writes);
+        }
+        self.in_flight.sent(writes.seq);
+        self.unacked.sent(writes, now);
+        Ok(())
+    }
+
+    /// Clears the scratch buffer to room for the datagram's header, the frame to be
+    /// encoded behind it; returns the room.
+    fn start_datagram(&mut self) -> usize {
+        let header = self.sealer.header_len();
+        self.scratch.clear();
+        self.scratch.resize(header, 0);
+        header
+    }
+
+    /// Seals the frame in the scratch buffer where it is and multicasts it.
+    fn send(&mut self, socket: &Multicast) -> bool {
+        self.sealer.seal_in_place(&mut self.scratch);
+        match socket.send(&self.scratch) {
+            Ok(()) => {
+                self.sent.increment(1);
+                true
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "multicast send failed; using the stream");
+                false
+            }
+        }
+    }
+}
+
 /// Multicast state of one link, shared by its writer, its reader and the agent's
 /// multicast receiver.
 pub struct LinkMulticast {
     /// The key this side seals its datagrams with (given to the partner over the stream).
     pub send_key: [u8; KEY_LEN],
+    /// Sealing and sending datagrams, and the frames awaiting acknowledgement.
+    pub dispatch: Mutex<Dispatch>,
     /// Whether this side sends live writes by multicast: set when the partner answers a
     /// probe, cleared when the path degrades.
     active: AtomicBool,
@@ -326,8 +474,6 @@ pub struct LinkMulticast {
     pub deactivated: Notify,
     /// Opens the partner's datagrams, once the partner gave its key.
     pub opener: Mutex<Option<Opener>>,
-    /// The pair epoch every datagram of this link carries.
-    pub epoch: u64,
     /// Frames that arrived by multicast, for the link's reader.
     pub inbox: mpsc::Sender<Frame>,
     /// Numbers the partner reported missing, for the link's writer to send again.
@@ -339,18 +485,21 @@ pub struct LinkMulticast {
 }
 
 impl LinkMulticast {
+    /// The link of the pair `epoch`, on the side of `sender`.
     pub fn new(
         epoch: u64,
+        sender: &str,
         inbox: mpsc::Sender<Frame>,
         nacks: mpsc::UnboundedSender<(u64, u64)>,
     ) -> LinkMulticast {
+        let send_key = new_key();
         LinkMulticast {
-            send_key: new_key(),
+            dispatch: Mutex::new(Dispatch::new(Sealer::new(&send_key, epoch, sender))),
+            send_key,
             active: AtomicBool::new(false),
             probe_nonce: AtomicU64::new(0),
             deactivated: Notify::new(),
             opener: Mutex::new(None),
-            epoch,
             inbox,
             nacks,
             stream_ack_owed: AtomicU64::new(0),
@@ -380,6 +529,23 @@ impl LinkMulticast {
 
     pub fn active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Multicasts live writes when the link multicasts (through `socket`, the agent's);
+    /// gives them back when they must take the stream.
+    pub fn try_multicast(
+        &self,
+        socket: Option<&Multicast>,
+        writes: LiveWrites,
+    ) -> Result<(), LiveWrites> {
+        match socket {
+            Some(socket) if self.active() => {
+                self.dispatch
+                    .lock()
+                    .multicast_writes(socket, writes, Instant::now())
+            }
+            _ => Err(writes),
+        }
     }
 
     /// Starts a probe; returns its nonce.
@@ -520,11 +686,14 @@ mod tests {
 
     #[test]
     fn batches_merge_up_to_a_datagram_and_acknowledgements_into_the_latest() {
-        let mut batch = Batch::new(Outgoing::Writes(writes(1, 1)));
+        let mut batch = Batch::new(Outgoing::Flush(1));
         assert!(
             batch.may_wait(),
-            "one small batch of writes may wait for more"
+            "a batch that only sends the pending frame may wait for more writes"
         );
+        assert!(batch.frames.is_empty(), "the flush is not a frame");
+        batch.push(Outgoing::Writes(writes(1, 1)));
+        assert!(!batch.may_wait(), "live writes handed over go at once");
         for seq in 2..=100 {
             batch.push(Outgoing::Writes(writes(seq, 1)));
         }
@@ -533,7 +702,7 @@ mod tests {
             .iter()
             .map(|frame| match frame {
                 Outgoing::Writes(writes) => writes,
-                other @ Outgoing::Frame(_) => panic!("{other:?}"),
+                other => panic!("{other:?}"),
             })
             .collect();
         assert!(frames.len() > 1, "100 KiB do not fit one frame");
@@ -564,8 +733,50 @@ mod tests {
             [Outgoing::Frame(Frame::Ack { seq: 7 })]
         ));
         assert!(!acks.may_wait(), "an acknowledgement never waits");
-        acks.push(Outgoing::Writes(writes(1, 1)));
-        assert!(!acks.may_wait());
+        acks.push(Outgoing::Flush(1));
+        assert!(!acks.may_wait(), "nor does the pending frame behind it");
+        assert_eq!(acks.flush, Some(1));
+    }
+
+    #[test]
+    fn the_pending_frame_fills_up_to_a_datagram_and_is_handed_over_once() {
+        let mut pending = Pending::default();
+        // 17 writes of 1 KiB per batch, as a pipeline of 17 SETs gives.
+        let (full, started) = pending.push(writes(1, 17));
+        assert!(full.is_none());
+        assert_eq!(started, Some(1), "the writer is told of the new frame");
+        assert!(pending.may_wait(1), "17 KiB may wait for more");
+        let mut seq = 1;
+        let closed = loop {
+            seq += 1;
+            let (full, started) = pending.push(writes(seq, 17));
+            if let Some(full) = full {
+                assert_eq!(
+                    started,
+                    Some(seq),
+                    "the batch that did not fit starts the next"
+                );
+                break full;
+            }
+            assert_eq!(started, None, "joined the pending frame");
+        };
+        assert_eq!((closed.first, closed.seq), (1, seq - 1));
+        let batch_bytes = writes(seq, 17).bytes;
+        assert!(closed.bytes <= BATCH_BYTES && closed.bytes + batch_bytes > BATCH_BYTES);
+        assert!(!pending.may_wait(seq + 1), "no frame pending from there");
+        // The writer's flush for the closed frame finds nothing: it was sent already.
+        assert!(pending.take_from(1).is_none());
+        assert!(pending.may_wait(seq), "the new frame is small");
+        let next = pending
+            .take_from(seq)
+            .expect("the frame the latest flush announced");
+        assert_eq!((next.first, next.seq, next.count()), (seq, seq, 17));
+        assert!(pending.take().is_none());
+        // A frame that does not follow (another frame took a number between) starts anew.
+        pending.push(writes(20, 1));
+        let (full, started) = pending.push(writes(22, 1));
+        assert_eq!(full.map(|f| (f.first, f.seq)), Some((20, 20)));
+        assert_eq!(started, Some(22));
     }
 
     #[tokio::test(start_paused = true)]
@@ -617,7 +828,7 @@ mod tests {
     fn acknowledgements_of_frames_that_came_over_the_stream_go_over_the_stream() {
         let (inbox, _) = mpsc::channel(1);
         let (nacks, _) = mpsc::unbounded_channel();
-        let link = LinkMulticast::new(1, inbox, nacks);
+        let link = LinkMulticast::new(1, "web-1", inbox, nacks);
         assert!(link.ack_by_datagram(3), "nothing came over the stream yet");
         // Frames up to 9 are in, the last over the stream (a retransmission).
         link.owe_stream_ack(9);

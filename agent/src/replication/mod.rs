@@ -33,11 +33,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::link::{
-    Acked, Batch, Delivered, InFlight, LinkMulticast, LiveWrites, Outgoing, Unacked, Waited,
-};
+use self::link::{Acked, Batch, Delivered, LinkMulticast, LiveWrites, Outgoing, Pending, Waited};
 use self::membership::Membership;
-use self::multicast::{Multicast, Sealer};
+use self::multicast::Multicast;
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
 use crate::store::SessionStore;
 use crate::store::keyspace::SHARDS;
@@ -161,7 +159,6 @@ struct Inner {
     /// Registered once: every write and every frame counts.
     mutations_sent: metrics::Counter,
     mutations_received: metrics::Counter,
-    multicast_sent: metrics::Counter,
     lag: metrics::Gauge,
 }
 
@@ -182,6 +179,8 @@ struct Link {
     partner: PartnerRef,
     outbound: mpsc::UnboundedSender<Outgoing>,
     next_seq: u64,
+    /// Live writes not yet handed to the writer.
+    pending: Pending,
     /// The partner's acknowledgements and the writers waiting for them.
     acks: Arc<Acked>,
     multicast: Arc<LinkMulticast>,
@@ -243,7 +242,6 @@ impl Replicator {
                 next_link_id: AtomicU64::new(1),
                 mutations_sent: metrics::counter!(names::MUTATIONS_SENT),
                 mutations_received: metrics::counter!(names::MUTATIONS_RECEIVED),
-                multicast_sent: metrics::counter!(names::MULTICAST_SENT),
                 lag: metrics::gauge!(names::LAG),
             }),
         }
@@ -295,10 +293,19 @@ impl Replicator {
             };
             link.next_seq += 1;
             let seq = link.next_seq;
-            if link
-                .outbound
-                .send(Outgoing::Writes(LiveWrites::new(seq, mutations)))
-                .is_err()
+            let (full, started) = link.pending.push(LiveWrites::new(seq, mutations));
+            // The frame these writes did not fit goes now, before the writer is told of
+            // the next one.
+            if let Some(full) = full
+                && let Err(full) = link
+                    .multicast
+                    .try_multicast(self.inner.multicast.as_deref(), full)
+                && link.outbound.send(Outgoing::Writes(full)).is_err()
+            {
+                return;
+            }
+            if let Some(first) = started
+                && link.outbound.send(Outgoing::Flush(first)).is_err()
             {
                 return;
             }
@@ -756,7 +763,12 @@ impl Inner {
                 sender, receiver, ..
             } = channel;
             let (inbox_tx, inbox_rx) = mpsc::channel(link::INBOX);
-            let multicast = Arc::new(LinkMulticast::new(partner.epoch, inbox_tx, nacks_tx));
+            let multicast = Arc::new(LinkMulticast::new(
+                partner.epoch,
+                &self.config.node_id,
+                inbox_tx,
+                nacks_tx,
+            ));
             let writer = tokio::spawn(self.clone().write_frames(
                 id,
                 sender,
@@ -793,6 +805,7 @@ impl Inner {
                 partner: partner.clone(),
                 outbound: outbound_tx,
                 next_seq: 0,
+                pending: Pending::default(),
                 acks,
                 multicast,
                 snapshot_sent: false,
@@ -832,27 +845,6 @@ impl Inner {
         }
     }
 
-    /// Seals the frame encoded in `datagram` (behind room for the header) and multicasts
-    /// it; false when it could not be sent (it then takes the stream).
-    async fn send_datagram(
-        &self,
-        socket: &Multicast,
-        sealer: &mut Sealer,
-        datagram: &mut BytesMut,
-    ) -> bool {
-        sealer.seal_in_place(datagram);
-        match socket.send(datagram).await {
-            Ok(()) => {
-                self.multicast_sent.increment(1);
-                true
-            }
-            Err(err) => {
-                debug!(error = %err, "multicast send failed; using the stream");
-                false
-            }
-        }
-    }
-
     fn link_failed(self: &Arc<Self>, id: u64, error: &TransportError) {
         let current = self.state.lock().link.as_ref().is_some_and(|l| l.id == id);
         if current {
@@ -874,18 +866,12 @@ impl Inner {
         mut acked: watch::Receiver<u64>,
         multicast: Arc<LinkMulticast>,
     ) {
-        let mut sealer = self
-            .multicast
-            .as_ref()
-            .map(|_| Sealer::new(&multicast.send_key, multicast.epoch, &self.config.node_id));
-        let header_room = sealer.as_ref().map_or(0, Sealer::header_len);
-        let mut unacked = Unacked::default();
-        let mut in_flight = InFlight::default();
+        let socket = self.multicast.as_deref();
         let mut stream = BytesMut::new();
-        let mut scratch = BytesMut::new();
         let mut ticker = tokio::time::interval(link::RETRANSMIT_AFTER / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let awaiting = !multicast.dispatch.lock().unacked.is_empty();
             let first = tokio::select! {
                 biased;
                 frame = outbound.recv() => match frame {
@@ -893,22 +879,27 @@ impl Inner {
                     None => return,
                 },
                 Some((from, to)) = nacks.recv() => {
-                    let missing = unacked.missing(from, to, tokio::time::Instant::now());
+                    let now = tokio::time::Instant::now();
+                    let missing = multicast.dispatch.lock().unacked.missing(from, to, now);
                     if !self.resend(id, &mut sender, &missing).await {
                         return;
                     }
                     continue;
                 }
-                now = ticker.tick(), if !unacked.is_empty() => {
-                    let mut due = unacked.due(*acked.borrow(), now);
-                    if unacked.degraded() && multicast.deactivate() {
-                        warn!(
-                            "multicast to the partner loses too many frames; replicating over \
-                             QUIC for the rest of this pair"
-                        );
-                        due.extend(unacked.drain());
-                        self.publish_protection();
-                    }
+                now = ticker.tick(), if awaiting => {
+                    let due = {
+                        let mut dispatch = multicast.dispatch.lock();
+                        let mut due = dispatch.unacked.due(*acked.borrow(), now);
+                        if dispatch.unacked.degraded() && multicast.deactivate() {
+                            warn!(
+                                "multicast to the partner loses too many frames; replicating \
+                                 over QUIC for the rest of this pair"
+                            );
+                            due.extend(dispatch.unacked.drain());
+                            self.publish_protection();
+                        }
+                        due
+                    };
                     if !self.resend(id, &mut sender, &due).await {
                         return;
                     }
@@ -923,21 +914,16 @@ impl Inner {
                 let Ok(next) = outbound.try_recv() else { break };
                 batch.push(next);
             }
-            // Under load, while the partner has frames to acknowledge, the next waits a
-            // little for more writes to join it (they are waiting for the same answer).
-            if batch.may_wait() && in_flight.beyond(*acked.borrow()) >= link::BATCH_WINDOW {
+            // Under load, while the partner has frames to acknowledge, the pending frame
+            // waits a little for more writes to join it (they are waiting for the same
+            // answer); a connection whose writes no longer fit it sends it meanwhile.
+            if self.may_wait(id, &batch, &multicast, *acked.borrow()) {
                 let hold = tokio::time::sleep(link::BATCH_HOLD);
                 tokio::pin!(hold);
-                while batch.may_wait() {
+                while self.may_wait(id, &batch, &multicast, *acked.borrow()) {
                     tokio::select! {
                         biased;
-                        changed = acked.changed() => {
-                            if changed.is_err()
-                                || in_flight.beyond(*acked.borrow()) < link::BATCH_WINDOW
-                            {
-                                break;
-                            }
-                        }
+                        changed = acked.changed() => if changed.is_err() { break },
                         next = outbound.recv() => match next {
                             Some(next) => batch.push(next),
                             // The link is closing: what is held still goes out.
@@ -947,58 +933,44 @@ impl Inner {
                     }
                 }
             }
+            if let Some(first) = batch.flush
+                && let Some(pending) = self.take_pending(id, first)
+            {
+                batch.push(Outgoing::Writes(pending));
+            }
             stream.clear();
             for frame in batch.frames {
-                if let Outgoing::Writes(writes) = &frame {
-                    in_flight.sent(writes.seq);
-                }
-                // Encoded behind room for a datagram's header: sealed where it is if it
-                // goes by multicast, copied from there into the stream's write otherwise.
-                scratch.clear();
-                scratch.resize(header_room, 0);
-                let encoded = match &frame {
-                    Outgoing::Frame(frame) => frame.encode(&mut scratch),
-                    Outgoing::Writes(writes) => writes.encode(&mut scratch),
+                let encoded = match frame {
+                    Outgoing::Writes(writes) => match multicast.try_multicast(socket, writes) {
+                        Ok(()) => continue,
+                        Err(writes) => {
+                            multicast.dispatch.lock().in_flight.sent(writes.seq);
+                            writes.encode(&mut stream)
+                        }
+                    },
+                    Outgoing::Frame(probe @ Frame::Probe { .. }) => {
+                        if let Some(socket) = socket {
+                            multicast.dispatch.lock().multicast_frame(socket, &probe);
+                        }
+                        continue;
+                    }
+                    // The partner's writes are acknowledged the way they came: a datagram
+                    // costs both sides less than a packet of the QUIC connection.
+                    Outgoing::Frame(ack @ Frame::Ack { seq })
+                        if socket.is_some_and(|socket| {
+                            multicast.active()
+                                && multicast.ack_by_datagram(seq)
+                                && multicast.dispatch.lock().multicast_frame(socket, &ack)
+                        }) =>
+                    {
+                        continue;
+                    }
+                    Outgoing::Frame(frame) => frame.encode(&mut stream),
+                    Outgoing::Flush(_) => unreachable!("a batch keeps no flush"),
                 };
                 if let Err(err) = encoded {
                     self.link_failed(id, &TransportError::Frame(err));
                     return;
-                }
-                let encoded = scratch.len() - header_room;
-                // The multicast socket and this link's sealer, when the agent multicasts.
-                let datagram = self.multicast.as_deref().zip(sealer.as_mut());
-                match (frame, datagram) {
-                    (Outgoing::Frame(Frame::Probe { .. }), Some((socket, sealer))) => {
-                        self.send_datagram(socket, sealer, &mut scratch).await;
-                    }
-                    (Outgoing::Frame(Frame::Probe { .. }), None) => {}
-                    (Outgoing::Writes(writes), Some((socket, sealer)))
-                        if multicast.active()
-                            && unacked.has_room()
-                            && encoded <= multicast::MAX_DATAGRAM - 300 =>
-                    {
-                        if self.send_datagram(socket, sealer, &mut scratch).await {
-                            // Kept until acknowledged, to go again over the stream.
-                            unacked.sent(writes, tokio::time::Instant::now());
-                        } else if let Err(err) = writes.encode(&mut stream) {
-                            // Sealed, but not sent: the stream takes it as it was.
-                            self.link_failed(id, &TransportError::Frame(err));
-                            return;
-                        }
-                    }
-                    // The partner's writes are acknowledged the way they came: a datagram
-                    // costs both sides less than a packet of the QUIC connection.
-                    (Outgoing::Frame(ack @ Frame::Ack { seq }), Some((socket, sealer)))
-                        if multicast.active() && multicast.ack_by_datagram(seq) =>
-                    {
-                        if !self.send_datagram(socket, sealer, &mut scratch).await
-                            && let Err(err) = ack.encode(&mut stream)
-                        {
-                            self.link_failed(id, &TransportError::Frame(err));
-                            return;
-                        }
-                    }
-                    _ => stream.extend_from_slice(&scratch[header_room..]),
                 }
             }
             if !stream.is_empty()
@@ -1008,6 +980,28 @@ impl Inner {
                 return;
             }
         }
+    }
+
+    /// Whether the writer may hold the batch back: it only sends the pending frame, the
+    /// frame is small, and the partner has [`link::BATCH_WINDOW`] frames to acknowledge.
+    fn may_wait(&self, id: u64, batch: &Batch, multicast: &LinkMulticast, acked: u64) -> bool {
+        let Some(first) = batch.flush.filter(|_| batch.may_wait()) else {
+            return false;
+        };
+        multicast.dispatch.lock().in_flight.beyond(acked) >= link::BATCH_WINDOW
+            && self
+                .state
+                .lock()
+                .link
+                .as_ref()
+                .is_some_and(|link| link.id == id && link.pending.may_wait(first))
+    }
+
+    /// The link's pending frame, if it is still the one starting at `first`.
+    fn take_pending(&self, id: u64, first: u64) -> Option<LiveWrites> {
+        let mut state = self.state.lock();
+        let link = state.link.as_mut().filter(|link| link.id == id)?;
+        link.pending.take_from(first)
     }
 
     /// Offers multicast to the partner when both sit in one subnet where multicast is
@@ -1435,6 +1429,12 @@ impl Inner {
                     let Some(link) = state.link.as_mut().filter(|l| l.id == id) else {
                         return;
                     };
+                    // The live writes numbered before this frame go before it.
+                    if let Some(pending) = link.pending.take()
+                        && link.outbound.send(Outgoing::Writes(pending)).is_err()
+                    {
+                        return;
+                    }
                     link.next_seq += 1;
                     let seq = link.next_seq;
                     let frame = Frame::Snapshot {

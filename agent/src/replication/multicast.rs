@@ -182,19 +182,25 @@ impl Multicast {
         }
     }
 
-    pub async fn send(&self, datagram: &[u8]) -> io::Result<()> {
+    /// Sends the datagram without waiting: a socket whose buffer is full refuses it
+    /// (`WouldBlock`), and the frame then takes the stream. Sending never waits, so a
+    /// connection may send a full frame itself, in the middle of its work.
+    ///
+    /// # Errors
+    /// The datagram could not be sent now.
+    pub fn send(&self, datagram: &[u8]) -> io::Result<()> {
         let Some(faults) = &self.faults else {
-            return self.send_now(datagram).await;
+            return self.send_now(datagram);
         };
         for datagram in faults.pass(datagram) {
-            self.send_now(&datagram).await?;
+            self.send_now(&datagram)?;
         }
         Ok(())
     }
 
-    async fn send_now(&self, datagram: &[u8]) -> io::Result<()> {
+    fn send_now(&self, datagram: &[u8]) -> io::Result<()> {
         match &self.path {
-            Path::Udp { socket, group } => socket.send_to(datagram, *group).await.map(|_| ()),
+            Path::Udp { socket, group } => socket.try_send_to(datagram, *group).map(|_| ()),
             Path::Memory { group, addr, .. } => {
                 group.deliver(datagram, *addr);
                 Ok(())
