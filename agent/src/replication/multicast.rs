@@ -101,6 +101,9 @@ pub struct Multicast {
 enum Path {
     Udp {
         socket: tokio::net::UdpSocket,
+        /// The same socket, for sending without the runtime: a send never waits, and
+        /// tokio's socket would refuse one until its reactor had seen the socket writable.
+        sender: std::net::UdpSocket,
         group: SocketAddr,
     },
     Memory {
@@ -139,9 +142,11 @@ impl Multicast {
                  bursts of writes may be dropped and sent again (raise net.core.rmem_max)"
             );
         }
+        let sender = socket.try_clone()?.into();
         Ok(Multicast {
             path: Path::Udp {
                 socket: tokio::net::UdpSocket::from_std(socket.into())?,
+                sender,
                 group: SocketAddrV4::new(config.group, config.port).into(),
             },
             faults: None,
@@ -200,7 +205,7 @@ impl Multicast {
 
     fn send_now(&self, datagram: &[u8]) -> io::Result<()> {
         match &self.path {
-            Path::Udp { socket, group } => socket.try_send_to(datagram, *group).map(|_| ()),
+            Path::Udp { sender, group, .. } => sender.send_to(datagram, *group).map(|_| ()),
             Path::Memory { group, addr, .. } => {
                 group.deliver(datagram, *addr);
                 Ok(())
