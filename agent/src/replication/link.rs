@@ -380,7 +380,8 @@ impl Acked {
 
 /// What multicasting live writes takes, shared by the link's writer and the connections
 /// that send a full frame themselves ([`Pending`]): the sealer (every datagram takes the
-/// next nonce), the frames awaiting acknowledgement, and the frames in flight.
+/// next nonce), the frames awaiting acknowledgement, and the frames in flight. Taken after
+/// the replicator's state lock, never before it.
 pub struct Dispatch {
     sealer: Sealer,
     pub unacked: Unacked,

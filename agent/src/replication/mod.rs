@@ -871,6 +871,8 @@ impl Inner {
         let mut ticker = tokio::time::interval(link::RETRANSMIT_AFTER / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A connection that multicasts a frame itself also starts the next pending frame
+            // and flushes it, which wakes this loop and brings the timer back.
             let awaiting = !multicast.dispatch.lock().unacked.is_empty();
             let first = tokio::select! {
                 biased;
@@ -988,7 +990,9 @@ impl Inner {
         let Some(first) = batch.flush.filter(|_| batch.may_wait()) else {
             return false;
         };
-        multicast.dispatch.lock().in_flight.beyond(acked) >= link::BATCH_WINDOW
+        // One lock at a time: writers take the state's, then the dispatch's.
+        let in_flight = multicast.dispatch.lock().in_flight.beyond(acked);
+        in_flight >= link::BATCH_WINDOW
             && self
                 .state
                 .lock()
