@@ -260,3 +260,25 @@ async fn loopback_multicast_degrades_and_recovers() {
     }
     a_lossy_path_is_given_up_and_probed_again(Stream::Quic, Datagrams::Loopback).await;
 }
+
+/// A datagram's header carries at most 255 bytes of the sender's id: longer ids, which
+/// differ within those bytes, still replicate by multicast, and still acknowledge writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ids_longer_than_a_header_holds_still_multicast() {
+    let mut sim = Sim::with(Stream::Memory, Datagrams::Memory, None);
+    sim.sync_timeout = Duration::from_secs(10);
+    let (a, b) = (
+        format!("a-{}", "x".repeat(300)),
+        format!("b-{}", "x".repeat(300)),
+    );
+    sim.join(&a, SUBNET);
+    sim.join(&b, SUBNET);
+    sim.settle("a pair").await;
+    sim.eventually("both sides replicate by multicast", |sim| {
+        sim.transport(&a) == Some(ReplTransport::Multicast)
+            && sim.transport(&b) == Some(ReplTransport::Multicast)
+    })
+    .await;
+    acknowledged_write(&sim, &a, &b, "from-a").await;
+    acknowledged_write(&sim, &b, &a, "from-b").await;
+}

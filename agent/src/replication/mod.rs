@@ -1099,7 +1099,8 @@ impl Inner {
     fn take_datagram(&self, datagram: &mut [u8]) -> Result<(), multicast::Dropped> {
         use multicast::Dropped;
         let header = multicast::header(datagram)?;
-        if header.sender == self.config.node_id {
+        // Headers carry ids cut to what they hold.
+        if header.sender == multicast::wire_id(&self.config.node_id) {
             return Ok(()); // our own, looped back
         }
         let link = {
@@ -1107,7 +1108,10 @@ impl Inner {
             state
                 .link
                 .as_ref()
-                .filter(|l| l.partner.node_id == header.sender && l.partner.epoch == header.epoch)
+                .filter(|l| {
+                    multicast::wire_id(&l.partner.node_id) == header.sender
+                        && l.partner.epoch == header.epoch
+                })
                 .map(|l| l.multicast.clone())
         };
         let link = link.ok_or(Dropped::OtherPair)?;
