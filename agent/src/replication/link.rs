@@ -539,14 +539,16 @@ impl LinkMulticast {
         socket: Option<&Multicast>,
         writes: LiveWrites,
     ) -> Result<(), LiveWrites> {
-        match socket {
-            Some(socket) if self.active() => {
-                self.dispatch
-                    .lock()
-                    .multicast_writes(socket, writes, Instant::now())
-            }
-            _ => Err(writes),
+        let Some(socket) = socket else {
+            return Err(writes);
+        };
+        let mut dispatch = self.dispatch.lock();
+        // Under the lock: once the writer has given the path up and taken back the frames
+        // awaiting acknowledgement (under the same lock), no frame is multicast on it.
+        if !self.active() {
+            return Err(writes);
         }
+        dispatch.multicast_writes(socket, writes, Instant::now())
     }
 
     /// Starts a probe; returns its nonce.

@@ -889,9 +889,10 @@ impl Inner {
                     continue;
                 }
                 now = ticker.tick(), if awaiting => {
+                    let upto = *acked.borrow();
                     let due = {
                         let mut dispatch = multicast.dispatch.lock();
-                        let mut due = dispatch.unacked.due(*acked.borrow(), now);
+                        let mut due = dispatch.unacked.due(upto, now);
                         if dispatch.unacked.degraded() && multicast.deactivate() {
                             warn!(
                                 "multicast to the partner loses too many frames; replicating \
@@ -919,10 +920,10 @@ impl Inner {
             // Under load, while the partner has frames to acknowledge, the pending frame
             // waits a little for more writes to join it (they are waiting for the same
             // answer); a connection whose writes no longer fit it sends it meanwhile.
-            if self.may_wait(id, &batch, &multicast, *acked.borrow()) {
+            if self.may_wait(id, &batch, &multicast, &acked) {
                 let hold = tokio::time::sleep(link::BATCH_HOLD);
                 tokio::pin!(hold);
-                while self.may_wait(id, &batch, &multicast, *acked.borrow()) {
+                while self.may_wait(id, &batch, &multicast, &acked) {
                     tokio::select! {
                         biased;
                         changed = acked.changed() => if changed.is_err() { break },
@@ -986,11 +987,19 @@ impl Inner {
 
     /// Whether the writer may hold the batch back: it only sends the pending frame, the
     /// frame is small, and the partner has [`link::BATCH_WINDOW`] frames to acknowledge.
-    fn may_wait(&self, id: u64, batch: &Batch, multicast: &LinkMulticast, acked: u64) -> bool {
+    fn may_wait(
+        &self,
+        id: u64,
+        batch: &Batch,
+        multicast: &LinkMulticast,
+        acked: &watch::Receiver<u64>,
+    ) -> bool {
         let Some(first) = batch.flush.filter(|_| batch.may_wait()) else {
             return false;
         };
-        // One lock at a time: writers take the state's, then the dispatch's.
+        // One lock at a time (writers hold the state's while they take the dispatch's, and
+        // the reader the waiting writers' while it updates the acknowledgement).
+        let acked = *acked.borrow();
         let in_flight = multicast.dispatch.lock().in_flight.beyond(acked);
         in_flight >= link::BATCH_WINDOW
             && self
