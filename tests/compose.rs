@@ -60,8 +60,29 @@ const SQUATTER: &str = "tandemtest-squatter";
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failed test leaves what each container logged, before the cluster goes.
+        if std::thread::panicking() {
+            print_logs();
+        }
         let _ = run("deploy/compose/cluster.sh", &["down"]);
         let _ = run("docker", &["network", "rm", SQUATTER]);
+    }
+}
+
+/// Prints the last lines each container of the cluster logged.
+fn print_logs() {
+    let project = format!("label=com.docker.compose.project={PROJECT}");
+    let names = run(
+        "docker",
+        &["ps", "-a", "--filter", &project, "--format", "{{.Names}}"],
+    );
+    for name in String::from_utf8_lossy(&names.stdout).lines() {
+        let logs = run("docker", &["logs", "--tail", "80", name]);
+        eprintln!(
+            "--- {name} ---\n{}{}",
+            String::from_utf8_lossy(&logs.stdout),
+            String::from_utf8_lossy(&logs.stderr)
+        );
     }
 }
 
