@@ -132,12 +132,15 @@ pub struct Pending {
 
 impl Pending {
     /// Adds the batch; returns the frame it closed, full, to send now, and whether the
-    /// writer must be told that a new frame is pending (with the number it starts at).
+    /// writer must be told of the pending frame (with the number it starts at): it is new,
+    /// or it has just grown too large to wait for more writes, which the writer may be
+    /// holding it back for.
     pub fn push(&mut self, writes: LiveWrites) -> (Option<LiveWrites>, Option<u64>) {
         match &mut self.frame {
             Some(frame) if frame.has_room_for(&writes) => {
+                let waited = frame.may_wait();
                 frame.extend(writes);
-                (None, None)
+                (None, (waited && !frame.may_wait()).then_some(frame.first))
             }
             _ => {
                 let first = writes.first;
@@ -761,7 +764,14 @@ mod tests {
                 );
                 break full;
             }
-            assert_eq!(started, None, "joined the pending frame");
+            // The writer hears of the frame again once it is too large to wait.
+            let past_half = writes(1, 17).bytes * seq as usize >= BATCH_BYTES / 2;
+            let just_past = past_half && writes(1, 17).bytes * (seq as usize - 1) < BATCH_BYTES / 2;
+            assert_eq!(
+                started,
+                just_past.then_some(1),
+                "batch {seq} joined the pending frame"
+            );
         };
         assert_eq!((closed.first, closed.seq), (1, seq - 1));
         let batch_bytes = writes(seq, 17).bytes;
