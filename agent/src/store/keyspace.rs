@@ -63,7 +63,7 @@ impl Entry {
             + key.len()
             + match &self.value {
                 Value::Str(value) => value.len(),
-                Value::Hash(fields) => fields.bytes() + fields.len() * FIELD_OVERHEAD,
+                Value::Hash(fields) => hash_size(fields),
             }
     }
 
@@ -133,6 +133,11 @@ fn owned_op(op: Op) -> Op {
 
 fn field_size(field: &[u8], value: &[u8]) -> usize {
     FIELD_OVERHEAD + field.len() + value.len()
+}
+
+/// Bytes accounted for a hash's fields: [`field_size`] of each, kept up to date by the map.
+fn hash_size(fields: &FieldMap) -> usize {
+    fields.bytes() + fields.len() * FIELD_OVERHEAD
 }
 
 /// Store limits. Writes past a limit fail; nothing is evicted.
@@ -430,18 +435,15 @@ impl Keyspace {
                     ..
                 }) = self.shards[shard].get_mut(&*key)
                 {
-                    // In place: a large hash is not re-measured for every field. A field that
-                    // is there keeps its name and takes the new value.
+                    // In place: the map counts its bytes, so a large hash is not re-measured.
+                    // A field that is there keeps its name and takes the new value.
+                    let before = hash_size(hash);
                     for (field, value) in fields {
-                        let value_len = value.len();
-                        match hash.replace(&field, value) {
-                            Ok(old) => self.used_bytes = self.used_bytes + value_len - old.len(),
-                            Err(value) => {
-                                self.used_bytes += field_size(&field, &value);
-                                hash.insert(source.keep(field), value);
-                            }
+                        if let Err(value) = hash.replace(&field, value) {
+                            hash.insert(source.keep(field), value);
                         }
                     }
+                    self.used_bytes = self.used_bytes - before + hash_size(hash);
                     *current = version;
                 } else {
                     // Absent, or a string that a newer hash write replaces.
@@ -463,11 +465,11 @@ impl Keyspace {
                         version: current,
                         ..
                     }) => {
+                        let before = hash_size(hash);
                         for field in &fields {
-                            if let Some(old) = hash.remove(field) {
-                                self.used_bytes -= field_size(field, &old);
-                            }
+                            hash.remove(field);
                         }
+                        self.used_bytes = self.used_bytes - before + hash_size(hash);
                         *current = version;
                         hash.is_empty()
                     }
