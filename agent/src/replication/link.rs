@@ -752,6 +752,7 @@ mod tests {
         assert!(full.is_none());
         assert_eq!(started, Some(1), "the writer is told of the new frame");
         assert!(pending.may_wait(1), "17 KiB may wait for more");
+        let batch_bytes = writes(1, 17).bytes;
         let mut seq = 1;
         let closed = loop {
             seq += 1;
@@ -765,8 +766,9 @@ mod tests {
                 break full;
             }
             // The writer hears of the frame again once it is too large to wait.
-            let past_half = writes(1, 17).bytes * seq as usize >= BATCH_BYTES / 2;
-            let just_past = past_half && writes(1, 17).bytes * (seq as usize - 1) < BATCH_BYTES / 2;
+            let half = BATCH_BYTES / 2;
+            let just_past =
+                batch_bytes * seq as usize >= half && batch_bytes * (seq as usize - 1) < half;
             assert_eq!(
                 started,
                 just_past.then_some(1),
@@ -774,7 +776,6 @@ mod tests {
             );
         };
         assert_eq!((closed.first, closed.seq), (1, seq - 1));
-        let batch_bytes = writes(seq, 17).bytes;
         assert!(closed.bytes <= BATCH_BYTES && closed.bytes + batch_bytes > BATCH_BYTES);
         assert!(!pending.may_wait(seq + 1), "no frame pending from there");
         // The writer's flush for the closed frame finds nothing: it was sent already.

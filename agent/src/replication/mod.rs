@@ -173,6 +173,17 @@ struct PairState {
     said_alone: bool,
 }
 
+impl PairState {
+    /// The link `id`, while it is the one running (a task of a replaced link finds none).
+    fn link(&self, id: u64) -> Option<&Link> {
+        self.link.as_ref().filter(|link| link.id == id)
+    }
+
+    fn link_mut(&mut self, id: u64) -> Option<&mut Link> {
+        self.link.as_mut().filter(|link| link.id == id)
+    }
+}
+
 /// The running link to the partner.
 struct Link {
     id: u64,
@@ -846,7 +857,7 @@ impl Inner {
     }
 
     fn link_failed(self: &Arc<Self>, id: u64, error: &TransportError) {
-        let current = self.state.lock().link.as_ref().is_some_and(|l| l.id == id);
+        let current = self.state.lock().link(id).is_some();
         if current {
             warn!(error = %error, "replication link failed");
             metrics::counter!(names::LINK_FAILURES).increment(1);
@@ -1005,16 +1016,13 @@ impl Inner {
             && self
                 .state
                 .lock()
-                .link
-                .as_ref()
-                .is_some_and(|link| link.id == id && link.pending.may_wait(first))
+                .link(id)
+                .is_some_and(|link| link.pending.may_wait(first))
     }
 
     /// The link's pending frame, if it is still the one starting at `first`.
     fn take_pending(&self, id: u64, first: u64) -> Option<LiveWrites> {
-        let mut state = self.state.lock();
-        let link = state.link.as_mut().filter(|link| link.id == id)?;
-        link.pending.take_from(first)
+        self.state.lock().link_mut(id)?.pending.take_from(first)
     }
 
     /// Offers multicast to the partner when both sit in one subnet where multicast is
@@ -1402,7 +1410,7 @@ impl Inner {
     fn update_lag(self: &Arc<Self>, id: u64, acked: u64) {
         let caught_up = {
             let state = self.state.lock();
-            let Some(link) = state.link.as_ref().filter(|l| l.id == id) else {
+            let Some(link) = state.link(id) else {
                 return;
             };
             let behind = link.next_seq.saturating_sub(acked);
@@ -1443,7 +1451,7 @@ impl Inner {
                 let keys = mutations.len() as u64;
                 let (seq, mut acked) = {
                     let mut state = self.state.lock();
-                    let Some(link) = state.link.as_mut().filter(|l| l.id == id) else {
+                    let Some(link) = state.link_mut(id) else {
                         return;
                     };
                     // The live writes numbered before this frame go before it.
@@ -1481,7 +1489,7 @@ impl Inner {
                 }
             }
         }
-        if let Some(link) = self.state.lock().link.as_mut().filter(|l| l.id == id) {
+        if let Some(link) = self.state.lock().link_mut(id) {
             link.snapshot_sent = true;
         }
         self.publish_snapshot(None);
