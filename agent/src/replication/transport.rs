@@ -191,6 +191,8 @@ pub trait Transport: Send + Sync + 'static {
 
 /// The largest UDP payload path MTU discovery looks for (the most QUIC allows).
 const MTU_UPPER_BOUND: u16 = 65_527;
+/// The send and receive buffers asked for the endpoint's socket.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// QUIC with mutual TLS: one connection per channel, one bidirectional stream.
 pub struct QuicTransport {
@@ -212,6 +214,12 @@ impl QuicTransport {
     /// The TLS material is unusable, or the socket cannot be used.
     pub fn from_socket(socket: std::net::UdpSocket, tls: &NodeTls) -> Result<Self, TransportError> {
         let addr = socket.local_addr()?;
+        // Packets the socket has no room for are lost, and QUIC then slows down as for
+        // congestion; the default buffer (about 200 KiB) holds a few milliseconds of a
+        // burst of writes. Linux grants up to twice `net.core.rmem_max` (`wmem_max`).
+        let buffers = socket2::SockRef::from(&socket);
+        buffers.set_recv_buffer_size(SOCKET_BUFFER)?;
+        buffers.set_send_buffer_size(SOCKET_BUFFER)?;
         let tls_error = |err: super::tls::TlsError| TransportError::Connect {
             addr,
             reason: err.to_string(),
