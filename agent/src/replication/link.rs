@@ -18,9 +18,15 @@ use tokio::time::Instant;
 
 use super::multicast::{self, KEY_LEN, Multicast, Opener, Sealer, new_key};
 
-/// A multicast frame not acknowledged within this time goes again over the stream.
+/// A multicast frame not acknowledged within this time goes again over the stream: the
+/// least time, and the time until acknowledgements have been timed. Then it is the
+/// smoothed round trip plus four times its variation, as TCP's (RFC 6298): a partner that
+/// is slow to acknowledge a burst (a queue, not a loss) does not have it all sent again.
 pub const RETRANSMIT_AFTER: Duration = Duration::from_millis(40);
-/// Most multicast frames awaiting acknowledgement; beyond it, frames take the stream.
+/// The longest a frame waits for its acknowledgement, well within the sync timeout.
+const MAX_RETRANSMIT_AFTER: Duration = Duration::from_millis(200);
+/// Most multicast frames awaiting acknowledgement; beyond it, frames take the stream. The
+/// bytes they may take are bounded too, by the receive buffer ([`Unacked::has_room`]).
 pub const SEND_WINDOW: usize = 256;
 /// This many retransmissions within [`DEGRADED_PERIOD`] and the link stops multicasting.
 const DEGRADED_RETRANSMITS: usize = 16;
@@ -414,7 +420,7 @@ impl Dispatch {
     }
 
     /// Multicasts live writes and keeps them until the partner acknowledges them; gives
-    /// them back when they must take the stream: too large for a datagram, too many
+    /// them back when they must take the stream: too large for a datagram, too much
     /// unacknowledged already, or refused by the socket.
     pub fn multicast_writes(
         &mut self,
@@ -422,10 +428,15 @@ impl Dispatch {
         writes: LiveWrites,
         now: Instant,
     ) -> Result<(), LiveWrites> {
-        if !self.unacked.has_room() || writes.bytes > multicast::MAX_DATAGRAM {
+        let header = self.sealer.header_len();
+        if writes.bytes > multicast::MAX_DATAGRAM
+            || !self
+                .unacked
+                .has_room(header + writes.bytes + 64, socket.recv_window())
+        {
             return Err(writes);
         }
-        let header = self.start_datagram();
+        self.start_datagram();
         if writes.encode(&mut self.scratch).is_err()
             || self.scratch.len() - header > multicast::MAX_DATAGRAM - 300
             || !self.send(socket)
@@ -433,7 +444,7 @@ impl Dispatch {
             return Err(writes);
         }
         self.in_flight.sent(writes.seq);
-        self.unacked.sent(writes, now);
+        self.unacked.sent(writes, self.scratch.len(), now);
         Ok(())
     }
 
@@ -581,10 +592,29 @@ impl LinkMulticast {
     }
 }
 
+/// What a datagram of `len` bytes takes of a receiver's socket buffer, as Linux counts it
+/// (measured on loopback: 832 bytes over the payload for a datagram of 30 or 50 KiB, 2,304
+/// bytes in all for one of 1,200).
+pub fn buffer_charge(len: usize) -> usize {
+    len.max(1280) + 1024
+}
+
+/// A frame multicast and not yet acknowledged.
+struct Sent {
+    at: Instant,
+    /// Its datagram's [`buffer_charge`].
+    charge: usize,
+    writes: LiveWrites,
+}
+
 /// Frames sent by multicast and not yet acknowledged, by their last number.
 #[derive(Default)]
 pub struct Unacked {
-    frames: BTreeMap<u64, (Instant, LiveWrites)>,
+    frames: BTreeMap<u64, Sent>,
+    /// The sum of the frames' charges: what they may take of the partner's buffer.
+    charged: usize,
+    /// The smoothed round trip of acknowledged frames and its variation, once timed.
+    rtt: Option<(Duration, Duration)>,
     retransmits: VecDeque<Instant>,
 }
 
@@ -593,22 +623,75 @@ impl Unacked {
         self.frames.is_empty()
     }
 
-    pub fn has_room(&self) -> bool {
-        self.frames.len() < SEND_WINDOW
+    /// Whether a datagram of `len` bytes may be multicast with `window` bytes of the
+    /// partner's receive buffer to fill. Every unacknowledged frame may still be waiting
+    /// in that buffer; one that found it full would be dropped, and sent again over the
+    /// stream 40 ms later, and a few of those give the path up. One frame always may go.
+    pub fn has_room(&self, len: usize, window: usize) -> bool {
+        self.frames.is_empty()
+            || (self.frames.len() < SEND_WINDOW && self.charged + buffer_charge(len) <= window)
     }
 
-    pub fn sent(&mut self, writes: LiveWrites, now: Instant) {
-        self.frames.insert(writes.seq, (now, writes));
+    /// The frame went as a datagram of `len` bytes at `now`.
+    pub fn sent(&mut self, writes: LiveWrites, len: usize, now: Instant) {
+        let charge = buffer_charge(len);
+        self.charged += charge;
+        let sent = Sent {
+            at: now,
+            charge,
+            writes,
+        };
+        if let Some(replaced) = self.frames.insert(sent.writes.seq, sent) {
+            self.charged -= replaced.charge;
+        }
     }
 
-    /// Forgets what `acked` covers and returns the frames whose time ran out, to go again
-    /// over the stream.
+    /// The acknowledgement of everything up to `acked` arrived at `now`: forgets the
+    /// frames it covers and times the round trip of the latest.
+    pub fn acked(&mut self, acked: u64, now: Instant) {
+        if let Some(sent) = self.forget(acked) {
+            self.time_round_trip(now.duration_since(sent));
+        }
+    }
+
+    /// Forgets the frames `acked` covers; returns when the latest of them was sent.
+    fn forget(&mut self, acked: u64) -> Option<Instant> {
+        let kept = self.frames.split_off(&(acked + 1));
+        let done = std::mem::replace(&mut self.frames, kept);
+        let latest = done.last_key_value().map(|(_, sent)| sent.at);
+        for sent in done.into_values() {
+            self.charged -= sent.charge;
+        }
+        latest
+    }
+
+    fn time_round_trip(&mut self, rtt: Duration) {
+        self.rtt = Some(match self.rtt {
+            None => (rtt, rtt / 2),
+            Some((smoothed, variation)) => (
+                (smoothed * 7 + rtt) / 8,
+                (variation * 3 + smoothed.abs_diff(rtt)) / 4,
+            ),
+        });
+    }
+
+    /// How long a frame may go unacknowledged before it is sent again.
+    pub fn retransmit_after(&self) -> Duration {
+        self.rtt.map_or(RETRANSMIT_AFTER, |(smoothed, variation)| {
+            (smoothed + variation * 4).clamp(RETRANSMIT_AFTER, MAX_RETRANSMIT_AFTER)
+        })
+    }
+
+    /// Forgets what `acked` covers (an acknowledgement the link's reader has already
+    /// timed, or will) and returns the frames whose time ran out, to go again over the
+    /// stream.
     pub fn due(&mut self, acked: u64, now: Instant) -> Vec<LiveWrites> {
-        self.frames = self.frames.split_off(&(acked + 1));
+        self.forget(acked);
+        let after = self.retransmit_after();
         let expired: Vec<u64> = self
             .frames
             .iter()
-            .filter(|(_, (sent, _))| now.duration_since(*sent) >= RETRANSMIT_AFTER)
+            .filter(|(_, sent)| now.duration_since(sent.at) >= after)
             .map(|(seq, _)| *seq)
             .collect();
         self.retransmit(&expired, now)
@@ -620,7 +703,7 @@ impl Unacked {
         let wanted: Vec<u64> = self
             .frames
             .range(from..)
-            .take_while(|(_, (_, writes))| writes.first <= to)
+            .take_while(|(_, sent)| sent.writes.first <= to)
             .map(|(seq, _)| *seq)
             .collect();
         self.retransmit(&wanted, now)
@@ -630,7 +713,11 @@ impl Unacked {
     fn retransmit(&mut self, seqs: &[u64], now: Instant) -> Vec<LiveWrites> {
         let frames: Vec<LiveWrites> = seqs
             .iter()
-            .filter_map(|seq| self.frames.remove(seq).map(|(_, frame)| frame))
+            .filter_map(|seq| self.frames.remove(seq))
+            .map(|sent| {
+                self.charged -= sent.charge;
+                sent.writes
+            })
             .collect();
         self.count_retransmits(frames.len(), now);
         frames
@@ -656,9 +743,10 @@ impl Unacked {
 
     /// Everything still unacknowledged (the path is given up: it all goes by stream).
     pub fn drain(&mut self) -> Vec<LiveWrites> {
+        self.charged = 0;
         std::mem::take(&mut self.frames)
             .into_values()
-            .map(|(_, frame)| frame)
+            .map(|sent| sent.writes)
             .collect()
     }
 }
@@ -904,7 +992,7 @@ mod tests {
         let start = Instant::now();
         let mut unacked = Unacked::default();
         for seq in 1..=3 {
-            unacked.sent(writes(seq, 0), start);
+            unacked.sent(writes(seq, 0), 100, start);
         }
         assert!(unacked.due(0, start).is_empty(), "not yet due");
         // 1 is acknowledged; 2 and 3 time out.
@@ -914,10 +1002,82 @@ mod tests {
         assert!(!unacked.degraded());
         let later = start + RETRANSMIT_AFTER * 2;
         for seq in 4..4 + DEGRADED_RETRANSMITS as u64 {
-            unacked.sent(writes(seq, 0), later);
+            unacked.sent(writes(seq, 0), 100, later);
         }
         unacked.due(3, later + RETRANSMIT_AFTER);
         assert!(unacked.degraded());
+    }
+
+    #[test]
+    fn unacknowledged_frames_fit_the_receive_buffer_and_acknowledged_ones_free_it() {
+        let now = Instant::now();
+        let datagram = 63 * 1024; // charged as 64 KiB
+        let window = 4 * 1024 * 1024;
+        let mut unacked = Unacked::default();
+        assert!(
+            unacked.has_room(2 * window, window),
+            "with nothing unacknowledged, one frame may go whatever its size"
+        );
+        let mut seq = 0;
+        while unacked.has_room(datagram, window) {
+            seq += 1;
+            unacked.sent(writes(seq, 0), datagram, now);
+        }
+        assert_eq!(seq, 64, "64 datagrams of 64 KiB fill 4 MiB");
+        assert!(
+            unacked.has_room(1, window + buffer_charge(1)),
+            "a small frame fits what is left"
+        );
+        unacked.acked(2, now);
+        for _ in 0..2 {
+            assert!(unacked.has_room(datagram, window));
+            seq += 1;
+            unacked.sent(writes(seq, 0), datagram, now);
+        }
+        assert!(!unacked.has_room(datagram, window));
+        // Frames sent again over the stream, or all of them when the path is given up,
+        // leave the buffer too.
+        assert_eq!(unacked.missing(3, 3, now).len(), 1);
+        assert!(unacked.has_room(datagram, window));
+        assert_eq!(unacked.drain().len(), 63);
+        assert_eq!(unacked.charged, 0);
+    }
+
+    #[test]
+    fn a_partner_slow_to_acknowledge_gets_more_time_before_frames_go_again() {
+        let start = Instant::now();
+        let mut unacked = Unacked::default();
+        assert_eq!(unacked.retransmit_after(), RETRANSMIT_AFTER, "until timed");
+        // Quick acknowledgements keep the least time.
+        for seq in 1..=10 {
+            let sent = start + Duration::from_millis(seq);
+            unacked.sent(writes(seq, 0), 100, sent);
+            unacked.acked(seq, sent + Duration::from_micros(200));
+        }
+        assert_eq!(unacked.retransmit_after(), RETRANSMIT_AFTER);
+        // The partner falls behind: acknowledgements take 30 ms, then 60 ms.
+        let mut now = start + Duration::from_millis(100);
+        for (seq, rtt) in (11..=30).zip([30, 60].into_iter().cycle()) {
+            unacked.sent(writes(seq, 0), 100, now);
+            now += Duration::from_millis(rtt);
+            unacked.acked(seq, now);
+        }
+        let after = unacked.retransmit_after();
+        assert!(
+            after > Duration::from_millis(60) && after <= MAX_RETRANSMIT_AFTER,
+            "{after:?}"
+        );
+        // A frame as late as its acknowledgements usually are is not sent again.
+        unacked.sent(writes(31, 0), 100, now);
+        assert!(unacked.due(30, now + Duration::from_millis(60)).is_empty());
+        assert_eq!(numbers(&unacked.due(30, now + after)), [(31, 31)]);
+        // Acknowledgements that never come: at most the longest wait.
+        for seq in 32..=40 {
+            unacked.sent(writes(seq, 0), 100, now);
+            now += Duration::from_secs(1);
+            unacked.acked(seq, now);
+        }
+        assert_eq!(unacked.retransmit_after(), MAX_RETRANSMIT_AFTER);
     }
 
     #[test]
@@ -927,7 +1087,7 @@ mod tests {
         for (first, seq) in [(1, 2), (3, 3), (4, 6), (7, 7)] {
             let mut frame = writes(first, 0);
             frame.extend(writes(seq, 0));
-            unacked.sent(frame, now);
+            unacked.sent(frame, 100, now);
         }
         // The partner has 1..=2 and 7, misses 3..=6.
         assert_eq!(numbers(&unacked.missing(3, 6, now)), [(3, 3), (4, 6)]);

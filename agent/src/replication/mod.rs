@@ -127,9 +127,12 @@ pub mod names {
     /// Counter: frames received from the partner by multicast.
     pub const MULTICAST_RECEIVED: &str = "tandem_repl_multicast_frames_received_total";
     /// Counter by `reason`: multicast datagrams dropped (`other_pair` is normal traffic of
-    /// other pairs in the subnet; `unauthenticated`, `replayed`, `malformed` are not).
+    /// other pairs in the subnet; `unauthenticated`, `replayed`, `malformed` are not;
+    /// `backlog`, the partner's frames arriving faster than they are applied).
     pub const MULTICAST_DROPPED: &str = "tandem_repl_multicast_dropped_total";
-    /// Counter: multicast frames sent again over the stream, unacknowledged in time.
+    /// Counter by `reason`: multicast frames sent again over the stream, because the
+    /// partner reported them missing (`missing`) or did not acknowledge them in time
+    /// (`timeout`).
     pub const MULTICAST_RETRANSMITS: &str = "tandem_repl_multicast_retransmits_total";
 }
 
@@ -894,7 +897,7 @@ impl Inner {
                 Some((from, to)) = nacks.recv() => {
                     let now = tokio::time::Instant::now();
                     let missing = multicast.dispatch.lock().unacked.missing(from, to, now);
-                    if !self.resend(id, &mut sender, &missing).await {
+                    if !self.resend(id, &mut sender, &missing, "missing").await {
                         return;
                     }
                     continue;
@@ -914,7 +917,7 @@ impl Inner {
                         }
                         due
                     };
-                    if !self.resend(id, &mut sender, &due).await {
+                    if !self.resend(id, &mut sender, &due, "timeout").await {
                         return;
                     }
                     continue;
@@ -1142,22 +1145,23 @@ impl Inner {
         let frame = Frame::decode_exact(plain).map_err(|_| Dropped::Malformed)?;
         metrics::counter!(names::MULTICAST_RECEIVED).increment(1);
         // A full inbox drops the frame; the partner sends it again over the stream.
-        let _ = link.inbox.try_send(frame);
-        Ok(())
+        link.inbox.try_send(frame).map_err(|_| Dropped::Backlog)
     }
 
-    /// Sends multicast frames again over the stream (counted as retransmissions); false when
-    /// the link failed doing so.
+    /// Sends multicast frames again over the stream (counted as retransmissions, for
+    /// `reason`); false when the link failed doing so.
     async fn resend(
         self: &Arc<Self>,
         id: u64,
         sender: &mut FrameSender,
         frames: &[LiveWrites],
+        reason: &'static str,
     ) -> bool {
         if frames.is_empty() {
             return true;
         }
-        metrics::counter!(names::MULTICAST_RETRANSMITS).increment(frames.len() as u64);
+        metrics::counter!(names::MULTICAST_RETRANSMITS, "reason" => reason)
+            .increment(frames.len() as u64);
         let mut encoded = BytesMut::new();
         for frame in frames {
             if let Err(err) = frame.encode(&mut encoded) {
@@ -1328,6 +1332,8 @@ impl Inner {
                     }
                 }
                 Frame::Ack { seq } => {
+                    let now = tokio::time::Instant::now();
+                    multicast.dispatch.lock().unacked.acked(seq, now);
                     acks.ack(seq);
                     self.update_lag(id, seq);
                 }

@@ -77,6 +77,9 @@ pub enum Dropped {
     Unauthenticated,
     /// A datagram already received (or too old to tell).
     Replayed,
+    /// The partner's, but its frames came faster than the link applies them: the partner
+    /// sends it again over the stream.
+    Backlog,
 }
 
 impl Dropped {
@@ -86,6 +89,7 @@ impl Dropped {
             Dropped::OtherPair => "other_pair",
             Dropped::Unauthenticated => "unauthenticated",
             Dropped::Replayed => "replayed",
+            Dropped::Backlog => "backlog",
         }
     }
 }
@@ -96,6 +100,8 @@ impl Dropped {
 pub struct Multicast {
     path: Path,
     faults: Option<Faults>,
+    /// The receive buffer the kernel granted this socket, in bytes as it charges them.
+    recv_buffer: usize,
 }
 
 enum Path {
@@ -150,6 +156,7 @@ impl Multicast {
                 group: SocketAddrV4::new(config.group, config.port).into(),
             },
             faults: None,
+            recv_buffer: granted,
         })
     }
 
@@ -164,7 +171,17 @@ impl Multicast {
                 inbox: tokio::sync::Mutex::new(rx),
             },
             faults: None,
+            recv_buffer: RECV_BUFFER,
         }
+    }
+
+    /// How much of a receiver's socket buffer this side's unacknowledged datagrams may
+    /// take (as [`super::link::buffer_charge`] counts them): three quarters of what this
+    /// socket was granted, taken to be what the partner's was granted too (agents of one
+    /// subnet share their hosts' settings). The rest is room for the other senders in the
+    /// group.
+    pub fn recv_window(&self) -> usize {
+        self.recv_buffer / 4 * 3
     }
 
     /// Sends through `faults`, which decide what is lost, doubled or held back.
