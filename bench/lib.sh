@@ -45,13 +45,21 @@ cpu_ticks() { local total=0; for pid in "$@"; do total=$((total + $(awk '{print 
 # Microseconds of CPU per request, from the clock ticks `cpu_ticks` counted over them.
 cpu_us_per() { awk -v ticks="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.2f", ticks / hz * 1e6 / n }'; }
 
+# Requests per run with the given pipeline: $REQUESTS unpipelined, and by default five
+# times as many pipelined ($PIPELINED_REQUESTS), so that a pipelined run lasts seconds too
+# (200,000 pipelined requests took under a second, ramp-up and the odd stall included).
+requests_for() { # pipeline
+    if [ "$1" -gt 1 ]; then echo "${PIPELINED_REQUESTS:-$((REQUESTS * 5))}"; else echo "$REQUESTS"; fi
+}
+
 # One redis-benchmark run per test in $TESTS against host:port; prints "test,rps,p50,p99,cpu"
 # lines, cpu being the microseconds of CPU the server processes (the rest of the arguments:
 # the server and its replica or partner) spent per request: their sum, or with CPU_EACH=1
 # each process' own, separated by "/". redis-benchmark runs inside network namespace
 # $BENCH_NETNS when that is set.
 measure() { # host port pipeline pid...
-    local host=$1 port=$2 pipeline=$3
+    local host=$1 port=$2 pipeline=$3 requests
+    requests=$(requests_for "$3")
     shift 3
     local run=()
     [ -n "${BENCH_NETNS:-}" ] && run=(ip netns exec "$BENCH_NETNS")
@@ -62,7 +70,7 @@ measure() { # host port pipeline pid...
         # of 1 KiB stay below the agent's limit for one hash (32 MiB, half a frame).
         [ "$test" = hset ] && range=${HSET_FIELDS:-25000}
         for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
-        out=$("${run[@]}" redis-benchmark -h "$host" -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
+        out=$("${run[@]}" redis-benchmark -h "$host" -p "$port" -t "$test" -n "$requests" -c "$CLIENTS" \
             -d "$SIZE" -P "$pipeline" -r "$range" --csv 2>"$work/redis-benchmark.err") || {
             echo "redis-benchmark -t $test against $host:$port failed:" >&2
             cat "$work/redis-benchmark.err" >&2
@@ -72,12 +80,12 @@ measure() { # host port pipeline pid...
         for pid in "$@"; do
             local used=$(($(cpu_ticks "$pid") - before[i++]))
             total=$((total + used))
-            each+=("$(cpu_us_per "$used" "$REQUESTS")")
+            each+=("$(cpu_us_per "$used" "$requests")")
         done
         if [ -n "${CPU_EACH:-}" ]; then
             cpu=$(IFS=/; echo "${each[*]}")
         else
-            cpu=$(cpu_us_per "$total" "$REQUESTS")
+            cpu=$(cpu_us_per "$total" "$requests")
         fi
         awk -F, -v cpu="$cpu" \
             'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%s\n", $1, $2, $5, $7, cpu }' <<<"$out"

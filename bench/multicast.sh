@@ -103,7 +103,7 @@ run() { # setup
     stop_all
 }
 
-echo "redis-benchmark on host a: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000"
+echo "redis-benchmark on host a: $REQUESTS requests per test ($(requests_for 16) pipelined), $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000"
 echo "machine: $(nproc) cores, $(uname -r); $(redis-server --version | awk '{print $3}'), tandem $($tandem version | awk '{print $2}')"
 
 start_redis a "$ip_a"

@@ -7,7 +7,7 @@
 # CPU time the servers, with their replica or partner, spent per request), and writes the
 # requests/s as CSV and PNG charts into $RESULTS (bench/results).
 #
-#   bench/resp.sh            # 200,000 requests per test, 3 rounds
+#   bench/resp.sh            # 200,000 requests per test (1,000,000 pipelined), 3 rounds
 #   REQUESTS=1000000 bench/resp.sh
 #   MODES=sync TESTS=set bench/resp.sh   # only the sync-replicated SET rows
 #   ROUNDS=1 bench/resp.sh   # one round: quicker, noisier
@@ -102,7 +102,7 @@ header() { # title, agent column name
     echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 }
 
-echo "redis-benchmark: $REQUESTS requests per test, $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000;"
+echo "redis-benchmark: $REQUESTS requests per test ($(requests_for 16) pipelined), $CLIENTS clients, ${SIZE}-byte values, random keys over 100,000;"
 echo "each row is the round with the median requests/s of $ROUNDS, the two servers taking turns"
 echo "machine: $(nproc) cores, $(uname -r); $(redis-server --version | awk '{print $3}'), tandem $($tandem version | awk '{print $2}')"
 if [ ${#on_client[@]} -gt 0 ]; then
@@ -148,14 +148,15 @@ done
 
 # One acked-writes run: prints "requests/s,p50,p99,unacknowledged,cpu µs per request".
 acked_run() { # port pipeline "pids" [--wait]
-    local before after out
+    local before after out requests
+    requests=$(requests_for "$2")
     # shellcheck disable=SC2086
     before=$(cpu_ticks $3)
-    out=$("${on_client[@]}" "$acked_writes" --addr "127.0.0.1:$1" --pipeline "$2" --requests "$REQUESTS" --clients "$CLIENTS" \
+    out=$("${on_client[@]}" "$acked_writes" --addr "127.0.0.1:$1" --pipeline "$2" --requests "$requests" --clients "$CLIENTS" \
         --size "$SIZE" ${4:-})
     # shellcheck disable=SC2086
     after=$(cpu_ticks $3)
-    echo "$out,$(cpu_us_per $((after - before)) "$REQUESTS")"
+    echo "$out,$(cpu_us_per $((after - before)) "$requests")"
 }
 
 if [[ " $MODES " == *" acked "* ]]; then
