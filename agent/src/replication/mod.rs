@@ -128,7 +128,8 @@ pub mod names {
     pub const MULTICAST_RECEIVED: &str = "tandem_repl_multicast_frames_received_total";
     /// Counter by `reason`: multicast datagrams dropped (`other_pair` is normal traffic of
     /// other pairs in the subnet; `unauthenticated`, `replayed`, `malformed` are not;
-    /// `backlog`, the partner's frames arriving faster than they are applied).
+    /// `backlog`, the partner's frames arriving faster than they are applied; `before_key`,
+    /// the partner's first datagram overtaking its key).
     pub const MULTICAST_DROPPED: &str = "tandem_repl_multicast_dropped_total";
     /// Counter by `reason`: multicast frames sent again over the stream, because the
     /// partner reported them missing (`missing`) or did not acknowledge them in time
@@ -1137,7 +1138,7 @@ impl Inner {
         let link = link.ok_or(Dropped::OtherPair)?;
         let plain = {
             let mut opener = link.opener.lock();
-            let opener = opener.as_mut().ok_or(Dropped::Unauthenticated)?;
+            let opener = opener.as_mut().ok_or(Dropped::BeforeKey)?;
             let seal = header.seal();
             opener.open_in_place(seal, datagram)?
         };

@@ -75,6 +75,9 @@ pub enum Dropped {
     OtherPair,
     /// Does not open with the partner's key: another cluster, or forged.
     Unauthenticated,
+    /// The partner's, come before its key did over the stream (a probe that overtook
+    /// it; the partner probes again).
+    BeforeKey,
     /// A datagram already received (or too old to tell).
     Replayed,
     /// The partner's, but its frames came faster than the link applies them: the partner
@@ -88,6 +91,7 @@ impl Dropped {
             Dropped::Malformed => "malformed",
             Dropped::OtherPair => "other_pair",
             Dropped::Unauthenticated => "unauthenticated",
+            Dropped::BeforeKey => "before_key",
             Dropped::Replayed => "replayed",
             Dropped::Backlog => "backlog",
         }
