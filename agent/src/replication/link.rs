@@ -449,12 +449,10 @@ impl Dispatch {
     }
 
     /// Clears the scratch buffer to room for the datagram's header, the frame to be
-    /// encoded behind it; returns the room.
-    fn start_datagram(&mut self) -> usize {
-        let header = self.sealer.header_len();
+    /// encoded behind it.
+    fn start_datagram(&mut self) {
         self.scratch.clear();
-        self.scratch.resize(header, 0);
-        header
+        self.scratch.resize(self.sealer.header_len(), 0);
     }
 
     /// Seals the frame in the scratch buffer where it is and multicasts it.
@@ -626,7 +624,7 @@ impl Unacked {
     /// Whether a datagram of `len` bytes may be multicast with `window` bytes of the
     /// partner's receive buffer to fill. Every unacknowledged frame may still be waiting
     /// in that buffer; one that found it full would be dropped, and sent again over the
-    /// stream 40 ms later, and a few of those give the path up. One frame always may go.
+    /// stream once its time ran out, and a few of those give the path up. One frame always may go.
     pub fn has_room(&self, len: usize, window: usize) -> bool {
         self.frames.is_empty()
             || (self.frames.len() < SEND_WINDOW && self.charged + buffer_charge(len) <= window)
@@ -649,20 +647,14 @@ impl Unacked {
     /// The acknowledgement of everything up to `acked` arrived at `now`: forgets the
     /// frames it covers and times the round trip of the latest.
     pub fn acked(&mut self, acked: u64, now: Instant) {
-        if let Some(sent) = self.forget(acked) {
-            self.time_round_trip(now.duration_since(sent));
-        }
-    }
-
-    /// Forgets the frames `acked` covers; returns when the latest of them was sent.
-    fn forget(&mut self, acked: u64) -> Option<Instant> {
         let kept = self.frames.split_off(&(acked + 1));
         let done = std::mem::replace(&mut self.frames, kept);
-        let latest = done.last_key_value().map(|(_, sent)| sent.at);
+        if let Some((_, latest)) = done.last_key_value() {
+            self.time_round_trip(now.duration_since(latest.at));
+        }
         for sent in done.into_values() {
             self.charged -= sent.charge;
         }
-        latest
     }
 
     fn time_round_trip(&mut self, rtt: Duration) {
@@ -682,11 +674,9 @@ impl Unacked {
         })
     }
 
-    /// Forgets what `acked` covers (an acknowledgement the link's reader has already
-    /// timed, or will) and returns the frames whose time ran out, to go again over the
-    /// stream.
-    pub fn due(&mut self, acked: u64, now: Instant) -> Vec<LiveWrites> {
-        self.forget(acked);
+    /// The frames whose time ran out by `now`, to go again over the stream (the link's
+    /// reader has forgotten the acknowledged ones as each acknowledgement came).
+    pub fn due(&mut self, now: Instant) -> Vec<LiveWrites> {
         let after = self.retransmit_after();
         let expired: Vec<u64> = self
             .frames
@@ -994,9 +984,10 @@ mod tests {
         for seq in 1..=3 {
             unacked.sent(writes(seq, 0), 100, start);
         }
-        assert!(unacked.due(0, start).is_empty(), "not yet due");
+        assert!(unacked.due(start).is_empty(), "not yet due");
         // 1 is acknowledged; 2 and 3 time out.
-        let due = unacked.due(1, start + RETRANSMIT_AFTER);
+        unacked.acked(1, start);
+        let due = unacked.due(start + RETRANSMIT_AFTER);
         assert_eq!(numbers(&due), [(2, 2), (3, 3)]);
         assert!(unacked.is_empty());
         assert!(!unacked.degraded());
@@ -1004,7 +995,7 @@ mod tests {
         for seq in 4..4 + DEGRADED_RETRANSMITS as u64 {
             unacked.sent(writes(seq, 0), 100, later);
         }
-        unacked.due(3, later + RETRANSMIT_AFTER);
+        unacked.due(later + RETRANSMIT_AFTER);
         assert!(unacked.degraded());
     }
 
@@ -1069,8 +1060,8 @@ mod tests {
         );
         // A frame as late as its acknowledgements usually are is not sent again.
         unacked.sent(writes(31, 0), 100, now);
-        assert!(unacked.due(30, now + Duration::from_millis(60)).is_empty());
-        assert_eq!(numbers(&unacked.due(30, now + after)), [(31, 31)]);
+        assert!(unacked.due(now + Duration::from_millis(60)).is_empty());
+        assert_eq!(numbers(&unacked.due(now + after)), [(31, 31)]);
         // Acknowledgements that never come: at most the longest wait.
         for seq in 32..=40 {
             unacked.sent(writes(seq, 0), 100, now);
@@ -1094,7 +1085,8 @@ mod tests {
         // A gap inside a frame takes the whole frame; nothing is sent twice.
         assert_eq!(numbers(&unacked.missing(5, 5, now)), []);
         assert_eq!(numbers(&unacked.missing(1, 1, now)), [(1, 2)]);
-        assert_eq!(numbers(&unacked.due(7, now + RETRANSMIT_AFTER)), []);
+        unacked.acked(7, now);
+        assert_eq!(numbers(&unacked.due(now + RETRANSMIT_AFTER)), []);
         assert!(unacked.is_empty());
     }
 }

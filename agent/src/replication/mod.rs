@@ -904,10 +904,9 @@ impl Inner {
                     continue;
                 }
                 now = ticker.tick(), if awaiting => {
-                    let upto = *acked.borrow();
                     let due = {
                         let mut dispatch = multicast.dispatch.lock();
-                        let mut due = dispatch.unacked.due(upto, now);
+                        let mut due = dispatch.unacked.due(now);
                         if dispatch.unacked.degraded() && multicast.deactivate() {
                             warn!(
                                 "multicast to the partner loses too many frames; replicating \
