@@ -149,6 +149,10 @@ pub struct AgentArgs {
     /// Most keys held [default: 50000000].
     #[arg(long, env = "TANDEM_MAX_KEYS", value_name = "N")]
     pub max_keys: Option<u64>,
+    /// Databases offered over RESP, SELECT 0 to N-1 [default: 16, as Redis; at most 1024].
+    #[arg(long, env = "TANDEM_DATABASES", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub databases: Option<u16>,
     /// Most RESP clients connected at once (Redis' maxclients) [default: 10000].
     #[arg(long, env = "TANDEM_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
@@ -524,6 +528,9 @@ impl AgentArgs {
         }
         if let Some(keys) = self.max_keys {
             config.max_keys = keys;
+        }
+        if let Some(databases) = self.databases {
+            config.databases = usize::from(databases);
         }
         if let Some(addr) = self.repl_addr {
             config.repl_addr = addr;

@@ -256,6 +256,100 @@ async fn replies_match_redis_server_byte_for_byte() {
     assert_same_replies(redis.addr, agent.resp, SCRIPT).await;
 }
 
+/// A script of `tests/compat/`: one command a line, words split at spaces, a word in
+/// double quotes kept whole (`""` is an empty argument); `#` starts a comment line.
+fn compat_script(name: &str) -> Vec<Vec<String>> {
+    let path = format!("{}/tests/compat/{name}.txt", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    text.lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let mut words = Vec::new();
+            let mut rest = line.trim();
+            while !rest.is_empty() {
+                if let Some(quoted) = rest.strip_prefix('"') {
+                    let end = quoted.find('"').expect("a closing quote");
+                    words.push(quoted[..end].to_string());
+                    rest = quoted[end + 1..].trim_start();
+                } else {
+                    let end = rest.find(' ').unwrap_or(rest.len());
+                    words.push(rest[..end].to_string());
+                    rest = rest[end..].trim_start();
+                }
+            }
+            words
+        })
+        .collect()
+}
+
+/// The command families of the data model, each a script in `tests/compat/`: every
+/// command with its error cases, run on a fresh database of each server in RESP2 and in
+/// RESP3; every reply must be byte-equal. (Replies whose order Redis leaves to its hash
+/// tables, such as a large set's members, are compared by membership in the scripts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_replies_as_redis_server_in_resp2_and_resp3() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "families", &[]);
+    wait_for_port(agent.resp).await;
+    let families = [
+        "keys",
+        "strings",
+        "sets",
+        "zsets",
+        "lists",
+        "counts",
+        "transactions",
+    ];
+    let mut differences = Vec::new();
+    let mut compared = 0;
+    for family in families {
+        let script = compat_script(family);
+        for protocol in ["2", "3"] {
+            let mut outputs = Vec::new();
+            for addr in [redis.addr, agent.resp] {
+                let mut client = Resp::connect(addr).await;
+                client.call_raw(&["FLUSHALL"]).await;
+                client.call_raw(&["HELLO", protocol]).await;
+                let mut replies = Vec::new();
+                for args in &script {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    replies.push(client.call_raw(&args).await);
+                }
+                outputs.push(replies);
+            }
+            for ((args, want), got) in script.iter().zip(&outputs[0]).zip(&outputs[1]) {
+                compared += 1;
+                if want != got {
+                    differences.push(format!(
+                        "{family} RESP{protocol} {args:?}\n   redis:  {:?}\n   tandem: {:?}",
+                        String::from_utf8_lossy(want),
+                        String::from_utf8_lossy(got)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(compared > 1_000, "{compared} replies compared");
+    assert!(
+        differences.is_empty(),
+        "{} of {compared} replies differ:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    // Blocking list commands are not offered: Redis' unknown-command error, never a hang.
+    let mut client = Resp::connect(agent.resp).await;
+    let reply = client.call_raw(&["BLPOP", "list", "0"]).await;
+    assert!(
+        reply.starts_with(b"-ERR unknown command 'BLPOP'"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
 const PASSWORD: &str = "a-resp-password-for-tests";
 
 /// With a password: nothing but authentication before it, Redis' errors for wrong ones.

@@ -334,3 +334,203 @@ async fn a_snapshot_of_large_values_arrives_whole() {
         "a frame past the limit:\n{logs}"
     );
 }
+
+/// A seeded mix of writes of every type in three databases, some inside `MULTI`/`EXEC`:
+/// pipelines of commands as `Vec`s of arguments.
+fn mixed_writes(seed: u64, rounds: usize) -> Vec<Vec<Vec<Vec<u8>>>> {
+    let mut state = seed;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % n
+    };
+    let ttl = TTL_SECS.to_string();
+    let mut pipelines = Vec::new();
+    for round in 0..rounds {
+        let mut commands: Vec<Vec<Vec<u8>>> = vec![cmd(&[&"SELECT", &(round % 3).to_string()])];
+        let transaction = round % 4 == 0;
+        if transaction {
+            commands.push(cmd(&[&"MULTI"]));
+        }
+        for _ in 0..20 {
+            let op = next(24);
+            // Each type keeps keys of its own, so that few writes meet the wrong type;
+            // the key commands work across them.
+            let family = match op {
+                0..=3 => "s",
+                4..=6 => "h",
+                7..=10 => "t",
+                11..=14 => "z",
+                15..=19 => "l",
+                _ => ["s", "h", "t", "z", "l"][next(5) as usize],
+            };
+            let key = format!("{family}{}", next(6));
+            let other = format!("{family}{}", next(6));
+            let member = format!("m{}", next(30));
+            let n = next(1000).to_string();
+            let command = match op {
+                0 => cmd(&[&"SET", &key, &n]),
+                1 => cmd(&[&"APPEND", &key, &member]),
+                2 => cmd(&[&"INCRBYFLOAT", &key, &"1.5"]),
+                3 => cmd(&[&"SETRANGE", &key, &"2", &member]),
+                4 => cmd(&[&"HSET", &key, &member, &n]),
+                5 => cmd(&[&"HDEL", &key, &member]),
+                6 => cmd(&[&"HINCRBYFLOAT", &key, &member, &"0.25"]),
+                7 => cmd(&[&"SADD", &key, &member, &n]),
+                8 => cmd(&[&"SREM", &key, &member]),
+                9 => cmd(&[&"SPOP", &key]),
+                10 => cmd(&[&"SMOVE", &key, &other, &member]),
+                11 => cmd(&[&"ZADD", &key, &n, &member]),
+                12 => cmd(&[&"ZINCRBY", &key, &"2", &member]),
+                13 => cmd(&[&"ZREM", &key, &member]),
+                14 => cmd(&[&"ZPOPMIN", &key]),
+                15 => cmd(&[&"LPUSH", &key, &member, &n]),
+                16 => cmd(&[&"RPUSH", &key, &member]),
+                17 => cmd(&[&"LPOP", &key]),
+                18 => cmd(&[&"LMOVE", &key, &other, &"LEFT", &"RIGHT"]),
+                19 => cmd(&[&"LREM", &key, &"0", &member]),
+                20 => cmd(&[&"EXPIRE", &key, &ttl]),
+                21 => cmd(&[&"RENAME", &key, &other]),
+                22 => cmd(&[
+                    &"COPY",
+                    &key,
+                    &other,
+                    &"DB",
+                    &next(3).to_string(),
+                    &"REPLACE",
+                ]),
+                _ => cmd(&[&"DEL", &key]),
+            };
+            commands.push(command);
+        }
+        if transaction {
+            commands.push(cmd(&[&"EXEC"]));
+        }
+        pipelines.push(commands);
+    }
+    pipelines
+}
+
+/// Everything an agent holds in databases 0-2: per key its type, its value (members of a
+/// set in order, so that the storage order does not count) and its deadline.
+async fn dump(addr: std::net::SocketAddr) -> BTreeMap<(usize, Vec<u8>), String> {
+    let mut resp = Resp::connect(addr).await;
+    let mut all = BTreeMap::new();
+    for db in 0..3 {
+        resp.call(&["SELECT", &db.to_string()]).await;
+        let Reply::Array(keys) = resp.call(&["KEYS", "*"]).await else {
+            panic!("KEYS");
+        };
+        for key in keys {
+            let Reply::BulkString(key) = key else {
+                panic!("a key: {key:?}");
+            };
+            let kind = resp.pipeline(&[cmd(&[&"TYPE", &key])]).await.remove(0);
+            let read = match &kind {
+                Reply::SimpleString(t) if t == b"string" => cmd(&[&"GET", &key]),
+                Reply::SimpleString(t) if t == b"hash" => cmd(&[&"HGETALL", &key]),
+                Reply::SimpleString(t) if t == b"set" => cmd(&[&"SMEMBERS", &key]),
+                Reply::SimpleString(t) if t == b"zset" => {
+                    cmd(&[&"ZRANGE", &key, &"0", &"-1", &"WITHSCORES"])
+                }
+                Reply::SimpleString(t) if t == b"list" => cmd(&[&"LRANGE", &key, &"0", &"-1"]),
+                other => panic!("TYPE {other:?}"),
+            };
+            let replies = resp.pipeline(&[read, cmd(&[&"PEXPIRETIME", &key])]).await;
+            let value = match (&kind, &replies[0]) {
+                (Reply::SimpleString(t), Reply::Array(items)) if t == b"set" => {
+                    let mut items: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+                    items.sort();
+                    items.join(",")
+                }
+                (_, value) => format!("{value:?}"),
+            };
+            let Reply::SimpleString(kind) = kind else {
+                unreachable!()
+            };
+            let kind = String::from_utf8_lossy(&kind);
+            all.insert(
+                (db, key),
+                format!("{kind} {value} deadline {:?}", replies[1]),
+            );
+        }
+    }
+    all
+}
+
+/// Writes of every type, inside and outside transactions and in several databases, are
+/// on the partner exactly as acknowledged when the writer is killed; a new partner gets
+/// them all by snapshot, and has them when the survivor is killed in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_and_transaction_is_on_the_partner_when_the_writer_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::start(dir.path(), "agent-a", &[]);
+    let a_join = join_args(&a);
+    let b_args: Vec<&str> = a_join.iter().map(String::as_str).collect();
+    let mut b = Agent::start(dir.path(), "agent-b", &b_args);
+    wait_for_port(a.resp).await;
+    wait_for_port(b.resp).await;
+    wait_paired(&a, &b, "agent-a", "agent-b").await;
+
+    let mut resp_a = Resp::connect(a.resp).await;
+    let mut replies = 0;
+    for pipeline in mixed_writes(7, 300) {
+        let answered = resp_a.pipeline(&pipeline).await;
+        replies += answered.len();
+        assert!(
+            !answered
+                .iter()
+                .any(|r| matches!(r, Reply::Error(e) if e.starts_with("EXECABORT"))),
+            "{answered:?}"
+        );
+    }
+    assert_eq!(replies, 300 * 21 + 75 * 2);
+    let acknowledged = dump(a.resp).await;
+    let types: std::collections::BTreeSet<&str> = acknowledged
+        .values()
+        .map(|v| v.split(' ').next().unwrap_or_default())
+        .collect();
+    assert_eq!(types.len(), 5, "every type written: {types:?}");
+    assert!(acknowledged.keys().any(|(db, _)| *db == 2));
+    a.node.kill();
+    let on_b = dump(b.resp).await;
+    assert!(
+        on_b == acknowledged,
+        "agent-b differs from what agent-a acknowledged:\n{}",
+        differences(&acknowledged, &on_b)
+    );
+
+    let b_join = join_args(&b);
+    let c_args: Vec<&str> = b_join.iter().map(String::as_str).collect();
+    let c = Agent::start(dir.path(), "agent-c", &c_args);
+    wait_for_port(c.resp).await;
+    wait_paired(&b, &c, "agent-b", "agent-c").await;
+    wait_for("agent-c to hold the snapshot", PAIR, || async {
+        dump(c.resp).await == on_b
+    })
+    .await;
+    b.node.kill();
+    assert!(dump(c.resp).await == on_b, "agent-c lost what agent-b held");
+}
+
+fn differences(
+    want: &BTreeMap<(usize, Vec<u8>), String>,
+    got: &BTreeMap<(usize, Vec<u8>), String>,
+) -> String {
+    let mut out = Vec::new();
+    for key in want
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if want.get(key) != got.get(key) {
+            out.push(format!(
+                "{key:?}\n  acknowledged: {:?}\n  partner:      {:?}",
+                want.get(key),
+                got.get(key)
+            ));
+        }
+    }
+    out.join("\n")
+}

@@ -172,7 +172,7 @@ async fn increment_counter(State(state): State<DemoState>, headers: HeaderMap) -
                     now,
                 )?;
             }
-            ks.expire(key, now + ttl, ExpireCondition::Always, now);
+            ks.expire(key, now + ttl, ExpireCondition::ALWAYS, now);
             Ok::<_, StoreError>(count)
         })
         .await;

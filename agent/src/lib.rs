@@ -74,6 +74,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 usize::try_from(bytes).unwrap_or(usize::MAX)
             }),
         max_keys: usize::try_from(config.max_keys).unwrap_or(usize::MAX),
+        databases: config.databases.clamp(1, store::keyspace::MAX_DATABASES),
     };
     let store = SessionStore::new(&config.node.node_id, limits, SystemClock);
 

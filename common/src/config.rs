@@ -181,6 +181,9 @@ pub struct AgentConfig {
     pub max_memory_bytes: Option<u64>,
     /// Most keys held. Default 50,000,000.
     pub max_keys: u64,
+    /// Databases the RESP endpoint offers (`SELECT 0` to `databases - 1`), each its own
+    /// keyspace. Default 16, as Redis; at most 1,024.
+    pub databases: usize,
     /// Most RESP clients connected at once; more are told so and closed, as Redis'
     /// `maxclients`. Default 10,000.
     pub max_clients: usize,
@@ -224,6 +227,7 @@ impl Default for AgentConfig {
             max_value_bytes: 1 << 20,
             max_memory_bytes: None,
             max_keys: 50_000_000,
+            databases: 16,
             max_clients: 10_000,
             repl_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_REPL_PORT)),
             replication: ReplicationMode::Sync,

@@ -176,6 +176,7 @@ mod tests {
             op: Op::SetFields {
                 fields: vec![(Bytes::from_static(b"f"), Bytes::from_static(b"v"))],
             },
+            db: 3,
         };
         vec![
             Frame::Hello {

@@ -1,8 +1,11 @@
 //! Session mutations as values: the unit a store applies and replication ships.
 //!
-//! Every operation is an assignment (never "add 1"): applying one twice, or applying a
-//! stale one after a newer one, leaves the same state. That is what lets a partner apply
-//! a stream of them, a snapshot, and repairs in any overlap.
+//! Every operation stamps its key with a new version, and a store applies it only to a key
+//! older than that version: applying one twice, or a stale one after a newer one, leaves
+//! the same state. Most operations are assignments (never "add 1"); those of lists
+//! (push, pop) and the members or fields of a collection are deltas, which the partner
+//! applies in the order they were made (frames are applied in sequence) on the state the
+//! primary had, so both sides end equal. Snapshots and repairs carry whole values.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,7 +18,29 @@ pub struct Mutation {
     pub key: Bytes,
     pub version: Version,
     pub op: Op,
+    /// The database (`SELECT`) the key is in. Database 0 is left out of the encoding, so a
+    /// write there costs no byte more than before databases existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub db: u16,
 }
+
+fn is_zero(db: &u16) -> bool {
+    *db == 0
+}
+
+/// A sorted set's score. Compared by its bits, so that `Op` stays `Eq` (a score is never
+/// NaN: Redis refuses those).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Score(pub f64);
+
+impl PartialEq for Score {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Score {}
 
 /// What a mutation does to its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +64,38 @@ pub enum Op {
     /// The key's expiry changes (`None`: it no longer expires). This is also how a session
     /// is touched: its deadline moves later.
     Expire { expires_at_ms: Option<u64> },
+    /// The key becomes exactly this set, with this expiry.
+    SetMembers {
+        members: Vec<Bytes>,
+        expires_at_ms: Option<u64>,
+    },
+    /// These members are added to the set (created if the key is absent).
+    AddMembers { members: Vec<Bytes> },
+    /// These members are removed from the set or sorted set; one left empty is deleted.
+    RemoveMembers { members: Vec<Bytes> },
+    /// The key becomes exactly this sorted set, with this expiry.
+    SetZSet {
+        members: Vec<(Bytes, Score)>,
+        expires_at_ms: Option<u64>,
+    },
+    /// These members of the sorted set get these scores (created if the key is absent).
+    SetScores { members: Vec<(Bytes, Score)> },
+    /// The key becomes exactly this list, with this expiry.
+    SetList {
+        items: Vec<Bytes>,
+        expires_at_ms: Option<u64>,
+    },
+    /// The items are pushed one after the other at the head (`left`) or the tail: `LPUSH
+    /// k a b` leaves `b` first. The list is created if the key is absent.
+    Push { left: bool, items: Vec<Bytes> },
+    /// `count` items are removed from the head (`left`) or the tail; a list left empty is
+    /// deleted.
+    Pop { left: bool, count: u64 },
+    /// The item at `index` (from the head) becomes `value`.
+    SetItem { index: u64, value: Bytes },
+    /// Only the `len` items from `start` on are kept (`LTRIM`); a list left empty is
+    /// deleted.
+    Trim { start: u64, len: u64 },
 }
 
 impl Mutation {
@@ -46,17 +103,35 @@ impl Mutation {
     /// plus a little for the version and the encoding. Used to keep frames small enough
     /// to travel (and be applied) in pieces, not to enforce a limit.
     pub fn encoded_size(&self) -> usize {
-        const OVERHEAD: usize = 48;
+        const OVERHEAD: usize = 52;
         let pairs = |fields: &[(Bytes, Bytes)]| -> usize {
             fields.iter().map(|(f, v)| f.len() + v.len() + 12).sum()
+        };
+        let items = |items: &[Bytes]| -> usize { items.iter().map(|f| f.len() + 6).sum() };
+        let scored = |members: &[(Bytes, Score)]| -> usize {
+            members.iter().map(|(m, _)| m.len() + 16).sum()
         };
         OVERHEAD
             + self.key.len()
             + match &self.op {
                 Op::Set { value, .. } => value.len(),
+                Op::SetItem { value, .. } => value.len() + 10,
                 Op::SetHash { fields, .. } | Op::SetFields { fields } => pairs(fields),
-                Op::DeleteFields { fields } => fields.iter().map(|f| f.len() + 6).sum(),
+                Op::DeleteFields { fields: items_of }
+                | Op::SetMembers {
+                    members: items_of, ..
+                }
+                | Op::AddMembers { members: items_of }
+                | Op::RemoveMembers { members: items_of }
+                | Op::SetList {
+                    items: items_of, ..
+                }
+                | Op::Push {
+                    items: items_of, ..
+                } => items(items_of),
+                Op::SetZSet { members, .. } | Op::SetScores { members } => scored(members),
                 Op::Delete | Op::Expire { .. } => 0,
+                Op::Pop { .. } | Op::Trim { .. } => 20,
             }
     }
 }
@@ -100,13 +175,51 @@ mod tests {
             },
             Op::Delete,
             Op::Expire { expires_at_ms },
+            Op::SetMembers {
+                members: (0..100).map(bytes).collect(),
+                expires_at_ms,
+            },
+            Op::AddMembers {
+                members: vec![bytes(0), bytes(70_000)],
+            },
+            Op::RemoveMembers {
+                members: vec![bytes(3)],
+            },
+            Op::SetZSet {
+                members: (0..100).map(|i| (bytes(i), Score(-1.5e300))).collect(),
+                expires_at_ms,
+            },
+            Op::SetScores {
+                members: vec![(bytes(5), Score(f64::INFINITY))],
+            },
+            Op::SetList {
+                items: (0..100).map(bytes).collect(),
+                expires_at_ms,
+            },
+            Op::Push {
+                left: true,
+                items: vec![bytes(1), bytes(300)],
+            },
+            Op::Pop {
+                left: false,
+                count: u64::MAX,
+            },
+            Op::SetItem {
+                index: u64::MAX,
+                value: bytes(40),
+            },
+            Op::Trim {
+                start: u64::MAX,
+                len: u64::MAX,
+            },
         ];
         for op in ops {
-            for key in [0, 12, 300] {
+            for (key, db) in [(0, 0), (12, 1), (300, u16::MAX)] {
                 let mutation = Mutation {
                     key: bytes(key),
                     version,
                     op: op.clone(),
+                    db,
                 };
                 let encoded = rmp_serde::to_vec(&mutation).unwrap().len();
                 assert!(

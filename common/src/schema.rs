@@ -281,7 +281,7 @@ pub struct Protocol {
 
 impl Protocol {
     /// What this build speaks.
-    pub const CURRENT: Protocol = Protocol { major: 1, minor: 0 };
+    pub const CURRENT: Protocol = Protocol { major: 2, minor: 0 };
     /// What a node that does not say speaks (the first release).
     pub const FIRST: Protocol = Protocol { major: 1, minor: 0 };
 

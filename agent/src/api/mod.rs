@@ -228,6 +228,15 @@ impl From<StoreError> for ApiError {
             StoreError::NotInteger | StoreError::HashNotInteger | StoreError::Overflow => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "not_an_integer")
             }
+            StoreError::NotFloat
+            | StoreError::HashNotFloat
+            | StoreError::NanOrInfinity
+            | StoreError::ScoreNan => (StatusCode::UNPROCESSABLE_ENTITY, "not_a_number"),
+            StoreError::StringTooLong => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            StoreError::NoSuchKey => (StatusCode::NOT_FOUND, "not_found"),
+            StoreError::IndexOutOfRange | StoreError::DbOutOfRange => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
         };
         ApiError::new(status, code, err.to_string())
     }
@@ -331,6 +340,16 @@ fn show(
             }
             ("hash", None, Some(fields))
         }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_type",
+                format!(
+                    "the key holds a {}; read it over the Redis protocol",
+                    crate::store::Kind::of(other).name()
+                ),
+            ));
+        }
     };
     Ok(Some((
         SessionBody {
@@ -408,7 +427,7 @@ async fn put_session(
                         .collect();
                     ks.hset(key_bytes.clone(), fields, now)?;
                     if let Some(at) = expires {
-                        ks.expire(key_bytes.clone(), at, ExpireCondition::Always, now);
+                        ks.expire(key_bytes.clone(), at, ExpireCondition::ALWAYS, now);
                     }
                 }
                 _ => {
@@ -458,7 +477,7 @@ async fn patch_session(
                 ks.expire(
                     key_bytes.clone(),
                     deadline(ttl, now)?,
-                    ExpireCondition::Always,
+                    ExpireCondition::ALWAYS,
                     now,
                 );
             }
@@ -565,7 +584,7 @@ async fn touch_session(
     let shown = store
         .run(|ks, now| -> Result<_, ApiError> {
             let at = deadline(body.ttl_ms, now)?;
-            if !ks.expire(key_bytes.clone(), at, ExpireCondition::Always, now) {
+            if !ks.expire(key_bytes.clone(), at, ExpireCondition::ALWAYS, now) {
                 return Ok(None);
             }
             show(ks, &key_bytes, now)

@@ -241,39 +241,63 @@ impl InFlight {
     }
 }
 
-/// Which numbered frames have arrived, whichever path carried them.
-#[derive(Debug, Default)]
-pub struct Delivered {
+/// Which numbered frames have arrived, whichever path carried them, and the payloads of
+/// those that arrived ahead of a gap: a partner applies frames in the order they were
+/// numbered, so that deltas (a hash's fields, a list's pushes and pops, a transaction's
+/// writes) build on the state the primary had when it made them.
+#[derive(Debug)]
+pub struct Delivered<T> {
     /// Every frame up to this number has arrived.
     upto: u64,
-    /// Frames that arrived ahead of a gap: first number → last number.
-    ahead: BTreeMap<u64, u64>,
+    /// Frames that arrived ahead of a gap: first number → last number and payload.
+    ahead: BTreeMap<u64, (u64, T)>,
 }
 
-impl Delivered {
-    /// Records the frame `first..=last`; returns whether it is new (a duplicate, e.g. a
-    /// retransmission of a datagram that did arrive, is not).
-    pub fn accept(&mut self, first: u64, last: u64) -> bool {
+impl<T> Default for Delivered<T> {
+    fn default() -> Self {
+        Delivered {
+            upto: 0,
+            ahead: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Delivered<T> {
+    /// Records the frame `first..=last`. Returns `None` for a duplicate (e.g. a
+    /// retransmission of a datagram that did arrive), else the payloads now in order to
+    /// apply: this one and those it unblocked, or none while it waits behind a gap.
+    pub fn accept(&mut self, first: u64, last: u64, payload: T) -> Option<Vec<T>> {
         if last <= self.upto || self.ahead.contains_key(&first) {
-            return false;
+            return None;
         }
         if first > self.upto + 1 {
-            self.ahead.insert(first, last);
-            return true;
+            self.ahead.insert(first, (last, payload));
+            return Some(Vec::new());
         }
         self.upto = last;
+        let mut ready = vec![payload];
         while let Some(entry) = self.ahead.first_entry() {
             if *entry.key() > self.upto + 1 {
                 break;
             }
-            self.upto = self.upto.max(entry.remove());
+            let (last, payload) = entry.remove();
+            if last > self.upto {
+                self.upto = last;
+                ready.push(payload);
+            }
         }
-        true
+        Some(ready)
     }
 
     /// The cumulative acknowledgement.
     pub fn upto(&self) -> u64 {
         self.upto
+    }
+
+    /// Frames held ahead of a gap.
+    #[cfg(test)]
+    pub fn waiting(&self) -> usize {
+        self.ahead.len()
     }
 
     /// The first run of missing numbers, when later frames arrived ahead of it: what to
@@ -757,6 +781,7 @@ mod tests {
                 value: Bytes::from(vec![0; 1024]),
                 expires_at_ms: None,
             },
+            db: 0,
         };
         let mut writes = Writes::default();
         (0..count).for_each(|_| writes.push(&mutation));
@@ -958,22 +983,36 @@ mod tests {
     #[test]
     fn acknowledgement_waits_for_gaps_and_ignores_duplicates() {
         let mut delivered = Delivered::default();
-        assert!(delivered.accept(1, 3));
+        assert_eq!(delivered.accept(1, 3, "1-3"), Some(vec!["1-3"]));
         assert_eq!(delivered.upto(), 3);
         // 4..=5 lost on the way; 6 and 7..=9 arrive first.
         assert_eq!(delivered.gap(), None);
-        assert!(delivered.accept(6, 6));
+        assert_eq!(
+            delivered.accept(6, 6, "6"),
+            Some(vec![]),
+            "held behind the gap"
+        );
         assert_eq!(delivered.gap(), Some((4, 5)), "the gap is reported");
-        assert!(delivered.accept(7, 9));
+        assert_eq!(delivered.accept(7, 9, "7-9"), Some(vec![]));
         assert_eq!(delivered.upto(), 3);
-        assert!(!delivered.accept(7, 9), "a duplicate is not new");
+        assert_eq!(delivered.waiting(), 2);
+        assert_eq!(
+            delivered.accept(7, 9, "7-9"),
+            None,
+            "a duplicate is not new"
+        );
         // The retransmission fills the gap: everything up to 9 is acknowledged.
-        assert!(delivered.accept(4, 5));
+        assert_eq!(
+            delivered.accept(4, 5, "4-5"),
+            Some(vec!["4-5", "6", "7-9"]),
+            "the gap filled: everything held is applied, in order"
+        );
         assert_eq!(delivered.upto(), 9);
         assert_eq!(delivered.gap(), None);
-        assert!(!delivered.accept(4, 5));
-        assert!(!delivered.accept(1, 3));
-        assert!(delivered.accept(10, 10));
+        assert_eq!(delivered.waiting(), 0);
+        assert_eq!(delivered.accept(4, 5, "4-5"), None);
+        assert_eq!(delivered.accept(1, 3, "1-3"), None);
+        assert_eq!(delivered.accept(10, 10, "10"), Some(vec!["10"]));
         assert_eq!(delivered.upto(), 10);
     }
 

@@ -40,6 +40,15 @@ use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportE
 use crate::store::SessionStore;
 use crate::store::keyspace::SHARDS;
 
+/// A numbered frame's content, held until every earlier frame has been applied.
+enum Arrived {
+    Writes(Vec<Mutation>),
+    Snapshot {
+        mutations: Vec<Mutation>,
+        last: bool,
+    },
+}
+
 /// Keys per snapshot frame.
 const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
 /// About the most bytes of one snapshot or repair frame: the keys read at once are sent in
@@ -1177,6 +1186,28 @@ impl Inner {
     }
 
     /// Applies the partner's frames and acknowledges them.
+    /// Applies frames that are in order, oldest first.
+    fn apply_arrived(self: &Arc<Self>, ready: Vec<Arrived>, snapshot_keys: &mut u64) {
+        for arrived in ready {
+            match arrived {
+                Arrived::Writes(mutations) => {
+                    self.mutations_received.increment(mutations.len() as u64);
+                    self.store.apply(mutations);
+                }
+                Arrived::Snapshot { mutations, last } => {
+                    *snapshot_keys += mutations.len() as u64;
+                    metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
+                        .increment(mutations.len() as u64);
+                    self.store.apply(mutations);
+                    if last {
+                        info!(keys = *snapshot_keys, "snapshot from the partner applied");
+                        self.set_syncing(false);
+                    }
+                }
+            }
+        }
+    }
+
     async fn read_frames(
         self: Arc<Self>,
         id: u64,
@@ -1225,10 +1256,10 @@ impl Inner {
                         self.link_failed(id, &malformed(format!("mutations {first}..={seq}")));
                         return;
                     }
-                    let new = delivered.accept(first, seq);
-                    if new {
-                        self.mutations_received.increment(mutations.len() as u64);
-                        self.store.apply(mutations);
+                    let ready = delivered.accept(first, seq, Arrived::Writes(mutations));
+                    let new = ready.is_some();
+                    if let Some(ready) = ready {
+                        self.apply_arrived(ready, &mut snapshot_keys);
                         if let Some((from, to)) = delivered.gap()
                             && from > nacked
                         {
@@ -1250,17 +1281,13 @@ impl Inner {
                     mutations,
                     last,
                 } => {
-                    snapshot_keys += mutations.len() as u64;
-                    metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
-                        .increment(mutations.len() as u64);
-                    self.store.apply(mutations);
-                    delivered.accept(seq, seq);
+                    if let Some(ready) =
+                        delivered.accept(seq, seq, Arrived::Snapshot { mutations, last })
+                    {
+                        self.apply_arrived(ready, &mut snapshot_keys);
+                    }
                     multicast.owe_stream_ack(delivered.upto());
                     unacked = Some(delivered.upto());
-                    if last {
-                        info!(keys = snapshot_keys, "snapshot from the partner applied");
-                        self.set_syncing(false);
-                    }
                 }
                 Frame::Digest { shards } => {
                     if shards.len() != SHARDS {
@@ -1541,6 +1568,7 @@ mod tests {
                 value: Bytes::from(vec![b'v'; size]),
                 expires_at_ms: None,
             },
+            db: 0,
         };
         // 40 values of 3 MiB: 120 MiB read at once.
         let mutations: Vec<Mutation> = (0..40).map(|i| key(i, 3 << 20)).collect();

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::store::WatchMark;
+
 /// The state of one connection.
 pub struct ClientSession {
     pub id: u64,
@@ -16,6 +18,8 @@ pub struct ClientSession {
     pub laddr: SocketAddr,
     /// 2 or 3 (`HELLO 3`).
     pub protocol: u8,
+    /// The database commands run against (`SELECT`).
+    pub db: usize,
     pub name: Option<Bytes>,
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
@@ -27,6 +31,20 @@ pub struct ClientSession {
     pub password: Option<Arc<str>>,
     /// Whether the client may run commands: no password is required, or it gave it.
     pub authenticated: bool,
+    /// The transaction being queued (`MULTI` until `EXEC` or `DISCARD`).
+    pub multi: Option<Transaction>,
+    /// The keys `WATCH` named: database, key, and what it held then.
+    pub watched: Vec<(usize, Bytes, WatchMark)>,
+}
+
+/// The commands of a transaction, queued until `EXEC`.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    pub commands: Vec<Vec<Bytes>>,
+    /// Bytes of the queued commands' arguments (bounded, see `transactions.rs`).
+    pub bytes: usize,
+    /// A command was refused while queuing: `EXEC` discards the transaction.
+    pub aborted: bool,
 }
 
 impl ClientSession {
@@ -38,13 +56,16 @@ impl ClientSession {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };
+        let multi = self.multi.as_ref().map_or(-1, |t| t.commands.len() as i64);
         format!(
-            "id={} addr={} laddr={} name={} age={} db=0 cmd={} lib-name={} lib-ver={} resp={}",
+            "id={} addr={} laddr={} name={} age={} db={} multi={multi} watch={} cmd={} lib-name={} lib-ver={} resp={}",
             self.id,
             self.addr,
             self.laddr,
             text(&self.name),
             self.created.elapsed().as_secs(),
+            self.db,
+            self.watched.len(),
             self.last_command,
             text(&self.lib_name),
             text(&self.lib_ver),
@@ -54,20 +75,41 @@ impl ClientSession {
 }
 
 /// All connections, by id.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Clients {
     next_id: Arc<AtomicU64>,
     registry: Arc<Mutex<BTreeMap<u64, String>>>,
     password: Option<Arc<str>>,
+    max_clients: usize,
+    started: Instant,
 }
 
 impl Clients {
-    /// The clients of a server that requires `password` (Redis' `requirepass`).
-    pub fn with_password(password: Option<String>) -> Clients {
+    /// The clients of a server that requires `password` (Redis' `requirepass`), if any,
+    /// and admits at most `max_clients`.
+    pub fn new(password: Option<String>, max_clients: usize) -> Clients {
         Clients {
+            next_id: Arc::default(),
+            registry: Arc::default(),
             password: password.map(Arc::from),
-            ..Clients::default()
+            max_clients,
+            started: Instant::now(),
         }
+    }
+
+    /// Most clients connected at once (`maxclients`).
+    pub fn max_clients(&self) -> usize {
+        self.max_clients
+    }
+
+    /// Connections accepted since start.
+    pub fn connections_received(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    /// When the endpoint started serving.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// A session for a new connection, registered.
@@ -77,6 +119,7 @@ impl Clients {
             addr,
             laddr,
             protocol: 2,
+            db: 0,
             name: None,
             lib_name: None,
             lib_ver: None,
@@ -85,6 +128,8 @@ impl Clients {
             quit: false,
             password: self.password.clone(),
             authenticated: self.password.is_none(),
+            multi: None,
+            watched: Vec::new(),
         };
         self.update(&session);
         session
@@ -103,13 +148,15 @@ impl Clients {
         self.registry.lock().len()
     }
 
-    /// `CLIENT LIST`: one line per client; the caller's own line is current.
-    pub fn list(&self, caller: &ClientSession) -> String {
+    /// `CLIENT LIST`: one line per client, or per client of `ids`; the caller's own line
+    /// is current.
+    pub fn list(&self, caller: &ClientSession, ids: Option<&[u64]>) -> String {
         self.update(caller);
         self.registry
             .lock()
-            .values()
-            .map(|line| format!("{line}\n"))
+            .iter()
+            .filter(|(id, _)| ids.is_none_or(|ids| ids.contains(id)))
+            .map(|(_, line)| format!("{line}\n"))
             .collect()
     }
 }

@@ -22,6 +22,9 @@ use super::reply::Reply;
 use super::{RespLimits, names};
 use crate::sessions::Sessions;
 
+/// Redis' bound on a bulk string (`proto-max-bulk-len`, 512 MB): a longer declared length
+/// is a protocol error, as there.
+const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
 /// Redis' limit on an inline request line.
 const MAX_INLINE_LEN: usize = 64 * 1024;
 /// How much a connection reads at once at first, and again once its client sends little.
@@ -52,29 +55,98 @@ fn protocol_error(text: impl Into<String>) -> ProtocolError {
     ProtocolError(text.into())
 }
 
+/// What the parser took off the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole request (empty for an empty request, ignored as Redis does).
+    Request(Vec<Bytes>),
+    /// A request with an argument past the limits: what was read of it is gone, and the
+    /// rest is read and discarded as it arrives ([`Discard`]), never buffered; then the
+    /// client is told, and the connection goes on.
+    Oversized(Discard),
+}
+
+/// The rest of an oversized request, skipped as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discard {
+    /// Bytes of the current argument (and its CRLF) still to skip.
+    skip: u64,
+    /// Arguments after the current one still to skip.
+    args_left: u64,
+    /// The error the client gets once the request is over.
+    error: String,
+}
+
+impl Discard {
+    /// Skips what `buf` holds of the request; `Ok(true)` once all of it is gone.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] for a malformed argument header.
+    pub fn consume(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        loop {
+            let skipped = self.skip.min(buf.len() as u64) as usize;
+            let _ = buf.split_to(skipped);
+            self.skip -= skipped as u64;
+            if self.skip > 0 {
+                return Ok(false);
+            }
+            if self.args_left == 0 {
+                return Ok(true);
+            }
+            let Some(&kind) = buf.first() else {
+                return Ok(false);
+            };
+            if kind != b'$' {
+                return Err(protocol_error(format!(
+                    "expected '$', got '{}'",
+                    char::from(kind)
+                )));
+            }
+            let mut pos = 0;
+            let Some(len) = header_number(buf, &mut pos, "invalid bulk length")? else {
+                if buf.len() > 32 {
+                    return Err(protocol_error("invalid bulk length"));
+                }
+                return Ok(false);
+            };
+            if !(0..=MAX_BULK_LEN).contains(&len) {
+                return Err(protocol_error("invalid bulk length"));
+            }
+            let _ = buf.split_to(pos);
+            self.skip = len as u64 + 2;
+            self.args_left -= 1;
+        }
+    }
+
+    /// The error reply for the discarded request.
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+}
+
 /// Takes the next complete request off the front of `buf`: `Ok(None)` when more bytes are
-/// needed, `Ok(Some(vec![]))` for an empty request (ignored, as Redis does).
+/// needed.
 ///
 /// # Errors
-/// [`ProtocolError`] for malformed input or declared lengths past the limits.
+/// [`ProtocolError`] for malformed input, or declared lengths past the limits of a client
+/// that has not authenticated.
 pub fn next_request(
     buf: &mut BytesMut,
     limits: &RespLimits,
-) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+) -> Result<Option<Parsed>, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
     if buf[0] != b'*' {
-        return inline_request(buf);
+        return Ok(inline_request(buf)?.map(Parsed::Request));
     }
-    let Some((len, count)) = walk_multibulk(buf, limits, |_, _| ())? else {
-        if buf.len() > limits.max_request_bytes {
-            return Err(protocol_error(format!(
-                "request larger than {} bytes",
-                limits.max_request_bytes
-            )));
+    let (len, count) = match walk_multibulk(buf, limits, |_, _| ())? {
+        Walk::Incomplete => return Ok(None),
+        Walk::Oversized { at, discard } => {
+            let _ = buf.split_to(at);
+            return Ok(Some(Parsed::Oversized(discard)));
         }
-        return Ok(None);
+        Walk::Complete { len, count } => (len, count),
     };
     // The second walk over the (few, short) headers slices the arguments out of the
     // request; keeping their ranges from the first would take an allocation of its own.
@@ -83,23 +155,38 @@ pub fn next_request(
     walk_multibulk(&request, limits, |start, end| {
         args.push(request.slice(start..end));
     })?;
-    Ok(Some(args))
+    Ok(Some(Parsed::Request(args)))
+}
+
+/// How far the walk over a request got.
+enum Walk {
+    Incomplete,
+    Complete {
+        len: usize,
+        count: usize,
+    },
+    /// The argument whose header ends at `at` is past the limits.
+    Oversized {
+        at: usize,
+        discard: Discard,
+    },
 }
 
 /// Walks the multibulk request (`*<count>` then `$<len>` and the bytes, for each argument)
 /// at the front of `buf`, handing `arg` the range of every argument. Returns the request's
-/// length and argument count once all of it is there, `None` while bytes are missing.
-/// Each declared length is checked when its header arrives, before the payload, so a
-/// client cannot make the agent buffer past the limits. A count of zero or less is an
-/// empty request, as in Redis.
+/// length and argument count once all of it is there. Each declared length is checked when
+/// its header arrives, before the payload, so a client cannot make the agent buffer past
+/// the limits: an argument past them (or one that takes the request past its limit) makes
+/// the request oversized, to be discarded as it arrives (before authentication, a protocol
+/// error, as in Redis). A count of zero or less is an empty request, as in Redis.
 fn walk_multibulk(
     buf: &[u8],
     limits: &RespLimits,
     mut arg: impl FnMut(usize, usize),
-) -> Result<Option<(usize, usize)>, ProtocolError> {
+) -> Result<Walk, ProtocolError> {
     let mut pos = 0;
     let Some(count) = header_number(buf, &mut pos, "invalid multibulk length")? else {
-        return Ok(None);
+        return Ok(Walk::Incomplete);
     };
     if count > limits.max_array_len as i64 {
         return Err(protocol_error(if limits.pre_auth {
@@ -109,9 +196,9 @@ fn walk_multibulk(
         }));
     }
     let count = count.max(0) as usize;
-    for _ in 0..count {
+    for i in 0..count {
         let Some(&kind) = buf.get(pos) else {
-            return Ok(None);
+            return Ok(Walk::Incomplete);
         };
         if kind != b'$' {
             return Err(protocol_error(format!(
@@ -120,25 +207,46 @@ fn walk_multibulk(
             )));
         }
         let Some(len) = header_number(buf, &mut pos, "invalid bulk length")? else {
-            return Ok(None);
+            return Ok(Walk::Incomplete);
         };
-        if len < 0 || len as usize > limits.max_bulk_bytes {
-            return Err(protocol_error(if limits.pre_auth && len >= 0 {
-                "unauthenticated bulk length"
-            } else {
-                "invalid bulk length"
-            }));
+        // Past Redis' own bound (`proto-max-bulk-len`) a length is a protocol error there
+        // too; below it, one past the limits is discarded.
+        if !(0..=MAX_BULK_LEN).contains(&len) {
+            return Err(protocol_error("invalid bulk length"));
         }
         let (start, end) = (pos, pos + len as usize);
+        let too_long = len as usize > limits.max_bulk_bytes;
+        if too_long || end.saturating_add(2) > limits.max_request_bytes {
+            if limits.pre_auth {
+                return Err(protocol_error("unauthenticated bulk length"));
+            }
+            let error = if too_long {
+                format!(
+                    "ERR value of {len} bytes exceeds the limit of {} bytes",
+                    limits.max_value_bytes
+                )
+            } else {
+                format!(
+                    "ERR request exceeds the limit of {} bytes",
+                    limits.max_request_bytes
+                )
+            };
+            let discard = Discard {
+                skip: len as u64 + 2,
+                args_left: (count - i - 1) as u64,
+                error,
+            };
+            return Ok(Walk::Oversized { at: pos, discard });
+        }
         match buf.get(end..end + 2) {
-            None => return Ok(None),
+            None => return Ok(Walk::Incomplete),
             Some(b"\r\n") => {}
             Some(_) => return Err(protocol_error("expected CRLF after a bulk string")),
         }
         arg(start, end);
         pos = end + 2;
     }
-    Ok(Some((pos, count)))
+    Ok(Walk::Complete { len: pos, count })
 }
 
 /// Reads `<prefix><decimal>\r\n` at `pos`, advancing past it; `None` if incomplete.
@@ -189,6 +297,15 @@ fn inline_request(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolErro
             .map(|word| line.slice_ref(word))
             .collect(),
     ))
+}
+
+/// Answers a discarded request with its limit error (a transaction being queued is then
+/// refused at `EXEC`).
+fn refuse_oversized(session: &mut ClientSession, discard: &Discard, output: &mut BytesMut) {
+    metrics::counter!(names::OVERSIZED).increment(1);
+    warn!(client = session.id, addr = %session.addr, error = discard.error(), "refused an oversized RESP request");
+    super::cmd::flag_transaction(session);
+    Reply::Error(discard.error().to_string()).encode(session.protocol, output);
 }
 
 /// Serves one client until it quits, disconnects or sends something malformed.
@@ -252,11 +369,27 @@ async fn run(
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut chunk = READ_CHUNK;
     let mut mutations = Writes::default();
+    // The rest of an oversized request, skipped as it arrives.
+    let mut discarding: Option<Discard> = None;
     loop {
         let mut failure = None;
         let mut commands = 0u64;
         let now_ms = sessions.store.now_ms();
         loop {
+            if let Some(discard) = discarding.as_mut() {
+                match discard.consume(&mut input) {
+                    Ok(true) => {
+                        refuse_oversized(session, discard, &mut output);
+                        discarding = None;
+                    }
+                    Ok(false) => break,
+                    Err(err) => {
+                        Reply::Error(format!("ERR {err}")).encode(session.protocol, &mut output);
+                        failure = Some(err);
+                        break;
+                    }
+                }
+            }
             // Until it authenticated, a client may send no more than AUTH needs.
             let limits = if session.authenticated {
                 limits
@@ -264,8 +397,12 @@ async fn run(
                 &RespLimits::UNAUTHENTICATED
             };
             match next_request(&mut input, limits) {
-                Ok(Some(args)) if args.is_empty() => continue,
-                Ok(Some(args)) => {
+                Ok(Some(Parsed::Oversized(discard))) => {
+                    commands += 1;
+                    discarding = Some(discard);
+                }
+                Ok(Some(Parsed::Request(args))) if args.is_empty() => continue,
+                Ok(Some(Parsed::Request(args))) => {
                     commands += 1;
                     let mut ctx = Ctx {
                         store: &sessions.store,
@@ -273,6 +410,7 @@ async fn run(
                         clients,
                         mutations: &mut mutations,
                         now_ms,
+                        held: None,
                     };
                     let reply = execute(&mut ctx, args);
                     reply.encode(session.protocol, &mut output);
@@ -359,6 +497,7 @@ mod tests {
     fn limits() -> RespLimits {
         RespLimits {
             max_bulk_bytes: 1_000,
+            max_value_bytes: 1_000,
             max_request_bytes: 10_000,
             max_clients: 1,
             max_array_len: 1024 * 1024,
@@ -369,7 +508,10 @@ mod tests {
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
         let mut buf = BytesMut::from(input);
         let mut requests = Vec::new();
-        while let Some(args) = next_request(&mut buf, &limits())? {
+        while let Some(parsed) = next_request(&mut buf, &limits())? {
+            let Parsed::Request(args) = parsed else {
+                panic!("oversized: {parsed:?}");
+            };
             requests.push(args);
         }
         assert!(buf.is_empty(), "left over: {buf:?}");
@@ -404,7 +546,9 @@ mod tests {
                 "split at {split}"
             );
             buf.extend_from_slice(&request[split..]);
-            let args = next_request(&mut buf, &limits()).unwrap().unwrap();
+            let Some(Parsed::Request(args)) = next_request(&mut buf, &limits()).unwrap() else {
+                panic!("not a request");
+            };
             assert_eq!(words(&args), [&b"SET"[..], b"key:1", b"0123456789"]);
             assert!(buf.is_empty());
         }
@@ -414,7 +558,7 @@ mod tests {
     fn malformed_and_oversized_input_is_rejected_early() {
         let table: &[(&[u8], &str)] = &[
             (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
-            (b"*1\r\n$1001\r\n", "invalid bulk length"),
+            (b"*1\r\n$536870913\r\n", "invalid bulk length"),
             (b"*1\r\n$-5\r\n", "invalid bulk length"),
             (b"*1\r\n$abc\r\n", "invalid bulk length"),
             (b"*99999999999\r\n", "invalid multibulk length"),
@@ -437,14 +581,60 @@ mod tests {
         // A long line without a newline is not buffered forever.
         let mut buf = BytesMut::from(&vec![b'a'; MAX_INLINE_LEN][..]);
         assert!(next_request(&mut buf, &limits()).is_err());
-        // Nor is a frame larger than the request limit.
-        let mut big = BytesMut::from(&b"*20\r\n"[..]);
-        for _ in 0..15 {
-            big.extend_from_slice(b"$900\r\n");
-            big.extend_from_slice(&[b'x'; 900]);
-            big.extend_from_slice(b"\r\n");
+    }
+
+    /// Whatever its size, a request with an argument past the limits is skipped as it
+    /// arrives (never buffered whole) and answered with the limit error; the requests after
+    /// it are read as usual.
+    #[test]
+    fn oversized_requests_are_discarded_as_they_arrive_and_answered() {
+        let huge = 5_000_000usize;
+        let mut wire = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${huge}\r\n").into_bytes();
+        wire.extend(std::iter::repeat_n(b'v', huge));
+        wire.extend_from_slice(b"\r\n*1\r\n$4\r\nPING\r\n");
+        // A request past the request limit made of arguments within it, then a command.
+        let mut many = b"*20\r\n".to_vec();
+        for _ in 0..20 {
+            many.extend_from_slice(b"$900\r\n");
+            many.extend_from_slice(&[b'x'; 900]);
+            many.extend_from_slice(b"\r\n");
         }
-        assert!(next_request(&mut big, &limits()).is_err());
+        many.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        for (input, error) in [
+            (
+                wire,
+                "ERR value of 5000000 bytes exceeds the limit of 1000 bytes",
+            ),
+            (many, "ERR request exceeds the limit of 10000 bytes"),
+        ] {
+            for chunk in [1_000, 4_096, 65_536] {
+                let mut buf = BytesMut::new();
+                let mut discard: Option<Discard> = None;
+                let mut seen = Vec::new();
+                for piece in input.chunks(chunk) {
+                    buf.extend_from_slice(piece);
+                    assert!(buf.len() <= 12_000 + chunk, "never buffered whole");
+                    loop {
+                        if let Some(d) = discard.as_mut() {
+                            if !d.consume(&mut buf).unwrap() {
+                                break;
+                            }
+                            seen.push(d.error().to_string());
+                            discard = None;
+                        }
+                        match next_request(&mut buf, &limits()).unwrap() {
+                            None => break,
+                            Some(Parsed::Oversized(d)) => discard = Some(d),
+                            Some(Parsed::Request(args)) => {
+                                seen.push(String::from_utf8_lossy(&args[0]).into_owned())
+                            }
+                        }
+                    }
+                }
+                assert_eq!(seen, [error, "PING"], "in chunks of {chunk}");
+                assert!(buf.is_empty());
+            }
+        }
     }
 
     #[test]
@@ -476,6 +666,7 @@ mod properties {
 
     const LIMITS: RespLimits = RespLimits {
         max_bulk_bytes: 4096,
+        max_value_bytes: 4096,
         max_request_bytes: 16 * 1024,
         max_clients: 1,
         max_array_len: 64,
@@ -526,7 +717,9 @@ mod properties {
             let mut partial = BytesMut::from(&whole[..at]);
             prop_assert_eq!(next_request(&mut partial, &LIMITS).unwrap(), None);
             let mut full = BytesMut::from(&whole[..]);
-            let parsed = next_request(&mut full, &LIMITS).unwrap().unwrap();
+            let Some(Parsed::Request(parsed)) = next_request(&mut full, &LIMITS).unwrap() else {
+                panic!("not a request");
+            };
             let parsed: Vec<Vec<u8>> = parsed.iter().map(|a| a.to_vec()).collect();
             prop_assert_eq!(&parsed, &args);
             prop_assert!(full.is_empty());
@@ -547,11 +740,21 @@ mod properties {
         }
 
         #[test]
-        fn declared_lengths_past_the_limits_are_refused(
-            len in (LIMITS.max_bulk_bytes as u64 + 1)..u64::MAX / 2,
+        fn declared_lengths_past_the_limits_are_discarded_unread(
+            len in (LIMITS.max_bulk_bytes as u64 + 1)..=MAX_BULK_LEN as u64,
         ) {
             let mut buf = BytesMut::from(format!("*1\r\n${len}\r\nxx").as_bytes());
-            prop_assert!(next_request(&mut buf, &LIMITS).is_err());
+            let parsed = next_request(&mut buf, &LIMITS).unwrap();
+            let Some(Parsed::Oversized(mut discard)) = parsed else {
+                panic!("not oversized: {parsed:?}");
+            };
+            prop_assert!(!discard.consume(&mut buf).unwrap());
+            prop_assert!(buf.is_empty(), "what arrived of it is gone");
+            // Before authentication, the same past its limit is a protocol error.
+            if len > RespLimits::UNAUTHENTICATED.max_bulk_bytes as u64 {
+                let mut buf = BytesMut::from(format!("*1\r\n${len}\r\nxx").as_bytes());
+                prop_assert!(next_request(&mut buf, &RespLimits::UNAUTHENTICATED).is_err());
+            }
         }
     }
 }

@@ -19,8 +19,12 @@ use crate::sessions::Sessions;
 /// Bounds on what one client may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RespLimits {
-    /// Largest bulk string accepted in a request; larger ones close the connection.
+    /// Largest bulk string accepted in a request; a larger one is read and discarded, and
+    /// its request answered with the limit error (before authentication, the connection is
+    /// closed, as Redis does).
     pub max_bulk_bytes: usize,
+    /// The store's limit on a key or value, named in that error.
+    pub max_value_bytes: usize,
     /// Largest single request.
     pub max_request_bytes: usize,
     /// Most clients connected at once (Redis' `maxclients`).
@@ -37,18 +41,20 @@ impl RespLimits {
     /// HELLO, not enough to make the agent buffer for a stranger.
     pub const UNAUTHENTICATED: RespLimits = RespLimits {
         max_bulk_bytes: 16 * 1024,
+        max_value_bytes: 16 * 1024,
         max_request_bytes: 256 * 1024,
         max_clients: 0,
         max_array_len: 10,
         pre_auth: true,
     };
 
-    /// Limits that let every value up to the store's limit through, so oversized values get
-    /// the store's clear error rather than a protocol error.
+    /// Limits that let every value up to the store's limit through; a larger one is
+    /// discarded as it arrives and refused with the store's limit error.
     pub fn for_value_limit(max_value_bytes: usize) -> Self {
-        let max_bulk_bytes = max_value_bytes.saturating_mul(2).max(1 << 20);
+        let max_bulk_bytes = max_value_bytes;
         RespLimits {
             max_bulk_bytes,
+            max_value_bytes,
             max_request_bytes: max_bulk_bytes.saturating_mul(4).max(64 << 20),
             max_clients: 10_000,
             max_array_len: 1024 * 1024,
@@ -86,7 +92,9 @@ impl RespServer {
 
     /// Accepts clients until `stop` turns true; open connections finish on their own.
     pub async fn serve(self, store: Sessions, mut stop: watch::Receiver<bool>) {
-        let clients = Clients::with_password(self.password.clone());
+        let clients = Clients::new(self.password.clone(), self.limits.max_clients);
+        // Exported from the start, so that a rate over it sees the first refusal.
+        metrics::counter!(names::OVERSIZED).increment(0);
         // Registered once, not looked up per pipeline.
         let commands = metrics::counter!(names::COMMANDS);
         if let Ok(addr) = self.local_addr() {
@@ -133,4 +141,7 @@ pub mod names {
     pub const REFUSED: &str = "tandem_resp_connections_refused_total";
     /// Counter: `AUTH` (or `HELLO … AUTH`) with a wrong user or password.
     pub const AUTH_FAILURES: &str = "tandem_resp_auth_failures_total";
+    /// Counter: requests refused (and discarded unread) for an argument or a size past the
+    /// limits.
+    pub const OVERSIZED: &str = "tandem_resp_oversized_requests_total";
 }

@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// A reply to one command, independent of the protocol version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// `+OK`
     Simple(&'static str),
@@ -20,6 +20,11 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map: a flat array in RESP2, `%` in RESP3.
     Map(Vec<(Reply, Reply)>),
+    /// A set: an array in RESP2, `~` in RESP3.
+    Set(Vec<Reply>),
+    /// A double (a sorted set's score): a bulk string in RESP2, `,` in RESP3, both as
+    /// Redis 7.0 prints it (`%.17g`, `inf`, `-inf`).
+    Double(f64),
 }
 
 impl Reply {
@@ -80,6 +85,25 @@ impl Reply {
                     item.encode(protocol, out);
                 }
             }
+            Reply::Set(items) => {
+                let prefix = if protocol >= 3 { b'~' } else { b'*' };
+                line(
+                    out,
+                    prefix,
+                    itoa::Buffer::new().format(items.len()).as_bytes(),
+                );
+                for item in items {
+                    item.encode(protocol, out);
+                }
+            }
+            Reply::Double(value) => {
+                let text = format_double(*value);
+                if protocol >= 3 {
+                    line(out, b',', text.as_bytes());
+                } else {
+                    Reply::Bulk(Bytes::from(text)).encode(protocol, out);
+                }
+            }
             Reply::Map(pairs) => {
                 if protocol >= 3 {
                     line(
@@ -101,6 +125,35 @@ impl Reply {
             }
         }
     }
+}
+
+/// A double as Redis 7.0 prints a score: C's `%.17g` (17 significant digits, trailing
+/// zeros dropped, an exponent below 1e-4 or from 1e17 on), `inf` and `-inf`.
+pub fn format_double(value: f64) -> String {
+    if value.is_infinite() {
+        return if value > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
+    if value == 0.0 {
+        return if value.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    // 17 significant digits in scientific notation give the digits and the exponent.
+    let scientific = format!("{value:.16e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let trim = |text: String| -> String {
+        if !text.contains('.') {
+            return text;
+        }
+        let text = text.trim_end_matches('0');
+        text.strip_suffix('.').unwrap_or(text).to_string()
+    };
+    if !(-4..17).contains(&exponent) {
+        let mantissa = trim(mantissa.to_string());
+        let sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exponent.abs());
+    }
+    let decimals = (16 - exponent).max(0) as usize;
+    trim(format!("{value:.decimals$}"))
 }
 
 fn line(out: &mut BytesMut, prefix: u8, body: &[u8]) {
@@ -138,6 +191,11 @@ mod tests {
                 b"*2\r\n:1\r\n$-1\r\n",
             ),
             (map(), 2, b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            (Reply::Set(vec![Reply::Int(1)]), 2, b"*1\r\n:1\r\n"),
+            (Reply::Set(vec![Reply::Int(1)]), 3, b"~1\r\n:1\r\n"),
+            (Reply::Double(1.5), 2, b"$3\r\n1.5\r\n"),
+            (Reply::Double(1.5), 3, b",1.5\r\n"),
+            (Reply::Double(f64::NEG_INFINITY), 3, b",-inf\r\n"),
             (map(), 3, b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"),
         ];
         for (reply, protocol, expected) in table {
@@ -146,6 +204,30 @@ mod tests {
                 expected,
                 "{reply:?} in RESP{protocol}"
             );
+        }
+    }
+
+    #[test]
+    fn doubles_print_as_c_prints_them_with_17_digits() {
+        // Replies of redis-server 7.0 (ZSCORE).
+        let table = [
+            (1.1, "1.1000000000000001"),
+            (1.3, "1.3"),
+            (2.5, "2.5"),
+            (0.1, "0.10000000000000001"),
+            (100.0, "100"),
+            (-3.0, "-3"),
+            (1e17, "1e+17"),
+            (1.5e20, "1.5e+20"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (0.0001, "0.0001"),
+            (0.00001, "1.0000000000000001e-05"),
+            (f64::INFINITY, "inf"),
+            (1e-300, "1e-300"),
+            (12345.678, "12345.678"),
+        ];
+        for (value, text) in table {
+            assert_eq!(format_double(value), text, "{value}");
         }
     }
 }

@@ -5,8 +5,10 @@
 //! what replication ships to the partner.
 
 pub mod clock;
+pub mod collections;
 mod fields;
 mod glob;
+pub mod long_double;
 pub use self::glob::glob_match;
 pub mod keyspace;
 
@@ -16,7 +18,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tandem_common::frame::Writes;
 use tandem_common::ops::Mutation;
 use tokio::task::JoinHandle;
@@ -24,6 +26,7 @@ use tokio::task::JoinHandle;
 pub use self::clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use self::keyspace::{
     Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError, Value,
+    WatchMark, ZaddOptions, ZaddOutcome,
 };
 
 /// How often expired keys are removed in the background (besides on access).
@@ -36,6 +39,9 @@ const SWEEP_BATCH: usize = 2_000;
 pub struct SessionStore {
     keyspace: Arc<Mutex<Keyspace>>,
     clock: Arc<dyn Clock>,
+    limits: Limits,
+    /// Keys expired so far (`INFO stats`).
+    expired: Arc<std::sync::atomic::AtomicU64>,
     /// Registered once: a registry lookup per command costs more than the command.
     mutations_total: metrics::Counter,
 }
@@ -52,8 +58,15 @@ impl SessionStore {
         SessionStore {
             keyspace: Arc::new(Mutex::new(Keyspace::new(node_id, limits))),
             clock: Arc::new(clock),
+            limits,
+            expired: Arc::default(),
             mutations_total: metrics::counter!(names::MUTATIONS),
         }
+    }
+
+    /// The store's limits (fixed at start).
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Current time of the store's clock, in ms since the epoch.
@@ -61,31 +74,54 @@ impl SessionStore {
         self.clock.now_ms()
     }
 
-    /// Runs one command atomically against the keyspace.
+    /// Runs one command atomically against database 0 of the keyspace (the HTTP API and
+    /// the demo app keep their sessions there).
     pub fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
         let mut mutations = Writes::default();
-        let value = self.run_at(self.clock.now_ms(), &mut mutations, command);
+        let value = self.run_at(self.clock.now_ms(), 0, &mut mutations, command);
         Outcome { value, mutations }
     }
 
-    /// Runs one command atomically against the keyspace at `now_ms` (read from the store's
-    /// clock a moment before: a connection reads it once per pipeline, as a clock read per
-    /// command costs a few percent of a pipelined GET) and appends its mutations to
-    /// `mutations` (a connection gathers a whole pipeline's there, without an allocation
-    /// or a copy per write). Versions stay unique and increasing whatever `now_ms`.
+    /// Runs one command atomically against database `db` at `now_ms` (read from the
+    /// store's clock a moment before: a connection reads it once per pipeline, as a clock
+    /// read per command costs a few percent of a pipelined GET) and appends its mutations
+    /// to `mutations` (a connection gathers a whole pipeline's there, without an
+    /// allocation or a copy per write). Versions stay unique and increasing whatever
+    /// `now_ms`.
     pub fn run_at<T>(
         &self,
         now_ms: u64,
+        db: usize,
         mutations: &mut Writes,
         command: impl FnOnce(&mut Keyspace, u64) -> T,
     ) -> T {
         let mut keyspace = self.keyspace.lock();
+        self.run_locked(&mut keyspace, now_ms, db, mutations, command)
+    }
+
+    /// The keyspace, locked: a transaction runs all its commands under one hold.
+    pub fn lock(&self) -> MutexGuard<'_, Keyspace> {
+        self.keyspace.lock()
+    }
+
+    /// [`SessionStore::run_at`] on a keyspace the caller has locked.
+    pub fn run_locked<T>(
+        &self,
+        keyspace: &mut Keyspace,
+        now_ms: u64,
+        db: usize,
+        mutations: &mut Writes,
+        command: impl FnOnce(&mut Keyspace, u64) -> T,
+    ) -> T {
         let before = keyspace.writes();
+        // The caller checked `db` against the limit (`SELECT`); database 0 always exists.
+        if keyspace.select(db).is_err() {
+            let _ = keyspace.select(0);
+        }
         keyspace.swap_outbox(mutations);
-        let value = command(&mut keyspace, now_ms);
+        let value = command(keyspace, now_ms);
         keyspace.swap_outbox(mutations);
         let made = keyspace.writes() - before;
-        drop(keyspace);
         if made > 0 {
             self.mutations_total.increment(made);
         }
@@ -104,11 +140,18 @@ impl SessionStore {
     /// than what the store held.
     pub fn apply(&self, mutations: Vec<Mutation>) -> usize {
         let mut keyspace = self.keyspace.lock();
+        let selected = keyspace.selected();
         let mut applied = 0;
         for mutation in mutations {
             applied += usize::from(keyspace.apply(mutation));
         }
+        let _ = keyspace.select(selected);
         applied
+    }
+
+    /// Keys removed because they expired, since start.
+    pub fn expired_total(&self) -> u64 {
+        self.expired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// (keys, accounted bytes).
@@ -144,6 +187,8 @@ impl SessionStore {
         }
         if total > 0 {
             metrics::counter!(names::EXPIRED).increment(total as u64);
+            self.expired
+                .fetch_add(total as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let (keys, bytes) = self.stats();
         metrics::gauge!(names::KEYS).set(keys as f64);

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use tandem_common::frame::Writes;
 use tandem_common::ops::{Mutation, Op};
 use tandem_common::version::Version;
 
@@ -164,6 +165,7 @@ fn newest_version_wins_whichever_order_it_arrives_in() {
             value: b("old"),
             expires_at_ms: None,
         },
+        db: 0,
     };
     let new = Mutation {
         key: b("k"),
@@ -176,6 +178,7 @@ fn newest_version_wins_whichever_order_it_arrives_in() {
             value: b("new"),
             expires_at_ms: None,
         },
+        db: 0,
     };
     for order in [[&old, &new], [&new, &old]] {
         let (store, _) = store();
@@ -198,6 +201,7 @@ fn local_writes_after_a_newer_remote_one_order_after_it() {
         key: b("k"),
         version: future,
         op: Op::Delete,
+        db: 0,
     }]);
     let written = set(&store, "k", "mine", SetExpiry::None);
     assert!(written[0].version > future);
@@ -353,26 +357,68 @@ fn expire_conditions() {
     let (store, _) = store();
     set(&store, "k", "v", SetExpiry::None);
     let expire = |at, cond| store.run(|ks, now| ks.expire(b("k"), at, cond, now)).value;
-    assert!(!expire(T0 + 5_000, ExpireCondition::IfSome));
+    assert!(!expire(
+        T0 + 5_000,
+        ExpireCondition {
+            if_some: true,
+            ..ExpireCondition::ALWAYS
+        }
+    ));
     assert!(
-        !expire(T0 + 5_000, ExpireCondition::IfLater),
+        !expire(
+            T0 + 5_000,
+            ExpireCondition {
+                if_later: true,
+                ..ExpireCondition::ALWAYS
+            }
+        ),
         "no expiry counts as infinite"
     );
-    assert!(expire(T0 + 5_000, ExpireCondition::IfNone));
-    assert!(!expire(T0 + 9_000, ExpireCondition::IfNone));
-    assert!(!expire(T0 + 4_000, ExpireCondition::IfLater));
-    assert!(expire(T0 + 9_000, ExpireCondition::IfLater));
-    assert!(expire(T0 + 2_000, ExpireCondition::IfEarlier));
+    assert!(expire(
+        T0 + 5_000,
+        ExpireCondition {
+            if_none: true,
+            ..ExpireCondition::ALWAYS
+        }
+    ));
+    assert!(!expire(
+        T0 + 9_000,
+        ExpireCondition {
+            if_none: true,
+            ..ExpireCondition::ALWAYS
+        }
+    ));
+    assert!(!expire(
+        T0 + 4_000,
+        ExpireCondition {
+            if_later: true,
+            ..ExpireCondition::ALWAYS
+        }
+    ));
+    assert!(expire(
+        T0 + 9_000,
+        ExpireCondition {
+            if_later: true,
+            ..ExpireCondition::ALWAYS
+        }
+    ));
+    assert!(expire(
+        T0 + 2_000,
+        ExpireCondition {
+            if_earlier: true,
+            ..ExpireCondition::ALWAYS
+        }
+    ));
     assert_eq!(store.run(|ks, now| ks.pttl(b"k", now)).value, 2_000);
     assert!(store.run(|ks, now| ks.persist(b("k"), now)).value);
     assert!(!store.run(|ks, now| ks.persist(b("k"), now)).value);
     assert!(
-        expire(T0 - 1, ExpireCondition::Always),
+        expire(T0 - 1, ExpireCondition::ALWAYS),
         "a past deadline deletes"
     );
     assert_eq!(store.run(|ks, now| ks.pttl(b"k", now)).value, -2);
     assert!(
-        !expire(T0 + 1, ExpireCondition::Always),
+        !expire(T0 + 1, ExpireCondition::ALWAYS),
         "no key, nothing to expire"
     );
 }
@@ -382,7 +428,7 @@ fn expired_keys_are_never_returned() {
     let (store, clock) = store();
     set(&store, "k", "v", SetExpiry::At(T0 + 1_000));
     store.run(|ks, now| ks.hset(b("h"), vec![(b("f"), b("v"))], now).unwrap());
-    store.run(|ks, now| ks.expire(b("h"), T0 + 1_000, ExpireCondition::Always, now));
+    store.run(|ks, now| ks.expire(b("h"), T0 + 1_000, ExpireCondition::ALWAYS, now));
     clock.advance(999);
     assert_eq!(get(&store, "k"), Some(b("v")));
     clock.advance(1);
@@ -465,6 +511,7 @@ fn limits_refuse_writes_and_evict_nothing() {
         max_value_bytes: 100,
         max_memory_bytes: usize::MAX,
         max_keys: 5,
+        ..Limits::default()
     };
     let store = SessionStore::new("node-a", limits, ManualClock::at(T0));
     let too_large = set_size(&store, "big", 101);
@@ -496,6 +543,7 @@ fn limits_refuse_writes_and_evict_nothing() {
         max_value_bytes: 100,
         max_memory_bytes: 1_000,
         max_keys: usize::MAX,
+        ..Limits::default()
     };
     let store = SessionStore::new("node-a", limits, ManualClock::at(T0));
     set_size(&store, "first", 20).unwrap();
@@ -587,7 +635,7 @@ fn accounting_matches_a_recount_after_random_writes() {
             2 => drop(ks.hset(key, vec![(field, value)], now)),
             3 => drop(ks.hdel(key, vec![field], now)),
             4 => drop(ks.delete(&[key], now)),
-            5 => drop(ks.expire(key, now + 30, ExpireCondition::Always, now)),
+            5 => drop(ks.expire(key, now + 30, ExpireCondition::ALWAYS, now)),
             6 => drop(ks.persist(key, now)),
             7 => drop(ks.hincr_by(key, field, 1, now)),
             _ => drop(ks.incr_by(key, 1, now)),
@@ -598,7 +646,7 @@ fn accounting_matches_a_recount_after_random_writes() {
         }
     }
     let (len, used, expiring, recount) = store
-        .run(|ks, _| (ks.len(), ks.used_bytes(), ks.expiring(), ks.recount()))
+        .run(|ks, _| (ks.len(), ks.used_bytes(), ks.expiring_total(), ks.recount()))
         .value;
     assert_eq!((len, used, expiring), recount);
     assert!(len > 0);
@@ -614,7 +662,7 @@ fn a_snapshot_recreates_the_store_with_its_versions() {
         ks.hset(b("h"), vec![(b("a"), b("1")), (b("b"), b("2"))], now)
             .unwrap()
     });
-    primary.run(|ks, now| ks.expire(b("h"), T0 + 5_000, ExpireCondition::Always, now));
+    primary.run(|ks, now| ks.expire(b("h"), T0 + 5_000, ExpireCondition::ALWAYS, now));
     set(&primary, "gone", "v", SetExpiry::At(T0 + 10));
     clock.advance(20);
     let replica = SessionStore::new("node-b", Limits::default(), ManualClock::at(T0 + 20));
@@ -657,7 +705,7 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
     replica.apply(written.clone());
     let touch_at = T0 + 1_000;
     let expire = primary
-        .run(|ks, now| ks.expire(b("s"), touch_at, ExpireCondition::Always, now))
+        .run(|ks, now| ks.expire(b("s"), touch_at, ExpireCondition::ALWAYS, now))
         .mutations
         .to_mutations()
         .unwrap();
@@ -666,7 +714,7 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
     // just after it.
     clock.advance(999);
     let touch = primary
-        .run(|ks, now| ks.expire(b("s"), now + 60_000, ExpireCondition::Always, now))
+        .run(|ks, now| ks.expire(b("s"), now + 60_000, ExpireCondition::ALWAYS, now))
         .mutations
         .to_mutations()
         .unwrap();
@@ -690,10 +738,10 @@ fn an_expired_copy_is_revived_by_a_late_touch_but_never_read() {
         .to_mutations()
         .unwrap();
     replica.apply(other.clone());
-    primary.run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now));
+    primary.run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::ALWAYS, now));
     replica.apply(
         primary
-            .run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::Always, now))
+            .run(|ks, now| ks.expire(b("x"), now + 10, ExpireCondition::ALWAYS, now))
             .mutations
             .to_mutations()
             .unwrap(),
@@ -776,7 +824,7 @@ fn a_hash_past_its_limit_is_refused_and_kept_as_it_was() {
     };
     let store = SessionStore::new("node-a", limits, ManualClock::at(T0));
     let value = Bytes::from(vec![b'v'; 1 << 20]);
-    let fields = (keyspace::MAX_HASH_BYTES >> 20) - 1;
+    let fields = (keyspace::MAX_COLLECTION_BYTES >> 20) - 1;
     for i in 0..fields {
         store
             .run(|ks, now| ks.hset(b("h"), vec![(b(&format!("f{i}")), value.clone())], now))
@@ -809,4 +857,167 @@ fn a_hash_past_its_limit_is_refused_and_kept_as_it_was() {
         .run(|ks, now| ks.hset(b("h"), vec![(b("f0"), value.clone())], now))
         .value
         .unwrap();
+}
+
+/// Writes of every type into databases 0 and 3 of `store`, with a delete among them.
+fn every_type(store: &SessionStore, db: usize, tag: &str) {
+    let mut writes = Writes::default();
+    store.run_at(store.now_ms(), db, &mut writes, |ks, now| {
+        ks.set(
+            b("s"),
+            b(tag),
+            SetExpiry::At(now + 60_000),
+            SetCondition::Always,
+            false,
+            now,
+        )
+        .unwrap();
+        ks.hset(b("h"), vec![(b("f"), b(tag)), (b("g"), b("2"))], now)
+            .unwrap();
+        ks.sadd(b("set"), vec![b("1"), b(tag), b("x")], now)
+            .unwrap();
+        ks.srem(b("set"), vec![b("x")], now).unwrap();
+        let scores = vec![(1.5, b("a")), (f64::NEG_INFINITY, b(tag))];
+        ks.zadd(b("z"), ZaddOptions::default(), scores, now)
+            .unwrap();
+        ks.push(b("l"), true, vec![b("1"), b("2"), b(tag)], false, now)
+            .unwrap();
+        ks.pop(b("l"), false, 1, now).unwrap();
+        ks.lset(b("l"), 0, b("head"), now).unwrap();
+        ks.set(
+            b("gone"),
+            b("v"),
+            SetExpiry::None,
+            SetCondition::Always,
+            false,
+            now,
+        )
+        .unwrap();
+        ks.delete(&[b("gone")], now);
+    });
+}
+
+/// Every key of databases 0 and 3, as entries.
+fn contents(store: &SessionStore) -> Vec<(usize, Bytes, Option<Entry>)> {
+    let mut all = Vec::new();
+    for db in [0, 3] {
+        for key in ["s", "h", "set", "z", "l", "gone"] {
+            let entry = store.run_at(store.now_ms(), db, &mut Writes::default(), |ks, now| {
+                ks.entry(key.as_bytes(), now).cloned()
+            });
+            all.push((db, b(key), entry));
+        }
+    }
+    all
+}
+
+/// Deltas of every type replay to the same state on a partner, whole values arrive by
+/// snapshot, and anti-entropy finds and repairs a difference in each type and database.
+#[test]
+fn every_type_replicates_by_delta_snapshot_and_repair() {
+    let (primary, _) = store();
+    let replica = SessionStore::new("node-b", Limits::default(), ManualClock::at(T0));
+    // Deltas, recorded as the primary makes them.
+    let mut deltas = Writes::default();
+    for db in [0, 3] {
+        primary.run_at(primary.now_ms(), db, &mut deltas, |ks, now| {
+            ks.sadd(b("set"), vec![b("1"), b("2")], now).unwrap();
+            ks.push(b("l"), false, vec![b("a"), b("b")], false, now)
+                .unwrap();
+        });
+    }
+    let deltas = deltas.to_mutations().unwrap();
+    assert!(deltas.iter().any(|m| m.db == 3) && deltas.iter().any(|m| m.db == 0));
+    assert!(
+        deltas
+            .iter()
+            .any(|m| matches!(m.op, Op::AddMembers { .. } | Op::Push { .. }))
+    );
+    replica.apply(deltas);
+    every_type(&primary, 0, "p");
+    every_type(&primary, 3, "p");
+    // The replica gets the rest by snapshot.
+    let snapshot = primary
+        .run(|ks, now| ks.snapshot_chunk(0, usize::MAX, now))
+        .value
+        .1;
+    replica.apply(snapshot);
+    assert_eq!(contents(&primary), contents(&replica));
+
+    // Writes the partner never saw (recording off), in every type: digests differ, and
+    // the repair of the shards that differ makes the two equal.
+    primary.set_recording(false);
+    every_type(&primary, 3, "newer");
+    every_type(&primary, 0, "newer");
+    let digests = |store: &SessionStore| -> Vec<u64> {
+        store
+            .run(|ks, now| {
+                (0..keyspace::SHARDS)
+                    .map(|s| ks.shard_digest(s, now))
+                    .collect()
+            })
+            .value
+    };
+    let (mine, theirs) = (digests(&primary), digests(&replica));
+    let differing: Vec<usize> = (0..keyspace::SHARDS)
+        .filter(|&s| mine[s] != theirs[s])
+        .collect();
+    assert!(differing.len() >= 5, "{differing:?}");
+    for shard in differing {
+        let repair = primary.run(|ks, now| ks.shard_repair(shard, now)).value;
+        replica.apply(repair);
+    }
+    assert_eq!(contents(&primary), contents(&replica));
+    assert_eq!(digests(&primary), digests(&replica));
+}
+
+/// `WATCH` sees any change to the key: a partner's write, an expiry, a delete; a command
+/// that changed nothing changes no version.
+#[test]
+fn a_watched_key_changes_with_any_write_and_only_then() {
+    let (primary, clock) = store();
+    set(&primary, "k", "v", SetExpiry::At(T0 + 1_000));
+    let mark = primary.run(|ks, now| ks.watch_mark(b"k", now)).value;
+    let unchanged =
+        |store: &SessionStore| !store.run(|ks, now| ks.changed_since(b"k", mark, now)).value;
+    primary.run(|ks, now| {
+        ks.set(
+            b("k"),
+            b("x"),
+            SetExpiry::None,
+            SetCondition::IfAbsent,
+            false,
+            now,
+        )
+    });
+    assert!(unchanged(&primary), "a SET NX that wrote nothing");
+    let added = primary.run(|ks, now| ks.sadd(b("other"), vec![b("m")], now));
+    assert_eq!(added.value, Ok(1));
+    assert!(unchanged(&primary), "another key");
+    clock.advance(2_000);
+    assert!(!unchanged(&primary), "the key expired");
+
+    let (replica, _) = store();
+    set(&replica, "k", "v", SetExpiry::None);
+    let mark = replica.run(|ks, now| ks.watch_mark(b"k", now)).value;
+    let partner = Mutation {
+        key: b("k"),
+        version: Version {
+            millis: T0 + 5,
+            counter: 0,
+            node: 99,
+        },
+        op: Op::Set {
+            value: b("theirs"),
+            expires_at_ms: None,
+        },
+        db: 0,
+    };
+    replica.apply(vec![partner]);
+    assert!(
+        replica
+            .run(|ks, now| ks.changed_since(b"k", mark, now))
+            .value,
+        "a partner's write"
+    );
 }

@@ -9,10 +9,12 @@
 
 use bytes::Bytes;
 use rmp::Marker;
-use rmp::decode::{read_array_len, read_bin_len, read_int, read_map_len, read_str_len};
+use rmp::decode::{
+    read_array_len, read_bin_len, read_bool, read_f64, read_int, read_map_len, read_str_len,
+};
 
 use super::Frame;
-use crate::ops::{Mutation, Op};
+use crate::ops::{Mutation, Op, Score};
 use crate::version::Version;
 
 type Reader<'a> = &'a [u8];
@@ -39,7 +41,9 @@ pub(crate) fn mutations(body: &[u8]) -> Option<Frame> {
 }
 
 fn mutation(rd: &mut Reader<'_>) -> Option<Mutation> {
-    if read_array_len(rd).ok()? != 3 {
+    // Database 0 is left out: three fields; another database is a fourth.
+    let fields = read_array_len(rd).ok()?;
+    if fields != 3 && fields != 4 {
         return None;
     }
     let key = bin(rd)?;
@@ -51,10 +55,13 @@ fn mutation(rd: &mut Reader<'_>) -> Option<Mutation> {
         counter: read_int(rd).ok()?,
         node: read_int(rd).ok()?,
     };
+    let op = op(rd)?;
+    let db = if fields == 4 { read_int(rd).ok()? } else { 0 };
     Some(Mutation {
         key,
         version,
-        op: op(rd)?,
+        op,
+        db,
     })
 }
 
@@ -82,16 +89,46 @@ fn op(rd: &mut Reader<'_>) -> Option<Op> {
             expires_at_ms: expiry(rd)?,
         },
         (b"SetFields", 1) => Op::SetFields { fields: pairs(rd)? },
-        (b"DeleteFields", 1) => {
-            let count = read_array_len(rd).ok()? as usize;
-            let mut fields = Vec::with_capacity(count.min(rd.len()));
-            for _ in 0..count {
-                fields.push(bin(rd)?);
-            }
-            Op::DeleteFields { fields }
-        }
+        (b"DeleteFields", 1) => Op::DeleteFields { fields: items(rd)? },
         (b"Expire", 1) => Op::Expire {
             expires_at_ms: expiry(rd)?,
+        },
+        (b"SetMembers", 2) => Op::SetMembers {
+            members: items(rd)?,
+            expires_at_ms: expiry(rd)?,
+        },
+        (b"AddMembers", 1) => Op::AddMembers {
+            members: items(rd)?,
+        },
+        (b"RemoveMembers", 1) => Op::RemoveMembers {
+            members: items(rd)?,
+        },
+        (b"SetZSet", 2) => Op::SetZSet {
+            members: scored(rd)?,
+            expires_at_ms: expiry(rd)?,
+        },
+        (b"SetScores", 1) => Op::SetScores {
+            members: scored(rd)?,
+        },
+        (b"SetList", 2) => Op::SetList {
+            items: items(rd)?,
+            expires_at_ms: expiry(rd)?,
+        },
+        (b"Push", 2) => Op::Push {
+            left: read_bool(rd).ok()?,
+            items: items(rd)?,
+        },
+        (b"Pop", 2) => Op::Pop {
+            left: read_bool(rd).ok()?,
+            count: read_int(rd).ok()?,
+        },
+        (b"SetItem", 2) => Op::SetItem {
+            index: read_int(rd).ok()?,
+            value: bin(rd)?,
+        },
+        (b"Trim", 2) => Op::Trim {
+            start: read_int(rd).ok()?,
+            len: read_int(rd).ok()?,
         },
         _ => return None,
     })
@@ -107,6 +144,28 @@ fn pairs(rd: &mut Reader<'_>) -> Option<Vec<(Bytes, Bytes)>> {
         pairs.push((bin(rd)?, bin(rd)?));
     }
     Some(pairs)
+}
+
+fn items(rd: &mut Reader<'_>) -> Option<Vec<Bytes>> {
+    let count = read_array_len(rd).ok()? as usize;
+    let mut items = Vec::with_capacity(count.min(rd.len()));
+    for _ in 0..count {
+        items.push(bin(rd)?);
+    }
+    Some(items)
+}
+
+/// Members with their scores, as pairs.
+fn scored(rd: &mut Reader<'_>) -> Option<Vec<(Bytes, Score)>> {
+    let count = read_array_len(rd).ok()? as usize;
+    let mut members = Vec::with_capacity(count.min(rd.len()));
+    for _ in 0..count {
+        if read_array_len(rd).ok()? != 2 {
+            return None;
+        }
+        members.push((bin(rd)?, Score(read_f64(rd).ok()?)));
+    }
+    Some(members)
 }
 
 /// `Option<u64>`: nil or the number.
@@ -189,12 +248,46 @@ mod tests {
             vec(bytes(), 0..4).prop_map(|fields| Op::DeleteFields { fields }),
             Just(Op::Delete),
             expiry().prop_map(|expires_at_ms| Op::Expire { expires_at_ms }),
+            (items(), expiry()).prop_map(|(members, expires_at_ms)| Op::SetMembers {
+                members,
+                expires_at_ms
+            }),
+            items().prop_map(|members| Op::AddMembers { members }),
+            items().prop_map(|members| Op::RemoveMembers { members }),
+            (scored(), expiry()).prop_map(|(members, expires_at_ms)| Op::SetZSet {
+                members,
+                expires_at_ms
+            }),
+            scored().prop_map(|members| Op::SetScores { members }),
+            (items(), expiry()).prop_map(|(items, expires_at_ms)| Op::SetList {
+                items,
+                expires_at_ms
+            }),
+            (any::<bool>(), items()).prop_map(|(left, items)| Op::Push { left, items }),
+            (any::<bool>(), any::<u64>()).prop_map(|(left, count)| Op::Pop { left, count }),
+            (any::<u64>(), bytes()).prop_map(|(index, value)| Op::SetItem { index, value }),
+            (any::<u64>(), any::<u64>()).prop_map(|(start, len)| Op::Trim { start, len }),
         ]
     }
 
+    fn items() -> impl Strategy<Value = Vec<Bytes>> {
+        vec(bytes(), 0..4)
+    }
+
+    fn scored() -> impl Strategy<Value = Vec<(Bytes, Score)>> {
+        let score = prop_oneof![
+            any::<f64>().prop_filter("not NaN", |s| !s.is_nan()),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(0.0),
+        ];
+        vec((bytes(), score.prop_map(Score)), 0..4)
+    }
+
     fn mutation() -> impl Strategy<Value = Mutation> {
-        (bytes(), any::<(u64, u32, u32)>(), op()).prop_map(|(key, (millis, counter, node), op)| {
-            Mutation {
+        let db = prop_oneof![Just(0u16), any::<u16>()];
+        (bytes(), any::<(u64, u32, u32)>(), op(), db).prop_map(
+            |(key, (millis, counter, node), op, db)| Mutation {
                 key,
                 version: Version {
                     millis,
@@ -202,8 +295,9 @@ mod tests {
                     node,
                 },
                 op,
-            }
-        })
+                db,
+            },
+        )
     }
 
     #[test]

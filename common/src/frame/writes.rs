@@ -153,6 +153,7 @@ mod tests {
                     node: 7,
                 },
                 op: ops[i % ops.len()].clone(),
+                db: (i % 3) as u16,
             })
             .collect()
     }
@@ -208,6 +209,7 @@ mod tests {
                 value: Bytes::from(vec![0; MAX_FRAME_BYTES]),
                 expires_at_ms: None,
             },
+            db: 0,
         };
         writes.push(&huge);
         let mut out = BytesMut::from(&b"kept"[..]);

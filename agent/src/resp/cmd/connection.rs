@@ -124,12 +124,17 @@ pub fn hello(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     ]))
 }
 
-/// Only database 0 exists: sessions are one keyspace.
-pub fn select(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
-    match args.next_i64()? {
-        0 => Ok(Reply::OK),
-        _ => Err(CmdError::Other("ERR DB index is out of range".into())),
-    }
+/// `SELECT db`: the database this connection's commands run against.
+pub fn select(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    let db = args.next_i64()?;
+    let databases = ctx.store.limits().databases;
+    let db = usize::try_from(db)
+        .ok()
+        .filter(|&db| db < databases)
+        .ok_or_else(|| CmdError::Other("ERR DB index is out of range".into()))?;
+    ctx.session.db = db;
+    ctx.clients.update(ctx.session);
+    Ok(Reply::OK)
 }
 
 /// `CLIENT SETNAME|GETNAME|ID|SETINFO|INFO|LIST`.
@@ -190,7 +195,8 @@ pub fn client(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
         }
         "list" => {
             ctx.session.last_command = "client|list";
-            Ok(Reply::bulk(ctx.clients.list(ctx.session)))
+            let ids = client_list_filter(args)?;
+            Ok(Reply::bulk(ctx.clients.list(ctx.session, ids.as_deref())))
         }
         _ => Err(CmdError::Other(format!(
             "ERR unknown subcommand '{}'. Try CLIENT HELP.",
@@ -210,4 +216,43 @@ fn valid_client_name(name: Bytes) -> Result<Option<Bytes>, CmdError> {
         ));
     }
     Ok(Some(name))
+}
+
+/// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id [id ...]]`: the ids to list,
+/// `None` for all. Every client of the agent is of type `normal`.
+fn client_list_filter(args: &mut Args) -> Result<Option<Vec<u64>>, CmdError> {
+    let mut ids: Option<Vec<u64>> = None;
+    while let Some(option) = args.arg_opt() {
+        if is(&option, "TYPE") && args.remaining() > 0 {
+            let kind = args.arg()?;
+            let lower = String::from_utf8_lossy(&kind).to_ascii_lowercase();
+            match lower.as_str() {
+                "normal" => {}
+                "master" | "replica" | "slave" | "pubsub" => ids = Some(Vec::new()),
+                _ => {
+                    return Err(CmdError::Other(format!(
+                        "ERR Unknown client type '{}'",
+                        super::sanitize(&kind)
+                    )));
+                }
+            }
+        } else if is(&option, "ID") && args.remaining() > 0 {
+            let mut wanted = Vec::new();
+            while let Some(id) = args.arg_opt() {
+                let id = parse_int(&id)
+                    .ok()
+                    .and_then(|id| u64::try_from(id).ok())
+                    .filter(|&id| id > 0)
+                    .ok_or_else(|| CmdError::Other("ERR Invalid client ID".into()))?;
+                wanted.push(id);
+            }
+            ids = Some(match ids {
+                Some(existing) if existing.is_empty() => Vec::new(),
+                _ => wanted,
+            });
+        } else {
+            return Err(CmdError::Syntax);
+        }
+    }
+    Ok(ids)
 }
