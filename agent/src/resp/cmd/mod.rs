@@ -288,6 +288,23 @@ commands! {
     "rpoplpush" => 3, lists::rpoplpush, "write denyoom", "list", (1, 2, 1);
 }
 
+/// The command list the README and docs/sessions.md show: the commands of each group,
+/// upper case, one line per group in the table's order.
+pub fn command_list() -> String {
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    for command in &COMMANDS {
+        let name = command.name.to_uppercase();
+        match groups.iter_mut().find(|(group, _)| *group == command.group) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((command.group, vec![name])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(group, names)| format!("* {group}: `{}`\n", names.join(" ")))
+        .collect()
+}
+
 /// The longest command name.
 const MAX_NAME: usize = 16;
 
@@ -389,6 +406,43 @@ pub fn sanitize(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README and docs/sessions.md list exactly the commands of the table, and every
+    /// one of them is in a script that compares its replies with redis-server's.
+    #[test]
+    fn the_documented_commands_are_the_table_and_each_is_compared_with_redis() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let list = command_list();
+        for doc in ["README.md", "docs/sessions.md"] {
+            let text = std::fs::read_to_string(format!("{root}/{doc}")).unwrap();
+            let block = text
+                .split_once("<!-- commands -->\n")
+                .and_then(|(_, rest)| rest.split_once("<!-- /commands -->"))
+                .map(|(block, _)| block);
+            assert_eq!(
+                block,
+                Some(list.as_str()),
+                "{doc} lists other commands than the table; the list is:\n{list}"
+            );
+        }
+        let mut scripts = std::fs::read_to_string(format!("{root}/tests/redis_compat.rs")).unwrap();
+        for entry in std::fs::read_dir(format!("{root}/tests/compat")).unwrap() {
+            scripts.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+        let words: std::collections::HashSet<String> = scripts
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let untested: Vec<&str> = COMMANDS
+            .iter()
+            .map(|c| c.name)
+            .filter(|name| !words.contains(*name))
+            .collect();
+        assert!(
+            untested.is_empty(),
+            "compared with redis-server nowhere: {untested:?}"
+        );
+    }
 
     #[test]
     fn every_command_is_found_by_its_name_in_any_case() {
