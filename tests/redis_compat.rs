@@ -5,50 +5,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use support::{Agent, Resp, capability, has_program, has_python_modules, wait_for_port};
-
-/// A `redis-server` on a free loopback port, without persistence; killed on drop.
-struct RedisServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        RedisServer::start_with(&[]).await
-    }
-
-    async fn start_with(extra: &[&str]) -> RedisServer {
-        let addr = support::free_tcp_addr();
-        let child = Command::new("redis-server")
-            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
-            .args(extra)
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(addr).await;
-        RedisServer { child, addr }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{
+    Agent, RedisServer, Resp, capability, has_program, has_python_modules, wait_for_port,
+};
 
 /// Commands whose replies must match Redis byte for byte. Keys are chosen so that no reply
 /// depends on hash-table order or on the millisecond a command ran.

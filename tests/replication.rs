@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::{Agent, Reply, Resp, cmd, member, wait_for, wait_for_port};
+use support::{Agent, Reply, Resp, cmd, differences, dump, member, wait_for, wait_for_port};
 
 const PAIR: Duration = Duration::from_secs(30);
 const TTL_SECS: u64 = 600;
@@ -412,53 +412,6 @@ fn mixed_writes(seed: u64, rounds: usize) -> Vec<Vec<Vec<Vec<u8>>>> {
     pipelines
 }
 
-/// Everything an agent holds in databases 0-2: per key its type, its value (members of a
-/// set in order, so that the storage order does not count) and its deadline.
-async fn dump(addr: std::net::SocketAddr) -> BTreeMap<(usize, Vec<u8>), String> {
-    let mut resp = Resp::connect(addr).await;
-    let mut all = BTreeMap::new();
-    for db in 0..3 {
-        resp.call(&["SELECT", &db.to_string()]).await;
-        let Reply::Array(keys) = resp.call(&["KEYS", "*"]).await else {
-            panic!("KEYS");
-        };
-        for key in keys {
-            let Reply::BulkString(key) = key else {
-                panic!("a key: {key:?}");
-            };
-            let kind = resp.pipeline(&[cmd(&[&"TYPE", &key])]).await.remove(0);
-            let read = match &kind {
-                Reply::SimpleString(t) if t == b"string" => cmd(&[&"GET", &key]),
-                Reply::SimpleString(t) if t == b"hash" => cmd(&[&"HGETALL", &key]),
-                Reply::SimpleString(t) if t == b"set" => cmd(&[&"SMEMBERS", &key]),
-                Reply::SimpleString(t) if t == b"zset" => {
-                    cmd(&[&"ZRANGE", &key, &"0", &"-1", &"WITHSCORES"])
-                }
-                Reply::SimpleString(t) if t == b"list" => cmd(&[&"LRANGE", &key, &"0", &"-1"]),
-                other => panic!("TYPE {other:?}"),
-            };
-            let replies = resp.pipeline(&[read, cmd(&[&"PEXPIRETIME", &key])]).await;
-            let value = match (&kind, &replies[0]) {
-                (Reply::SimpleString(t), Reply::Array(items)) if t == b"set" => {
-                    let mut items: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
-                    items.sort();
-                    items.join(",")
-                }
-                (_, value) => format!("{value:?}"),
-            };
-            let Reply::SimpleString(kind) = kind else {
-                unreachable!()
-            };
-            let kind = String::from_utf8_lossy(&kind);
-            all.insert(
-                (db, key),
-                format!("{kind} {value} deadline {:?}", replies[1]),
-            );
-        }
-    }
-    all
-}
-
 /// Writes of every type, inside and outside transactions and in several databases, are
 /// on the partner exactly as acknowledged when the writer is killed; a new partner gets
 /// them all by snapshot, and has them when the survivor is killed in turn.
@@ -512,25 +465,4 @@ async fn every_type_and_transaction_is_on_the_partner_when_the_writer_dies() {
     .await;
     b.node.kill();
     assert!(dump(c.resp).await == on_b, "agent-c lost what agent-b held");
-}
-
-fn differences(
-    want: &BTreeMap<(usize, Vec<u8>), String>,
-    got: &BTreeMap<(usize, Vec<u8>), String>,
-) -> String {
-    let mut out = Vec::new();
-    for key in want
-        .keys()
-        .chain(got.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        if want.get(key) != got.get(key) {
-            out.push(format!(
-                "{key:?}\n  acknowledged: {:?}\n  partner:      {:?}",
-                want.get(key),
-                got.get(key)
-            ));
-        }
-    }
-    out.join("\n")
 }

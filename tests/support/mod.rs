@@ -1,6 +1,7 @@
 //! Test support: real `tandem` processes on loopback, and waiting for what they report.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -557,3 +558,112 @@ pub fn cmd(args: &[&dyn AsRef<[u8]>]) -> Vec<Vec<u8>> {
 
 pub mod netns;
 pub mod users;
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
+        let addr = free_tcp_addr();
+        let child = Command::new("redis-server")
+            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(addr).await;
+        RedisServer { child, addr }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything an agent holds in databases 0-15: per key its type, its value (members of a
+/// set in order, so that the storage order does not count) and its deadline.
+pub async fn dump(addr: std::net::SocketAddr) -> BTreeMap<(usize, Vec<u8>), String> {
+    let mut resp = Resp::connect(addr).await;
+    let mut all = BTreeMap::new();
+    for db in 0..16 {
+        resp.call(&["SELECT", &db.to_string()]).await;
+        let Reply::Array(keys) = resp.call(&["KEYS", "*"]).await else {
+            panic!("KEYS");
+        };
+        for key in keys {
+            let Reply::BulkString(key) = key else {
+                panic!("a key: {key:?}");
+            };
+            let kind = resp.pipeline(&[cmd(&[&"TYPE", &key])]).await.remove(0);
+            let read = match &kind {
+                Reply::SimpleString(t) if t == b"string" => cmd(&[&"GET", &key]),
+                Reply::SimpleString(t) if t == b"hash" => cmd(&[&"HGETALL", &key]),
+                Reply::SimpleString(t) if t == b"set" => cmd(&[&"SMEMBERS", &key]),
+                Reply::SimpleString(t) if t == b"zset" => {
+                    cmd(&[&"ZRANGE", &key, &"0", &"-1", &"WITHSCORES"])
+                }
+                Reply::SimpleString(t) if t == b"list" => cmd(&[&"LRANGE", &key, &"0", &"-1"]),
+                other => panic!("TYPE {other:?}"),
+            };
+            let replies = resp.pipeline(&[read, cmd(&[&"PEXPIRETIME", &key])]).await;
+            let value = match (&kind, &replies[0]) {
+                (Reply::SimpleString(t), Reply::Array(items)) if t == b"set" => {
+                    let mut items: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+                    items.sort();
+                    items.join(",")
+                }
+                (_, value) => format!("{value:?}"),
+            };
+            let Reply::SimpleString(kind) = kind else {
+                unreachable!()
+            };
+            let kind = String::from_utf8_lossy(&kind);
+            all.insert(
+                (db, key),
+                format!("{kind} {value} deadline {:?}", replies[1]),
+            );
+        }
+    }
+    all
+}
+
+/// The keys whose dumps differ, with both sides.
+pub fn differences(
+    want: &BTreeMap<(usize, Vec<u8>), String>,
+    got: &BTreeMap<(usize, Vec<u8>), String>,
+) -> String {
+    let mut out = Vec::new();
+    for key in want
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if want.get(key) != got.get(key) {
+            out.push(format!(
+                "{key:?}\n  acknowledged: {:?}\n  partner:      {:?}",
+                want.get(key),
+                got.get(key)
+            ));
+        }
+    }
+    out.join("\n")
+}
