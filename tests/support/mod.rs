@@ -533,8 +533,8 @@ impl Resp {
     }
 
     /// One command; its reply's exact bytes.
-    pub async fn call_raw(&mut self, args: &[&str]) -> Vec<u8> {
-        let command: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+    pub async fn call_raw(&mut self, args: &[impl AsRef<[u8]>]) -> Vec<u8> {
+        let command: Vec<Vec<u8>> = args.iter().map(|a| a.as_ref().to_vec()).collect();
         self.send_raw(&encode_command(&command)).await;
         self.reply_bytes().await
     }

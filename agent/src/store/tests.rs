@@ -339,6 +339,21 @@ fn hashes_keep_insertion_order_and_delete_empty_hashes() {
         Ok(1)
     );
     assert_eq!(store.run(|ks, now| ks.kind(b"h", now)).value, None);
+    // A field named twice, shrinking, that the hash holds: the last value is what counts.
+    let long = b("a value longer than both that follow");
+    drop(store.run(|ks, now| ks.hset(b("h"), vec![(b("g"), long)], now)));
+    let named_twice = vec![(b("g"), b("xy")), (b("n"), b("1")), (b("g"), b("x"))];
+    assert_eq!(
+        store.run(|ks, now| ks.hset(b("h"), named_twice, now)).value,
+        Ok(1)
+    );
+    assert_eq!(
+        store.run(|ks, now| ks.hget(b"h", b"g", now)).value,
+        Ok(Some(b("x")))
+    );
+    let (used, recount) = store.run(|ks, _| (ks.used_bytes(), ks.recount().1)).value;
+    assert_eq!(used, recount);
+    assert_eq!(store.run(|ks, now| ks.delete(&[b("h")], now)).value, 1);
     set(&store, "s", "v", SetExpiry::None);
     assert_eq!(
         store.run(|ks, now| ks.hget(b"s", b"f", now)).value,

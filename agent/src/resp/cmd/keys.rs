@@ -107,12 +107,13 @@ pub fn persist(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
 
 pub fn ttl(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     let key = args.arg()?;
-    let pttl = ctx.run(|ks, now| ks.pttl(&key, now));
-    Ok(Reply::Int(if pttl < 0 {
-        pttl
-    } else {
-        (pttl + 500) / 1_000
-    }))
+    Ok(Reply::Int(seconds(ctx.run(|ks, now| ks.pttl(&key, now)))))
+}
+
+/// Milliseconds (or a negative code) in seconds, rounded as Redis rounds `TTL` and
+/// `EXPIRETIME`.
+fn seconds(ms: i64) -> i64 {
+    if ms < 0 { ms } else { (ms + 500) / 1_000 }
 }
 
 pub fn pttl(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
@@ -163,8 +164,9 @@ pub fn keys(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
 
 pub fn expiretime(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     let key = args.arg()?;
-    let at = ctx.run(|ks, now| ks.expire_time(&key, now));
-    Ok(Reply::Int(if at < 0 { at } else { at / 1_000 }))
+    Ok(Reply::Int(seconds(
+        ctx.run(|ks, now| ks.expire_time(&key, now)),
+    )))
 }
 
 pub fn pexpiretime(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {

@@ -107,20 +107,32 @@ pub fn llen(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
 }
 
 pub fn lindex(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
-    let key = args.arg()?;
-    let index = args.next_i64()?;
-    let item = with_list(ctx, &key, |list| {
-        list.and_then(|l| {
-            crate::store::keyspace::list_index(index, l.len()).and_then(|i| l.get(i).cloned())
-        })
-    })?;
+    let (key, index) = (args.arg()?, args.arg()?);
+    // Redis looks the key up before it reads the index: a missing key is nil whatever it is.
+    let item =
+        with_list(ctx, &key, |list| -> Result<_, CmdError> {
+            let Some(list) = list else {
+                return Ok(None);
+            };
+            let index = parse_int(&index)?;
+            Ok(crate::store::keyspace::list_index(index, list.len())
+                .and_then(|i| list.get(i).cloned()))
+        })??;
     Ok(Reply::bulk_or_nil(item))
 }
 
 pub fn lset(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
-    let key = args.arg()?;
-    let index = args.next_i64()?;
-    let value = args.arg()?;
+    let (key, index, value) = (args.arg()?, args.arg()?, args.arg()?);
+    let index = match parse_int(&index) {
+        Ok(index) => index,
+        // Redis looks the key up before it reads the index.
+        Err(err) => {
+            return match with_list(ctx, &key, |list| list.is_some())? {
+                true => Err(err),
+                false => Err(StoreError::NoSuchKey.into()),
+            };
+        }
+    };
     ctx.run(|ks, now| ks.lset(key, index, value, now))?;
     Ok(Reply::OK)
 }
@@ -158,6 +170,15 @@ pub fn linsert(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
 }
 
 /// `LPOS key element [RANK rank] [COUNT num-matches] [MAXLEN len]`.
+/// A count Redis reads with `getPositiveLongFromObjectOrReply`: anything but a
+/// non-negative integer gets `error`.
+fn non_negative(arg: &[u8], error: &'static str) -> Result<usize, CmdError> {
+    parse_int(arg)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| CmdError::Other(error.into()))
+}
+
 pub fn lpos(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     let (key, element) = (args.arg()?, args.arg()?);
     let (mut rank, mut count, mut maxlen) = (1i64, None, 0usize);
@@ -175,15 +196,9 @@ pub fn lpos(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
                 return Err(CmdError::Other("ERR value is out of range".into()));
             }
         } else if is(&option, "COUNT") && args.remaining() > 0 {
-            let n = parse_int(&args.arg()?)?;
-            count = Some(
-                usize::try_from(n)
-                    .map_err(|_| CmdError::Other("ERR COUNT can't be negative".into()))?,
-            );
+            count = Some(non_negative(&args.arg()?, "ERR COUNT can't be negative")?);
         } else if is(&option, "MAXLEN") && args.remaining() > 0 {
-            let n = parse_int(&args.arg()?)?;
-            maxlen = usize::try_from(n)
-                .map_err(|_| CmdError::Other("ERR MAXLEN can't be negative".into()))?;
+            maxlen = non_negative(&args.arg()?, "ERR MAXLEN can't be negative")?;
         } else {
             return Err(CmdError::Syntax);
         }

@@ -359,6 +359,10 @@ pub fn getbit(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
 /// `BITCOUNT key [start end [BYTE|BIT]]`.
 pub fn bitcount(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     let key = args.arg()?;
+    // Redis looks the key up first: a missing key counts 0 whatever the arguments are.
+    let Some(value) = ctx.run(|ks, now| ks.string_at(&key, now))? else {
+        return Ok(Reply::Int(0));
+    };
     let range = match args.remaining() {
         0 => None,
         2 | 3 => {
@@ -373,14 +377,15 @@ pub fn bitcount(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
         }
         _ => return Err(CmdError::Syntax),
     };
-    let value = ctx
-        .run(|ks, now| ks.string_at(&key, now))?
-        .unwrap_or_default();
     let Some((start, end, bits)) = range else {
         return Ok(Reply::Int(
             value.iter().map(|b| i64::from(b.count_ones())).sum(),
         ));
     };
+    // Redis answers 0 for two negative offsets in the wrong order before it clamps them.
+    if start < 0 && end < 0 && start > end {
+        return Ok(Reply::Int(0));
+    }
     let len = if bits {
         value.len() as i64 * 8
     } else {

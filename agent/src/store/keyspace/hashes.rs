@@ -27,22 +27,21 @@ impl Keyspace {
             let hash = self.hash(&key, now_ms)?;
             exists = hash.is_some();
             hash_bytes = hash.map_or(0, FieldMap::bytes);
-            for (i, (field, value)) in fields.iter().enumerate() {
-                // A field named twice in one call is new once (calls name few fields).
-                let seen_before = fields[..i].iter().any(|(f, _)| f == field);
+            // A field named twice in one call takes its last value: count that one only.
+            let mut later = std::collections::HashSet::with_capacity(fields.len());
+            for (field, value) in fields.iter().rev() {
+                if !later.insert(field) {
+                    continue;
+                }
                 match hash.and_then(|h| h.get(field)) {
                     Some(old) => {
                         growth += value.len().saturating_sub(old.len());
                         hash_bytes = hash_bytes + value.len() - old.len();
                     }
-                    None if !seen_before => {
+                    None => {
                         growth += field_size(field, value);
                         hash_bytes += field.len() + value.len();
                         added += 1;
-                    }
-                    None => {
-                        growth += value.len();
-                        hash_bytes += value.len();
                     }
                 }
             }
