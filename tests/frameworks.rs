@@ -181,3 +181,229 @@ async fn framework_session_stores_run_unchanged_on_a_paired_agent() {
         assert!(!held.is_empty(), "the clients left keys to compare");
     }
 }
+
+/// Java's serialization of a `java.lang.Long`, as Spring Session's default
+/// `JdkSerializationRedisSerializer` writes `creationTime` and `lastAccessedTime`.
+fn java_long(value: i64) -> Vec<u8> {
+    java_number(
+        "java.lang.Long",
+        0x3B8B_E490_CC8F_23DF,
+        b'J',
+        &value.to_be_bytes(),
+    )
+}
+
+/// A `java.lang.Integer` (`maxInactiveInterval`, in seconds).
+fn java_integer(value: i32) -> Vec<u8> {
+    java_number(
+        "java.lang.Integer",
+        0x12E2_A0A4_F781_8738,
+        b'I',
+        &value.to_be_bytes(),
+    )
+}
+
+/// An object stream holding one boxed number: its class (name, serial version, one field
+/// `value` of type `kind`), its superclass `java.lang.Number`, then the value.
+fn java_number(class: &str, serial: u64, kind: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xAC, 0xED, 0x00, 0x05, 0x73, 0x72];
+    out.extend((class.len() as u16).to_be_bytes());
+    out.extend(class.as_bytes());
+    out.extend(serial.to_be_bytes());
+    out.extend([0x02, 0x00, 0x01, kind, 0x00, 0x05]);
+    out.extend(b"value");
+    out.extend([0x78, 0x72, 0x00, 0x10]);
+    out.extend(b"java.lang.Number");
+    out.extend(0x86AC_951D_0B94_E08Bu64.to_be_bytes());
+    out.extend([0x02, 0x00, 0x00, 0x78, 0x70]);
+    out.extend(value);
+    out
+}
+
+/// A `java.lang.String` attribute value.
+fn java_string(value: &str) -> Vec<u8> {
+    let mut out = vec![0xAC, 0xED, 0x00, 0x05, 0x74];
+    out.extend((value.len() as u16).to_be_bytes());
+    out.extend(value.as_bytes());
+    out
+}
+
+/// What Spring Session's `RedisSessionRepository` (spring-session-data-redis 3.x, the
+/// default repository, through Spring Data Redis and Lettuce 6) sends for a session's life:
+/// Lettuce's handshake, create and save, find, save an attribute, change the session id
+/// (Spring Security does at every login), change the timeout, remove an attribute, delete,
+/// and a session whose timeout already passed. `db` is Spring Boot's
+/// `spring.data.redis.database`.
+fn spring_session_commands(db: u32, now_ms: i64) -> Vec<Vec<Vec<u8>>> {
+    let key = |id: &str| format!("spring:session:sessions:{id}").into_bytes();
+    let (first, second) = (
+        "5b0a3c1e-8d4f-4a7b-9c2e-1f6d8e0a4b3c",
+        "e2c4a6b8-0d1f-4e3a-8b5c-7d9e1f3a5b7c",
+    );
+    let c = |words: Vec<Vec<u8>>| words;
+    let w = |text: &str| text.as_bytes().to_vec();
+    let deadline = |last: i64, seconds: i64| w(&(last + seconds * 1_000).to_string());
+    let mut commands = vec![c(vec![w("HELLO"), w("3")])];
+    if db > 0 {
+        commands.push(c(vec![w("SELECT"), w(&db.to_string())]));
+    }
+    commands.extend([
+        c(vec![w("CLIENT"), w("SETINFO"), w("lib-name"), w("Lettuce")]),
+        c(vec![
+            w("CLIENT"),
+            w("SETINFO"),
+            w("lib-ver"),
+            w("6.6.0.RELEASE"),
+        ]),
+        // createSession(), setAttribute("user", "alice"), save(): a new session.
+        c(vec![
+            w("HMSET"),
+            key(first),
+            w("creationTime"),
+            java_long(now_ms),
+            w("maxInactiveInterval"),
+            java_integer(1800),
+            w("lastAccessedTime"),
+            java_long(now_ms),
+            w("sessionAttr:user"),
+            java_string("alice"),
+        ]),
+        c(vec![w("PEXPIREAT"), key(first), deadline(now_ms, 1800)]),
+        // findById()
+        c(vec![w("HGETALL"), key(first)]),
+        // The next request: lastAccessedTime and a new attribute, then save().
+        c(vec![w("EXISTS"), key(first)]),
+        c(vec![
+            w("HMSET"),
+            key(first),
+            w("lastAccessedTime"),
+            java_long(now_ms + 5_000),
+            w("sessionAttr:cart"),
+            java_string("3 items"),
+        ]),
+        c(vec![
+            w("PEXPIREAT"),
+            key(first),
+            deadline(now_ms + 5_000, 1800),
+        ]),
+        // Login: changeSessionId(), then save() renames the key.
+        c(vec![w("EXISTS"), key(first)]),
+        c(vec![w("RENAME"), key(first), key(second)]),
+        c(vec![
+            w("HMSET"),
+            key(second),
+            w("lastAccessedTime"),
+            java_long(now_ms + 9_000),
+        ]),
+        c(vec![
+            w("PEXPIREAT"),
+            key(second),
+            deadline(now_ms + 9_000, 1800),
+        ]),
+        c(vec![w("HGETALL"), key(first)]),
+        c(vec![w("HGETALL"), key(second)]),
+        // A second save of the old id (a concurrent request): the key is gone.
+        c(vec![w("EXISTS"), key(first)]),
+        c(vec![w("RENAME"), key(first), key(second)]),
+        // setMaxInactiveInterval(1 hour), removeAttribute("cart") (an empty value).
+        c(vec![w("EXISTS"), key(second)]),
+        c(vec![
+            w("HMSET"),
+            key(second),
+            w("maxInactiveInterval"),
+            java_integer(3600),
+            w("sessionAttr:cart"),
+            Vec::new(),
+        ]),
+        c(vec![
+            w("PEXPIREAT"),
+            key(second),
+            deadline(now_ms + 9_000, 3600),
+        ]),
+        c(vec![w("HGETALL"), key(second)]),
+        // logout: deleteById(), then a findById() of the deleted session.
+        c(vec![w("DEL"), key(second)]),
+        c(vec![w("HGETALL"), key(second)]),
+        // A session saved with a timeout already passed (a negative interval) is gone.
+        c(vec![
+            w("HMSET"),
+            key(first),
+            w("creationTime"),
+            java_long(now_ms),
+            w("maxInactiveInterval"),
+            java_integer(-1),
+            w("lastAccessedTime"),
+            java_long(now_ms),
+        ]),
+        c(vec![w("PEXPIREAT"), key(first), deadline(now_ms, -1)]),
+        c(vec![w("HGETALL"), key(first)]),
+        c(vec![w("EXISTS"), key(first)]),
+    ]);
+    commands
+}
+
+/// Spring Session cannot be installed here (no Maven): its command sequence, read in its
+/// source, is replayed against both servers; every reply must be equal. `HELLO`'s reply is
+/// compared by kind (it carries each server's name, version and client id), `CLIENT
+/// SETINFO`'s not at all (below), and a hash's
+/// map by its entries: Redis keeps a hash with values over 64 bytes (a serialized Long is
+/// 82) in a table whose order is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spring_session_repository_commands_reply_as_on_redis_server() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "spring", &[]);
+    wait_for_port(agent.resp).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for db in [0, 1] {
+        let commands = spring_session_commands(db, now_ms);
+        let want = replay(redis.addr, &commands).await;
+        let got = replay(agent.resp, &commands).await;
+        for ((command, want), got) in commands.iter().zip(&want).zip(&got) {
+            let name = String::from_utf8_lossy(&command[0]).into_owned();
+            let same = match name.as_str() {
+                "HELLO" => want.first() == Some(&b'%') && got.first() == Some(&b'%'),
+                // Redis 7.2's CLIENT SETINFO, which the agent answers as 7.2 does; Lettuce
+                // ignores its reply (redis-server 7.0 here does not know it).
+                "CLIENT" => got == b"+OK\r\n",
+                "HGETALL" => resp3_frame(want) == resp3_frame(got),
+                _ => want == got,
+            };
+            assert!(
+                same,
+                "database {db}: {} {:?}:\nredis-server: {:?}\nagent:        {:?}",
+                name,
+                command[1..]
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a))
+                    .collect::<Vec<_>>(),
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(got)
+            );
+        }
+        println!("database {db}: {} replies equal", commands.len());
+    }
+}
+
+async fn replay(addr: SocketAddr, commands: &[Vec<Vec<u8>>]) -> Vec<Vec<u8>> {
+    let mut client = support::Resp::connect(addr).await;
+    let mut replies = Vec::new();
+    for command in commands {
+        replies.push(client.call_raw(command).await);
+    }
+    replies
+}
+
+/// A RESP3 reply decoded; maps compare by their entries.
+fn resp3_frame(bytes: &[u8]) -> redis_protocol::resp3::types::OwnedFrame {
+    redis_protocol::resp3::decode::complete::decode(bytes)
+        .unwrap()
+        .expect("a whole reply")
+        .0
+}
