@@ -65,13 +65,24 @@ measure() { # host port pipeline pid...
     [ -n "${BENCH_NETNS:-}" ] && run=(ip netns exec "$BENCH_NETNS")
     run+=("${on_client[@]}")
     for test in ${TESTS//,/ }; do
-        local before=() out each=() total=0 cpu i range=100000
+        local before=() out each=() total=0 cpu i range=100000 size=$SIZE what=(-t "$test")
         # redis-benchmark's HSET writes one hash, a field per random number: 25,000 fields
         # of 1 KiB stay below the agent's limit for one hash (32 MiB, half a frame).
         [ "$test" = hset ] && range=${HSET_FIELDS:-25000}
+        # LPUSH pushes every request onto one list: items of LIST_SIZE bytes (16, a queue's
+        # ids) keep a million of them below that limit too. The list starts empty each run.
+        case $test in lpush | lrange_100)
+            size=${LIST_SIZE:-16}
+            "${run[@]}" redis-cli -h "$host" -p "$port" del mylist >/dev/null ;;
+        esac
+        if [ "$test" = lrange_100 ]; then
+            # Outside the CPU count: redis-benchmark's own lrange_100 pushes -n items first.
+            "${run[@]}" redis-benchmark -h "$host" -p "$port" -t lpush -n 1000 -d "$size" -q >/dev/null
+            what=(lrange mylist 0 99)
+        fi
         for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
-        out=$("${run[@]}" redis-benchmark -h "$host" -p "$port" -t "$test" -n "$requests" -c "$CLIENTS" \
-            -d "$SIZE" -P "$pipeline" -r "$range" --csv 2>"$work/redis-benchmark.err") || {
+        out=$("${run[@]}" redis-benchmark -h "$host" -p "$port" -n "$requests" -c "$CLIENTS" \
+            -d "$size" -P "$pipeline" -r "$range" --csv "${what[@]}" 2>"$work/redis-benchmark.err") || {
             echo "redis-benchmark -t $test against $host:$port failed:" >&2
             cat "$work/redis-benchmark.err" >&2
             exit 1
@@ -87,8 +98,9 @@ measure() { # host port pipeline pid...
         else
             cpu=$(cpu_us_per "$total" "$requests")
         fi
-        awk -F, -v cpu="$cpu" \
-            'NR > 1 { gsub(/"/, ""); printf "%s,%s,%s,%s,%s\n", $1, $2, $5, $7, cpu }' <<<"$out"
+        awk -F, -v cpu="$cpu" -v test="$test" '
+            NR > 1 { gsub(/"/, ""); if (test == "lrange_100") $1 = "LRANGE_100"
+                     printf "%s,%s,%s,%s,%s\n", $1, $2, $5, $7, cpu }' <<<"$out"
     done
 }
 

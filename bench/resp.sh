@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The agent's Redis-protocol store next to redis-server, measured in one run with
-# redis-benchmark: SET, GET and HSET with 1 KiB values and 50 clients, without and with
+# redis-benchmark: SET, GET, HSET, SADD, ZADD, LPUSH and LRANGE_100 (the first 100 items
+# of a list) with 50 clients and 1 KiB values (16-byte list items), without and with
 # pipelining (-P 16). First each alone; then replicated: redis-server with one replica
 # next to the agent paired with a partner, in sync mode (a write returns once the partner
 # has it) and in async mode. Prints Markdown tables (requests/s, p50/p99 latency, and the
@@ -21,6 +22,9 @@
 # pipeline of SETs; the agent's sync mode gives it to every write. redis-benchmark cannot
 # send WAIT, so that comparison uses tandem-bench's acked-writes as the client for both.
 #
+# "session" saves sessions as session stores do, in MULTI/EXEC (tandem-bench's
+# acked-writes --session), alone and with the write on the replica before the reply.
+#
 # The last table ("split") shows where the CPU of unpipelined SETs goes: to the server, or
 # to its replica or partner.
 #
@@ -34,8 +38,8 @@ source "$(dirname "$0")/lib.sh"
 REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 SIZE=${SIZE:-1024}
-TESTS=${TESTS:-set,get,hset}
-MODES=${MODES:-alone sync async acked split}   # which comparisons to run
+TESTS=${TESTS:-set,get,hset,sadd,zadd,lpush,lrange_100}
+MODES=${MODES:-alone sync async acked session split}   # which comparisons to run
 ROUNDS=${ROUNDS:-3}
 
 # Of the rows "test,requests/s,..." of several rounds, the one with the median requests/s
@@ -138,7 +142,7 @@ start_replicated() { # mode
 }
 
 for mode in $MODES; do
-    case $mode in alone | acked | split) continue ;; esac
+    case $mode in alone | acked | session | split) continue ;; esac
     start_replicated "$mode"
     header "Replicated: redis-server with one replica vs an agent with a partner, $mode mode" "agent ($mode)"
     compare "$mode" "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}" \
@@ -147,20 +151,20 @@ for mode in $MODES; do
 done
 
 # One acked-writes run: prints "requests/s,p50,p99,unacknowledged,cpu µs per request".
-acked_run() { # port pipeline "pids" [--wait]
+acked_run() { # port pipeline "pids" [acked-writes flags: --wait, --session]
     local before after out requests
     requests=$(requests_for "$2")
     # shellcheck disable=SC2086
     before=$(cpu_ticks $3)
     out=$("${on_client[@]}" "$acked_writes" --addr "127.0.0.1:$1" --pipeline "$2" --requests "$requests" --clients "$CLIENTS" \
-        --size "$SIZE" ${4:-})
+        --size "$SIZE" "${@:4}")
     # shellcheck disable=SC2086
     after=$(cpu_ticks $3)
     echo "$out,$(cpu_us_per $((after - before)) "$requests")"
 }
 
+acked_writes=${CARGO_TARGET_DIR:-target}/release/acked-writes
 if [[ " $MODES " == *" acked "* ]]; then
-    acked_writes=${CARGO_TARGET_DIR:-target}/release/acked-writes
     start_replicated sync
     echo
     echo "### Acknowledged writes: redis-server with a replica and WAIT vs an agent with a partner, sync mode"
@@ -188,6 +192,40 @@ if [[ " $MODES " == *" acked "* ]]; then
     done
     "$chart" --title "Writes on the replica before the reply, $CLIENTS clients, $SIZE-byte values" \
         --y-label "requests/s" --out "$results/resp-acked.png" <"$csv" 2>/dev/null
+    stop_all
+fi
+
+# A session save as session stores send it, in a transaction: MULTI, HSET of the session's
+# data (SIZE bytes) and its last access time, EXPIRE, EXEC. Alone; then with the write on
+# the replica before the reply (redis-server: WAIT 1 after each EXEC).
+session_row() { # label redis-port "redis-pids" agent-port "agent-pids" [redis flags]
+    : >"$work/redis-session.csv"
+    : >"$work/tandem-session.csv"
+    for _ in $(seq "$ROUNDS"); do
+        echo "x,$(acked_run "$2" 1 "$3" --session "${@:6}")" >>"$work/redis-session.csv"
+        echo "x,$(acked_run "$4" 1 "$5" --session)" >>"$work/tandem-session.csv"
+    done
+    IFS=, read -r _ r_rps r_p50 r_p99 _ r_cpu < <(median_rows "$work/redis-session.csv")
+    IFS=, read -r _ a_rps a_p50 a_p99 _ a_cpu < <(median_rows "$work/tandem-session.csv")
+    ratio=$(awk -v a="$a_rps" -v r="$r_rps" 'BEGIN { printf "%.2f", a / r }')
+    printf '| %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |\n' "$1" "$r_rps" "$a_rps" "$ratio" \
+        "$r_p50" "$r_p99" "$a_p50" "$a_p99" "$r_cpu" "$a_cpu"
+}
+
+if [[ " $MODES " == *" session "* ]]; then
+    echo
+    echo "### Session saves in MULTI/EXEC (HSET of two fields and EXPIRE), unpipelined"
+    echo
+    echo "| servers | redis-server saves/s | agent saves/s | tandem / redis | redis p50 / p99 ms | tandem p50 / p99 ms | CPU µs per save, redis / tandem |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    redis_port=$(free_port); agent_port=$(free_port)
+    start_redis "$redis_port"
+    start_agent solo "$agent_port" "$(free_port)" ""
+    session_row "alone" "$redis_port" "${pids[0]}" "$agent_port" "${pids[1]}"
+    stop_all
+    start_replicated sync
+    session_row "redis + replica + WAIT 1 / pair in sync mode" "$redis_port" "${pids[0]} ${pids[1]}" \
+        "$agent_port" "${pids[2]} ${pids[3]}" --wait
     stop_all
 fi
 

@@ -6,10 +6,15 @@
 //! it. Without `--wait` the client sends the SETs alone: an agent in sync mode answers a
 //! write only once its partner has it.
 //!
+//! With `--session`, each write is what a session store sends to save a session: a
+//! transaction `MULTI`, `HSET session:<key> data <value> lastAccessedTime <ms>`,
+//! `EXPIRE session:<key> 1800`, `EXEC` (Spring Session's and Redisson's shape).
+//!
 //!     acked-writes --addr 127.0.0.1:6379 --wait
 //!     acked-writes --addr 127.0.0.1:6380 --pipeline 16
+//!     acked-writes --addr 127.0.0.1:6380 --session
 //!
-//! Prints one CSV line: requests/s, p50 and p99 latency of a request in ms, and how many
+//! Prints one CSV line: writes/s, p50 and p99 latency of a write in ms, and how many
 //! writes WAIT did not see on a replica in time (always 0 without `--wait`).
 
 use std::time::{Duration, Instant};
@@ -42,6 +47,9 @@ struct Args {
     /// Follow each pipeline of SETs with `WAIT 1 <timeout>`.
     #[arg(long)]
     wait: bool,
+    /// Each write is a session save in `MULTI`/`EXEC` (`HSET` of two fields, `EXPIRE`).
+    #[arg(long)]
+    session: bool,
     /// WAIT's timeout.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     timeout: Duration,
@@ -99,13 +107,30 @@ async fn client(id: u64, args: &Args, writes: usize) -> anyhow::Result<Seen> {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            request.extend_from_slice(b"*3\r\n");
-            bulk(&mut request, b"SET");
-            bulk(
-                &mut request,
-                format!("key:{:012}", state % args.keys).as_bytes(),
-            );
-            bulk(&mut request, &value);
+            let key = state % args.keys;
+            if args.session {
+                let key = format!("session:{key:012}");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                request.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n*6\r\n");
+                for arg in [&b"HSET"[..], key.as_bytes(), b"data"] {
+                    bulk(&mut request, arg);
+                }
+                bulk(&mut request, &value);
+                bulk(&mut request, b"lastAccessedTime");
+                bulk(&mut request, now.to_string().as_bytes());
+                request.extend_from_slice(b"*3\r\n");
+                for arg in [&b"EXPIRE"[..], key.as_bytes(), b"1800"] {
+                    bulk(&mut request, arg);
+                }
+                request.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+            } else {
+                request.extend_from_slice(b"*3\r\n");
+                bulk(&mut request, b"SET");
+                bulk(&mut request, format!("key:{key:012}").as_bytes());
+                bulk(&mut request, &value);
+            }
         }
         if args.wait {
             request.extend_from_slice(b"*3\r\n");
@@ -116,7 +141,21 @@ async fn client(id: u64, args: &Args, writes: usize) -> anyhow::Result<Seen> {
         let started = Instant::now();
         writer.write_all(&request).await?;
         for _ in 0..batch {
-            reply(&mut reader, &mut line).await?;
+            if args.session {
+                // +OK, +QUEUED twice, then EXEC's array of HSET's and EXPIRE's integers.
+                for _ in 0..3 {
+                    reply(&mut reader, &mut line).await?;
+                }
+                reply(&mut reader, &mut line).await?;
+                if line.trim_end() != "*2" {
+                    bail!("EXEC answered {}", line.trim_end());
+                }
+                for _ in 0..2 {
+                    reply(&mut reader, &mut line).await?;
+                }
+            } else {
+                reply(&mut reader, &mut line).await?;
+            }
         }
         if args.wait {
             reply(&mut reader, &mut line).await?;
