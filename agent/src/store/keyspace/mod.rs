@@ -11,14 +11,13 @@
 //! `zsets.rs`, `lists.rs`. Each reads through the typed accessors here and writes through
 //! [`Keyspace::commit`] after checking the limits.
 
+mod deadlines;
 mod hashes;
 mod keys;
 mod lists;
 mod sets;
 mod strings;
 mod zsets;
-
-use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use tandem_common::frame::Writes;
@@ -27,6 +26,7 @@ use tandem_common::version::{HybridClock, Version, fnv1a, node_tag};
 
 use super::collections::{ItemList, MemberSet, SortedSet};
 use super::glob::glob_match;
+use deadlines::Deadlines;
 
 pub use self::keys::{KeyInfo, WatchMark};
 pub use self::lists::{range as list_range, resolve as list_index};
@@ -393,8 +393,8 @@ struct Db {
     shards: Vec<KeyMap<Entry>>,
     /// Versions of deleted keys, by shard like the keys themselves.
     tombstones: Vec<KeyMap<Version>>,
-    /// (deadline, key) for every key with an expiry.
-    expiries: BTreeSet<(u64, Bytes)>,
+    /// Every key with an expiry, by deadline.
+    expiries: Deadlines,
     len: usize,
 }
 
@@ -403,14 +403,20 @@ impl Db {
         Db {
             shards: (0..SHARDS).map(|_| KeyMap::default()).collect(),
             tombstones: (0..SHARDS).map(|_| KeyMap::default()).collect(),
-            expiries: BTreeSet::new(),
+            expiries: Deadlines::default(),
             len: 0,
         }
     }
 
     /// Keys whose deadline has passed but that are kept for the grace period.
     fn expired(&self, now_ms: u64) -> usize {
-        self.expiries.range(..(now_ms + 1, Bytes::new())).count()
+        self.expiries
+            .due(now_ms, &|key| {
+                self.shards[Keyspace::shard_of(key)]
+                    .get(key)
+                    .and_then(|entry| entry.expires_at_ms)
+            })
+            .count()
     }
 }
 
@@ -563,7 +569,7 @@ impl Keyspace {
         self.len -= 1;
         db.len -= 1;
         if let Some(at) = entry.expires_at_ms {
-            db.expiries.remove(&(at, key.clone()));
+            db.expiries.remove(at, &key);
         }
         Some((key, entry))
     }
@@ -573,7 +579,7 @@ impl Keyspace {
         let shard = Self::shard_of(&key);
         db.tombstones[shard].remove(&key);
         if let Some(at) = entry.expires_at_ms {
-            db.expiries.insert((at, key.clone()));
+            db.expiries.insert(at, &key);
         }
         self.used_bytes += entry.size(&key);
         self.len += 1;
@@ -591,14 +597,8 @@ impl Keyspace {
             return;
         };
         self.used_bytes = self.used_bytes - current.size(stored) + entry.size(stored);
-        if current.expires_at_ms != entry.expires_at_ms {
-            if let Some(at) = current.expires_at_ms {
-                db.expiries.remove(&(at, stored.clone()));
-            }
-            if let Some(at) = entry.expires_at_ms {
-                db.expiries.insert((at, stored.clone()));
-            }
-        }
+        db.expiries
+            .change(current.expires_at_ms, entry.expires_at_ms, stored);
         *current = entry;
     }
 
@@ -694,12 +694,8 @@ impl Keyspace {
                 let shard = Self::shard_of(&key);
                 // The index shares the map's own copy of the key.
                 if let Some((stored, entry)) = db.shards[shard].get_key_value_mut(&*key) {
-                    if let Some(old) = entry.expires_at_ms {
-                        db.expiries.remove(&(old, stored.clone()));
-                    }
-                    if let Some(new) = expires_at_ms {
-                        db.expiries.insert((new, stored.clone()));
-                    }
+                    db.expiries
+                        .change(entry.expires_at_ms, expires_at_ms, stored);
                     entry.expires_at_ms = expires_at_ms;
                     entry.version = version;
                 }
@@ -985,12 +981,20 @@ impl Keyspace {
         let mut expired = 0;
         for db in 0..self.dbs.len() {
             self.selected = db;
-            let due: Vec<Bytes> = self.dbs[db]
+            // Due once the grace period after the deadline is over.
+            let Some(limit) = now_ms.checked_sub(EXPIRED_GRACE_MS) else {
+                break;
+            };
+            let keys = &self.dbs[db];
+            let due: Vec<Bytes> = keys
                 .expiries
-                .iter()
-                .take_while(|(at, _)| at.saturating_add(EXPIRED_GRACE_MS) <= now_ms)
+                .due(limit, &|key| {
+                    keys.shards[Self::shard_of(key)]
+                        .get(key)
+                        .and_then(|entry| entry.expires_at_ms)
+                })
                 .take(max - expired)
-                .map(|(_, key)| key.clone())
+                .cloned()
                 .collect();
             for key in &due {
                 self.expire_now(key);
