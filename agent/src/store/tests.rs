@@ -626,11 +626,13 @@ fn accounting_matches_a_recount_after_random_writes() {
             .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
-    for _ in 0..20_000 {
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..20_000 {
         let key = b(&format!("k{}", next(50)));
         let field = b(&format!("f{}", next(20)));
         let value = Bytes::from(vec![b'v'; next(100) as usize]);
-        store.run(|ks, now| match next(9) {
+        let member = b(&format!("m{}", next(30)));
+        store.run(|ks, now| match next(17) {
             0 => drop(ks.set(
                 key,
                 value,
@@ -653,11 +655,37 @@ fn accounting_matches_a_recount_after_random_writes() {
             5 => drop(ks.expire(key, now + 30, ExpireCondition::ALWAYS, now)),
             6 => drop(ks.persist(key, now)),
             7 => drop(ks.hincr_by(key, field, 1, now)),
-            _ => drop(ks.incr_by(key, 1, now)),
+            8 => drop(ks.incr_by(key, 1, now)),
+            9 => drop(ks.sadd(key, vec![member, value], now)),
+            10 => drop(ks.srem(key, vec![member], now)),
+            11 => drop(ks.zadd(
+                key,
+                ZaddOptions::default(),
+                vec![(1.5, member), (2.0, value)],
+                now,
+            )),
+            12 => drop(ks.zrem(key, vec![member], now)),
+            13 => drop(ks.push(key, next(2) == 0, vec![member, value], false, now)),
+            14 => drop(ks.pop(key, next(2) == 0, 1, now)),
+            15 => drop(ks.ltrim(key, 0, 3, now)),
+            _ => drop(ks.zpop(key, 1, next(2) == 0, now)),
         });
         if next(10) == 0 {
             clock.advance(10);
             store.sweep_once();
+        }
+        if i % 500 == 0 {
+            let (counted, kinds) = store
+                .run(|ks, now| {
+                    let counted = (ks.len(), ks.used_bytes(), ks.expiring_total());
+                    let kinds: Vec<_> = (0..50)
+                        .filter_map(|k| ks.kind(format!("k{k}").as_bytes(), now).map(Kind::name))
+                        .collect();
+                    ((counted, ks.recount()), kinds)
+                })
+                .value;
+            assert_eq!(counted.0, counted.1, "after {i} writes");
+            seen.extend(kinds);
         }
     }
     let (len, used, expiring, recount) = store
@@ -665,6 +693,8 @@ fn accounting_matches_a_recount_after_random_writes() {
         .value;
     assert_eq!((len, used, expiring), recount);
     assert!(len > 0);
+    // Every type was held along the way, so every type's accounting was checked.
+    assert_eq!(seen.len(), 5, "{seen:?}");
 }
 
 #[test]
