@@ -1,6 +1,7 @@
 //! A property of the whole data model: any sequence of commands, over every type and
 //! several databases, inside and outside transactions, gets from the agent exactly the
-//! replies `redis-server` gives, byte for byte, and leaves both with the same keyspace.
+//! replies `redis-server` gives, byte for byte, and leaves both with the same keyspace;
+//! the agent's partner, in sync mode, then holds that keyspace too.
 //!
 //! The commands are drawn from small pools of keys, fields and values, so that keys
 //! collide across types (`WRONGTYPE`), counters overflow, ranges run off the ends and
@@ -16,12 +17,13 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use support::{
-    Agent, RedisServer, Resp, capability, differences, dump, has_program, wait_for_port,
+    Agent, RedisServer, Resp, capability, differences, dump, has_program, wait_for, wait_for_port,
 };
 
 /// Some words of a command.
@@ -463,6 +465,7 @@ async fn replies(addr: SocketAddr, resp3: bool, commands: &[Vec<String>]) -> Vec
 async fn compare(
     redis: SocketAddr,
     agent: SocketAddr,
+    partner: SocketAddr,
     resp3: bool,
     commands: &[Vec<String>],
 ) -> Result<(), String> {
@@ -492,6 +495,16 @@ async fn compare(
                 .replace("partner:     ", "agent:       ")
         ));
     }
+    // In sync mode every write the agent answered is on its partner already.
+    let on_partner = dump(partner).await;
+    if on_partner != got {
+        let shown: Vec<String> = commands.iter().map(|c| c.join(" ")).collect();
+        return Err(format!(
+            "the partner differs from the agent after:\n  {}\n{}",
+            shown.join("\n  "),
+            differences(&got, &on_partner).replace("acknowledged", "agent       ")
+        ));
+    }
     Ok(())
 }
 
@@ -506,11 +519,28 @@ fn random_command_sequences_reply_and_end_as_on_redis_server() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (redis, agent) = runtime.block_on(async {
+    // The agent is paired (sync mode, the default), so that every write path of every
+    // type is also checked on the partner.
+    let (redis, agent, partner) = runtime.block_on(async {
         let redis = RedisServer::start().await;
-        let agent = Agent::start(dir.path(), "random", &[]);
+        let agent = Agent::start(dir.path(), "random-a", &[]);
+        let join = agent.node.gossip.to_string();
+        let partner = Agent::start(dir.path(), "random-b", &["--join", &join]);
         wait_for_port(agent.resp).await;
-        (redis, agent)
+        wait_for_port(partner.resp).await;
+        wait_for(
+            "random-a and random-b to pair",
+            Duration::from_secs(30),
+            || async {
+                support::member(partner.node.admin, "random-b")
+                    .await
+                    .is_some_and(|m| {
+                        m.partner.is_some_and(|p| p.node_id == "random-a") && !m.unprotected
+                    })
+            },
+        )
+        .await;
+        (redis, agent, partner)
     });
     let seed: u64 = std::env::var("TANDEM_PROPERTY_SEED")
         .ok()
@@ -536,10 +566,16 @@ fn random_command_sequences_reply_and_end_as_on_redis_server() {
     };
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
-    let (redis_addr, agent_addr) = (redis.addr, agent.resp);
+    let (redis_addr, agent_addr, partner_addr) = (redis.addr, agent.resp, partner.resp);
     let result = runner.run(&sequence(), |(resp3, commands)| {
         runtime
-            .block_on(compare(redis_addr, agent_addr, resp3, &commands))
+            .block_on(compare(
+                redis_addr,
+                agent_addr,
+                partner_addr,
+                resp3,
+                &commands,
+            ))
             .map_err(TestCaseError::fail)
     });
     match result {
