@@ -10,106 +10,97 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use support::{
-    Agent, RedisServer, capability, differences, dump, has_program, has_python_modules, member,
-    wait_for, wait_for_port,
+    Agent, RedisServer, capability, differences, dump, has_program, start_pair, wait_for_port,
 };
 
-/// One client: what it needs, and how to run it against a server.
+/// One client: the program that runs its script, the arguments with which that program
+/// succeeds only where the client library is installed, and the script with its
+/// arguments after the server's host and port.
 struct Client {
     name: &'static str,
-    available: fn() -> bool,
-    command: fn(SocketAddr) -> Command,
+    program: &'static str,
+    probe: &'static [&'static str],
+    script: &'static str,
+    args: &'static [&'static str],
 }
 
-fn script(name: &str) -> String {
-    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+const CLIENTS: &[Client] = &[
+    Client {
+        name: "Django 5 with django-redis and its own RedisCache",
+        program: "python3",
+        probe: &["-c", "import django, django_redis"],
+        script: "django_cache.py",
+        args: &["1"],
+    },
+    Client {
+        name: "redis-py with a database number",
+        program: "python3",
+        probe: &["-c", "import redis"],
+        script: "redis_py_db.py",
+        args: &[],
+    },
+    Client {
+        name: "php with phpredis' session handler (php-redis)",
+        program: "php",
+        probe: &["-r", "exit(extension_loaded('redis') ? 0 : 1);"],
+        script: "phpredis_session.php",
+        args: &[],
+    },
+    Client {
+        name: "ruby with Rack::Session::Redis and ActiveSupport's RedisCacheStore",
+        program: "ruby",
+        probe: &[
+            "-e",
+            "require 'rack/session/redis'; require 'active_support'",
+        ],
+        script: "rack_and_rails.rb",
+        args: &[],
+    },
+    Client {
+        name: "node-redis 4 (node-redis)",
+        program: "node",
+        probe: &["-e", "require('redis')"],
+        script: "node_redis.js",
+        args: &[],
+    },
+];
 
-fn clients() -> Vec<Client> {
-    vec![
-        Client {
-            name: "Django 5 with django-redis and its own RedisCache",
-            available: || has_python_modules(&["django", "django_redis"]),
-            command: |addr| {
-                let mut command = Command::new("python3");
-                command
-                    .arg(script("django_cache.py"))
-                    .args(host_port(addr))
-                    .arg("1");
-                command
-            },
-        },
-        Client {
-            name: "redis-py with a database number",
-            available: || has_python_modules(&["redis"]),
-            command: |addr| {
-                let mut command = Command::new("python3");
-                command.arg(script("redis_py_db.py")).args(host_port(addr));
-                command
-            },
-        },
-        Client {
-            name: "php with phpredis' session handler (php-redis)",
-            available: || {
-                Command::new("php")
-                    .args(["-r", "exit(extension_loaded('redis') ? 0 : 1);"])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            },
-            command: |addr| {
-                let mut command = Command::new("php");
-                command
-                    .arg(script("phpredis_session.php"))
-                    .args(host_port(addr));
-                command
-            },
-        },
-        Client {
-            name: "ruby with Rack::Session::Redis and ActiveSupport's RedisCacheStore",
-            available: || {
-                Command::new("ruby")
-                    .args([
-                        "-e",
-                        "require 'rack/session/redis'; require 'active_support'",
-                    ])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            },
-            command: |addr| {
-                let mut command = Command::new("ruby");
-                command
-                    .arg(script("rack_and_rails.rb"))
-                    .args(host_port(addr));
-                command
-            },
-        },
-        Client {
-            name: "node-redis 4 (node-redis)",
-            available: || {
-                has_program("node")
-                    && node()
-                        .args(["-e", "require('redis')"])
-                        .status()
-                        .is_ok_and(|s| s.success())
-            },
-            command: |addr| {
-                let mut command = node();
-                command.arg(script("node_redis.js")).args(host_port(addr));
-                command
-            },
-        },
-    ]
-}
+impl Client {
+    /// The client's program; node with Debian's module directory on its path.
+    fn program(&self) -> Command {
+        let mut command = Command::new(self.program);
+        if self.program == "node" {
+            command.env("NODE_PATH", "/usr/share/nodejs");
+        }
+        command
+    }
 
-/// Node with Debian's module directory on its path.
-fn node() -> Command {
-    let mut command = Command::new("node");
-    command.env("NODE_PATH", "/usr/share/nodejs");
-    command
+    fn available(&self) -> bool {
+        has_program(self.program)
+            && self
+                .program()
+                .args(self.probe)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
+    fn command(&self, addr: SocketAddr) -> Command {
+        let mut command = self.program();
+        command
+            .arg(format!(
+                "{}/tests/clients/{}",
+                env!("CARGO_MANIFEST_DIR"),
+                self.script
+            ))
+            .args(host_port(addr))
+            .args(self.args);
+        command
+    }
 }
 
 fn host_port(addr: SocketAddr) -> [String; 2] {
@@ -118,7 +109,7 @@ fn host_port(addr: SocketAddr) -> [String; 2] {
 
 /// Runs a client; its transcript, or a failure with what it printed.
 fn transcript(client: &Client, addr: SocketAddr, server: &str) -> String {
-    let output = (client.command)(addr).output().unwrap();
+    let output = client.command(addr).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -137,29 +128,14 @@ async fn framework_session_stores_run_unchanged_on_a_paired_agent() {
     }
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Agent::start(dir.path(), "agent-a", &[]);
-    let join = ["--join".to_string(), a.node.gossip.to_string()];
-    let b_args: Vec<&str> = join.iter().map(String::as_str).collect();
-    let b = Agent::start(dir.path(), "agent-b", &b_args);
-    wait_for_port(a.resp).await;
-    wait_for_port(b.resp).await;
-    wait_for(
-        "agent-a and agent-b to pair",
-        Duration::from_secs(30),
-        || async {
-            member(b.node.admin, "agent-b").await.is_some_and(|m| {
-                m.partner.is_some_and(|p| p.node_id == "agent-a") && !m.unprotected
-            })
-        },
-    )
-    .await;
+    let (mut a, b) = start_pair(dir.path(), "agent-a", "agent-b").await;
     let mut ran = 0;
-    for client in clients() {
-        if !capability(client.name, (client.available)()) {
+    for client in CLIENTS {
+        if !capability(client.name, client.available()) {
             continue;
         }
-        let expected = transcript(&client, redis.addr, "redis-server");
-        let got = transcript(&client, a.resp, "the agent");
+        let expected = transcript(client, redis.addr, "redis-server");
+        let got = transcript(client, a.resp, "the agent");
         assert_eq!(
             got, expected,
             "{}: the agent's transcript differs",

@@ -17,14 +17,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
-use support::{
-    Agent, RedisServer, Resp, capability, differences, dump, has_program, wait_for, wait_for_port,
-};
+use support::{RedisServer, Resp, capability, differences, dump, has_program, start_pair};
 
 /// Some words of a command.
 type Part = BoxedStrategy<Vec<String>>;
@@ -132,6 +129,16 @@ fn deadline() -> Part {
 
 fn expire_condition() -> Part {
     maybe(one_of(&["NX", "XX", "GT", "LT"]))
+}
+
+/// `HSCAN`, `SSCAN` or `ZSCAN` of a whole (small) collection, with or without a pattern.
+fn scan(name: &'static str, patterns: &[&'static str]) -> Part {
+    all(vec![
+        word(name),
+        key(),
+        word("0"),
+        maybe(all(vec![word("MATCH"), one_of(patterns)])),
+    ])
 }
 
 fn keys_and_strings() -> Vec<Part> {
@@ -245,12 +252,7 @@ fn hashes() -> Vec<Part> {
             one_of(&["100", "0"]),
             maybe(word("WITHVALUES"))
         ),
-        command!(
-            "HSCAN",
-            key(),
-            word("0"),
-            maybe(all(vec![word("MATCH"), one_of(&["*", "f", "[fg]"])]))
-        ),
+        scan("HSCAN", &["*", "f", "[fg]"]),
     ]
 }
 
@@ -262,12 +264,7 @@ fn sets() -> Vec<Part> {
         command!("SISMEMBER", key(), member()),
         command!("SMISMEMBER", key(), some(member(), 3)),
         command!("SCARD", key()),
-        command!(
-            "SSCAN",
-            key(),
-            word("0"),
-            maybe(all(vec![word("MATCH"), one_of(&["*", "1*", "?"])]))
-        ),
+        scan("SSCAN", &["*", "1*", "?"]),
         command!("SMOVE", key(), key(), member()),
         command!("SPOP", key(), one_of(&["100", "0", "-1"])),
         command!("SRANDMEMBER", key(), one_of(&["100", "0"])),
@@ -306,12 +303,7 @@ fn zsets() -> Vec<Part> {
         command!("ZSCORE", key(), zmember()),
         command!("ZMSCORE", key(), some(zmember(), 3)),
         command!("ZCARD", key()),
-        command!(
-            "ZSCAN",
-            key(),
-            word("0"),
-            maybe(all(vec![word("MATCH"), one_of(&["*", "[ab]"])]))
-        ),
+        scan("ZSCAN", &["*", "[ab]"]),
         command!("ZCOUNT", key(), bound(), bound()),
         command!("ZLEXCOUNT", key(), lex(), lex()),
         command!("ZRANK", key(), zmember()),
@@ -523,23 +515,7 @@ fn random_command_sequences_reply_and_end_as_on_redis_server() {
     // type is also checked on the partner.
     let (redis, agent, partner) = runtime.block_on(async {
         let redis = RedisServer::start().await;
-        let agent = Agent::start(dir.path(), "random-a", &[]);
-        let join = agent.node.gossip.to_string();
-        let partner = Agent::start(dir.path(), "random-b", &["--join", &join]);
-        wait_for_port(agent.resp).await;
-        wait_for_port(partner.resp).await;
-        wait_for(
-            "random-a and random-b to pair",
-            Duration::from_secs(30),
-            || async {
-                support::member(partner.node.admin, "random-b")
-                    .await
-                    .is_some_and(|m| {
-                        m.partner.is_some_and(|p| p.node_id == "random-a") && !m.unprotected
-                    })
-            },
-        )
-        .await;
+        let (agent, partner) = start_pair(dir.path(), "random-a", "random-b").await;
         (redis, agent, partner)
     });
     let seed: u64 = std::env::var("TANDEM_PROPERTY_SEED")

@@ -6,7 +6,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::{Agent, Reply, Resp, cmd, differences, dump, member, wait_for, wait_for_port};
+use support::{
+    Agent, Reply, Resp, cmd, differences, dump, join_args, member, wait_for, wait_for_port,
+    wait_paired,
+};
 
 const PAIR: Duration = Duration::from_secs(30);
 const TTL_SECS: u64 = 600;
@@ -129,24 +132,6 @@ async fn check_keys(resp: &mut Resp, expected: &Expected, on: &str) {
         expected.keys.len(),
         &missing[..missing.len().min(5)]
     );
-}
-
-async fn wait_paired(a: &Agent, b: &Agent, a_name: &str, b_name: &str) -> Duration {
-    wait_for(&format!("{a_name} and {b_name} to pair"), PAIR, || async {
-        let ab = member(a.node.admin, a_name).await;
-        let ba = member(a.node.admin, b_name).await;
-        let mutual = ab.is_some_and(|m| m.partner.is_some_and(|p| p.node_id == b_name))
-            && ba.is_some_and(|m| m.partner.is_some_and(|p| p.node_id == a_name));
-        let seen_by_b = member(b.node.admin, b_name)
-            .await
-            .is_some_and(|m| m.partner.is_some_and(|p| p.node_id == a_name) && !m.unprotected);
-        mutual && seen_by_b
-    })
-    .await
-}
-
-fn join_args(seed: &Agent) -> Vec<String> {
-    vec!["--join".into(), seed.node.gossip.to_string()]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -447,6 +447,43 @@ impl Agent {
     }
 }
 
+/// Arguments that join an agent started next to the cluster at `seed`.
+pub fn join_args(seed: &Agent) -> Vec<String> {
+    vec!["--join".into(), seed.node.gossip.to_string()]
+}
+
+/// Waits until agents `a` and `b` are each other's partners, as both see it, and `b` is
+/// protected; returns how long that took.
+pub async fn wait_paired(a: &Agent, b: &Agent, a_name: &str, b_name: &str) -> Duration {
+    wait_for(
+        &format!("{a_name} and {b_name} to pair"),
+        Duration::from_secs(30),
+        || async {
+            let ab = member(a.node.admin, a_name).await;
+            let ba = member(a.node.admin, b_name).await;
+            let mutual = ab.is_some_and(|m| m.partner.is_some_and(|p| p.node_id == b_name))
+                && ba.is_some_and(|m| m.partner.is_some_and(|p| p.node_id == a_name));
+            let seen_by_b = member(b.node.admin, b_name)
+                .await
+                .is_some_and(|m| m.partner.is_some_and(|p| p.node_id == a_name) && !m.unprotected);
+            mutual && seen_by_b
+        },
+    )
+    .await
+}
+
+/// Two agents named `a` and `b`, `b` joined to `a`, once they are paired.
+pub async fn start_pair(dir: &Path, a: &str, b: &str) -> (Agent, Agent) {
+    let first = Agent::start(dir, a, &[]);
+    let join = join_args(&first);
+    let join: Vec<&str> = join.iter().map(String::as_str).collect();
+    let second = Agent::start(dir, b, &join);
+    wait_for_port(first.resp).await;
+    wait_for_port(second.resp).await;
+    wait_paired(&first, &second, a, b).await;
+    (first, second)
+}
+
 /// Waits until something accepts TCP connections at `addr`.
 pub async fn wait_for_port(addr: SocketAddr) {
     wait_for(
