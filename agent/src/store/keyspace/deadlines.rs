@@ -76,7 +76,7 @@ impl Deadlines {
     pub fn due<'a>(
         &'a self,
         limit_ms: u64,
-        deadline: &'a dyn Fn(&Bytes) -> Option<u64>,
+        deadline: impl Fn(&Bytes) -> Option<u64> + Copy + 'a,
     ) -> impl Iterator<Item = &'a Bytes> + 'a {
         let last = slot(limit_ms);
         self.slots.range(..=last).flat_map(move |(&slot, keys)| {
@@ -92,6 +92,24 @@ mod tests {
 
     use super::*;
 
+    /// At each limit, the index yields exactly the keys whose deadline is at or before it.
+    fn check(index: &Deadlines, deadlines: &HashMap<Bytes, u64>, limits: &[u64]) {
+        for &limit in limits {
+            let mut due: Vec<Bytes> = index
+                .due(limit, |k| deadlines.get(k).copied())
+                .cloned()
+                .collect();
+            due.sort();
+            let mut want: Vec<Bytes> = deadlines
+                .iter()
+                .filter(|(_, at)| **at <= limit)
+                .map(|(k, _)| k.clone())
+                .collect();
+            want.sort();
+            assert_eq!(due, want, "limit {limit}");
+        }
+    }
+
     #[test]
     fn keys_are_due_by_their_exact_deadline_and_move_only_across_slots() {
         let mut index = Deadlines::default();
@@ -104,23 +122,11 @@ mod tests {
             deadlines.insert(key(n), at);
         }
         assert_eq!(index.len(), 1_000);
-        let exact = |deadlines: &HashMap<Bytes, u64>, limit: u64| {
-            let mut due: Vec<Bytes> = deadlines
-                .iter()
-                .filter(|(_, at)| **at <= limit)
-                .map(|(k, _)| k.clone())
-                .collect();
-            due.sort();
-            due
-        };
-        for limit in [0, 9_999, 10_000, 10_063, 10_064, 10_100, 10_333, 20_000] {
-            let mut due: Vec<Bytes> = index
-                .due(limit, &|k| deadlines.get(k).copied())
-                .cloned()
-                .collect();
-            due.sort();
-            assert_eq!(due, exact(&deadlines, limit), "limit {limit}");
-        }
+        check(
+            &index,
+            &deadlines,
+            &[0, 9_999, 10_000, 10_063, 10_064, 10_100, 10_333, 20_000],
+        );
         // Within its slot a key moves nowhere; across slots it does; without a deadline
         // it leaves.
         index.change(Some(10_000), Some(10_001), &key(0));
@@ -130,14 +136,7 @@ mod tests {
         index.change(Some(10_000), None, &key(2));
         deadlines.remove(&key(2));
         assert_eq!(index.len(), 999);
-        for limit in [10_000, 10_001, 20_000, 50_000] {
-            let mut due: Vec<Bytes> = index
-                .due(limit, &|k| deadlines.get(k).copied())
-                .cloned()
-                .collect();
-            due.sort();
-            assert_eq!(due, exact(&deadlines, limit), "limit {limit}");
-        }
+        check(&index, &deadlines, &[10_000, 10_001, 20_000, 50_000]);
         for (k, at) in deadlines.drain() {
             index.remove(at, &k);
         }

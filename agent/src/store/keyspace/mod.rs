@@ -410,13 +410,16 @@ impl Db {
 
     /// Keys whose deadline has passed but that are kept for the grace period.
     fn expired(&self, now_ms: u64) -> usize {
-        self.expiries
-            .due(now_ms, &|key| {
-                self.shards[Keyspace::shard_of(key)]
-                    .get(key)
-                    .and_then(|entry| entry.expires_at_ms)
-            })
-            .count()
+        self.due(now_ms).count()
+    }
+
+    /// Keys whose deadline is at or before `limit_ms`.
+    fn due(&self, limit_ms: u64) -> impl Iterator<Item = &Bytes> {
+        self.expiries.due(limit_ms, |key| {
+            self.shards[Keyspace::shard_of(key)]
+                .get(key)
+                .and_then(|entry| entry.expires_at_ms)
+        })
     }
 }
 
@@ -985,14 +988,8 @@ impl Keyspace {
             let Some(limit) = now_ms.checked_sub(EXPIRED_GRACE_MS) else {
                 break;
             };
-            let keys = &self.dbs[db];
-            let due: Vec<Bytes> = keys
-                .expiries
-                .due(limit, &|key| {
-                    keys.shards[Self::shard_of(key)]
-                        .get(key)
-                        .and_then(|entry| entry.expires_at_ms)
-                })
+            let due: Vec<Bytes> = self.dbs[db]
+                .due(limit)
                 .take(max - expired)
                 .cloned()
                 .collect();
