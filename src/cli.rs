@@ -178,6 +178,14 @@ pub struct AgentArgs {
     /// UDP port of the multicast group [default: 7948].
     #[arg(long, env = "TANDEM_MULTICAST_PORT", value_name = "PORT")]
     pub multicast_port: Option<u16>,
+    /// How long a script runs before other clients get BUSY and SCRIPT KILL may stop it
+    /// (Redis' busy-reply-threshold) [default: 5s].
+    #[arg(long, env = "TANDEM_SCRIPT_TIME_LIMIT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub script_time_limit: Option<Duration>,
+    /// Memory the Lua interpreter may use, in bytes; a script needing more fails
+    /// [default: 134217728].
+    #[arg(long, env = "TANDEM_SCRIPT_MEMORY_BYTES", value_name = "BYTES")]
+    pub script_memory_bytes: Option<u64>,
     /// Worker threads of the agent's runtime [default: 1].
     #[arg(long, env = "TANDEM_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
@@ -561,6 +569,12 @@ impl AgentArgs {
         }
         if let Some(port) = self.multicast_port {
             config.multicast_port = port;
+        }
+        if let Some(limit) = self.script_time_limit {
+            config.script_time_limit = limit;
+        }
+        if let Some(bytes) = self.script_memory_bytes {
+            config.script_memory_bytes = bytes;
         }
         if let Some(threads) = self.threads {
             config.threads = usize::from(threads);

@@ -383,3 +383,167 @@ fn resp3_frame(bytes: &[u8]) -> redis_protocol::resp3::types::OwnedFrame {
         .expect("a whole reply")
         .0
 }
+
+/// The session stores whose clients cannot be installed here, replayed from their sources
+/// (`tests/replays/<name>.jsonl`, each line's comment says where it was read): Redisson's
+/// Tomcat manager (EVALSHA, then SCRIPT LOAD on NOSCRIPT), ASP.NET Core's RedisCache (its
+/// Lua scripts and StackExchange.Redis' handshake), phpredis' session locking (the
+/// release EVAL) and Laravel's cache and `lock()->block()`.
+const REPLAYS: &[&str] = &["redisson_tomcat", "phpredis_locking", "laravel_cache_lock"];
+
+/// One command of a replay, and how its reply is compared.
+struct Replayed {
+    args: Vec<Vec<u8>>,
+    compare: String,
+}
+
+/// The commands of `tests/replays/<name>.jsonl` with the times filled in: `${NOW_MS}`,
+/// `${NOW_S}` and `${NOW_TICKS}` (.NET's 100 ns ticks since year 1), each optionally
+/// `+n` or `-n`. An argument of characters up to U+00FF is sent as those bytes (the files
+/// write binary values so), any other as UTF-8.
+fn replay_file(name: &str, now_ms: i64) -> Vec<Replayed> {
+    let path = format!("{}/tests/replays/{name}.jsonl", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    let fill = |arg: &str| -> String {
+        let mut out = String::new();
+        let mut rest = arg;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("a closing brace") + start;
+            let placeholder = &rest[start + 2..end];
+            let (name, offset) = match placeholder.find(['+', '-']) {
+                Some(at) => (
+                    &placeholder[..at],
+                    placeholder[at..]
+                        .trim_start_matches('+')
+                        .parse::<i64>()
+                        .unwrap(),
+                ),
+                None => (placeholder, 0),
+            };
+            let base = match name {
+                "NOW_MS" => now_ms,
+                "NOW_S" => now_ms / 1000,
+                "NOW_TICKS" => now_ms * 10_000 + 621_355_968_000_000_000,
+                other => panic!("{path}: unknown placeholder {other}"),
+            };
+            out.push_str(&(base + offset).to_string());
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    };
+    let bytes = |arg: String| -> Vec<u8> {
+        if arg.chars().all(|c| (c as u32) < 256) {
+            arg.chars().map(|c| c as u8).collect()
+        } else {
+            arg.into_bytes()
+        }
+    };
+    text.lines()
+        .filter(|line| line.trim_start().starts_with('{'))
+        .map(|line| {
+            let item: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("{path}: {err}: {line}"));
+            let args = item["cmd"]
+                .as_array()
+                .expect("a cmd array")
+                .iter()
+                .map(|arg| bytes(fill(arg.as_str().expect("string arguments"))))
+                .collect();
+            let compare = item["compare"].as_str().unwrap_or("exact").to_string();
+            Replayed { args, compare }
+        })
+        .collect()
+}
+
+/// A reply as its type byte and, for aggregates, its items in order, sorted for "map"
+/// comparisons (pairs of a map or a flat field/value array, members of a set).
+fn unordered(bytes: &[u8]) -> Vec<Vec<u8>> {
+    use redis_protocol::resp3::types::OwnedFrame;
+    let frame = resp3_frame_or_resp2(bytes);
+    let encode = |frame: &OwnedFrame| format!("{frame:?}").into_bytes();
+    let mut items: Vec<Vec<u8>> = match &frame {
+        OwnedFrame::Map { data, .. } => data
+            .iter()
+            .map(|(k, v)| [encode(k), encode(v)].concat())
+            .collect(),
+        OwnedFrame::Set { data, .. } => data.iter().map(encode).collect(),
+        OwnedFrame::Array { data, .. } if data.len() % 2 == 0 => data
+            .chunks(2)
+            .map(|pair| [encode(&pair[0]), encode(&pair[1])].concat())
+            .collect(),
+        OwnedFrame::Array { data, .. } => data.iter().map(encode).collect(),
+        other => vec![encode(other)],
+    };
+    items.sort();
+    items.insert(0, bytes[..1].to_vec());
+    items
+}
+
+/// A reply decoded as RESP3 (which reads RESP2's frames too, but `$-1` and `*-1`).
+fn resp3_frame_or_resp2(bytes: &[u8]) -> redis_protocol::resp3::types::OwnedFrame {
+    match redis_protocol::resp3::decode::complete::decode(bytes) {
+        Ok(Some((frame, _))) => frame,
+        _ => redis_protocol::resp3::types::OwnedFrame::SimpleString {
+            data: bytes.to_vec(),
+            attributes: None,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_session_stores_reply_as_on_redis_server() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "replays", &[]);
+    wait_for_port(agent.resp).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for name in REPLAYS {
+        let replay = replay_file(name, now_ms);
+        let commands: Vec<Vec<Vec<u8>>> = replay.iter().map(|r| r.args.clone()).collect();
+        let mut replies = Vec::new();
+        for addr in [redis.addr, agent.resp] {
+            let mut client = support::Resp::connect(addr).await;
+            // Each replay starts from an empty server, as its comments assume.
+            client.call_raw(&["FLUSHALL"]).await;
+            client.call_raw(&["SCRIPT", "FLUSH"]).await;
+            let mut got = Vec::new();
+            for command in &commands {
+                got.push(client.call_raw(command).await);
+            }
+            replies.push(got);
+        }
+        let mut scripts = 0;
+        for ((item, want), got) in replay.iter().zip(&replies[0]).zip(&replies[1]) {
+            let same = match item.compare.as_str() {
+                "none" => true,
+                "kind" => want.first() == got.first(),
+                "map" => unordered(want) == unordered(got),
+                _ => want == got,
+            };
+            let words: Vec<String> = item
+                .args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if words[0].to_ascii_uppercase().starts_with("EVAL") {
+                scripts += 1;
+            }
+            assert!(
+                same,
+                "{name}: {words:?}\nredis-server: {:?}\nagent:        {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(got)
+            );
+        }
+        assert!(scripts > 0, "{name} runs no script");
+        println!("{name}: {} replies equal ({scripts} scripts)", replay.len());
+    }
+}

@@ -218,6 +218,72 @@ async fn replies_match_redis_server_byte_for_byte() {
     assert_same_replies(redis.addr, agent.resp, SCRIPT).await;
 }
 
+/// A script that loops past the busy threshold: other clients wait until the threshold,
+/// then get `BUSY` (all but `SCRIPT KILL` and what Redis lets through); `SCRIPT KILL`
+/// stops it and its caller gets the kill error; a script that wrote cannot be killed.
+/// Every reply byte-equal with redis-server's under the same threshold (1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_script_replies_as_redis_server_and_script_kill_stops_it() {
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start_with(&["--busy-reply-threshold", "1000"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "busy", &["--script-time-limit", "1s"]);
+    wait_for_port(agent.resp).await;
+    let mut transcripts = Vec::new();
+    for addr in [redis.addr, agent.resp] {
+        let mut transcript = Vec::new();
+        let mut looping = Resp::connect(addr).await;
+        let mut other = Resp::connect(addr).await;
+        transcript.push(other.call_raw(&["SCRIPT", "KILL"]).await);
+        let eval = |body: &str| {
+            format!(
+                "*3\r\n$4\r\nEVAL\r\n${}\r\n{body}\r\n$1\r\n0\r\n",
+                body.len()
+            )
+        };
+        looping.send_raw(eval("while true do end").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Before the threshold a command waits; past it, it is refused.
+        let started = std::time::Instant::now();
+        transcript.push(other.call_raw(&["GET", "k"]).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(600),
+            "{addr}: did not wait ({waited:?}, redis-server at {})",
+            redis.addr
+        );
+        transcript.push(other.call_raw(&["SET", "k", "v"]).await);
+        transcript.push(other.call_raw(&["MULTI"]).await);
+        transcript.push(other.call_raw(&["PING"]).await);
+        transcript.push(other.call_raw(&["DISCARD"]).await);
+        transcript.push(other.call_raw(&["SCRIPT", "KILL"]).await);
+        transcript.push(looping.reply_bytes().await);
+        transcript.push(other.call_raw(&["SCRIPT", "KILL"]).await);
+        transcript.push(other.call_raw(&["GET", "k"]).await);
+        // A script that wrote runs to its end.
+        looping
+            .send_raw(eval("redis.call('set', 'k', 'w') while true do end").as_bytes())
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        transcript.push(other.call_raw(&["PING"]).await);
+        transcript.push(other.call_raw(&["SCRIPT", "KILL"]).await);
+        transcripts.push(transcript);
+    }
+    let show = |t: &[Vec<u8>]| {
+        t.iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(show(&transcripts[1]), show(&transcripts[0]));
+    assert!(
+        show(&transcripts[1])[7].starts_with("-ERR Script killed by user with SCRIPT KILL"),
+        "{:?}",
+        show(&transcripts[1])
+    );
+}
+
 /// A script of `tests/compat/`: one command a line, words split at spaces, a word in
 /// double quotes kept whole (`""` is an empty argument); `#` starts a comment line.
 fn compat_script(name: &str) -> Vec<Vec<String>> {
@@ -265,6 +331,7 @@ async fn every_family_replies_as_redis_server_in_resp2_and_resp3() {
         "lists",
         "counts",
         "transactions",
+        "scripting",
     ];
     let mut differences = Vec::new();
     let mut compared = 0;

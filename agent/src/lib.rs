@@ -5,6 +5,7 @@ pub mod api;
 pub mod demo_app;
 pub mod replication;
 pub mod resp;
+pub mod scripting;
 pub mod sessions;
 pub mod store;
 
@@ -53,6 +54,8 @@ pub enum AgentError {
     Start(#[from] StartError),
     #[error(transparent)]
     Secret(#[from] tandem_common::secret::SecretError),
+    #[error(transparent)]
+    Scripting(#[from] scripting::ScriptingError),
 }
 
 /// Runs an agent until SIGTERM or SIGINT.
@@ -76,7 +79,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         max_keys: usize::try_from(config.max_keys).unwrap_or(usize::MAX),
         databases: config.databases.clamp(1, store::keyspace::MAX_DATABASES),
     };
-    let store = SessionStore::new(&config.node.node_id, limits, SystemClock);
+    let store = SessionStore::new(&config.node.node_id, limits, SystemClock)
+        .with_busy_threshold(config.script_time_limit);
+    let scripts =
+        scripting::Scripts::new(usize::try_from(config.script_memory_bytes).unwrap_or(usize::MAX))?;
 
     // Every listener is bound before the node joins, so a port in use fails start-up.
     let secret = |what, path: &Option<std::path::PathBuf>| {
@@ -168,7 +174,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let replication_tasks = replicator.spawn(config.node.gossip.gossip_interval);
     let sessions = Sessions::new(store.clone(), replicator.clone());
     let sweeper = store.spawn_sweeper();
-    tokio::spawn(resp.serve(sessions.clone(), runtime.stopping()));
+    tokio::spawn(resp.serve(sessions.clone(), scripts, runtime.stopping()));
     tokio::spawn(api.serve(sessions.clone(), runtime.stopping()));
     if let Some(demo) = demo {
         tokio::spawn(demo.serve(sessions.clone(), runtime.gossip.clone(), runtime.stopping()));
@@ -180,6 +186,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             let mut ticker = tokio::time::interval(SESSIONS_PUBLISH_INTERVAL);
             loop {
                 ticker.tick().await;
+                store.gate().idle().await;
                 let sessions = store.stats().0 as u64;
                 let lag = replicator.lag();
                 gossip

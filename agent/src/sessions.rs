@@ -25,6 +25,8 @@ impl Sessions {
     /// Runs one command atomically and replicates what it wrote (in sync mode, before
     /// returning).
     pub async fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> T {
+        // A script holds the keyspace: wait for it here rather than block on the lock.
+        self.store.gate().idle().await;
         let Outcome { value, mutations } = self.store.run(command);
         self.replicator.replicate(mutations).await;
         value

@@ -209,6 +209,14 @@ pub struct AgentConfig {
     /// (`<node-id>.pem`, `<node-id>.key`). A missing CA is generated, and a missing node
     /// certificate issued when `ca.key` is there. Default `tandem-tls`.
     pub tls_dir: std::path::PathBuf,
+    /// How long a script may run before other clients are answered `BUSY` (and
+    /// `SCRIPT KILL` may stop it), as Redis' `busy-reply-threshold`. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub script_time_limit: Duration,
+    /// Memory the scripting interpreter may use (its cached scripts and what a running
+    /// script allocates); a script that needs more fails, the agent goes on. Default
+    /// 128 MiB.
+    pub script_memory_bytes: u64,
     /// Worker threads of the agent's runtime. Default 1: an agent sits beside an app server
     /// and, like Redis, serves its sessions from one core without cross-thread hand-offs.
     pub threads: usize,
@@ -237,6 +245,8 @@ impl Default for AgentConfig {
             sync_timeout: Duration::from_millis(500),
             anti_entropy_interval: Duration::from_secs(30),
             tls_dir: std::path::PathBuf::from("tandem-tls"),
+            script_time_limit: Duration::from_secs(5),
+            script_memory_bytes: 128 << 20,
             threads: 1,
         }
     }

@@ -1246,6 +1246,8 @@ impl Inner {
                     return;
                 }
             };
+            // A script holds the keyspace: apply once it is done, without blocking a thread.
+            self.store.gate().idle().await;
             match frame {
                 Frame::Mutations {
                     first,
@@ -1426,6 +1428,8 @@ impl Inner {
         ticker.tick().await; // the snapshot just covered everything
         loop {
             ticker.tick().await;
+            // A script holds the keyspace: compare once it is done.
+            self.store.gate().idle().await;
             if outbound
                 .send(
                     Frame::Digest {
@@ -1469,10 +1473,12 @@ impl Inner {
         let started = tokio::time::Instant::now();
         let mut cursor = Some(0);
         let mut sent = 0u64;
+        self.store.gate().idle().await;
         let total = self.store.stats().0 as u64;
         self.publish_snapshot(Some(SyncProgress { sent, total }));
         let mut last_report = started;
         while let Some(at) = cursor {
+            self.store.gate().idle().await;
             let (next, mutations) = self
                 .store
                 .run(|ks, now| ks.snapshot_chunk(at, SNAPSHOT_CHUNK_KEYS, now))

@@ -48,6 +48,28 @@ pub struct Transaction {
 }
 
 impl ClientSession {
+    /// The session a script's commands run in: the caller's database and identity, RESP2
+    /// until the script says otherwise (`redis.setresp`), no transaction.
+    pub fn for_script(&self) -> ClientSession {
+        ClientSession {
+            id: self.id,
+            addr: self.addr,
+            laddr: self.laddr,
+            protocol: 2,
+            db: self.db,
+            name: self.name.clone(),
+            lib_name: None,
+            lib_ver: None,
+            created: self.created,
+            last_command: "eval",
+            quit: false,
+            password: self.password.clone(),
+            authenticated: true,
+            multi: None,
+            watched: Vec::new(),
+        }
+    }
+
     /// One `CLIENT LIST` line (without the newline), in Redis' key=value format.
     pub fn describe(&self) -> String {
         let text = |value: &Option<Bytes>| {

@@ -17,10 +17,13 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::clients::{ClientSession, Clients};
-use super::cmd::{Ctx, execute};
+use super::cmd::{Ctx, execute, flag_transaction, is_script_kill, lookup, runs_script};
 use super::reply::Reply;
 use super::{RespLimits, names};
+use crate::scripting::Scripts;
 use crate::sessions::Sessions;
+use crate::store::SessionStore;
+use crate::store::gate::Waited;
 
 /// Redis' bound on a bulk string (`proto-max-bulk-len`, 512 MB): a longer declared length
 /// is a protocol error, as there.
@@ -299,6 +302,62 @@ fn inline_request(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolErro
     ))
 }
 
+/// Redis' reply to a command refused while a script runs past the busy threshold.
+const BUSY: &str =
+    "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";
+
+/// What a client may still run while a script is busy: what needs no keyspace and Redis
+/// lets through (`AUTH HELLO MULTI DISCARD UNWATCH QUIT`), and `SCRIPT KILL`.
+fn allowed_while_busy(args: &[Bytes]) -> bool {
+    is_script_kill(args)
+        || args
+            .first()
+            .and_then(|name| lookup(name))
+            .is_some_and(|command| command.has_flag("allow_busy") && command.name != "watch")
+}
+
+/// Runs a script request on a blocking thread with the keyspace locked for the whole run,
+/// the store's gate telling everyone else to wait (or, past the threshold, that the server
+/// is busy) instead of blocking on the lock; the runtime's threads stay free to serve
+/// them and `SCRIPT KILL`. Returns the reply and the writes the script made.
+async fn run_script(
+    store: &SessionStore,
+    clients: &Clients,
+    scripts: &Scripts,
+    session: &mut ClientSession,
+    args: Vec<Bytes>,
+) -> (Reply, Writes) {
+    let hold = store.gate().begin();
+    let (store, clients, scripts) = (store.clone(), clients.clone(), scripts.clone());
+    let mut stand_in = session.for_script();
+    stand_in.protocol = session.protocol;
+    let ran = tokio::task::spawn_blocking(move || {
+        let _hold = hold;
+        let mut keyspace = store.lock();
+        let mut writes = Writes::default();
+        let mut ctx = Ctx {
+            store: &store,
+            session: &mut stand_in,
+            clients: &clients,
+            scripts: &scripts,
+            mutations: &mut writes,
+            now_ms: store.now_ms(),
+            held: Some(&mut keyspace),
+        };
+        let reply = execute(&mut ctx, args);
+        (reply, writes)
+    })
+    .await;
+    session.last_command = "eval";
+    ran.unwrap_or_else(|err| {
+        warn!(client = session.id, error = %err, "a script's thread failed");
+        (
+            Reply::Error("ERR the script's thread failed".into()),
+            Writes::default(),
+        )
+    })
+}
+
 /// Answers a discarded request with its limit error (a transaction being queued is then
 /// refused at `EXEC`).
 fn refuse_oversized(session: &mut ClientSession, discard: &Discard, output: &mut BytesMut) {
@@ -313,6 +372,7 @@ pub async fn serve(
     mut stream: TcpStream,
     sessions: Sessions,
     clients: Clients,
+    scripts: Scripts,
     limits: RespLimits,
     commands_total: metrics::Counter,
 ) {
@@ -327,6 +387,7 @@ pub async fn serve(
         &mut stream,
         &sessions,
         &clients,
+        &scripts,
         &mut session,
         &limits,
         &commands_total,
@@ -361,6 +422,7 @@ async fn run(
     stream: &mut TcpStream,
     sessions: &Sessions,
     clients: &Clients,
+    scripts: &Scripts,
     session: &mut ClientSession,
     limits: &RespLimits,
     commands_total: &metrics::Counter,
@@ -374,7 +436,7 @@ async fn run(
     loop {
         let mut failure = None;
         let mut commands = 0u64;
-        let now_ms = sessions.store.now_ms();
+        let mut now_ms = sessions.store.now_ms();
         loop {
             if let Some(discard) = discarding.as_mut() {
                 match discard.consume(&mut input) {
@@ -404,15 +466,39 @@ async fn run(
                 Ok(Some(Parsed::Request(args))) if args.is_empty() => continue,
                 Ok(Some(Parsed::Request(args))) => {
                     commands += 1;
-                    let mut ctx = Ctx {
-                        store: &sessions.store,
-                        session,
-                        clients,
-                        mutations: &mut mutations,
-                        now_ms,
-                        held: None,
-                    };
-                    let reply = execute(&mut ctx, args);
+                    let gate = sessions.store.gate();
+                    if gate.is_active() {
+                        // A script holds the keyspace: wait for it, or past the busy
+                        // threshold answer BUSY to all but what Redis lets through.
+                        match gate.wait().await {
+                            Waited::Idle => now_ms = sessions.store.now_ms(),
+                            Waited::Busy if allowed_while_busy(&args) => {}
+                            Waited::Busy => {
+                                flag_transaction(session);
+                                Reply::Error(BUSY.into()).encode(session.protocol, &mut output);
+                                continue;
+                            }
+                        }
+                    }
+                    let reply =
+                        if runs_script(&args) && session.multi.is_none() && session.authenticated {
+                            let (reply, writes) =
+                                run_script(&sessions.store, clients, scripts, session, args).await;
+                            mutations.append(&writes);
+                            now_ms = sessions.store.now_ms();
+                            reply
+                        } else {
+                            let mut ctx = Ctx {
+                                store: &sessions.store,
+                                session,
+                                clients,
+                                scripts,
+                                mutations: &mut mutations,
+                                now_ms,
+                                held: None,
+                            };
+                            execute(&mut ctx, args)
+                        };
                     reply.encode(session.protocol, &mut output);
                     if session.quit {
                         break;

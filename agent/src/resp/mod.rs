@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use self::clients::Clients;
+use crate::scripting::Scripts;
 use crate::sessions::Sessions;
 
 /// Bounds on what one client may send.
@@ -91,7 +92,7 @@ impl RespServer {
     }
 
     /// Accepts clients until `stop` turns true; open connections finish on their own.
-    pub async fn serve(self, store: Sessions, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(self, store: Sessions, scripts: Scripts, mut stop: watch::Receiver<bool>) {
         let clients = Clients::new(self.password.clone(), self.limits.max_clients);
         // Exported from the start, so that a rate over it sees the first refusal.
         metrics::counter!(names::OVERSIZED).increment(0);
@@ -114,7 +115,14 @@ impl RespServer {
                             });
                             continue;
                         };
-                        let serving = connection::serve(stream, store.clone(), clients.clone(), self.limits, commands.clone());
+                        let serving = connection::serve(
+                            stream,
+                            store.clone(),
+                            clients.clone(),
+                            scripts.clone(),
+                            self.limits,
+                            commands.clone(),
+                        );
                         tokio::spawn(async move {
                             serving.await;
                             drop(permit);

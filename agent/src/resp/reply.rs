@@ -25,6 +25,13 @@ pub enum Reply {
     /// A double (a sorted set's score): a bulk string in RESP2, `,` in RESP3, both as
     /// Redis 7.0 prints it (`%.17g`, `inf`, `-inf`).
     Double(f64),
+    /// A boolean: `:1`/`:0` in RESP2, `#t`/`#f` in RESP3.
+    Bool(bool),
+    /// A big number's digits: a bulk string in RESP2, `(` in RESP3.
+    BigNumber(Bytes),
+    /// A verbatim string with its three-letter format (`txt`): a bulk string of the text in
+    /// RESP2, `=` in RESP3.
+    Verbatim([u8; 3], Bytes),
 }
 
 impl Reply {
@@ -104,6 +111,25 @@ impl Reply {
                     Reply::Bulk(Bytes::from(text)).encode(protocol, out);
                 }
             }
+            Reply::Bool(value) if protocol >= 3 => {
+                out.put_slice(if *value { b"#t\r\n" } else { b"#f\r\n" })
+            }
+            Reply::Bool(value) => out.put_slice(if *value { b":1\r\n" } else { b":0\r\n" }),
+            Reply::BigNumber(digits) if protocol >= 3 => line(out, b'(', digits),
+            Reply::BigNumber(digits) => Reply::Bulk(digits.clone()).encode(protocol, out),
+            Reply::Verbatim(format, text) if protocol >= 3 => {
+                line(
+                    out,
+                    b'=',
+                    itoa::Buffer::new().format(text.len() + 4).as_bytes(),
+                );
+                out.reserve(text.len() + 6);
+                out.put_slice(format);
+                out.put_u8(b':');
+                out.put_slice(text);
+                out.put_slice(b"\r\n");
+            }
+            Reply::Verbatim(_, text) => Reply::Bulk(text.clone()).encode(protocol, out),
             Reply::Map(pairs) => {
                 if protocol >= 3 {
                     line(
@@ -130,14 +156,23 @@ impl Reply {
 /// A double as Redis 7.0 prints a score: C's `%.17g` (17 significant digits, trailing
 /// zeros dropped, an exponent below 1e-4 or from 1e17 on), `inf` and `-inf`.
 pub fn format_double(value: f64) -> String {
+    format_general(value, 17)
+}
+
+/// A double as C's `%.<digits>g` prints it (Lua prints its numbers with `%.14g`), with
+/// `inf`, `-inf` and `nan` as Redis writes them.
+pub fn format_general(value: f64, digits: usize) -> String {
+    if value.is_nan() {
+        return "nan".to_string();
+    }
     if value.is_infinite() {
         return if value > 0.0 { "inf" } else { "-inf" }.to_string();
     }
     if value == 0.0 {
         return if value.is_sign_negative() { "-0" } else { "0" }.to_string();
     }
-    // 17 significant digits in scientific notation give the digits and the exponent.
-    let scientific = format!("{value:.16e}");
+    // `digits` significant digits in scientific notation give the digits and the exponent.
+    let scientific = format!("{value:.*e}", digits - 1);
     let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
     let trim = |text: String| -> String {
@@ -147,12 +182,12 @@ pub fn format_double(value: f64) -> String {
         let text = text.trim_end_matches('0');
         text.strip_suffix('.').unwrap_or(text).to_string()
     };
-    if !(-4..17).contains(&exponent) {
+    if exponent < -4 || exponent >= digits as i32 {
         let mantissa = trim(mantissa.to_string());
         let sign = if exponent < 0 { '-' } else { '+' };
         return format!("{mantissa}e{sign}{:02}", exponent.abs());
     }
-    let decimals = (16 - exponent).max(0) as usize;
+    let decimals = (digits as i32 - 1 - exponent).max(0) as usize;
     trim(format!("{value:.decimals$}"))
 }
 
@@ -197,6 +232,16 @@ mod tests {
             (Reply::Double(1.5), 3, b",1.5\r\n"),
             (Reply::Double(f64::NEG_INFINITY), 3, b",-inf\r\n"),
             (map(), 3, b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            (Reply::Bool(true), 2, b":1\r\n"),
+            (Reply::Bool(false), 3, b"#f\r\n"),
+            (Reply::BigNumber("123".into()), 2, b"$3\r\n123\r\n"),
+            (Reply::BigNumber("123".into()), 3, b"(123\r\n"),
+            (Reply::Verbatim(*b"txt", "hi".into()), 2, b"$2\r\nhi\r\n"),
+            (
+                Reply::Verbatim(*b"txt", "hi".into()),
+                3,
+                b"=6\r\ntxt:hi\r\n",
+            ),
         ];
         for (reply, protocol, expected) in table {
             assert_eq!(
@@ -228,6 +273,21 @@ mod tests {
         ];
         for (value, text) in table {
             assert_eq!(format_double(value), text, "{value}");
+        }
+    }
+
+    #[test]
+    fn lua_prints_numbers_with_14_digits() {
+        // tostring() in redis-server 7.0's Lua.
+        let table = [
+            (1.0 / 3.0, "0.33333333333333"),
+            (1e20, "1e+20"),
+            (9007199254740992.0, "9.007199254741e+15"),
+            (0.1, "0.1"),
+            (42.0, "42"),
+        ];
+        for (value, text) in table {
+            assert_eq!(format_general(value, 14), text, "{value}");
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod collections;
 mod fields;
+pub mod gate;
 mod glob;
 pub mod long_double;
 pub use self::glob::glob_match;
@@ -24,6 +25,7 @@ use tandem_common::ops::Mutation;
 use tokio::task::JoinHandle;
 
 pub use self::clock::{Clock, ManualClock, SystemClock, TokioClock};
+use self::gate::HoldGate;
 pub use self::keyspace::{
     Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError, Value,
     WatchMark, ZaddOptions, ZaddOutcome,
@@ -31,6 +33,9 @@ pub use self::keyspace::{
 
 /// How often expired keys are removed in the background (besides on access).
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a script may hold the keyspace before other clients are told the server is
+/// busy, as Redis' `busy-reply-threshold`.
+pub const DEFAULT_BUSY_AFTER: Duration = Duration::from_secs(5);
 /// Most keys expired per lock hold, so that a mass expiry does not stall commands.
 const SWEEP_BATCH: usize = 2_000;
 
@@ -44,6 +49,8 @@ pub struct SessionStore {
     expired: Arc<std::sync::atomic::AtomicU64>,
     /// Registered once: a registry lookup per command costs more than the command.
     mutations_total: metrics::Counter,
+    /// A script holding the keyspace for its whole run: others wait here, not on the lock.
+    gate: Arc<HoldGate>,
 }
 
 /// What a command returned, and the mutations it made (encoded for the partner).
@@ -61,7 +68,20 @@ impl SessionStore {
             limits,
             expired: Arc::default(),
             mutations_total: metrics::counter!(names::MUTATIONS),
+            gate: Arc::new(HoldGate::new(DEFAULT_BUSY_AFTER)),
         }
+    }
+
+    /// The same store with scripts' holds counted as busy after `busy_after` (Redis'
+    /// `busy-reply-threshold`).
+    pub fn with_busy_threshold(mut self, busy_after: Duration) -> Self {
+        self.gate = Arc::new(HoldGate::new(busy_after));
+        self
+    }
+
+    /// Where long holds of the keyspace (scripts) are announced and waited for.
+    pub fn gate(&self) -> &Arc<HoldGate> {
+        &self.gate
     }
 
     /// The store's limits (fixed at start).
@@ -168,6 +188,8 @@ impl SessionStore {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
+                // A script holds the keyspace: expire once it is done.
+                store.gate.idle().await;
                 store.sweep_once();
             }
         })

@@ -29,6 +29,13 @@ impl Writes {
         self.count += 1;
     }
 
+    /// Appends `other`'s mutations after these (a script's writes, made on another
+    /// thread, to the batch of the connection that ran it).
+    pub fn append(&mut self, other: &Writes) {
+        self.bytes.extend_from_slice(&other.bytes);
+        self.count += other.count;
+    }
+
     /// How many mutations.
     pub fn len(&self) -> usize {
         self.count

@@ -108,6 +108,7 @@ pub fn exec(ctx: &mut Ctx<'_>, _: &mut Args) -> CmdResult {
         store,
         session: &mut *ctx.session,
         clients: ctx.clients,
+        scripts: ctx.scripts,
         mutations: &mut *ctx.mutations,
         now_ms: ctx.now_ms,
         held: Some(keyspace),

@@ -1,0 +1,98 @@
+//! Lua scripting, as Redis' `EVAL`: one embedded Lua 5.1 interpreter for the agent, its
+//! cache of scripts by SHA1, and the state `SCRIPT KILL` reads while a script runs.
+//!
+//! A script runs with the keyspace locked for its whole run, so it is atomic: no other
+//! client's command and no partner's write comes between its commands. Its writes join
+//! the caller's batch of mutations, so they replicate as one unit, like a transaction's,
+//! and in sync mode the reply waits until the partner has them; the script itself never
+//! travels. Lock order: the keyspace, then the engine.
+
+mod engine;
+mod libs;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::{Mutex, MutexGuard};
+
+pub use self::engine::{CompileError, Engine, RunFlags, ScriptFlags, sha1_hex};
+use crate::resp::reply::Reply;
+
+/// Default bound on the memory of the scripting interpreter (its scripts and what they
+/// allocate while running).
+pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
+
+/// The interpreter and its run state; cheap to clone.
+#[derive(Clone)]
+pub struct Scripts {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Mutex<Engine>,
+    flags: Arc<RunFlags>,
+}
+
+/// The interpreter could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the Lua interpreter: {0}")]
+pub struct ScriptingError(String);
+
+impl Scripts {
+    /// An interpreter bounded to `memory_limit` bytes.
+    ///
+    /// # Errors
+    /// [`ScriptingError`] when Lua cannot be set up.
+    pub fn new(memory_limit: usize) -> Result<Scripts, ScriptingError> {
+        let flags = Arc::new(RunFlags::default());
+        let engine =
+            Engine::new(memory_limit, flags.clone()).map_err(|e| ScriptingError(e.to_string()))?;
+        Ok(Scripts {
+            shared: Arc::new(Shared {
+                engine: Mutex::new(engine),
+                flags,
+            }),
+        })
+    }
+
+    /// The interpreter, locked (after the keyspace, if both are taken).
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.shared.engine.lock()
+    }
+
+    /// `SCRIPT KILL`: stops the running script at its next check, unless it has written
+    /// (its writes cannot be undone, so it must run to its end, as in Redis).
+    pub fn kill(&self) -> Reply {
+        let flags = &self.shared.flags;
+        if !flags.running.load(Ordering::Acquire) {
+            return Reply::Error("NOTBUSY No scripts in execution right now.".into());
+        }
+        if flags.wrote.load(Ordering::Relaxed) {
+            return Reply::Error(
+                "UNKILLABLE Sorry the script already executed write commands against the dataset. You can either wait the script termination or kill the server in a hard way using the SHUTDOWN NOSAVE command."
+                    .into(),
+            );
+        }
+        flags.kill.store(true, Ordering::Relaxed);
+        tracing::warn!("the running script is being killed (SCRIPT KILL)");
+        Reply::OK
+    }
+}
+
+/// The Redis version scripts see in `redis.REDIS_VERSION`.
+fn server_version() -> &'static str {
+    crate::resp::cmd::REDIS_VERSION
+}
+
+/// `redis.REDIS_VERSION_NUM`: 0x00MMmmpp.
+fn server_version_num() -> i64 {
+    let mut parts = server_version()
+        .split('.')
+        .map(|part| part.parse::<i64>().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    (major << 16) | (minor << 8) | patch
+}
