@@ -389,7 +389,12 @@ fn resp3_frame(bytes: &[u8]) -> redis_protocol::resp3::types::OwnedFrame {
 /// Tomcat manager (EVALSHA, then SCRIPT LOAD on NOSCRIPT), ASP.NET Core's RedisCache (its
 /// Lua scripts and StackExchange.Redis' handshake), phpredis' session locking (the
 /// release EVAL) and Laravel's cache and `lock()->block()`.
-const REPLAYS: &[&str] = &["redisson_tomcat", "phpredis_locking", "laravel_cache_lock"];
+const REPLAYS: &[&str] = &[
+    "redisson_tomcat",
+    "aspnetcore_rediscache",
+    "phpredis_locking",
+    "laravel_cache_lock",
+];
 
 /// One command of a replay, and how its reply is compared.
 struct Replayed {

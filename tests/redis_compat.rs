@@ -284,6 +284,80 @@ async fn a_busy_script_replies_as_redis_server_and_script_kill_stops_it() {
     );
 }
 
+/// Pub/sub between two clients (`tests/compat/pubsub.txt`: each line names the client that
+/// sends it): after each command, every frame either client received within a moment is
+/// compared with redis-server's, in RESP2 (subscribed-mode rules) and RESP3 (pushes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_replies_as_redis_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "pubsub", &[]);
+    wait_for_port(agent.resp).await;
+    let script = compat_script("pubsub");
+    // Whatever arrives until the connection has been quiet for a moment.
+    async fn received(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(60), stream.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+    for protocol in ["2", "3"] {
+        let mut transcripts = Vec::new();
+        for addr in [redis.addr, agent.resp] {
+            let mut clients = Vec::new();
+            for _ in 0..2 {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream
+                    .write_all(&support::encode_command(&support::cmd(&[
+                        &"HELLO", &protocol,
+                    ])))
+                    .await
+                    .unwrap();
+                received(&mut stream).await;
+                clients.push(stream);
+            }
+            let mut transcript = Vec::new();
+            for words in &script {
+                let who: usize = words[0].parse::<usize>().expect("a client number") - 1;
+                let args: Vec<Vec<u8>> = words[1..].iter().map(|w| w.as_bytes().to_vec()).collect();
+                clients[who]
+                    .write_all(&support::encode_command(&args))
+                    .await
+                    .unwrap();
+                let first = received(&mut clients[0]).await;
+                let second = received(&mut clients[1]).await;
+                transcript.push((words.join(" "), first, second));
+            }
+            transcripts.push(transcript);
+        }
+        for (want, got) in transcripts[0].iter().zip(&transcripts[1]) {
+            assert_eq!(
+                (
+                    String::from_utf8_lossy(&got.1),
+                    String::from_utf8_lossy(&got.2)
+                ),
+                (
+                    String::from_utf8_lossy(&want.1),
+                    String::from_utf8_lossy(&want.2)
+                ),
+                "RESP{protocol} {}",
+                want.0
+            );
+        }
+    }
+}
+
 /// A script of `tests/compat/`: one command a line, words split at spaces, a word in
 /// double quotes kept whole (`""` is an empty argument); `#` starts a comment line.
 fn compat_script(name: &str) -> Vec<Vec<String>> {
@@ -332,6 +406,7 @@ async fn every_family_replies_as_redis_server_in_resp2_and_resp3() {
         "counts",
         "transactions",
         "scripting",
+        "config",
     ];
     let mut differences = Vec::new();
     let mut compared = 0;
@@ -342,6 +417,9 @@ async fn every_family_replies_as_redis_server_in_resp2_and_resp3() {
             for addr in [redis.addr, agent.resp] {
                 let mut client = Resp::connect(addr).await;
                 client.call_raw(&["FLUSHALL"]).await;
+                client
+                    .call_raw(&["CONFIG", "SET", "notify-keyspace-events", ""])
+                    .await;
                 client.call_raw(&["HELLO", protocol]).await;
                 let mut replies = Vec::new();
                 for args in &script {

@@ -578,7 +578,7 @@ impl Resp {
 }
 
 /// A command as a RESP array of bulk strings.
-fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
+pub fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
     let mut request = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         request.extend(format!("${}\r\n", arg.len()).bytes());

@@ -9,6 +9,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use std::time::Duration;
+
+use super::cmd::Settings;
+use super::pubsub::{PubSub, Subscription};
 use crate::store::WatchMark;
 
 /// The state of one connection.
@@ -35,6 +39,8 @@ pub struct ClientSession {
     pub multi: Option<Transaction>,
     /// The keys `WATCH` named: database, key, and what it held then.
     pub watched: Vec<(usize, Bytes, WatchMark)>,
+    /// Channels and patterns subscribed to, and the queue of their messages.
+    pub pubsub: Option<Subscription>,
 }
 
 /// The commands of a transaction, queued until `EXEC`.
@@ -67,6 +73,7 @@ impl ClientSession {
             authenticated: true,
             multi: None,
             watched: Vec::new(),
+            pubsub: None,
         }
     }
 
@@ -80,13 +87,15 @@ impl ClientSession {
         };
         let multi = self.multi.as_ref().map_or(-1, |t| t.commands.len() as i64);
         format!(
-            "id={} addr={} laddr={} name={} age={} db={} multi={multi} watch={} cmd={} lib-name={} lib-ver={} resp={}",
+            "id={} addr={} laddr={} name={} age={} db={} sub={} psub={} multi={multi} watch={} cmd={} lib-name={} lib-ver={} resp={}",
             self.id,
             self.addr,
             self.laddr,
             text(&self.name),
             self.created.elapsed().as_secs(),
             self.db,
+            self.pubsub.as_ref().map_or(0, |s| s.channels.len()),
+            self.pubsub.as_ref().map_or(0, |s| s.patterns.len()),
             self.watched.len(),
             self.last_command,
             text(&self.lib_name),
@@ -104,19 +113,33 @@ pub struct Clients {
     password: Option<Arc<str>>,
     max_clients: usize,
     started: Instant,
+    settings: Arc<Settings>,
+    pubsub: Arc<PubSub>,
 }
 
 impl Clients {
     /// The clients of a server that requires `password` (Redis' `requirepass`), if any,
     /// and admits at most `max_clients`.
-    pub fn new(password: Option<String>, max_clients: usize) -> Clients {
+    pub fn new(password: Option<String>, max_clients: usize, busy_after: Duration) -> Clients {
         Clients {
             next_id: Arc::default(),
             registry: Arc::default(),
             password: password.map(Arc::from),
             max_clients,
             started: Instant::now(),
+            settings: Arc::new(Settings::new(busy_after)),
+            pubsub: Arc::new(PubSub::new()),
         }
+    }
+
+    /// The endpoint's channels and their subscribers.
+    pub fn pubsub(&self) -> &PubSub {
+        &self.pubsub
+    }
+
+    /// What `CONFIG SET` changed.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Most clients connected at once (`maxclients`).
@@ -152,6 +175,7 @@ impl Clients {
             authenticated: self.password.is_none(),
             multi: None,
             watched: Vec::new(),
+            pubsub: None,
         };
         self.update(&session);
         session

@@ -302,6 +302,36 @@ fn inline_request(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolErro
     ))
 }
 
+/// Writes `output`; a subscriber cut off by its publishers while its socket does not take
+/// the write (it stopped reading) ends there.
+async fn write_out(
+    stream: &mut TcpStream,
+    output: &[u8],
+    session: &ClientSession,
+) -> Result<(), ConnectionEnd> {
+    match &session.pubsub {
+        None => stream.write_all(output).await?,
+        Some(subscription) => {
+            tokio::select! {
+                written = stream.write_all(output) => written?,
+                () = subscription.cut_off() => return Err(ConnectionEnd::Overflow),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the messages queued for a subscriber into its output.
+fn drain_messages(session: &mut ClientSession, output: &mut BytesMut) {
+    let protocol = session.protocol;
+    if let Some(subscription) = session.pubsub.as_mut() {
+        while let Some(message) = subscription.try_next() {
+            subscription.taken(&message);
+            message.encode(protocol, output);
+        }
+    }
+}
+
 /// Redis' reply to a command refused while a script runs past the busy threshold.
 const BUSY: &str =
     "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";
@@ -395,11 +425,17 @@ pub async fn serve(
     .await;
     metrics::gauge!(names::CONNECTIONS).decrement(1.0);
     clients.disconnect(session.id);
+    if let Some(subscription) = &session.pubsub {
+        clients.pubsub().disconnect(session.id, subscription);
+    }
     match result {
         Ok(()) => debug!(client = session.id, "RESP client disconnected"),
         Err(ConnectionEnd::Protocol(err)) => {
             metrics::counter!(names::PROTOCOL_ERRORS).increment(1);
             warn!(client = session.id, %addr, error = %err, "closing RESP connection");
+        }
+        Err(ConnectionEnd::Overflow) => {
+            warn!(client = session.id, %addr, "closing a subscriber past the pub/sub output limits");
         }
         Err(ConnectionEnd::Io(err)) => {
             debug!(client = session.id, %addr, error = %err, "RESP connection failed");
@@ -410,6 +446,8 @@ pub async fn serve(
 enum ConnectionEnd {
     Protocol(ProtocolError),
     Io(std::io::Error),
+    /// A subscriber that did not read its messages, past the pub/sub output limits.
+    Overflow,
 }
 
 impl From<std::io::Error> for ConnectionEnd {
@@ -499,6 +537,9 @@ async fn run(
                             };
                             execute(&mut ctx, args)
                         };
+                    // Messages already queued for this connection (its own PUBLISH to a
+                    // channel it is subscribed to) go before the reply, as in Redis.
+                    drain_messages(session, &mut output);
                     reply.encode(session.protocol, &mut output);
                     if session.quit {
                         break;
@@ -524,7 +565,7 @@ async fn run(
                 .await;
         }
         if !output.is_empty() {
-            stream.write_all(&output).await?;
+            write_out(stream, &output, session).await?;
             output.clear();
         }
         if let Some(err) = failure {
@@ -541,7 +582,26 @@ async fn run(
             input.reserve(chunk);
         }
         let room = input.capacity() - input.len();
-        let read = stream.read_buf(&mut input).await?;
+        let read = match session.pubsub.as_mut() {
+            // A subscriber reads requests and writes messages as they come.
+            Some(subscription) => {
+                tokio::select! {
+                    read = stream.read_buf(&mut input) => read?,
+                    Some(message) = subscription.next() => {
+                        subscription.taken(&message);
+                        message.encode(session.protocol, &mut output);
+                        drain_messages(session, &mut output);
+                        if session.pubsub.as_ref().is_some_and(|s| s.overflowed()) {
+                            return Err(ConnectionEnd::Overflow);
+                        }
+                        write_out(stream, &output, session).await?;
+                        output.clear();
+                        continue;
+                    }
+                }
+            }
+            None => stream.read_buf(&mut input).await?,
+        };
         if read == 0 {
             return Ok(());
         }

@@ -4,6 +4,7 @@ mod clients;
 pub mod cmd;
 pub mod connection;
 pub mod parse;
+pub mod pubsub;
 pub mod reply;
 
 use std::net::SocketAddr;
@@ -93,7 +94,11 @@ impl RespServer {
 
     /// Accepts clients until `stop` turns true; open connections finish on their own.
     pub async fn serve(self, store: Sessions, scripts: Scripts, mut stop: watch::Receiver<bool>) {
-        let clients = Clients::new(self.password.clone(), self.limits.max_clients);
+        let clients = Clients::new(
+            self.password.clone(),
+            self.limits.max_clients,
+            store.store.gate().busy_after(),
+        );
         // Exported from the start, so that a rate over it sees the first refusal.
         metrics::counter!(names::OVERSIZED).increment(0);
         // Registered once, not looked up per pipeline.

@@ -29,6 +29,11 @@ pub enum Reply {
     Bool(bool),
     /// A big number's digits: a bulk string in RESP2, `(` in RESP3.
     BigNumber(Bytes),
+    /// An out-of-band message (pub/sub): `>` in RESP3, an array in RESP2.
+    Push(Vec<Reply>),
+    /// Several replies to one command, one after the other (`SUBSCRIBE a b` answers once
+    /// per channel).
+    Frames(Vec<Reply>),
     /// A verbatim string with its three-letter format (`txt`): a bulk string of the text in
     /// RESP2, `=` in RESP3.
     Verbatim([u8; 3], Bytes),
@@ -92,8 +97,12 @@ impl Reply {
                     item.encode(protocol, out);
                 }
             }
-            Reply::Set(items) => {
-                let prefix = if protocol >= 3 { b'~' } else { b'*' };
+            Reply::Set(items) | Reply::Push(items) => {
+                let prefix = match (self, protocol >= 3) {
+                    (_, false) => b'*',
+                    (Reply::Set(_), true) => b'~',
+                    _ => b'>',
+                };
                 line(
                     out,
                     prefix,
@@ -109,6 +118,11 @@ impl Reply {
                     line(out, b',', text.as_bytes());
                 } else {
                     Reply::Bulk(Bytes::from(text)).encode(protocol, out);
+                }
+            }
+            Reply::Frames(replies) => {
+                for reply in replies {
+                    reply.encode(protocol, out);
                 }
             }
             Reply::Bool(value) if protocol >= 3 => {
@@ -232,6 +246,8 @@ mod tests {
             (Reply::Double(1.5), 3, b",1.5\r\n"),
             (Reply::Double(f64::NEG_INFINITY), 3, b",-inf\r\n"),
             (map(), 3, b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            (Reply::Push(vec![Reply::Int(1)]), 2, b"*1\r\n:1\r\n"),
+            (Reply::Push(vec![Reply::Int(1)]), 3, b">1\r\n:1\r\n"),
             (Reply::Bool(true), 2, b":1\r\n"),
             (Reply::Bool(false), 3, b"#f\r\n"),
             (Reply::BigNumber("123".into()), 2, b"$3\r\n123\r\n"),

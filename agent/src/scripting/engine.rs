@@ -505,7 +505,7 @@ fn reply_to_lua(lua: &Lua, failure: &Function, reply: Reply, resp: u8) -> mlua::
             single("verbatim_string", Value::Table(inner))?
         }
         Reply::BigNumber(_) => unreachable!("both RESP versions are matched above"),
-        Reply::Array(items) => {
+        Reply::Array(items) | Reply::Push(items) | Reply::Frames(items) => {
             let table = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.into_iter().enumerate() {
                 table.raw_set(i + 1, reply_to_lua(lua, failure, item, resp)?)?;

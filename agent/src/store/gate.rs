@@ -4,7 +4,7 @@
 //! instead of waiting, as Redis does past `busy-reply-threshold`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -17,7 +17,7 @@ pub struct HoldGate {
     active: AtomicBool,
     since: Mutex<Option<Instant>>,
     ended: Notify,
-    busy_after: Duration,
+    busy_after_ms: AtomicU64,
 }
 
 /// What waiting at the gate came to.
@@ -48,13 +48,19 @@ impl HoldGate {
             active: AtomicBool::new(false),
             since: Mutex::new(None),
             ended: Notify::new(),
-            busy_after,
+            busy_after_ms: AtomicU64::new(busy_after.as_millis() as u64),
         }
     }
 
     /// How long a hold lasts before others are told the server is busy.
     pub fn busy_after(&self) -> Duration {
-        self.busy_after
+        Duration::from_millis(self.busy_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the busy threshold (`CONFIG SET busy-reply-threshold`).
+    pub fn set_busy_after(&self, busy_after: Duration) {
+        self.busy_after_ms
+            .store(busy_after.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Starts a hold (before the lock is taken, so that nobody else blocks on it).
@@ -73,7 +79,7 @@ impl HoldGate {
     pub fn is_busy(&self) -> bool {
         self.since
             .lock()
-            .is_some_and(|since| since.elapsed() >= self.busy_after)
+            .is_some_and(|since| since.elapsed() >= self.busy_after())
     }
 
     /// Waits until no hold is under way, or until the one under way has lasted past the
@@ -86,7 +92,7 @@ impl HoldGate {
             let Some(since) = *self.since.lock() else {
                 return Waited::Idle;
             };
-            let busy_at = since + self.busy_after;
+            let busy_at = since + self.busy_after();
             if Instant::now() >= busy_at {
                 return Waited::Busy;
             }

@@ -9,12 +9,19 @@ use super::{CmdError, CmdResult, Ctx};
 use crate::resp::parse::{Args, is, parse_int};
 use crate::resp::reply::Reply;
 
-pub fn ping(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
-    match args.remaining() {
-        0 => Ok(Reply::Simple("PONG")),
-        1 => Ok(Reply::Bulk(args.arg()?)),
-        _ => Err(CmdError::Arity("ping")),
+pub fn ping(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    if args.remaining() > 1 {
+        return Err(CmdError::Arity("ping"));
     }
+    let text = args.arg_opt();
+    // A RESP2 connection with subscriptions gets a message-like array, as in Redis.
+    if super::pubsub::subscribed_resp2(ctx.session) {
+        return Ok(Reply::Array(vec![
+            Reply::text("pong"),
+            Reply::Bulk(text.unwrap_or_default()),
+        ]));
+    }
+    Ok(text.map_or(Reply::Simple("PONG"), Reply::Bulk))
 }
 
 pub fn echo(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {

@@ -8,6 +8,7 @@
 //! | `server.rs` | INFO COMMAND CONFIG DBSIZE FLUSHDB FLUSHALL TIME |
 //! | `transactions.rs` | MULTI EXEC DISCARD WATCH UNWATCH |
 //! | `scripting.rs` | EVAL EVALSHA EVAL_RO EVALSHA_RO SCRIPT |
+//! | `pubsub.rs` | SUBSCRIBE PSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE PUBLISH PUBSUB |
 //! | `keys.rs` | DEL UNLINK EXISTS TYPE EXPIRE PEXPIRE EXPIREAT PEXPIREAT PERSIST TTL PTTL EXPIRETIME PEXPIRETIME TOUCH SCAN KEYS RENAME RENAMENX COPY RANDOMKEY OBJECT |
 //! | `strings.rs` | GET SET SETEX PSETEX SETNX GETDEL GETEX GETSET MGET MSET MSETNX INCR INCRBY DECR DECRBY INCRBYFLOAT APPEND STRLEN GETRANGE SUBSTR SETRANGE SETBIT GETBIT BITCOUNT |
 //! | `hashes.rs` | HSET HMSET HGET HMGET HGETALL HDEL HEXISTS HLEN HKEYS HVALS HINCRBY HINCRBYFLOAT HSETNX HSTRLEN HRANDFIELD HSCAN |
@@ -15,10 +16,13 @@
 //! | `zsets.rs` | ZADD ZREM ZSCORE ZMSCORE ZINCRBY ZCARD ZCOUNT ZLEXCOUNT ZRANK ZREVRANK ZRANGE ZRANGEBYSCORE ZREVRANGEBYSCORE ZREVRANGE ZRANGEBYLEX ZREVRANGEBYLEX ZREMRANGEBYSCORE ZREMRANGEBYRANK ZREMRANGEBYLEX ZPOPMIN ZPOPMAX ZSCAN |
 //! | `lists.rs` | LPUSH RPUSH LPUSHX RPUSHX LPOP RPOP LRANGE LLEN LINDEX LSET LREM LTRIM LINSERT LPOS LMOVE RPOPLPUSH |
 
+mod config;
 mod connection;
 mod hashes;
 mod keys;
 mod lists;
+pub mod notify;
+mod pubsub;
 mod scripting;
 mod server;
 pub(crate) mod sets;
@@ -38,6 +42,7 @@ use super::reply::Reply;
 use crate::scripting::Scripts;
 use crate::store::{Keyspace, SessionStore, StoreError};
 
+pub use self::config::{Settings, pubsub_limits};
 pub use self::scripting::{is_script_kill, runs_script};
 pub use self::server::REDIS_VERSION;
 
@@ -173,7 +178,7 @@ commands! {
     "client" => -2, connection::client, "admin noscript loading stale", "connection", (0, 0, 0);
     "info" => -1, server::info, "loading stale", "server", (0, 0, 0);
     "command" => -1, server::command, "loading stale", "connection", (0, 0, 0);
-    "config" => -2, server::config, "admin noscript loading stale", "server", (0, 0, 0);
+    "config" => -2, config::config, "admin noscript loading stale", "server", (0, 0, 0);
     "dbsize" => 1, server::dbsize, "readonly fast", "keyspace", (0, 0, 0);
     "flushdb" => -1, server::flushdb, "write", "keyspace", (0, 0, 0);
     "flushall" => -1, server::flushall, "write", "keyspace", (0, 0, 0);
@@ -188,6 +193,12 @@ commands! {
     "eval_ro" => -3, scripting::eval_ro, "readonly noscript stale skip_monitor no_mandatory_keys movablekeys", "scripting", (0, 0, 0);
     "evalsha_ro" => -3, scripting::evalsha_ro, "readonly noscript stale skip_monitor no_mandatory_keys movablekeys", "scripting", (0, 0, 0);
     "script" => -2, scripting::script, "noscript", "scripting", (0, 0, 0);
+    "subscribe" => -2, pubsub::subscribe, "pubsub noscript loading stale", "pubsub", (0, 0, 0);
+    "psubscribe" => -2, pubsub::psubscribe, "pubsub noscript loading stale", "pubsub", (0, 0, 0);
+    "unsubscribe" => -1, pubsub::unsubscribe, "pubsub noscript loading stale", "pubsub", (0, 0, 0);
+    "punsubscribe" => -1, pubsub::punsubscribe, "pubsub noscript loading stale", "pubsub", (0, 0, 0);
+    "publish" => 3, pubsub::publish, "pubsub loading stale fast", "pubsub", (0, 0, 0);
+    "pubsub" => -2, pubsub::pubsub, "pubsub loading stale", "pubsub", (0, 0, 0);
     "del" => -2, keys::del, "write", "keyspace", (1, -1, 1);
     "unlink" => -2, keys::del, "write fast", "keyspace", (1, -1, 1);
     "exists" => -2, keys::exists, "readonly fast", "keyspace", (1, -1, 1);
@@ -369,6 +380,10 @@ pub fn execute(ctx: &mut Ctx<'_>, args: Vec<Bytes>) -> Reply {
         transactions::flag(ctx.session);
         return Reply::Error("NOAUTH Authentication required.".into());
     }
+    if let Some(refused) = pubsub::refused_while_subscribed(ctx.session, command, &args) {
+        transactions::flag(ctx.session);
+        return refused;
+    }
     if ctx.session.multi.is_some()
         && !matches!(
             command.name,
@@ -378,6 +393,14 @@ pub fn execute(ctx: &mut Ctx<'_>, args: Vec<Bytes>) -> Reply {
         return transactions::queue(ctx.session, args);
     }
     run(ctx, command, args)
+}
+
+/// Whether Redis names this command with its subcommand (`pubsub|numpat`) in errors.
+fn has_subcommands(command: &Command) -> bool {
+    matches!(
+        command.name,
+        "config" | "client" | "command" | "object" | "pubsub" | "script"
+    )
 }
 
 /// Marks the transaction a session is queuing, if any, as refused (`EXEC` then discards

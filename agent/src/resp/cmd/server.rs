@@ -1,4 +1,4 @@
-//! Server commands: INFO COMMAND CONFIG DBSIZE FLUSHDB FLUSHALL TIME.
+//! Server commands: INFO COMMAND DBSIZE FLUSHDB FLUSHALL TIME (CONFIG: `config.rs`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -291,45 +291,4 @@ fn describe(command: &Command) -> Reply {
         Reply::Array(vec![]),
         Reply::Array(vec![]),
     ])
-}
-
-/// `CONFIG GET pattern...` answers the parameters clients and tools ask about; the agent
-/// is configured by its own flags, so `CONFIG SET` is refused.
-pub fn config(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
-    let sub = args.arg()?;
-    if !is(&sub, "GET") {
-        return Err(CmdError::Other(format!(
-            "ERR CONFIG {} is not supported: configure the agent with its flags",
-            super::sanitize(&sub).to_ascii_uppercase()
-        )));
-    }
-    let patterns = args.rest();
-    if patterns.is_empty() {
-        return Err(CmdError::Arity("config|get"));
-    }
-    let limits = ctx.store.limits();
-    let max_memory = if limits.max_memory_bytes == usize::MAX {
-        0
-    } else {
-        limits.max_memory_bytes
-    };
-    let known = [
-        ("databases", limits.databases.to_string()),
-        ("maxmemory", max_memory.to_string()),
-        ("maxmemory-policy", "noeviction".to_string()),
-        ("proto-max-bulk-len", limits.max_value_bytes.to_string()),
-        ("maxclients", ctx.clients.max_clients().to_string()),
-        ("save", String::new()),
-        ("appendonly", "no".to_string()),
-    ];
-    let pairs = known
-        .iter()
-        .filter(|(name, _)| {
-            patterns
-                .iter()
-                .any(|p| crate::store::glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
-        })
-        .map(|(name, value)| (Reply::text(name), Reply::text(value)))
-        .collect();
-    Ok(Reply::Map(pairs))
 }
