@@ -289,15 +289,29 @@ async fn a_busy_script_replies_as_redis_server_and_script_kill_stops_it() {
 /// compared with redis-server's, in RESP2 (subscribed-mode rules) and RESP3 (pushes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_replies_as_redis_server() {
+    two_client_script("pubsub").await;
+}
+
+/// Keyspace notifications (`tests/compat/keyspace_events.txt`): one client listens to
+/// every keyspace and keyevent channel while the other writes with every command family,
+/// in a script and a transaction too; each event compared with redis-server's, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_events_are_redis_servers() {
+    two_client_script("keyspace_events").await;
+}
+
+/// Runs a two-client script of `tests/compat/` on redis-server and on an agent, in RESP2
+/// and RESP3, and compares everything each client received after each line.
+async fn two_client_script(name: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if !capability("redis-server", has_program("redis-server")) {
         return;
     }
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path(), "pubsub", &[]);
+    let agent = Agent::start(dir.path(), name, &[]);
     wait_for_port(agent.resp).await;
-    let script = compat_script("pubsub");
+    let script = compat_script(name);
     // Whatever arrives until the connection has been quiet for a moment.
     async fn received(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
         let mut out = Vec::new();
@@ -315,6 +329,11 @@ async fn pubsub_replies_as_redis_server() {
     for protocol in ["2", "3"] {
         let mut transcripts = Vec::new();
         for addr in [redis.addr, agent.resp] {
+            let mut setup = Resp::connect(addr).await;
+            setup.call_raw(&["FLUSHALL"]).await;
+            setup
+                .call_raw(&["CONFIG", "SET", "notify-keyspace-events", ""])
+                .await;
             let mut clients = Vec::new();
             for _ in 0..2 {
                 let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

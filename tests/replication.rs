@@ -339,7 +339,7 @@ fn mixed_writes(seed: u64, rounds: usize) -> Vec<Vec<Vec<Vec<u8>>>> {
             commands.push(cmd(&[&"MULTI"]));
         }
         for _ in 0..20 {
-            let op = next(24);
+            let op = next(25);
             // Each type keeps keys of its own, so that few writes meet the wrong type;
             // the key commands work across them.
             let family = match op {
@@ -377,6 +377,18 @@ fn mixed_writes(seed: u64, rounds: usize) -> Vec<Vec<Vec<Vec<u8>>>> {
                 19 => cmd(&[&"LREM", &key, &"0", &member]),
                 20 => cmd(&[&"EXPIRE", &key, &ttl]),
                 21 => cmd(&[&"RENAME", &key, &other]),
+                23 => cmd(&[
+                    &"EVAL",
+                    &"redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) \
+                      redis.call('sadd', KEYS[2], ARGV[1]) \
+                      return redis.call('incrbyfloat', KEYS[3], '0.5')",
+                    &"3",
+                    &format!("h{}", next(6)),
+                    &format!("t{}", next(6)),
+                    &format!("s{}", next(6)),
+                    &member,
+                    &n,
+                ]),
                 22 => cmd(&[
                     &"COPY",
                     &key,
@@ -397,8 +409,8 @@ fn mixed_writes(seed: u64, rounds: usize) -> Vec<Vec<Vec<Vec<u8>>>> {
     pipelines
 }
 
-/// Writes of every type, inside and outside transactions and in several databases, are
-/// on the partner exactly as acknowledged when the writer is killed; a new partner gets
+/// Writes of every type, inside and outside transactions and scripts and in several
+/// databases, are on the partner exactly as acknowledged when the writer is killed; a new partner gets
 /// them all by snapshot, and has them when the survivor is killed in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_and_transaction_is_on_the_partner_when_the_writer_dies() {
@@ -450,4 +462,72 @@ async fn every_type_and_transaction_is_on_the_partner_when_the_writer_dies() {
     .await;
     b.node.kill();
     assert!(dump(c.resp).await == on_b, "agent-c lost what agent-b held");
+}
+
+/// What arrives on a connection within `wait`.
+async fn received_within(stream: &mut tokio::net::TcpStream, wait: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A connection subscribed to the `expired` events of database 0, on an agent that has
+/// them switched on.
+async fn expired_listener(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut config = Resp::connect(addr).await;
+    config
+        .call(&["CONFIG", "SET", "notify-keyspace-events", "Ex"])
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&support::encode_command(&cmd(&[
+            &"SUBSCRIBE",
+            &"__keyevent@0__:expired",
+        ])))
+        .await
+        .unwrap();
+    let subscribed = received_within(&mut stream, Duration::from_millis(500)).await;
+    assert!(subscribed.contains("subscribe"), "{subscribed:?}");
+    stream
+}
+
+/// A key's `expired` event comes from the agent that wrote it, not from its partner's
+/// copy; once the writer is dead, the survivor announces the keys it took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_writer_announces_expired_keys_until_its_partner_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::start(dir.path(), "agent-a", &[]);
+    let a_join = join_args(&a);
+    let b_args: Vec<&str> = a_join.iter().map(String::as_str).collect();
+    let b = Agent::start(dir.path(), "agent-b", &b_args);
+    wait_for_port(a.resp).await;
+    wait_for_port(b.resp).await;
+    wait_paired(&a, &b, "agent-a", "agent-b").await;
+    let mut on_a = expired_listener(a.resp).await;
+    let mut on_b = expired_listener(b.resp).await;
+    let mut writer = Resp::connect(a.resp).await;
+    writer.call(&["SET", "soon", "v", "PX", "200"]).await;
+    writer.call(&["SET", "later", "v", "PX", "8000"]).await;
+    let heard_a = received_within(&mut on_a, Duration::from_secs(2)).await;
+    let heard_b = received_within(&mut on_b, Duration::from_millis(10)).await;
+    assert!(
+        heard_a.contains("$4\r\nsoon\r\n"),
+        "agent-a announced {heard_a:?}"
+    );
+    assert!(heard_b.is_empty(), "agent-b announced a copy: {heard_b:?}");
+    a.node.kill();
+    let heard_b = received_within(&mut on_b, Duration::from_secs(12)).await;
+    assert!(
+        heard_b.contains("$5\r\nlater\r\n") && !heard_b.contains("soon"),
+        "agent-b announced {heard_b:?}"
+    );
 }

@@ -27,9 +27,12 @@ use tokio::task::JoinHandle;
 pub use self::clock::{Clock, ManualClock, SystemClock, TokioClock};
 use self::gate::HoldGate;
 pub use self::keyspace::{
-    Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError, Value,
-    WatchMark, ZaddOptions, ZaddOutcome,
+    Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError, Touched,
+    Value, WatchMark, ZaddOptions, ZaddOutcome,
 };
+
+/// Told of the keys whose deadline passed (database, key), for `expired` notifications.
+pub type ExpiryListener = Arc<dyn Fn(Vec<(usize, bytes::Bytes)>) + Send + Sync>;
 
 /// How often expired keys are removed in the background (besides on access).
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
@@ -51,6 +54,8 @@ pub struct SessionStore {
     mutations_total: metrics::Counter,
     /// A script holding the keyspace for its whole run: others wait here, not on the lock.
     gate: Arc<HoldGate>,
+    /// Who announces keys that expired (the RESP endpoint), once notifications are on.
+    expiry_listener: Arc<Mutex<Option<ExpiryListener>>>,
 }
 
 /// What a command returned, and the mutations it made (encoded for the partner).
@@ -69,7 +74,15 @@ impl SessionStore {
             expired: Arc::default(),
             mutations_total: metrics::counter!(names::MUTATIONS),
             gate: Arc::new(HoldGate::new(DEFAULT_BUSY_AFTER)),
+            expiry_listener: Arc::default(),
         }
+    }
+
+    /// Who the sweeper tells of the keys whose deadline passed, while keyspace
+    /// notifications are on (the keyspace's tracking, [`Keyspace::set_tracking`], is
+    /// switched with it, under the keyspace's lock).
+    pub fn set_expiry_listener(&self, listener: Option<ExpiryListener>) {
+        *self.expiry_listener.lock() = listener;
     }
 
     /// The same store with scripts' holds counted as busy after `busy_after` (Redis'
@@ -98,7 +111,12 @@ impl SessionStore {
     /// the demo app keep their sessions there).
     pub fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
         let mut mutations = Writes::default();
-        let value = self.run_at(self.clock.now_ms(), 0, &mut mutations, command);
+        let value = self.run_at(self.clock.now_ms(), 0, &mut mutations, |ks, now| {
+            let value = command(ks, now);
+            // Keyspace notifications are for the RESP endpoint's writes.
+            let _ = ks.take_touched();
+            value
+        });
         Outcome { value, mutations }
     }
 
@@ -197,6 +215,13 @@ impl SessionStore {
 
     /// One sweep pass: expires everything due, in batches.
     pub fn sweep_once(&self) -> usize {
+        let expired = self.keyspace.lock().newly_expired(self.clock.now_ms());
+        if !expired.is_empty() {
+            let listener = self.expiry_listener.lock().clone();
+            if let Some(listener) = listener {
+                listener(expired);
+            }
+        }
         let mut total = 0;
         loop {
             let now_ms = self.clock.now_ms();

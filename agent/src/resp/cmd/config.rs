@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::{COMMANDS, CmdError, CmdResult, Ctx};
 use crate::resp::parse::{Args, is};
 use crate::resp::reply::Reply;
-use crate::store::glob_match;
+use crate::store::{ExpiryListener, glob_match};
 
 /// The `client-output-buffer-limit` Redis starts with.
 pub const DEFAULT_OUTPUT_LIMITS: &str =
@@ -292,7 +292,7 @@ fn get(ctx: &Ctx<'_>, patterns: &[Bytes]) -> CmdResult {
 }
 
 /// All pairs are checked before any takes effect, as Redis does.
-fn set(ctx: &Ctx<'_>, pairs: &[Bytes]) -> CmdResult {
+fn set(ctx: &mut Ctx<'_>, pairs: &[Bytes]) -> CmdResult {
     if pairs.len() % 2 != 0 {
         return Err(CmdError::Syntax);
     }
@@ -389,6 +389,26 @@ fn set(ctx: &Ctx<'_>, pairs: &[Bytes]) -> CmdResult {
             Kind::Notify => {
                 let flags = super::notify::flags_from_string(&new).unwrap_or(0);
                 settings.notify.store(flags, Ordering::Relaxed);
+                let listener: Option<ExpiryListener> = super::notify::active(flags).then(|| {
+                    let clients = ctx.clients.clone();
+                    let announce: ExpiryListener = std::sync::Arc::new(move |expired| {
+                        let flags = clients.settings().notify_flags();
+                        for (db, key) in expired {
+                            super::notify::publish(
+                                clients.pubsub(),
+                                flags,
+                                super::notify::EXPIRED,
+                                "expired",
+                                db,
+                                &key,
+                            );
+                        }
+                    });
+                    announce
+                });
+                let on = listener.is_some();
+                ctx.store.set_expiry_listener(listener);
+                ctx.run(|ks, _| ks.set_tracking(on));
             }
             Kind::Busy => {
                 let ms = new.parse::<u64>().unwrap_or(0);

@@ -411,6 +411,20 @@ pub fn flag_transaction(session: &mut ClientSession) {
 
 /// Runs a command whose name and arity were checked.
 pub(crate) fn run(ctx: &mut Ctx<'_>, command: &'static Command, args: Vec<Bytes>) -> Reply {
+    let flags = ctx.clients.settings().notify_flags();
+    if notify::active(flags) && command.writes() {
+        let words = args.clone();
+        let reply = run_command(ctx, command, args);
+        let touched = ctx.run(|ks, _| ks.take_touched());
+        if !touched.is_empty() {
+            notify::announce(ctx.clients.pubsub(), flags, command.name, &words, touched);
+        }
+        return reply;
+    }
+    run_command(ctx, command, args)
+}
+
+fn run_command(ctx: &mut Ctx<'_>, command: &'static Command, args: Vec<Bytes>) -> Reply {
     let mut args = Args::new(args);
     let _ = args.arg_opt();
     ctx.session.last_command = command.name;

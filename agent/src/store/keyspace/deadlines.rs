@@ -86,6 +86,23 @@ impl Deadlines {
     }
 }
 
+impl Deadlines {
+    /// The keys whose deadline is after `from_ms` and at or before `to_ms`, in slot order.
+    pub fn between<'a>(
+        &'a self,
+        from_ms: u64,
+        to_ms: u64,
+        deadline: impl Fn(&Bytes) -> Option<u64> + Copy + 'a,
+    ) -> impl Iterator<Item = &'a Bytes> + 'a {
+        self.slots
+            .range(slot(from_ms)..=slot(to_ms))
+            .flat_map(move |(_, keys)| {
+                keys.iter()
+                    .filter(move |key| deadline(key).is_some_and(|at| at > from_ms && at <= to_ms))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

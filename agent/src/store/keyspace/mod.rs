@@ -443,6 +443,22 @@ pub struct Keyspace {
     recording: bool,
     /// Local writes made so far, recorded or not.
     writes: u64,
+    /// Keys local writes touched, kept while keyspace notifications are on (for the RESP
+    /// endpoint to announce), `None` while they are off.
+    touched: Option<Vec<Touched>>,
+    /// Deadlines up to this time have been announced as `expired`.
+    announced_ms: u64,
+    /// This node's tag in versions: the keys it wrote last are its own to announce.
+    tag: u32,
+}
+
+/// A key a local write touched: whether it came to exist or ceased to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub db: usize,
+    pub key: Bytes,
+    pub created: bool,
+    pub removed: bool,
 }
 
 impl Keyspace {
@@ -457,7 +473,54 @@ impl Keyspace {
             outbox: Writes::default(),
             recording: true,
             writes: 0,
+            touched: None,
+            announced_ms: 0,
+            tag: node_tag(node_id),
         }
+    }
+
+    /// Turns the tracking of touched keys on (keyspace notifications are on) or off.
+    pub fn set_tracking(&mut self, on: bool) {
+        match (on, self.touched.is_some()) {
+            (true, false) => self.touched = Some(Vec::new()),
+            (false, true) => self.touched = None,
+            _ => {}
+        }
+    }
+
+    /// The keys touched since the last call, in order.
+    pub fn take_touched(&mut self) -> Vec<Touched> {
+        self.touched
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The keys whose deadline passed since the last call, by database, that this node
+    /// announces: those it wrote last, or all while it has no partner (a partner
+    /// announces its own; after a failover the survivor announces them all).
+    pub fn newly_expired(&mut self, now_ms: u64) -> Vec<(usize, Bytes)> {
+        let from = self.announced_ms;
+        self.announced_ms = now_ms;
+        if from == 0 || self.touched.is_none() {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        for (db, data) in self.dbs.iter().enumerate() {
+            for key in data.expiries.between(from, now_ms, |key| {
+                data.shards[Self::shard_of(key)]
+                    .get(key)
+                    .and_then(|entry| entry.expires_at_ms)
+            }) {
+                let own = data.shards[Self::shard_of(key)]
+                    .get(key)
+                    .is_some_and(|entry| entry.version.node == self.tag || !self.recording);
+                if own {
+                    expired.push((db, key.clone()));
+                }
+            }
+        }
+        expired
     }
 
     /// Makes database `db` the one commands run against.
@@ -758,6 +821,25 @@ impl Keyspace {
 
     /// Stamps, applies and records a local write to the selected database.
     pub(crate) fn commit(&mut self, key: Bytes, op: Op, now_ms: u64) {
+        if self.touched.is_some() {
+            let existed = self.entry(&key, now_ms).is_some();
+            self.commit_untracked(key.clone(), op, now_ms);
+            let exists = self.entry(&key, now_ms).is_some();
+            let db = self.selected;
+            if let Some(touched) = self.touched.as_mut() {
+                touched.push(Touched {
+                    db,
+                    key,
+                    created: !existed && exists,
+                    removed: existed && !exists,
+                });
+            }
+            return;
+        }
+        self.commit_untracked(key, op, now_ms);
+    }
+
+    fn commit_untracked(&mut self, key: Bytes, op: Op, now_ms: u64) {
         let op = owned_op(op);
         let expired_copy = self.raw_entry(&key).is_some_and(|e| e.is_expired(now_ms));
         if expired_copy && op != Op::Delete {
