@@ -12,6 +12,8 @@ mod support;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
+use tokio::io::AsyncWriteExt;
+
 use support::{
     Agent, RedisServer, capability, differences, dump, has_program, start_pair, wait_for_port,
 };
@@ -388,12 +390,15 @@ fn resp3_frame(bytes: &[u8]) -> redis_protocol::resp3::types::OwnedFrame {
 /// (`tests/replays/<name>.jsonl`, each line's comment says where it was read): Redisson's
 /// Tomcat manager (EVALSHA, then SCRIPT LOAD on NOSCRIPT), ASP.NET Core's RedisCache (its
 /// Lua scripts and StackExchange.Redis' handshake), phpredis' session locking (the
-/// release EVAL) and Laravel's cache and `lock()->block()`.
-const REPLAYS: &[&str] = &[
-    "redisson_tomcat",
-    "aspnetcore_rediscache",
-    "phpredis_locking",
-    "laravel_cache_lock",
+/// release EVAL), Laravel's cache and `lock()->block()`, and Spring Session's indexed
+/// repository, whose listener connection (`<name>_subscriber.jsonl`) subscribes to
+/// keyspace events and session-created messages while the commands run.
+const REPLAYS: &[(&str, Option<&str>)] = &[
+    ("redisson_tomcat", None),
+    ("aspnetcore_rediscache", None),
+    ("phpredis_locking", None),
+    ("laravel_cache_lock", None),
+    ("spring_indexed", Some("spring_indexed_subscriber")),
 ];
 
 /// One command of a replay, and how its reply is compared.
@@ -462,6 +467,25 @@ fn replay_file(name: &str, now_ms: i64) -> Vec<Replayed> {
         .collect()
 }
 
+/// What arrives on `stream` until it has been quiet for `quiet_ms`.
+async fn received_within(stream: &mut tokio::net::TcpStream, quiet_ms: u64) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout(
+        std::time::Duration::from_millis(quiet_ms),
+        stream.read(&mut buf),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
 /// A reply as its type byte and, for aggregates, its items in order, sorted for "map"
 /// comparisons (pairs of a map or a flat field/value array, members of a set).
 fn unordered(bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -510,20 +534,67 @@ async fn replayed_session_stores_reply_as_on_redis_server() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    for name in REPLAYS {
+    for (name, subscriber) in REPLAYS {
         let replay = replay_file(name, now_ms);
+        let listener = subscriber.map(|file| replay_file(file, now_ms));
         let commands: Vec<Vec<Vec<u8>>> = replay.iter().map(|r| r.args.clone()).collect();
         let mut replies = Vec::new();
+        let mut heard = Vec::new();
         for addr in [redis.addr, agent.resp] {
             let mut client = support::Resp::connect(addr).await;
             // Each replay starts from an empty server, as its comments assume.
             client.call_raw(&["FLUSHALL"]).await;
             client.call_raw(&["SCRIPT", "FLUSH"]).await;
+            client
+                .call_raw(&["CONFIG", "SET", "notify-keyspace-events", ""])
+                .await;
+            let mut listening = None;
+            if let Some(listener) = &listener {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut got = Vec::new();
+                for item in listener {
+                    stream
+                        .write_all(&support::encode_command(&item.args))
+                        .await
+                        .unwrap();
+                    got.push((item, received_within(&mut stream, 200).await));
+                }
+                heard.push(got);
+                listening = Some(stream);
+            }
             let mut got = Vec::new();
             for command in &commands {
                 got.push(client.call_raw(command).await);
             }
             replies.push(got);
+            if let Some(mut stream) = listening {
+                // What the listener heard while the commands ran.
+                let pushes = received_within(&mut stream, 500).await;
+                heard.last_mut().unwrap().push((&replay[0], pushes));
+            }
+        }
+        if let [want, got] = &heard[..] {
+            let pushes = &want.last().expect("the listener's pushes").1;
+            assert!(
+                pushes.starts_with(b">"),
+                "{name}'s listener heard no push on redis-server: {:?}",
+                String::from_utf8_lossy(pushes)
+            );
+            println!("{name}'s listener: {} bytes of pushes equal", pushes.len());
+            for ((item, want), (_, got)) in want.iter().zip(got) {
+                let same = match item.compare.as_str() {
+                    "none" => true,
+                    "kind" => want.first() == got.first(),
+                    _ => want == got,
+                };
+                assert!(
+                    same,
+                    "{name}'s listener after {:?}:\nredis-server: {:?}\nagent:        {:?}",
+                    String::from_utf8_lossy(&item.args[0]),
+                    String::from_utf8_lossy(want),
+                    String::from_utf8_lossy(got)
+                );
+            }
         }
         let mut scripts = 0;
         for ((item, want), got) in replay.iter().zip(&replies[0]).zip(&replies[1]) {
@@ -548,7 +619,7 @@ async fn replayed_session_stores_reply_as_on_redis_server() {
                 String::from_utf8_lossy(got)
             );
         }
-        assert!(scripts > 0, "{name} runs no script");
+        assert!(scripts > 0 || subscriber.is_some(), "{name} runs no script");
         println!("{name}: {} replies equal ({scripts} scripts)", replay.len());
     }
 }
