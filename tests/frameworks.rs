@@ -4,8 +4,9 @@
 //! must be equal. Then the agent that served them is killed, and its partner must hold
 //! exactly what it held.
 //!
-//! The clients are Debian's (`php-redis`, `ruby-redis-rack`, `ruby-activesupport`,
-//! `node-redis`) and PyPI's (`Django`, `django-redis`, `redis`), installed by `.ci/run`.
+//! The clients are Debian's (`php-redis`, `php-illuminate-cache` and `-redis`,
+//! `ruby-redis-rack`, `ruby-activesupport`, `node-redis`) and PyPI's (`Django`,
+//! `django-redis`, `redis`), installed by `.ci/run`.
 
 mod support;
 
@@ -49,6 +50,30 @@ const CLIENTS: &[Client] = &[
         program: "php",
         probe: &["-r", "exit(extension_loaded('redis') ? 0 : 1);"],
         script: "phpredis_session.php",
+        args: &[],
+    },
+    Client {
+        name: "php with phpredis' session handler and its locking (php-redis)",
+        program: "php",
+        probe: &["-r", "exit(extension_loaded('redis') ? 0 : 1);"],
+        script: "phpredis_locking.php",
+        args: &[],
+    },
+    Client {
+        name: "Laravel's Redis cache store and locks (php-illuminate-cache, php-illuminate-redis)",
+        program: "php",
+        probe: &[
+            "-r",
+            "exit(extension_loaded('redis') && is_file('/usr/share/php/Illuminate/Cache/RedisLock.php') && is_file('/usr/share/php/Illuminate/Redis/autoload.php') ? 0 : 1);",
+        ],
+        script: "laravel_cache.php",
+        args: &[],
+    },
+    Client {
+        name: "redis-py's register_script and pubsub() with keyspace events",
+        program: "python3",
+        probe: &["-c", "import redis"],
+        script: "redis_py_scripts.py",
         args: &[],
     },
     Client {

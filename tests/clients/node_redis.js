@@ -1,6 +1,6 @@
 // node-redis 4 (Debian node-redis), unchanged, against the server at HOST:PORT, doing what
 // express-session's connect-redis store does: SET with EX, GET, EXPIRE (touch), SCAN and
-// MGET (all sessions), DEL (destroy); then a MULTI/EXEC. Prints what each step saw (the
+// MGET (all sessions), DEL (destroy); then a MULTI/EXEC, and pub/sub. Prints what each step saw (the
 // test compares the transcript with redis-server's); exits non-zero on a wrong one.
 // Usage: node node_redis.js HOST PORT
 const { createClient } = require("redis");
@@ -33,6 +33,26 @@ async function main(host, port) {
   const [set, incr, got] = await client.multi().set("m", "1").incr("m").get("m").exec();
   assert.deepStrictEqual([set, incr, got], ["OK", 2, "2"]);
   console.log(`sessions ${keys.length}, mget ${all.length}, multi ${JSON.stringify([set, incr, got])}`);
+  // Pub/sub on a second connection, as socket.io's Redis adapter and session-change
+  // broadcasts use it: a channel and a pattern, then unsubscribing.
+  const subscriber = client.duplicate();
+  subscriber.on("error", (err) => { console.error(err); process.exit(1); });
+  await subscriber.connect();
+  const heard = [];
+  await subscriber.subscribe("session-events", (message, channel) => heard.push(`${channel}:${message}`));
+  await subscriber.pSubscribe("user:*", (message, channel) => heard.push(`${channel}:${message}`));
+  assert.strictEqual(await client.publish("session-events", "created"), 1);
+  assert.strictEqual(await client.publish("user:7", "login"), 1);
+  assert.strictEqual(await client.publish("nobody", "x"), 0);
+  for (let i = 0; i < 50 && heard.length < 2; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assert.deepStrictEqual(heard, ["session-events:created", "user:7:login"]);
+  await subscriber.unsubscribe("session-events");
+  await subscriber.pUnsubscribe("user:*");
+  assert.strictEqual(await client.publish("session-events", "again"), 0);
+  console.log(`pubsub ${JSON.stringify(heard)}`);
+  await subscriber.quit();
   console.log("node-redis: all checks passed");
   await client.quit();
 }
