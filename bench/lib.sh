@@ -75,6 +75,18 @@ measure() { # host port pipeline pid...
             size=${LIST_SIZE:-16}
             "${run[@]}" redis-cli -h "$host" -p "$port" del mylist >/dev/null ;;
         esac
+        if [ "$test" = evalsha ]; then
+            # A session save as a script, the way Redisson and ASP.NET Core send theirs:
+            # HSET of the data and its access time, then PEXPIRE, by EVALSHA.
+            local sha value
+            sha=$("${run[@]}" redis-cli -h "$host" -p "$port" script load \
+                "redis.call('hset', KEYS[1], 'data', ARGV[1], 'lastAccessedTime', ARGV[2]) redis.call('pexpire', KEYS[1], ARGV[2]) return 1")
+            value=$(head -c "$size" /dev/zero | tr '\0' x)
+            what=(evalsha "$sha" 1 "session:__rand_int__" "$value" 1800000)
+        fi
+        if [ "$test" = publish ]; then
+            what=(publish "${PUBLISH_CHANNEL:-news}" "$(head -c "$size" /dev/zero | tr '\0' x)")
+        fi
         if [ "$test" = lrange_100 ]; then
             # Outside the CPU count: redis-benchmark's own lrange_100 pushes -n items first.
             "${run[@]}" redis-benchmark -h "$host" -p "$port" -t lpush -n 1000 -d "$size" -q >/dev/null

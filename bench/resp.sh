@@ -28,6 +28,11 @@
 # The last table ("split") shows where the CPU of unpipelined SETs goes: to the server, or
 # to its replica or partner.
 #
+# "scripts" runs a session save as a Lua script by EVALSHA (HSET of the data and its
+# access time, PEXPIRE), alone and replicated (sync mode; redis-server with a replica).
+# "pubsub" publishes to SUBSCRIBERS (100) connections subscribed to the channel, which
+# read everything; the CPU counted is the server's alone.
+#
 # PIN=1 runs the client on the first core and the servers on the others (see lib.sh); by
 # default the scheduler places every process. The placement changes the comparison, not
 # only the noise: pinned, a server shares its core with its replica or partner.
@@ -39,7 +44,7 @@ REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 SIZE=${SIZE:-1024}
 TESTS=${TESTS:-set,get,hset,sadd,zadd,lpush,lrange_100}
-MODES=${MODES:-alone sync async acked session split}   # which comparisons to run
+MODES=${MODES:-alone sync async acked session split scripts pubsub}   # which comparisons to run
 ROUNDS=${ROUNDS:-3}
 
 # Of the rows "test,requests/s,..." of several rounds, the one with the median requests/s
@@ -142,7 +147,7 @@ start_replicated() { # mode
 }
 
 for mode in $MODES; do
-    case $mode in alone | acked | session | split) continue ;; esac
+    case $mode in alone | acked | session | split | scripts | pubsub) continue ;; esac
     start_replicated "$mode"
     header "Replicated: redis-server with one replica vs an agent with a partner, $mode mode" "agent ($mode)"
     compare "$mode" "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}" \
@@ -245,4 +250,55 @@ if [[ " $MODES " == *" split "* ]]; then
         printf '| tandem pair (%s) | %.0f | %s |\n' "$mode" "$rps" "$cpu"
         stop_all
     done
+fi
+
+if [[ " $MODES " == *" scripts "* ]]; then
+    redis_port=$(free_port); agent_port=$(free_port)
+    start_redis "$redis_port"
+    start_agent solo "$agent_port" "$(free_port)" ""
+    header "Scripts: a session save by EVALSHA, alone" "agent"
+    TESTS=evalsha compare scripts-alone "$redis_port" "$agent_port" "${pids[0]}" "${pids[1]}" \
+        redis-server "tandem agent" "EVALSHA session save, alone"
+    stop_all
+    start_replicated sync
+    header "Scripts: a session save by EVALSHA, redis-server with a replica vs a pair in sync mode" "agent (sync)"
+    TESTS=evalsha compare scripts-sync "$redis_port" "$agent_port" "${pids[0]} ${pids[1]}" "${pids[2]} ${pids[3]}" \
+        "redis + replica" "tandem pair (sync)" "EVALSHA session save, replicated"
+    stop_all
+fi
+
+if [[ " $MODES " == *" pubsub "* ]]; then
+    redis_port=$(free_port); agent_port=$(free_port)
+    start_redis "$redis_port"
+    start_agent solo "$agent_port" "$(free_port)" ""
+    SUBSCRIBERS=${SUBSCRIBERS:-100}
+    # Subscribers that read everything, for both servers; their CPU is not counted.
+    python3 - "$redis_port" "$agent_port" "$SUBSCRIBERS" <<'PY' &
+import selectors, socket, sys
+ports, count = sys.argv[1:3], int(sys.argv[3])
+selector = selectors.DefaultSelector()
+for port in ports:
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", int(port)))
+        s.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n")
+        s.setblocking(False)
+        selector.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in selector.select():
+        if not key.fileobj.recv(1 << 20):
+            sys.exit(0)
+PY
+    subscribers=$!
+    for port in "$redis_port" "$agent_port"; do
+        for _ in $(seq 100); do
+            [ "$(redis-cli -p "$port" pubsub numsub news | tail -1)" = "$SUBSCRIBERS" ] && break
+            sleep 0.1
+        done
+    done
+    header "Pub/sub: PUBLISH to $SUBSCRIBERS subscribers" "agent"
+    REQUESTS=$((REQUESTS / 10)) PIPELINED_REQUESTS=$((REQUESTS / 2)) TESTS=publish \
+        compare pubsub "$redis_port" "$agent_port" "${pids[0]}" "${pids[1]}" \
+        redis-server "tandem agent" "PUBLISH to $SUBSCRIBERS subscribers"
+    kill "$subscribers" 2>/dev/null
+    stop_all
 fi
