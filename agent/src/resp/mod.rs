@@ -101,6 +101,14 @@ impl RespServer {
         );
         // Exported from the start, so that a rate over it sees the first refusal.
         metrics::counter!(names::OVERSIZED).increment(0);
+        for name in [
+            pubsub::names::MESSAGES,
+            pubsub::names::OVERFLOWS,
+            crate::scripting::names::SCRIPTS,
+            crate::scripting::names::KILLED,
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         // Registered once, not looked up per pipeline.
         let commands = metrics::counter!(names::COMMANDS);
         if let Ok(addr) = self.local_addr() {

@@ -137,6 +137,17 @@ impl Default for Subscription {
     }
 }
 
+/// Takes connection `id` off `channel`'s subscribers, and the channel off `map` once it
+/// has none.
+fn forget(map: &mut HashMap<Bytes, HashMap<u64, Outlet>>, channel: &Bytes, id: u64) {
+    if let Some(subscribers) = map.get_mut(channel) {
+        subscribers.remove(&id);
+        if subscribers.is_empty() {
+            map.remove(channel);
+        }
+    }
+}
+
 /// The bytes a message takes in the queue, about as it is encoded.
 fn message_size(parts: &[&[u8]]) -> usize {
     parts.iter().map(|p| p.len() + 16).sum::<usize>() + 8
@@ -206,12 +217,7 @@ impl PubSub {
         } else {
             &mut hub.channels
         };
-        if let Some(subscribers) = map.get_mut(channel) {
-            subscribers.remove(&id);
-            if subscribers.is_empty() {
-                map.remove(channel);
-            }
-        }
+        forget(map, channel, id);
         true
     }
 
@@ -221,12 +227,7 @@ impl PubSub {
         let Hub { channels, patterns } = &mut *hub;
         for (set, map) in [(&sub.channels, channels), (&sub.patterns, patterns)] {
             for channel in set {
-                if let Some(subscribers) = map.get_mut(channel) {
-                    subscribers.remove(&id);
-                    if subscribers.is_empty() {
-                        map.remove(channel);
-                    }
-                }
+                forget(map, channel, id);
             }
         }
     }

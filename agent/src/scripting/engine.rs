@@ -58,6 +58,8 @@ pub struct Engine {
     bodies: usize,
     flags: Arc<RunFlags>,
     memory_limit: usize,
+    /// Registered once: scripts run by the thousand per second.
+    runs: metrics::Counter,
 }
 
 /// A script could not be added to the cache.
@@ -158,6 +160,7 @@ impl Engine {
             bodies: 0,
             flags,
             memory_limit,
+            runs: metrics::counter!(super::names::SCRIPTS),
         })
     }
 
@@ -239,6 +242,7 @@ impl Engine {
             return Reply::Error("NOSCRIPT No matching script. Please use EVAL.".into());
         };
         let function = script.function.clone();
+        self.runs.increment(1);
         let flags = self.flags.clone();
         flags.kill.store(false, Ordering::Relaxed);
         flags.wrote.store(false, Ordering::Relaxed);

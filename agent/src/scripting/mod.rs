@@ -18,6 +18,14 @@ use parking_lot::{Mutex, MutexGuard};
 pub use self::engine::{CompileError, Engine, RunFlags, ScriptFlags, sha1_hex};
 use crate::resp::reply::Reply;
 
+/// Metric names of scripting.
+pub mod names {
+    /// Counter: scripts run (`EVAL`, `EVALSHA` and their `_RO` forms).
+    pub const SCRIPTS: &str = "tandem_resp_scripts_total";
+    /// Counter: scripts stopped by `SCRIPT KILL`.
+    pub const KILLED: &str = "tandem_resp_scripts_killed_total";
+}
+
 /// Default bound on the memory of the scripting interpreter (its scripts and what they
 /// allocate while running).
 pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
@@ -74,6 +82,7 @@ impl Scripts {
             );
         }
         flags.kill.store(true, Ordering::Relaxed);
+        metrics::counter!(names::KILLED).increment(1);
         tracing::warn!("the running script is being killed (SCRIPT KILL)");
         Reply::OK
     }

@@ -241,16 +241,9 @@ pub fn config(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
             "ERR The server is running without a config file".into(),
         ))
     } else if is(&sub, "HELP") {
-        Ok(Reply::Array(
-            HELP.iter()
-                .map(|line| Reply::Status((*line).into()))
-                .collect(),
-        ))
+        Ok(super::help(HELP))
     } else {
-        Err(CmdError::Other(format!(
-            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
-            super::sanitize(&sub)
-        )))
+        Err(super::unknown_subcommand("CONFIG", &sub))
     }
 }
 

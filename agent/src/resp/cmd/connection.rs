@@ -205,10 +205,7 @@ pub fn client(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
             let ids = client_list_filter(args)?;
             Ok(Reply::bulk(ctx.clients.list(ctx.session, ids.as_deref())))
         }
-        _ => Err(CmdError::Other(format!(
-            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-            super::sanitize(&sub)
-        ))),
+        _ => Err(super::unknown_subcommand("CLIENT", &sub)),
     }
 }
 

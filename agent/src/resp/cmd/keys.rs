@@ -259,10 +259,7 @@ pub fn object(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
         "freq" => "object|freq",
         "idletime" => "object|idletime",
         _ => {
-            return Err(CmdError::Other(format!(
-                "ERR unknown subcommand '{}'. Try OBJECT HELP.",
-                super::sanitize(&sub)
-            )));
+            return Err(super::unknown_subcommand("OBJECT", &sub));
         }
     };
     if args.remaining() != 1 {

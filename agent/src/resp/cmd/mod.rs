@@ -79,6 +79,50 @@ impl Ctx<'_> {
     }
 }
 
+impl<'a> Ctx<'a> {
+    /// Runs `body` with the keyspace held for all it does (a transaction, a script): the
+    /// hold the caller has, or one taken here.
+    pub fn holding<T>(&mut self, body: impl FnOnce(&mut Ctx<'_>) -> T) -> T {
+        let store = self.store;
+        let mut guard;
+        let keyspace = match self.held.as_deref_mut() {
+            Some(keyspace) => keyspace,
+            None => {
+                guard = store.lock();
+                &mut *guard
+            }
+        };
+        let mut inner = Ctx {
+            store,
+            session: &mut *self.session,
+            clients: self.clients,
+            scripts: self.scripts,
+            mutations: &mut *self.mutations,
+            now_ms: self.now_ms,
+            held: Some(keyspace),
+        };
+        body(&mut inner)
+    }
+}
+
+/// The reply of a `HELP` subcommand: its lines as status replies.
+pub fn help(lines: &[&str]) -> Reply {
+    Reply::Array(
+        lines
+            .iter()
+            .map(|line| Reply::Status((*line).into()))
+            .collect(),
+    )
+}
+
+/// Redis' error for a subcommand `command` does not have.
+pub fn unknown_subcommand(command: &str, sub: &[u8]) -> CmdError {
+    CmdError::Other(format!(
+        "ERR unknown subcommand '{}'. Try {command} HELP.",
+        sanitize(sub)
+    ))
+}
+
 /// A command failed; the text is what Redis says in the same case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CmdError {

@@ -131,16 +131,9 @@ pub fn pubsub(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
                 .collect(),
         ))
     } else if is(&sub, "HELP") {
-        Ok(Reply::Array(
-            HELP.iter()
-                .map(|line| Reply::Status((*line).into()))
-                .collect(),
-        ))
+        Ok(super::help(HELP))
     } else {
-        Err(CmdError::Other(format!(
-            "ERR unknown subcommand '{}'. Try PUBSUB HELP.",
-            super::sanitize(&sub)
-        )))
+        Err(super::unknown_subcommand("PUBSUB", &sub))
     }
 }
 

@@ -64,24 +64,6 @@ fn run(ctx: &mut Ctx<'_>, sha: &str, args: &mut Args, read_only: bool) -> CmdRes
         ));
     }
     let (keys, argv) = rest.split_at(numkeys as usize);
-    let store = ctx.store;
-    let mut guard;
-    let keyspace = match ctx.held.as_deref_mut() {
-        Some(keyspace) => keyspace,
-        None => {
-            guard = store.lock();
-            &mut *guard
-        }
-    };
-    let mut caller = Ctx {
-        store,
-        session: &mut *ctx.session,
-        clients: ctx.clients,
-        scripts: ctx.scripts,
-        mutations: &mut *ctx.mutations,
-        now_ms: ctx.now_ms,
-        held: Some(keyspace),
-    };
     let scripts = ctx.scripts;
     let mut engine = scripts.engine();
     let Some(flags) = engine.flags(sha) else {
@@ -92,7 +74,7 @@ fn run(ctx: &mut Ctx<'_>, sha: &str, args: &mut Args, read_only: bool) -> CmdRes
             "ERR Can not execute a script with write flag using *_ro command.".into(),
         ));
     }
-    Ok(engine.run(&mut caller, sha, keys, argv, read_only || flags.no_writes))
+    Ok(ctx.holding(|caller| engine.run(caller, sha, keys, argv, read_only || flags.no_writes)))
 }
 
 /// `SCRIPT LOAD|EXISTS|FLUSH|KILL|HELP`.
@@ -138,16 +120,9 @@ pub fn script(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
         Ok(ctx.scripts.kill())
     } else if is(&sub, "HELP") {
         arity("script|help", rest.is_empty())?;
-        Ok(Reply::Array(
-            HELP.iter()
-                .map(|line| Reply::Status((*line).into()))
-                .collect(),
-        ))
+        Ok(super::help(HELP))
     } else {
-        Err(CmdError::Other(format!(
-            "ERR unknown subcommand '{}'. Try SCRIPT HELP.",
-            super::sanitize(&sub)
-        )))
+        Err(super::unknown_subcommand("SCRIPT", &sub))
     }
 }
 

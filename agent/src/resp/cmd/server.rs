@@ -257,10 +257,7 @@ pub fn command(_: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
         };
         Ok(Reply::Map(chosen.into_iter().map(docs).collect()))
     } else {
-        Err(CmdError::Other(format!(
-            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
-            super::sanitize(&sub)
-        )))
+        Err(super::unknown_subcommand("COMMAND", &sub))
     }
 }
 

@@ -86,40 +86,26 @@ pub fn exec(ctx: &mut Ctx<'_>, _: &mut Args) -> CmdResult {
             "EXECABORT Transaction discarded because of previous errors.".into(),
         ));
     }
-    let store = ctx.store;
-    let mut guard;
-    let keyspace = match ctx.held.as_deref_mut() {
-        Some(keyspace) => keyspace,
-        None => {
-            guard = store.lock();
-            &mut *guard
+    let now_ms = ctx.now_ms;
+    ctx.holding(|inner| {
+        let keyspace = inner.held.as_deref_mut().expect("held");
+        let db = inner.session.db;
+        let changed = watched.iter().any(|(watched_db, key, mark)| {
+            let _ = keyspace.select(*watched_db);
+            keyspace.changed_since(key, *mark, now_ms)
+        });
+        let _ = keyspace.select(db);
+        if changed {
+            return Ok(Reply::NilArray);
         }
-    };
-    let db = ctx.session.db;
-    let changed = watched.iter().any(|(watched_db, key, mark)| {
-        let _ = keyspace.select(*watched_db);
-        keyspace.changed_since(key, *mark, ctx.now_ms)
-    });
-    let _ = keyspace.select(db);
-    if changed {
-        return Ok(Reply::NilArray);
-    }
-    let mut inner = Ctx {
-        store,
-        session: &mut *ctx.session,
-        clients: ctx.clients,
-        scripts: ctx.scripts,
-        mutations: &mut *ctx.mutations,
-        now_ms: ctx.now_ms,
-        held: Some(keyspace),
-    };
-    let replies = transaction
-        .commands
-        .into_iter()
-        .map(|args| match lookup(&args[0]) {
-            Some(command) => run(&mut inner, command, args),
-            None => Reply::Error("ERR unknown command".into()),
-        })
-        .collect();
-    Ok(Reply::Array(replies))
+        let replies = transaction
+            .commands
+            .into_iter()
+            .map(|args| match lookup(&args[0]) {
+                Some(command) => run(inner, command, args),
+                None => Reply::Error("ERR unknown command".into()),
+            })
+            .collect();
+        Ok(Reply::Array(replies))
+    })
 }
