@@ -531,3 +531,66 @@ async fn only_the_writer_announces_expired_keys_until_its_partner_takes_over() {
         "agent-b announced {heard_b:?}"
     );
 }
+
+/// The script cache is kept on the partner: scripts loaded before the pair formed and
+/// after it, by `SCRIPT LOAD` and by `EVAL`, answer `EVALSHA` on the survivor once the
+/// agent that loaded them is dead, without a `NOSCRIPT` round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evalsha_of_a_script_loaded_before_the_failover_works_on_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::start(dir.path(), "agent-a", &[]);
+    wait_for_port(a.resp).await;
+    let mut on_a = Resp::connect(a.resp).await;
+    let before = "return 'loaded before the pair formed'";
+    let Reply::BulkString(sha_before) = on_a.call(&["SCRIPT", "LOAD", before]).await else {
+        panic!("no SHA1");
+    };
+    let a_join = join_args(&a);
+    let b_args: Vec<&str> = a_join.iter().map(String::as_str).collect();
+    let b = Agent::start(dir.path(), "agent-b", &b_args);
+    wait_for_port(b.resp).await;
+    wait_paired(&a, &b, "agent-a", "agent-b").await;
+    let Reply::BulkString(sha_loaded) = on_a
+        .call(&["SCRIPT", "LOAD", "return redis.call('get', KEYS[1])"])
+        .await
+    else {
+        panic!("no SHA1");
+    };
+    let counter = "return redis.call('incr', KEYS[1])";
+    assert_eq!(
+        on_a.call(&["EVAL", counter, "1", "hits"]).await,
+        Reply::Integer(1)
+    );
+    let sha_counter = tandem_agent::scripting::sha1_hex(counter.as_bytes());
+    let shas: Vec<String> = [&sha_before, &sha_loaded]
+        .iter()
+        .map(|sha| String::from_utf8(sha.to_vec()).unwrap())
+        .chain([sha_counter.clone()])
+        .collect();
+    let mut on_b = Resp::connect(b.resp).await;
+    let mut exists = vec!["SCRIPT", "EXISTS"];
+    exists.extend(shas.iter().map(String::as_str));
+    let all_there = Reply::Array(vec![Reply::Integer(1); 3]);
+    let deadline = Instant::now() + PAIR;
+    while on_b.call(&exists).await != all_there {
+        assert!(
+            Instant::now() < deadline,
+            "agent-b never held agent-a's scripts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.node.kill();
+    assert_eq!(
+        on_b.call(&["EVALSHA", &shas[0], "0"]).await,
+        Reply::BulkString(b"loaded before the pair formed".to_vec().into())
+    );
+    assert_eq!(
+        on_b.call(&["EVALSHA", &sha_counter, "1", "hits"]).await,
+        Reply::Integer(2),
+        "the survivor runs the script on what the writer acknowledged"
+    );
+    assert_eq!(
+        on_b.call(&["EVALSHA", &shas[1], "1", "hits"]).await,
+        Reply::BulkString(b"2".to_vec().into())
+    );
+}

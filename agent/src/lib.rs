@@ -171,6 +171,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         Some(multicast) => replicator.with_multicast(multicast),
         None => replicator,
     };
+    // Scripts are kept on the partner too: EVALSHA works there after a failover.
+    replicator.share_scripts(std::sync::Arc::new(scripts.clone()));
+    {
+        // Handed over by a task: a script is loaded with the keyspace held, and the link's
+        // state is taken before the keyspace when a pair forms.
+        let (replicator, runtime) = (replicator.clone(), tokio::runtime::Handle::current());
+        scripts.on_new_script(move |body| {
+            let replicator = replicator.clone();
+            runtime.spawn(async move { replicator.share_script(body) });
+        });
+    }
     let replication_tasks = replicator.spawn(config.node.gossip.gossip_interval);
     let sessions = Sessions::new(store.clone(), replicator.clone());
     let sweeper = store.spawn_sweeper();

@@ -69,6 +69,10 @@ pub enum Frame {
     /// The live-write numbers `from..=to` did not arrive by multicast though later ones
     /// did: "send them again over the stream now".
     Nack { from: u64, to: u64 },
+    /// Lua scripts the sender's cache holds (all of them when the pair forms, then each
+    /// new one), so that `EVALSHA` of them works on the partner after a failover. Sent to
+    /// partners speaking [`Protocol::SCRIPTS`](crate::schema::Protocol::SCRIPTS) or later.
+    Scripts { bodies: Vec<bytes::Bytes> },
 }
 
 /// A frame that cannot be decoded.
@@ -211,6 +215,9 @@ mod tests {
             Frame::Probe { nonce: 3 },
             Frame::ProbeAck { nonce: 3 },
             Frame::Nack { from: 4, to: 6 },
+            Frame::Scripts {
+                bodies: vec![bytes::Bytes::from_static(b"return 1")],
+            },
         ]
     }
 

@@ -281,7 +281,11 @@ pub struct Protocol {
 
 impl Protocol {
     /// What this build speaks.
-    pub const CURRENT: Protocol = Protocol { major: 2, minor: 0 };
+    pub const CURRENT: Protocol = Protocol { major: 2, minor: 1 };
+    /// The first that carries the script cache to the partner ([`Frame::Scripts`]).
+    ///
+    /// [`Frame::Scripts`]: crate::frame::Frame::Scripts
+    pub const SCRIPTS: Protocol = Protocol { major: 2, minor: 1 };
     /// What a node that does not say speaks (the first release).
     pub const FIRST: Protocol = Protocol { major: 1, minor: 0 };
 

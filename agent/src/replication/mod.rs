@@ -17,6 +17,7 @@ mod sim;
 pub mod tls;
 pub mod transport;
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,6 +153,14 @@ pub struct Replicator {
     inner: Arc<Inner>,
 }
 
+/// The agent's cache of Lua scripts, kept on the partner too.
+pub trait ScriptCache: Send + Sync {
+    /// Every script cached.
+    fn bodies(&self) -> Vec<Bytes>;
+    /// Adds the partner's scripts (without sending them back).
+    fn learn(&self, bodies: Vec<Bytes>);
+}
+
 struct Inner {
     config: ReplicationConfig,
     store: SessionStore,
@@ -173,6 +182,8 @@ struct Inner {
     mutations_sent: metrics::Counter,
     mutations_received: metrics::Counter,
     lag: metrics::Gauge,
+    /// The script cache shared with the partner, once the RESP endpoint has one.
+    scripts: std::sync::OnceLock<Arc<dyn ScriptCache>>,
 }
 
 #[derive(Default)]
@@ -210,6 +221,8 @@ struct Link {
     multicast: Arc<LinkMulticast>,
     /// Whether the whole snapshot of this store has been queued for the partner.
     snapshot_sent: bool,
+    /// Whether the partner keeps this agent's scripts (it speaks [`Protocol::SCRIPTS`]).
+    scripts: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -267,7 +280,23 @@ impl Replicator {
                 mutations_sent: metrics::counter!(names::MUTATIONS_SENT),
                 mutations_received: metrics::counter!(names::MUTATIONS_RECEIVED),
                 lag: metrics::gauge!(names::LAG),
+                scripts: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Keeps `cache`'s scripts on the partner too.
+    pub fn share_scripts(&self, cache: Arc<dyn ScriptCache>) {
+        let _ = self.inner.scripts.set(cache);
+    }
+
+    /// Sends a script just added to the cache to the partner, if it keeps them.
+    pub fn share_script(&self, body: Bytes) {
+        let state = self.inner.state.lock();
+        if let Some(link) = state.link.as_ref().filter(|link| link.scripts) {
+            let _ = link
+                .outbound
+                .send(Frame::Scripts { bodies: vec![body] }.into());
         }
     }
 
@@ -561,8 +590,8 @@ impl Inner {
         }
     }
 
-    /// Checks the peer's hello; returns its node id.
-    fn check_hello(&self, frame: Frame) -> Result<String, String> {
+    /// Checks the peer's hello; returns its node id and protocol.
+    fn check_hello(&self, frame: Frame) -> Result<(String, Protocol), String> {
         match frame {
             Frame::Hello {
                 protocol,
@@ -575,7 +604,7 @@ impl Inner {
                 if cluster != self.config.cluster {
                     return Err(format!("peer {node_id} belongs to cluster {cluster:?}"));
                 }
-                Ok(node_id)
+                Ok((node_id, protocol))
             }
             other => Err(format!("expected a hello, got {other:?}")),
         }
@@ -686,7 +715,7 @@ impl Inner {
             .await
             .map_err(|_| "handshake timed out".to_string())?
             .map_err(|err| err.to_string())?;
-        let peer = self.check_hello(hello)?;
+        let (peer, protocol) = self.check_hello(hello)?;
         if peer != to {
             return Err(format!("reached {peer}, not {to}"));
         }
@@ -698,6 +727,7 @@ impl Inner {
                         node_id: peer,
                         epoch,
                     },
+                    protocol,
                 );
                 Ok(())
             }
@@ -726,18 +756,18 @@ impl Inner {
                 return;
             }
         };
-        let checked = self.check_hello(hello).and_then(|peer| {
+        let checked = self.check_hello(hello).and_then(|(peer, protocol)| {
             // The certificate, from the cluster CA, must be the claimed node's own: a node
             // cannot pose as another with its certificate.
             if channel.peer_is(&peer) {
-                Ok(peer)
+                Ok((peer, protocol))
             } else {
                 metrics::counter!(names::REFUSED).increment(1);
                 Err(format!("the peer's certificate is not for {peer}"))
             }
         });
-        let peer = match checked {
-            Ok(peer) => peer,
+        let (peer, protocol) = match checked {
+            Ok(checked) => checked,
             Err(reason) => {
                 warn!(peer = %peer_addr, %reason, "refusing a replication peer");
                 channel.refuse(reason).await;
@@ -763,13 +793,22 @@ impl Inner {
                     node_id: peer,
                     epoch,
                 },
+                protocol,
             );
         }
     }
 
     /// Makes `channel` the link to `partner`, unless another link won the race.
-    fn install_link(self: &Arc<Self>, channel: Channel, partner: PartnerRef) {
+    fn install_link(self: &Arc<Self>, channel: Channel, partner: PartnerRef, protocol: Protocol) {
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
+        // The partner gets every cached script, and then each new one.
+        let scripts = protocol >= Protocol::SCRIPTS;
+        let cached = self
+            .scripts
+            .get()
+            .filter(|_| scripts)
+            .map(|cache| cache.bodies())
+            .unwrap_or_default();
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
         let acks = Arc::new(Acked::default());
         let (nacks_tx, nacks_rx) = mpsc::unbounded_channel();
@@ -819,6 +858,9 @@ impl Inner {
                 multicast.clone(),
                 partner.node_id.clone(),
             ));
+            if !cached.is_empty() {
+                let _ = outbound_tx.send(Frame::Scripts { bodies: cached }.into());
+            }
             let mut tasks = vec![writer, reader, timeouts, snapshot, probe];
             // One side of the pair starts the comparisons; both answer them.
             if self.config.node_id < partner.node_id {
@@ -833,6 +875,7 @@ impl Inner {
                 acks,
                 multicast,
                 snapshot_sent: false,
+                scripts,
                 tasks,
             });
             state.confirming_since = None;
@@ -1344,6 +1387,11 @@ impl Inner {
                 },
                 Frame::Probe { nonce } => {
                     let _ = outbound.send(Frame::ProbeAck { nonce }.into());
+                }
+                Frame::Scripts { bodies } => {
+                    if let Some(cache) = self.scripts.get() {
+                        cache.learn(bodies);
+                    }
                 }
                 Frame::Nack { from, to } => {
                     if from > to {

@@ -42,6 +42,7 @@ pub struct ScriptFlags {
 struct Script {
     function: Function,
     flags: ScriptFlags,
+    body: bytes::Bytes,
 }
 
 /// The interpreter and its cache of scripts.
@@ -187,14 +188,14 @@ impl Engine {
                 .contains_key(&String::from_utf8_lossy(sha).to_ascii_lowercase())
     }
 
-    /// Compiles `body` into the cache (once), returning its SHA1.
+    /// Compiles `body` into the cache (once), returning its SHA1 and whether it is new.
     ///
     /// # Errors
     /// Redis' error text for a bad shebang or a script that does not compile.
-    pub fn load(&mut self, body: &[u8]) -> Result<String, CompileError> {
+    pub fn load(&mut self, body: &[u8]) -> Result<(String, bool), CompileError> {
         let sha = sha1_hex(body);
         if self.scripts.contains_key(&sha) {
-            return Ok(sha);
+            return Ok((sha, false));
         }
         let (flags, skip) = shebang(body).map_err(CompileError)?;
         // The shebang line is skipped but its line feed kept, so line numbers stay right.
@@ -211,8 +212,24 @@ impl Engine {
                 ))
             })?;
         self.bodies += body.len() + 40;
-        self.scripts.insert(sha.clone(), Script { function, flags });
-        Ok(sha)
+        let body = bytes::Bytes::copy_from_slice(body);
+        self.scripts.insert(
+            sha.clone(),
+            Script {
+                function,
+                flags,
+                body,
+            },
+        );
+        Ok((sha, true))
+    }
+
+    /// The bodies of every cached script.
+    pub fn bodies(&self) -> Vec<bytes::Bytes> {
+        self.scripts
+            .values()
+            .map(|script| script.body.clone())
+            .collect()
     }
 
     /// Empties the cache (`SCRIPT FLUSH`).

@@ -13,9 +13,11 @@ mod libs;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 
 pub use self::engine::{CompileError, Engine, RunFlags, ScriptFlags, sha1_hex};
+use crate::replication::ScriptCache;
 use crate::resp::reply::Reply;
 
 /// Metric names of scripting.
@@ -39,6 +41,8 @@ pub struct Scripts {
 struct Shared {
     engine: Mutex<Engine>,
     flags: Arc<RunFlags>,
+    /// Told of each script new to the cache (replication sends it to the partner).
+    on_new: std::sync::OnceLock<Box<dyn Fn(Bytes) + Send + Sync>>,
 }
 
 /// The interpreter could not be started.
@@ -59,6 +63,7 @@ impl Scripts {
             shared: Arc::new(Shared {
                 engine: Mutex::new(engine),
                 flags,
+                on_new: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -66,6 +71,24 @@ impl Scripts {
     /// The interpreter, locked (after the keyspace, if both are taken).
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
         self.shared.engine.lock()
+    }
+
+    /// Compiles `body` into the cache (`SCRIPT LOAD`, `EVAL`); a new script is handed to
+    /// whoever asked to hear of them ([`Scripts::on_new_script`]). Returns its SHA1.
+    ///
+    /// # Errors
+    /// Redis' error for a script that does not compile.
+    pub fn load(&self, body: &[u8]) -> Result<String, CompileError> {
+        let (sha, new) = self.engine().load(body)?;
+        if new && let Some(on_new) = self.shared.on_new.get() {
+            on_new(Bytes::copy_from_slice(body));
+        }
+        Ok(sha)
+    }
+
+    /// Hands every script new to the cache to `on_new` (once set, for good).
+    pub fn on_new_script(&self, on_new: impl Fn(Bytes) + Send + Sync + 'static) {
+        let _ = self.shared.on_new.set(Box::new(on_new));
     }
 
     /// `SCRIPT KILL`: stops the running script at its next check, unless it has written
@@ -85,6 +108,22 @@ impl Scripts {
         metrics::counter!(names::KILLED).increment(1);
         tracing::warn!("the running script is being killed (SCRIPT KILL)");
         Reply::OK
+    }
+}
+
+/// The partner's scripts join the cache without being sent back.
+impl ScriptCache for Scripts {
+    fn bodies(&self) -> Vec<Bytes> {
+        self.engine().bodies()
+    }
+
+    fn learn(&self, bodies: Vec<Bytes>) {
+        let mut engine = self.engine();
+        for body in bodies {
+            if let Err(err) = engine.load(&body) {
+                tracing::warn!(error = %err.0, "a script from the partner does not compile here");
+            }
+        }
     }
 }
 

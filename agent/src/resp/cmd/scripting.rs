@@ -15,7 +15,7 @@ const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
 
 pub fn eval(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     let body = args.arg()?;
-    let sha = match ctx.scripts.engine().load(&body) {
+    let sha = match ctx.scripts.load(&body) {
         Ok(sha) => sha,
         Err(err) => return Err(CmdError::Other(err.0)),
     };
@@ -24,7 +24,7 @@ pub fn eval(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
 
 pub fn eval_ro(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     let body = args.arg()?;
-    let sha = match ctx.scripts.engine().load(&body) {
+    let sha = match ctx.scripts.load(&body) {
         Ok(sha) => sha,
         Err(err) => return Err(CmdError::Other(err.0)),
     };
@@ -90,7 +90,7 @@ pub fn script(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     };
     if is(&sub, "LOAD") {
         arity("script|load", rest.len() == 1)?;
-        match ctx.scripts.engine().load(&rest[0]) {
+        match ctx.scripts.load(&rest[0]) {
             Ok(sha) => Ok(Reply::bulk(sha)),
             Err(err) => Err(CmdError::Other(err.0)),
         }
