@@ -111,7 +111,7 @@ measure() { # host port pipeline pid...
             cpu=$(cpu_us_per "$total" "$requests")
         fi
         awk -F, -v cpu="$cpu" -v test="$test" '
-            NR > 1 { gsub(/"/, ""); if (test == "lrange_100") $1 = "LRANGE_100"
+            NR > 1 { gsub(/"/, ""); if (test == "lrange_100" || test == "evalsha" || test == "publish") $1 = toupper(test)
                      printf "%s,%s,%s,%s,%s\n", $1, $2, $5, $7, cpu }' <<<"$out"
     done
 }

@@ -589,6 +589,31 @@ async fn resp3_replies_match_redis_server() {
             "{args:?}"
         );
     }
+    // Text replies whose content is each server's own are verbatim strings in RESP3, as
+    // Redis sends them (`=<len>\r\ntxt:...`); compared by their first bytes.
+    for args in [
+        &["INFO", "keyspace"][..],
+        &["CLIENT", "LIST"],
+        &["CLIENT", "INFO"],
+    ] {
+        let mut heads = Vec::new();
+        for addr in [redis.addr, agent.resp] {
+            let mut client = Resp::connect(addr).await;
+            client.call_raw(&["HELLO", "3"]).await;
+            let reply = client.call_raw(args).await;
+            let head_end = reply.iter().position(|&b| b == b'\n').unwrap_or(0) + 1;
+            heads.push((
+                reply[0],
+                reply[head_end..]
+                    .iter()
+                    .take(4)
+                    .copied()
+                    .collect::<Vec<u8>>(),
+            ));
+        }
+        assert_eq!(heads[1], heads[0], "{args:?}");
+        assert_eq!(heads[0], (b'=', b"txt:".to_vec()), "{args:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

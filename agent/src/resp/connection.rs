@@ -346,10 +346,10 @@ fn allowed_while_busy(args: &[Bytes]) -> bool {
             .is_some_and(|command| command.has_flag("allow_busy") && command.name != "watch")
 }
 
-/// Runs a script request on a blocking thread with the keyspace locked for the whole run,
-/// the store's gate telling everyone else to wait (or, past the threshold, that the server
-/// is busy) instead of blocking on the lock; the runtime's threads stay free to serve
-/// them and `SCRIPT KILL`. Returns the reply and the writes the script made.
+/// Runs a script request on the scripts' thread with the keyspace locked for the whole
+/// run, the store's gate telling everyone else to wait (or, past the threshold, that the
+/// server is busy) instead of blocking on the lock; the runtime's threads stay free to
+/// serve them and `SCRIPT KILL`. Returns the reply and the writes the script made.
 async fn run_script(
     store: &SessionStore,
     clients: &Clients,
@@ -357,32 +357,35 @@ async fn run_script(
     session: &mut ClientSession,
     args: Vec<Bytes>,
 ) -> (Reply, Writes) {
-    let hold = store.gate().begin();
-    let (store, clients, scripts) = (store.clone(), clients.clone(), scripts.clone());
+    let (store, clients, runner) = (store.clone(), clients.clone(), scripts.clone());
     let mut stand_in = session.for_script();
     stand_in.protocol = session.protocol;
-    let ran = tokio::task::spawn_blocking(move || {
-        let _hold = hold;
-        let mut keyspace = store.lock();
-        let mut writes = Writes::default();
-        let mut ctx = Ctx {
-            store: &store,
-            session: &mut stand_in,
-            clients: &clients,
-            scripts: &scripts,
-            mutations: &mut writes,
-            now_ms: store.now_ms(),
-            held: Some(&mut keyspace),
+    let (done, ran) = tokio::sync::oneshot::channel();
+    scripts.run_on_thread(move || {
+        let ran = {
+            let _hold = store.gate().begin();
+            let mut keyspace = store.lock();
+            let mut writes = Writes::default();
+            let mut ctx = Ctx {
+                store: &store,
+                session: &mut stand_in,
+                clients: &clients,
+                scripts: &runner,
+                mutations: &mut writes,
+                now_ms: store.now_ms(),
+                held: Some(&mut keyspace),
+            };
+            (execute(&mut ctx, args), writes)
         };
-        let reply = execute(&mut ctx, args);
-        (reply, writes)
-    })
-    .await;
+        // The hold is over before the caller hears of it: its next command finds the
+        // keyspace free.
+        let _ = done.send(ran);
+    });
     session.last_command = "eval";
-    ran.unwrap_or_else(|err| {
-        warn!(client = session.id, error = %err, "a script's thread failed");
+    ran.await.unwrap_or_else(|_| {
+        warn!(client = session.id, "a script's run failed");
         (
-            Reply::Error("ERR the script's thread failed".into()),
+            Reply::Error("ERR the script's run failed".into()),
             Writes::default(),
         )
     })

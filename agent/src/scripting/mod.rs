@@ -40,10 +40,14 @@ pub struct Scripts {
 
 struct Shared {
     engine: Mutex<Engine>,
+    /// The thread that runs the scripts of RESP requests, one after the other.
+    runner: Mutex<std::sync::mpsc::Sender<Job>>,
     flags: Arc<RunFlags>,
     /// Told of each script new to the cache (replication sends it to the partner).
     on_new: std::sync::OnceLock<Box<dyn Fn(Bytes) + Send + Sync>>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 /// The interpreter could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -59,13 +63,34 @@ impl Scripts {
         let flags = Arc::new(RunFlags::default());
         let engine =
             Engine::new(memory_limit, flags.clone()).map_err(|e| ScriptingError(e.to_string()))?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("tandem-scripts".into())
+            .spawn(move || {
+                for job in queue {
+                    // A panic inside one script must not stop the next.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a script run panicked");
+                    }
+                }
+            })
+            .map_err(|e| ScriptingError(e.to_string()))?;
         Ok(Scripts {
             shared: Arc::new(Shared {
                 engine: Mutex::new(engine),
+                runner: Mutex::new(jobs),
                 flags,
                 on_new: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Runs `job` on the scripts' thread, after the scripts queued before it. One thread
+    /// for all: scripts take the keyspace one at a time anyway, and under load the thread
+    /// goes from one to the next without sleeping, where a thread per script would wake,
+    /// contend for the lock and sleep again.
+    pub fn run_on_thread(&self, job: impl FnOnce() + Send + 'static) {
+        let _ = self.shared.runner.lock().send(Box::new(job));
     }
 
     /// The interpreter, locked (after the keyspace, if both are taken).

@@ -198,12 +198,18 @@ pub fn client(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
         "info" => {
             arity(0, "client|info", args)?;
             ctx.session.last_command = "client|info";
-            Ok(Reply::bulk(format!("{}\n", ctx.session.describe())))
+            Ok(Reply::Verbatim(
+                *b"txt",
+                format!("{}\n", ctx.session.describe()).into(),
+            ))
         }
         "list" => {
             ctx.session.last_command = "client|list";
             let ids = client_list_filter(args)?;
-            Ok(Reply::bulk(ctx.clients.list(ctx.session, ids.as_deref())))
+            Ok(Reply::Verbatim(
+                *b"txt",
+                ctx.clients.list(ctx.session, ids.as_deref()).into(),
+            ))
         }
         _ => Err(super::unknown_subcommand("CLIENT", &sub)),
     }

@@ -1,6 +1,6 @@
 //! Scripting: EVAL EVALSHA EVAL_RO EVALSHA_RO SCRIPT.
 //!
-//! A script runs with the keyspace held: a connection runs `EVAL` on a blocking thread
+//! A script runs with the keyspace held: a connection runs `EVAL` on the scripts' thread
 //! with the keyspace locked and the store's gate announcing the hold (see
 //! `connection.rs`), `EXEC` runs it under the transaction's hold. Its writes join the
 //! caller's batch and replicate as one unit.

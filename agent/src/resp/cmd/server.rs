@@ -161,7 +161,8 @@ pub fn info(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
     if text.ends_with("\r\n\r\n") {
         text.truncate(text.len() - 2);
     }
-    Ok(Reply::bulk(text))
+    // A verbatim string in RESP3, as Redis answers INFO.
+    Ok(Reply::Verbatim(*b"txt", text.into()))
 }
 
 fn server_section(ctx: &Ctx<'_>, text: &mut String) {
