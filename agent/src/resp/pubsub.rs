@@ -41,6 +41,17 @@ struct Hub {
     patterns: HashMap<Bytes, HashMap<u64, Outlet>>,
 }
 
+impl Hub {
+    /// The subscribers of patterns, or of channels.
+    fn map(&mut self, pattern: bool) -> &mut HashMap<Bytes, HashMap<u64, Outlet>> {
+        if pattern {
+            &mut self.patterns
+        } else {
+            &mut self.channels
+        }
+    }
+}
+
 /// Where messages for one connection go.
 #[derive(Clone)]
 struct Outlet {
@@ -79,6 +90,15 @@ impl Subscription {
                 tx,
                 state: Arc::default(),
             },
+        }
+    }
+
+    /// The patterns, or the channels, subscribed to.
+    fn set(&mut self, pattern: bool) -> &mut IndexSet<Bytes> {
+        if pattern {
+            &mut self.patterns
+        } else {
+            &mut self.channels
         }
     }
 
@@ -175,20 +195,12 @@ impl PubSub {
         channel: Bytes,
         pattern: bool,
     ) -> bool {
-        let set = if pattern {
-            &mut sub.patterns
-        } else {
-            &mut sub.channels
-        };
+        let set = sub.set(pattern);
         if !set.insert(channel.clone()) {
             return false;
         }
         let mut hub = self.hub.lock();
-        let map = if pattern {
-            &mut hub.patterns
-        } else {
-            &mut hub.channels
-        };
+        let map = hub.map(pattern);
         map.entry(channel)
             .or_default()
             .insert(id, sub.outlet.clone());
@@ -203,20 +215,12 @@ impl PubSub {
         channel: &Bytes,
         pattern: bool,
     ) -> bool {
-        let set = if pattern {
-            &mut sub.patterns
-        } else {
-            &mut sub.channels
-        };
+        let set = sub.set(pattern);
         if !set.shift_remove(channel) {
             return false;
         }
         let mut hub = self.hub.lock();
-        let map = if pattern {
-            &mut hub.patterns
-        } else {
-            &mut hub.channels
-        };
+        let map = hub.map(pattern);
         forget(map, channel, id);
         true
     }

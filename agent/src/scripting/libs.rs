@@ -47,6 +47,13 @@ fn fallible(
     })
 }
 
+/// One string as a function's results.
+fn one_string(lua: &Lua, bytes: impl AsRef<[u8]>) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_vec(vec![Value::String(
+        lua.create_string(bytes)?,
+    )]))
+}
+
 fn arg_error(n: usize, name: &str, expected: &str, got: Option<&Value>) -> String {
     format!(
         "bad argument #{n} to '{name}' ({expected} expected, got {})",
@@ -148,9 +155,7 @@ fn bit(lua: &Lua) -> mlua::Result<Table> {
             if upper {
                 text = text.to_uppercase();
             }
-            Ok(Ok(MultiValue::from_vec(vec![Value::String(
-                lua.create_string(text)?,
-            )])))
+            Ok(Ok(one_string(lua, text)?))
         })?,
     )?;
     Ok(table)
@@ -172,9 +177,7 @@ fn cjson(lua: &Lua) -> mlua::Result<Table> {
             }
             let mut out = Vec::new();
             Ok(match json_encode(&args[0], &mut out, 0) {
-                Ok(()) => Ok(MultiValue::from_vec(vec![Value::String(
-                    lua.create_string(out)?,
-                )])),
+                Ok(()) => Ok(one_string(lua, out)?),
                 Err(e) => Err(e),
             })
         })?,
@@ -353,9 +356,7 @@ fn cmsgpack(lua: &Lua) -> mlua::Result<Table> {
                     return Ok(Err(e));
                 }
             }
-            Ok(Ok(MultiValue::from_vec(vec![Value::String(
-                lua.create_string(&out)?,
-            )])))
+            Ok(Ok(one_string(lua, &out)?))
         })?,
     )?;
     table.raw_set(
@@ -685,9 +686,7 @@ fn structs(lua: &Lua) -> mlua::Result<Table> {
                     }
                 }
             }
-            Ok(Ok(MultiValue::from_vec(vec![Value::String(
-                lua.create_string(&out)?,
-            )])))
+            Ok(Ok(one_string(lua, &out)?))
         })?,
     )?;
     table.raw_set(

@@ -14,21 +14,21 @@ use crate::resp::reply::Reply;
 const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
 
 pub fn eval(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
-    let body = args.arg()?;
-    let sha = match ctx.scripts.load(&body) {
-        Ok(sha) => sha,
-        Err(err) => return Err(CmdError::Other(err.0)),
-    };
-    run(ctx, &sha, args, false)
+    eval_body(ctx, args, false)
 }
 
 pub fn eval_ro(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
+    eval_body(ctx, args, true)
+}
+
+/// `EVAL body numkeys ...`: the body is cached (compiled once), then run.
+fn eval_body(ctx: &mut Ctx<'_>, args: &mut Args, read_only: bool) -> CmdResult {
     let body = args.arg()?;
-    let sha = match ctx.scripts.load(&body) {
-        Ok(sha) => sha,
-        Err(err) => return Err(CmdError::Other(err.0)),
-    };
-    run(ctx, &sha, args, true)
+    let sha = ctx
+        .scripts
+        .load(&body)
+        .map_err(|err| CmdError::Other(err.0))?;
+    run(ctx, &sha, args, read_only)
 }
 
 pub fn evalsha(ctx: &mut Ctx<'_>, args: &mut Args) -> CmdResult {
