@@ -377,6 +377,46 @@ async fn two_client_script(name: &str) {
     }
 }
 
+/// A script that allocates past `--script-memory-bytes` fails with an error; the agent,
+/// its other clients and later scripts go on, and the sandbox holds (no global it made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_past_the_memory_limit_fails_and_the_agent_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        dir.path(),
+        "lua-memory",
+        &["--script-memory-bytes", "16000000"],
+    );
+    wait_for_port(agent.resp).await;
+    let mut client = Resp::connect(agent.resp).await;
+    let hungry =
+        "local t = {} for i = 1, 100000000 do t[i] = string.rep('x', 64) .. i end return #t";
+    let reply = client.call_raw(&["EVAL", hungry, "0"]).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.starts_with("-ERR ") && text.contains("memory"),
+        "{text:?}"
+    );
+    let mut other = Resp::connect(agent.resp).await;
+    assert_eq!(other.call_raw(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(
+        client
+            .call_raw(&["EVAL", "return #ARGV", "0", "a", "b"])
+            .await,
+        b":2\r\n"
+    );
+    // Repeatedly: the memory is given back each time.
+    for _ in 0..3 {
+        let again = client.call_raw(&["EVAL", hungry, "0"]).await;
+        assert!(
+            again.starts_with(b"-ERR "),
+            "{:?}",
+            String::from_utf8_lossy(&again)
+        );
+        assert_eq!(client.call_raw(&["EVAL", "return 7", "0"]).await, b":7\r\n");
+    }
+}
+
 /// A script of `tests/compat/`: one command a line, words split at spaces, a word in
 /// double quotes kept whole (`""` is an empty argument); `#` starts a comment line.
 fn compat_script(name: &str) -> Vec<Vec<String>> {

@@ -199,18 +199,27 @@ impl Engine {
         }
         let (flags, skip) = shebang(body).map_err(CompileError)?;
         // The shebang line is skipped but its line feed kept, so line numbers stay right.
-        let function = self
-            .lua
-            .load(&body[skip..])
-            .set_name(CHUNK_NAME)
-            .set_environment(self.env.clone())
-            .into_function()
-            .map_err(|err| {
-                CompileError(format!(
-                    "ERR Error compiling script (new function): {}",
-                    lua_message(&err)
-                ))
-            })?;
+        let compile = || {
+            self.lua
+                .load(&body[skip..])
+                .set_name(CHUNK_NAME)
+                .set_environment(self.env.clone())
+                .into_function()
+        };
+        let function = match compile() {
+            // Garbage may hold the memory: collected, there may be room.
+            Err(mlua::Error::MemoryError(_)) => {
+                let _ = self.lua.gc_collect();
+                compile()
+            }
+            compiled => compiled,
+        }
+        .map_err(|err| {
+            CompileError(format!(
+                "ERR Error compiling script (new function): {}",
+                lua_message(&err)
+            ))
+        })?;
         self.bodies += body.len() + 40;
         let body = bytes::Bytes::copy_from_slice(body);
         self.scripts.insert(
@@ -265,26 +274,27 @@ impl Engine {
         flags.wrote.store(false, Ordering::Relaxed);
         flags.running.store(true, Ordering::Release);
         let outcome = self.call(ctx, sha, function, keys, args, read_only);
+        // What a script left behind is garbage now: past half the bound, collect it before
+        // the next script (one that ran out of memory leaves the bound full).
+        if self.lua.used_memory() > self.memory_limit / 2 {
+            let _ = self.lua.gc_collect();
+            let _ = self.lua.gc_collect();
+        }
         flags.running.store(false, Ordering::Release);
         flags.kill.store(false, Ordering::Relaxed);
         let _ = self.state.raw_set("command", Value::Nil);
         match outcome {
             Ok(reply) => reply,
-            Err(err) => {
-                // Out of memory, most likely: give it back before the next script.
-                let _ = self.lua.gc_collect();
-                let _ = self.lua.gc_collect();
-                Reply::Error(sanitize(&format!(
-                    "ERR Error running script {sha}: {}",
-                    match err {
-                        mlua::Error::MemoryError(_) => format!(
-                            "out of memory (the scripting memory limit is {} bytes)",
-                            self.memory_limit
-                        ),
-                        other => lua_message(&other),
-                    }
-                )))
-            }
+            Err(err) => Reply::Error(sanitize(&format!(
+                "ERR Error running script {sha}: {}",
+                match err {
+                    mlua::Error::MemoryError(_) => format!(
+                        "out of memory (the scripting memory limit is {} bytes)",
+                        self.memory_limit
+                    ),
+                    other => lua_message(&other),
+                }
+            ))),
         }
     }
 
