@@ -61,6 +61,14 @@ fn arg_error(n: usize, name: &str, expected: &str, got: Option<&Value>) -> Strin
     )
 }
 
+/// Argument `n` (from 1) as bytes, or Lua's error for one that is not a string.
+fn string_arg(args: &MultiValue, n: usize, name: &str) -> Result<Vec<u8>, String> {
+    match args.get(n - 1) {
+        Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
+        other => Err(arg_error(n, name, "string", other)),
+    }
+}
+
 fn number_arg(args: &MultiValue, n: usize, name: &str) -> Result<f64, String> {
     match args.get(n - 1) {
         Some(Value::Integer(i)) => Ok(*i as f64),
@@ -185,10 +193,10 @@ fn cjson(lua: &Lua) -> mlua::Result<Table> {
     table.raw_set(
         "decode",
         fallible(lua, |lua, args| {
-            let Some(Value::String(text)) = args.front() else {
-                return Ok(Err(arg_error(1, "decode", "string", args.front())));
+            let bytes = match string_arg(&args, 1, "decode") {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(Err(e)),
             };
-            let bytes = text.as_bytes().to_vec();
             let parsed: serde_json::Value = match serde_json::from_slice(&bytes) {
                 Ok(value) => value,
                 Err(err) => {
@@ -362,10 +370,10 @@ fn cmsgpack(lua: &Lua) -> mlua::Result<Table> {
     table.raw_set(
         "unpack",
         fallible(lua, |lua, args| {
-            let Some(Value::String(data)) = args.front() else {
-                return Ok(Err(arg_error(1, "unpack", "string", args.front())));
+            let data = match string_arg(&args, 1, "unpack") {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(Err(e)),
             };
-            let data = data.as_bytes().to_vec();
             let mut at = 0;
             let mut values = Vec::new();
             while at < data.len() {
@@ -613,10 +621,10 @@ fn structs(lua: &Lua) -> mlua::Result<Table> {
     table.raw_set(
         "pack",
         fallible(lua, |lua, args| {
-            let Some(Value::String(format)) = args.front() else {
-                return Ok(Err(arg_error(1, "pack", "string", args.front())));
+            let format = match string_arg(&args, 1, "pack") {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(Err(e)),
             };
-            let format = format.as_bytes().to_vec();
             let mut out = Vec::new();
             let mut next = 1;
             let mut little = true;
@@ -801,10 +809,10 @@ fn structs(lua: &Lua) -> mlua::Result<Table> {
     table.raw_set(
         "size",
         fallible(lua, |_, args| {
-            let Some(Value::String(format)) = args.front() else {
-                return Ok(Err(arg_error(1, "size", "string", args.front())));
+            let format = match string_arg(&args, 1, "size") {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(Err(e)),
             };
-            let format = format.as_bytes().to_vec();
             let mut size = 0usize;
             for item in StructFormat::new(&format) {
                 match item {

@@ -326,21 +326,9 @@ fn set(ctx: &mut Ctx<'_>, pairs: &[Bytes]) -> CmdResult {
                 return Err(failed(&shown, &why));
             }
             Kind::Flag(_) => {}
-            Kind::Tunable(Some((min, max))) => match new.parse::<i64>() {
-                Err(_) => {
-                    return Err(failed(
-                        &shown,
-                        "argument couldn't be parsed into an integer",
-                    ));
-                }
-                Ok(n) if n < min || n > max => {
-                    return Err(failed(
-                        &shown,
-                        &format!("argument must be between {min} and {max} inclusive"),
-                    ));
-                }
-                Ok(_) => {}
-            },
+            Kind::Tunable(Some((min, max))) => {
+                integer_within(&new, min, max).map_err(|why| failed(&shown, &why))?;
+            }
             Kind::Tunable(None) => {}
             Kind::Notify => {
                 if super::notify::flags_from_string(&new).is_none() {
@@ -350,21 +338,9 @@ fn set(ctx: &mut Ctx<'_>, pairs: &[Bytes]) -> CmdResult {
                     ));
                 }
             }
-            Kind::Busy => match new.parse::<i64>() {
-                Ok(n) if n >= 0 => {}
-                Ok(_) => {
-                    return Err(failed(
-                        &shown,
-                        "argument must be between 0 and 9223372036854775807 inclusive",
-                    ));
-                }
-                Err(_) => {
-                    return Err(failed(
-                        &shown,
-                        "argument couldn't be parsed into an integer",
-                    ));
-                }
-            },
+            Kind::Busy => {
+                integer_within(&new, 0, i64::MAX).map_err(|why| failed(&shown, &why))?;
+            }
             Kind::OutputLimits => {
                 if output_limits(&new).is_none() {
                     return Err(failed(
@@ -431,6 +407,17 @@ fn set(ctx: &mut Ctx<'_>, pairs: &[Bytes]) -> CmdResult {
         }
     }
     Ok(Reply::OK)
+}
+
+/// An integer parameter's value, or Redis' reason for refusing it.
+fn integer_within(value: &str, min: i64, max: i64) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Err(_) => Err("argument couldn't be parsed into an integer".into()),
+        Ok(n) if n < min || n > max => Err(format!(
+            "argument must be between {min} and {max} inclusive"
+        )),
+        Ok(n) => Ok(n),
+    }
 }
 
 /// `class hard soft seconds ...`, classes `normal`, `slave`/`replica`, `pubsub`, sizes in
