@@ -492,25 +492,6 @@ fn replay_file(name: &str, now_ms: i64) -> Vec<Replayed> {
         .collect()
 }
 
-/// What arrives on `stream` until it has been quiet for `quiet_ms`.
-async fn received_within(stream: &mut tokio::net::TcpStream, quiet_ms: u64) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    while let Ok(Ok(n)) = tokio::time::timeout(
-        std::time::Duration::from_millis(quiet_ms),
-        stream.read(&mut buf),
-    )
-    .await
-    {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    out
-}
-
 /// A reply as its type byte and, for aggregates, its items in order, sorted for "map"
 /// comparisons (pairs of a map or a flat field/value array, members of a set).
 fn unordered(bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -582,7 +563,14 @@ async fn replayed_session_stores_reply_as_on_redis_server() {
                         .write_all(&support::encode_command(&item.args))
                         .await
                         .unwrap();
-                    got.push((item, received_within(&mut stream, 200).await));
+                    got.push((
+                        item,
+                        support::received_until_quiet(
+                            &mut stream,
+                            std::time::Duration::from_millis(200),
+                        )
+                        .await,
+                    ));
                 }
                 heard.push(got);
                 listening = Some(stream);
@@ -594,7 +582,11 @@ async fn replayed_session_stores_reply_as_on_redis_server() {
             replies.push(got);
             if let Some(mut stream) = listening {
                 // What the listener heard while the commands ran.
-                let pushes = received_within(&mut stream, 500).await;
+                let pushes = support::received_until_quiet(
+                    &mut stream,
+                    std::time::Duration::from_millis(500),
+                )
+                .await;
                 heard.last_mut().unwrap().push((&replay[0], pushes));
             }
         }

@@ -303,7 +303,7 @@ async fn keyspace_events_are_redis_servers() {
 /// Runs a two-client script of `tests/compat/` on redis-server and on an agent, in RESP2
 /// and RESP3, and compares everything each client received after each line.
 async fn two_client_script(name: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     if !capability("redis-server", has_program("redis-server")) {
         return;
     }
@@ -313,19 +313,7 @@ async fn two_client_script(name: &str) {
     wait_for_port(agent.resp).await;
     let script = compat_script(name);
     // Whatever arrives until the connection has been quiet for a moment.
-    async fn received(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 65536];
-        while let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(60), stream.read(&mut buf)).await
-        {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        out
-    }
+    let quiet = Duration::from_millis(60);
     for protocol in ["2", "3"] {
         let mut transcripts = Vec::new();
         for addr in [redis.addr, agent.resp] {
@@ -343,7 +331,7 @@ async fn two_client_script(name: &str) {
                     ])))
                     .await
                     .unwrap();
-                received(&mut stream).await;
+                support::received_until_quiet(&mut stream, quiet).await;
                 clients.push(stream);
             }
             let mut transcript = Vec::new();
@@ -354,8 +342,8 @@ async fn two_client_script(name: &str) {
                     .write_all(&support::encode_command(&args))
                     .await
                     .unwrap();
-                let first = received(&mut clients[0]).await;
-                let second = received(&mut clients[1]).await;
+                let first = support::received_until_quiet(&mut clients[0], quiet).await;
+                let second = support::received_until_quiet(&mut clients[1], quiet).await;
                 transcript.push((words.join(" "), first, second));
             }
             transcripts.push(transcript);

@@ -577,6 +577,21 @@ impl Resp {
     }
 }
 
+/// What arrives on `stream` until it has been quiet for `quiet` (pushes, several frames
+/// of one command, nothing at all).
+pub async fn received_until_quiet(stream: &mut tokio::net::TcpStream, quiet: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout(quiet, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
 /// A command as a RESP array of bulk strings.
 pub fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
     let mut request = format!("*{}\r\n", args.len()).into_bytes();

@@ -526,16 +526,16 @@ fn reply_to_lua(lua: &Lua, failure: &Function, reply: Reply, resp: u8) -> mlua::
         Reply::BigNumber(digits) if resp3 => {
             single("big_number", Value::String(lua.create_string(&digits)?))?
         }
-        Reply::BigNumber(text) | Reply::Verbatim(_, text) if !resp3 => {
-            Value::String(lua.create_string(&text)?)
-        }
-        Reply::Verbatim(format, text) => {
+        Reply::Verbatim(format, text) if resp3 => {
             let inner = lua.create_table_with_capacity(0, 2)?;
             inner.raw_set("string", lua.create_string(&text)?)?;
             inner.raw_set("format", lua.create_string(format)?)?;
             single("verbatim_string", Value::Table(inner))?
         }
-        Reply::BigNumber(_) => unreachable!("both RESP versions are matched above"),
+        // In RESP2 both are bulk strings.
+        Reply::BigNumber(text) | Reply::Verbatim(_, text) => {
+            Value::String(lua.create_string(&text)?)
+        }
         Reply::Array(items) | Reply::Push(items) | Reply::Frames(items) => {
             let table = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.into_iter().enumerate() {
