@@ -582,7 +582,7 @@ async fn evalsha_of_a_script_loaded_before_the_failover_works_on_the_survivor() 
     a.node.kill();
     assert_eq!(
         on_b.call(&["EVALSHA", &shas[0], "0"]).await,
-        Reply::BulkString(b"loaded before the pair formed".to_vec().into())
+        Reply::BulkString(b"loaded before the pair formed".to_vec())
     );
     assert_eq!(
         on_b.call(&["EVALSHA", &sha_counter, "1", "hits"]).await,
@@ -591,6 +591,6 @@ async fn evalsha_of_a_script_loaded_before_the_failover_works_on_the_survivor() 
     );
     assert_eq!(
         on_b.call(&["EVALSHA", &shas[1], "1", "hits"]).await,
-        Reply::BulkString(b"2".to_vec().into())
+        Reply::BulkString(b"2".to_vec())
     );
 }

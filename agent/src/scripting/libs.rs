@@ -628,8 +628,7 @@ fn structs(lua: &Lua) -> mlua::Result<Table> {
             let mut out = Vec::new();
             let mut next = 1;
             let mut little = true;
-            let mut items = StructFormat::new(&format);
-            while let Some(item) = items.next() {
+            for item in StructFormat::new(&format) {
                 match item {
                     Err(e) => return Ok(Err(e)),
                     Ok(StructItem::Endian(l)) => little = l,
@@ -731,8 +730,7 @@ fn structs(lua: &Lua) -> mlua::Result<Table> {
             let mut little = true;
             let mut values = Vec::new();
             let short = || Err("bad argument #2 to 'unpack' (data string too short)".to_string());
-            let mut items = StructFormat::new(&format);
-            while let Some(item) = items.next() {
+            for item in StructFormat::new(&format) {
                 match item {
                     Err(e) => return Ok(Err(e)),
                     Ok(StructItem::Endian(l)) => little = l,

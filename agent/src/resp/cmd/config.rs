@@ -286,7 +286,7 @@ fn get(ctx: &Ctx<'_>, patterns: &[Bytes]) -> CmdResult {
 
 /// All pairs are checked before any takes effect, as Redis does.
 fn set(ctx: &mut Ctx<'_>, pairs: &[Bytes]) -> CmdResult {
-    if pairs.len() % 2 != 0 {
+    if !pairs.len().is_multiple_of(2) {
         return Err(CmdError::Syntax);
     }
     let failed = |name: &str, why: &str| {
@@ -420,11 +420,14 @@ fn integer_within(value: &str, min: i64, max: i64) -> Result<i64, String> {
     }
 }
 
+/// A class's output limits: hard and soft bytes, and seconds over the soft limit.
+pub type OutputLimit = (u64, u64, u64);
+
 /// `class hard soft seconds ...`, classes `normal`, `slave`/`replica`, `pubsub`, sizes in
 /// bytes or with Redis' units.
-pub fn output_limits(text: &str) -> Option<Vec<(String, (u64, u64, u64))>> {
+pub fn output_limits(text: &str) -> Option<Vec<(String, OutputLimit)>> {
     let words: Vec<&str> = text.split_whitespace().collect();
-    if words.is_empty() || words.len() % 4 != 0 {
+    if words.is_empty() || !words.len().is_multiple_of(4) {
         return None;
     }
     words
