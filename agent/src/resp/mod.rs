@@ -1,6 +1,7 @@
 //! The Redis-protocol (RESP2/RESP3) endpoint apps keep their sessions through.
 
 mod clients;
+pub(crate) use clients::ClientSession;
 pub mod cmd;
 pub mod connection;
 pub mod parse;

@@ -139,6 +139,10 @@ impl Engine {
             .load(include_str!("sandbox.lua"))
             .set_name(SANDBOX_CHUNK)
             .call(natives)?;
+        let state: Table = sandbox.raw_get("state")?;
+        // SAFETY: `command_native` follows Lua's protocol for C functions (see there).
+        state.raw_set("command", unsafe { lua.create_c_function(command_native)? })?;
+        state.raw_set("take_reply", lua.create_function(take_reply)?)?;
         let killed = flags.clone();
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
@@ -152,7 +156,7 @@ impl Engine {
         lua.set_memory_limit(memory_limit)?;
         Ok(Engine {
             globals: sandbox.raw_get("globals")?,
-            state: sandbox.raw_get("state")?,
+            state,
             run: sandbox.raw_get("run")?,
             failure: sandbox.raw_get("failure")?,
             env: sandbox.raw_get("env")?,
@@ -168,6 +172,11 @@ impl Engine {
     /// Scripts in the cache.
     pub fn len(&self) -> usize {
         self.scripts.len()
+    }
+
+    /// Whether the cache holds no script.
+    pub fn is_empty(&self) -> bool {
+        self.scripts.is_empty()
     }
 
     /// Bytes of the cached scripts' bodies.
@@ -282,7 +291,6 @@ impl Engine {
         }
         flags.running.store(false, Ordering::Release);
         flags.kill.store(false, Ordering::Relaxed);
-        let _ = self.state.raw_set("command", Value::Nil);
         match outcome {
             Ok(reply) => reply,
             Err(err) => Reply::Error(sanitize(&format!(
@@ -307,51 +315,266 @@ impl Engine {
         args: &[Bytes],
         read_only: bool,
     ) -> mlua::Result<Reply> {
-        let lua = &self.lua;
-        self.globals.raw_set("KEYS", strings_table(lua, keys)?)?;
-        self.globals.raw_set("ARGV", strings_table(lua, args)?)?;
-        self.state.raw_set("resp", 2)?;
-        let mut session = ctx.session.for_script();
-        let failure = &self.failure;
-        let flags = &self.flags;
-        let state = &self.state;
-        let run = &self.run;
-        lua.scope(|scope| {
-            let command = scope.create_function_mut(|lua, (resp, args): (u8, MultiValue)| {
-                let checked = command_args(args)
-                    .and_then(|args| Ok((check_command(&args, read_only)?, args)));
-                let (command, args) = match checked {
-                    Ok(checked) => checked,
-                    // Redis' own errors get the ERR code.
-                    Err(text) => return Ok((failure.call::<Value>(text)?, true)),
-                };
-                if command.writes() {
-                    flags.wrote.store(true, Ordering::Relaxed);
+        let mut running = Running {
+            ctx,
+            session: None,
+            read_only,
+            flags: &self.flags,
+            failure: &self.failure,
+            pending: Pending::None,
+        };
+        let _current = Current::enter(&mut running);
+        // One protected call sets KEYS, ARGV and the run's state and runs the script: each
+        // value set through the safe API would be a protected call of its own.
+        //
+        // SAFETY: the closure only calls Lua's API on the stack exec_raw gives it (the four
+        // values pushed as arguments, then what it pushes), holds nothing that needs
+        // dropping (a Lua error unwinds it by longjmp), and leaves exactly three results.
+        let (ok, value, resp): (bool, Value, u8) = unsafe {
+            self.lua
+                .exec_raw((&self.globals, &self.state, &self.run, function), |state| {
+                    use mlua::ffi;
+                    for (name, items) in [(c"KEYS", keys), (c"ARGV", args)] {
+                        ffi::lua_pushstring(state, name.as_ptr());
+                        ffi::lua_createtable(state, items.len() as i32, 0);
+                        for (i, item) in items.iter().enumerate() {
+                            ffi::lua_pushlstring(state, item.as_ptr().cast(), item.len());
+                            ffi::lua_rawseti(state, -2, i as i64 + 1);
+                        }
+                        ffi::lua_rawset(state, 1);
+                    }
+                    let set_state = |running: bool| {
+                        ffi::lua_pushstring(state, c"resp".as_ptr());
+                        ffi::lua_pushinteger(state, 2);
+                        ffi::lua_rawset(state, 2);
+                        ffi::lua_pushstring(state, c"running".as_ptr());
+                        ffi::lua_pushboolean(state, i32::from(running));
+                        ffi::lua_rawset(state, 2);
+                    };
+                    set_state(true);
+                    ffi::lua_pushvalue(state, 3);
+                    ffi::lua_pushvalue(state, 4);
+                    ffi::lua_call(state, 1, 2);
+                    ffi::lua_pushstring(state, c"resp".as_ptr());
+                    ffi::lua_rawget(state, 2);
+                    // After the run: not running, and the next one starts in RESP2.
+                    set_state(false);
+                    // Leaves the results: ok, value, resp.
+                    for _ in 0..4 {
+                        ffi::lua_remove(state, 1);
+                    }
+                })?
+        };
+        if ok {
+            Ok(lua_to_reply(&value, resp, 0))
+        } else {
+            Ok(error_reply(&value, sha))
+        }
+    }
+}
+
+/// The run in progress, for the `command` native: what it needs of the run's caller.
+struct Running<'a, 'c> {
+    ctx: &'a mut Ctx<'c>,
+    /// The script's own client session (`SELECT` inside a script lasts for the run);
+    /// made from the caller's at the first command.
+    session: Option<crate::resp::ClientSession>,
+    read_only: bool,
+    flags: &'a RunFlags,
+    failure: &'a Function,
+    /// The last command's reply, until the script takes it.
+    pending: Pending,
+}
+
+thread_local! {
+    /// The run in progress on this thread, or null: the `command` native is created once
+    /// and finds its run here (a native per run would cost a closure and its removal).
+    static CURRENT: std::cell::Cell<*mut ()> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Makes a run the current one until dropped, and the one before it current again.
+struct Current(*mut ());
+
+impl Current {
+    fn enter(running: &mut Running<'_, '_>) -> Current {
+        let ptr = std::ptr::from_mut(running).cast::<()>();
+        Current(CURRENT.with(|current| current.replace(ptr)))
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.set(self.0));
+    }
+}
+
+/// What a command left for `take_reply` to convert: replies the native cannot push itself
+/// without allocating Lua values, which a Rust frame must not do (see `command_native`).
+enum Pending {
+    None,
+    Reply(Reply),
+    /// A command the script may not run: Redis' text, which gets the ERR code.
+    Refused(&'static str),
+}
+
+/// Takes the current run out of CURRENT for the length of `f`, so that nothing else can
+/// reach it meanwhile, and puts it back after.
+fn with_running<T>(f: impl FnOnce(Option<&mut Running<'_, '_>>) -> T) -> T {
+    let ptr = CURRENT.with(|current| current.replace(std::ptr::null_mut()));
+    // Current again when `f` is done, whatever happens.
+    let _restore = Current(ptr);
+    // SAFETY: a non-null `ptr` was set by `Current::enter` from a `Running` that outlives
+    // the run (`Engine::call` drops its `Current` only after the script returned), and it
+    // was taken out of CURRENT above, so no other reference to it exists while this one
+    // lives.
+    f(unsafe { ptr.cast::<Running<'_, '_>>().as_mut() })
+}
+
+/// Runs one command of the current run for `redis.call` and `redis.pcall`: called as
+/// `command(resp, name, args...)`, it returns `reply, failed, pending`. Replies that are
+/// numbers, booleans, nil or a string it pushes itself; for any other, `pending` is true
+/// and the script takes the reply from `take_reply`.
+///
+/// A raw C function, not one made by mlua: the arguments are read straight off Lua's
+/// stack instead of becoming a value each, which is most of what a call would cost.
+unsafe extern "C-unwind" fn command_native(state: *mut mlua::lua_State) -> std::ffi::c_int {
+    use mlua::ffi;
+    // SAFETY: called by Lua with a valid state; reading values off the stack does not
+    // allocate (numbers are read as numbers, not converted in place).
+    let (resp, args) = unsafe {
+        let given = ffi::lua_gettop(state);
+        let resp = ffi::lua_tointeger(state, 1) as u8;
+        let args = (2..=given)
+            .map(|index| match ffi::lua_type(state, index) {
+                ffi::LUA_TSTRING => {
+                    let mut len = 0;
+                    let data = ffi::lua_tolstring(state, index, &mut len);
+                    Ok(Bytes::copy_from_slice(std::slice::from_raw_parts(
+                        data.cast::<u8>(),
+                        len,
+                    )))
                 }
-                session.protocol = resp;
-                let mut inner = Ctx {
-                    store: ctx.store,
-                    session: &mut session,
-                    clients: ctx.clients,
-                    scripts: ctx.scripts,
-                    mutations: &mut *ctx.mutations,
-                    now_ms: ctx.now_ms,
-                    held: ctx.held.as_deref_mut(),
-                };
-                let reply = cmd::run(&mut inner, command, args);
+                ffi::LUA_TNUMBER => Ok(format_lua_argument(ffi::lua_tonumber(state, index))),
+                _ => Err("Lua redis lib command arguments must be strings or integers"),
+            })
+            .collect::<Result<Vec<Bytes>, _>>();
+        (resp, args)
+    };
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_running(|running| {
+            let Some(running) = running else {
+                return false;
+            };
+            running.pending = run_one(running, resp, args);
+            true
+        })
+    }));
+    let ran = matches!(ran, Ok(true));
+    let running = CURRENT.with(std::cell::Cell::get).cast::<Running<'_, '_>>();
+    // SAFETY: only pushes, within the slots Lua guarantees a C function (LUA_MINSTACK).
+    // Nothing on this frame needs dropping from here on: the reply is owned by the run,
+    // so a Lua error raised by allocating its string (out of memory) unwinds nothing.
+    unsafe {
+        if !ran || running.is_null() {
+            // Outside a run (the sandbox checks first), or the command panicked.
+            ffi::lua_pushnil(state);
+            ffi::lua_pushboolean(state, 1);
+            ffi::lua_pushboolean(state, 1);
+            if let Some(running) = running.as_mut() {
+                running.pending = Pending::Refused("the command failed inside the server");
+            }
+            return 3;
+        }
+        let running = &mut *running;
+        let resp3 = resp >= 3;
+        let simple = match &running.pending {
+            Pending::Reply(Reply::Int(n)) => {
+                ffi::lua_pushnumber(state, *n as f64);
+                true
+            }
+            Pending::Reply(Reply::Nil | Reply::NilArray) if resp3 => {
+                ffi::lua_pushnil(state);
+                true
+            }
+            Pending::Reply(Reply::Nil | Reply::NilArray) => {
+                ffi::lua_pushboolean(state, 0);
+                true
+            }
+            Pending::Reply(Reply::Bool(b)) if resp3 => {
+                ffi::lua_pushboolean(state, i32::from(*b));
+                true
+            }
+            Pending::Reply(Reply::Bulk(bytes)) => {
+                ffi::lua_pushlstring(state, bytes.as_ptr().cast(), bytes.len());
+                true
+            }
+            _ => false,
+        };
+        if simple {
+            running.pending = Pending::None;
+            ffi::lua_pushboolean(state, 0);
+            ffi::lua_pushboolean(state, 0);
+        } else {
+            ffi::lua_pushnil(state);
+            ffi::lua_pushnil(state);
+            ffi::lua_pushboolean(state, 1);
+        }
+        3
+    }
+}
+
+/// Runs one command of a run and returns its reply, or why the script may not run it.
+fn run_one(
+    running: &mut Running<'_, '_>,
+    resp: u8,
+    args: Result<Vec<Bytes>, &'static str>,
+) -> Pending {
+    let checked = args.and_then(|args| {
+        if args.is_empty() {
+            return Err("Please specify at least one argument for this redis lib call");
+        }
+        Ok((check_command(&args, running.read_only)?, args))
+    });
+    let (command, args) = match checked {
+        Ok(checked) => checked,
+        Err(text) => return Pending::Refused(text),
+    };
+    if command.writes() {
+        running.flags.wrote.store(true, Ordering::Relaxed);
+    }
+    let ctx = &mut *running.ctx;
+    let session = running
+        .session
+        .get_or_insert_with(|| ctx.session.for_script());
+    session.protocol = resp;
+    let mut inner = Ctx {
+        store: ctx.store,
+        session,
+        clients: ctx.clients,
+        scripts: ctx.scripts,
+        mutations: &mut *ctx.mutations,
+        now_ms: ctx.now_ms,
+        held: ctx.held.as_deref_mut(),
+    };
+    Pending::Reply(cmd::run(&mut inner, command, args))
+}
+
+/// The reply `command_native` left pending, as the script sees it, and whether it failed.
+fn take_reply(lua: &Lua, resp: u8) -> mlua::Result<(Value, bool)> {
+    with_running(|running| {
+        let Some(running) = running else {
+            return Ok((Value::Nil, true));
+        };
+        let failure = running.failure;
+        match std::mem::replace(&mut running.pending, Pending::None) {
+            Pending::None => Ok((Value::Nil, false)),
+            Pending::Refused(text) => Ok((failure.call::<Value>(text)?, true)),
+            Pending::Reply(reply) => {
                 let failed = matches!(reply, Reply::Error(_));
                 Ok((reply_to_lua(lua, failure, reply, resp)?, failed))
-            })?;
-            state.raw_set("command", command)?;
-            let (ok, value): (bool, Value) = run.call(function)?;
-            let resp: u8 = state.raw_get("resp")?;
-            if ok {
-                Ok(lua_to_reply(&value, resp, 0))
-            } else {
-                Ok(error_reply(&value, sha))
             }
-        })
-    }
+        }
+    })
 }
 
 /// A C function that calls its upvalue with its arguments and returns all it returns:
@@ -459,19 +682,13 @@ fn sanitize(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
 
-/// The arguments of `redis.call`: strings, and numbers as C's `%.17g` prints them.
-fn command_args(args: MultiValue) -> Result<Vec<Bytes>, &'static str> {
-    if args.is_empty() {
-        return Err("Please specify at least one argument for this redis lib call");
+/// A number given to `redis.call`: integers in full, others as C's `%.17g` prints them.
+fn format_lua_argument(n: f64) -> Bytes {
+    if n.fract() == 0.0 && n.abs() < 9.2e18 {
+        Bytes::from((n as i64).to_string())
+    } else {
+        Bytes::from(format_double(n))
     }
-    args.into_iter()
-        .map(|arg| match arg {
-            Value::String(s) => Ok(Bytes::copy_from_slice(&s.as_bytes())),
-            Value::Integer(n) => Ok(Bytes::from(n.to_string())),
-            Value::Number(n) => Ok(Bytes::from(format_double(n))),
-            _ => Err("Lua redis lib command arguments must be strings or integers"),
-        })
-        .collect()
 }
 
 /// The command a script may run, or Redis' error for one it may not.
@@ -490,14 +707,6 @@ fn check_command(args: &[Bytes], read_only: bool) -> Result<&'static cmd::Comman
         return Err("Write commands are not allowed from read-only scripts.");
     }
     Ok(command)
-}
-
-fn strings_table(lua: &Lua, items: &[Bytes]) -> mlua::Result<Table> {
-    let table = lua.create_table_with_capacity(items.len(), 0)?;
-    for (i, item) in items.iter().enumerate() {
-        table.raw_set(i + 1, lua.create_string(item)?)?;
-    }
-    Ok(table)
 }
 
 /// A command's reply as the script sees it, in the script's RESP version (`redis.setresp`):

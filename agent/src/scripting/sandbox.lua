@@ -54,16 +54,22 @@ local function fail(text)
   error(failure(text), 0)
 end
 
--- The per-run native that runs a command: (reply, failed). The engine sets it for each run.
-local run_state = { resp = 2 }
+-- The native that runs a command, (reply, failed), set by the engine; `running` is true
+-- while a script runs, `resp` is its RESP version.
+local run_state = { resp = 2, running = false }
 
 local redis = {}
+-- `command` returns the reply, whether it failed, and whether the reply is still to be
+-- taken (replies other than numbers, booleans, nil and strings).
 function redis.call(...)
-  local command = run_state.command
-  if not command then
+  if not run_state.running then
     fail('redis.call/pcall can only be called inside a script invocation')
   end
-  local reply, failed = command(run_state.resp, ...)
+  local resp = run_state.resp
+  local reply, failed, pending = run_state.command(resp, ...)
+  if pending then
+    reply, failed = run_state.take_reply(resp)
+  end
   if failed then
     error(reply, 0)
   end
@@ -71,11 +77,15 @@ function redis.call(...)
 end
 
 function redis.pcall(...)
-  local command = run_state.command
-  if not command then
+  if not run_state.running then
     fail('redis.call/pcall can only be called inside a script invocation')
   end
-  return (command(run_state.resp, ...))
+  local resp = run_state.resp
+  local reply, failed, pending = run_state.command(resp, ...)
+  if pending then
+    reply = run_state.take_reply(resp)
+  end
+  return reply
 end
 
 function redis.setresp(...)
@@ -144,7 +154,7 @@ end
 redis.REPL_NONE, redis.REPL_AOF, redis.REPL_SLAVE, redis.REPL_REPLICA, redis.REPL_ALL = 0, 1, 2, 2, 3
 
 function redis.set_repl(...)
-  if not run_state.command then
+  if not run_state.running then
     fail('redis.set_repl can only be called inside a script invocation')
   end
   if select('#', ...) ~= 1 then
@@ -167,7 +177,7 @@ end
 function redis.debug() end
 
 function redis.acl_check_cmd(...)
-  if not run_state.command then
+  if not run_state.running then
     fail('redis.acl_check_cmd can only be called inside a script invocation')
   end
   if select('#', ...) == 0 then
