@@ -284,6 +284,102 @@ async fn a_busy_script_replies_as_redis_server_and_script_kill_stops_it() {
     );
 }
 
+/// Scripts pipelined with other commands in one write (a client's consecutive scripts run
+/// in one hand-over to the scripts' thread): every reply, in order, byte-equal with
+/// redis-server's, in RESP2 and RESP3, including more scripts in a row than one hand-over
+/// takes, scripts queued in a transaction, failing scripts, and `SELECT` inside a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_scripts_reply_as_redis_server() {
+    use tokio::io::AsyncWriteExt;
+    if !capability("redis-server", has_program("redis-server")) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "pipelined-scripts", &[]);
+    wait_for_port(agent.resp).await;
+    let eval = |body: &str, rest: &[&str]| {
+        let mut args: Vec<Vec<u8>> = vec![b"EVAL".to_vec(), body.as_bytes().to_vec()];
+        args.extend(rest.iter().map(|a| a.as_bytes().to_vec()));
+        support::encode_command(&args)
+    };
+    let plain = |args: &[&str]| {
+        support::encode_command(
+            &args
+                .iter()
+                .map(|a| a.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let incr = "return redis.call('incr', KEYS[1])";
+    let mut pipeline = Vec::new();
+    pipeline.extend(plain(&["FLUSHALL"]));
+    pipeline.extend(eval(
+        "return redis.call('set', KEYS[1], ARGV[1])",
+        &["1", "k", "v"],
+    ));
+    pipeline.extend(eval("return redis.call('get', KEYS[1])", &["1", "k"]));
+    pipeline.extend(plain(&["APPEND", "k", "w"]));
+    pipeline.extend(eval("return redis.call('get', KEYS[1])", &["1", "k"]));
+    for _ in 0..150 {
+        pipeline.extend(eval(incr, &["1", "n"]));
+    }
+    pipeline.extend(plain(&["GET", "n"]));
+    pipeline.extend(plain(&[
+        "EVALSHA",
+        "ffffffffffffffffffffffffffffffffffffffff",
+        "0",
+    ]));
+    pipeline.extend(eval("return redis.call('nosuchcommand')", &["0"]));
+    pipeline.extend(eval("return redis.pcall('incr', KEYS[1])", &["1", "k"]));
+    pipeline.extend(eval(
+        "return {1, 'two', {3, false}, redis.status_reply('ok')}",
+        &["0"],
+    ));
+    pipeline.extend(eval("return redis.call('hgetall', KEYS[1])", &["1", "h"]));
+    pipeline.extend(eval(
+        "redis.call('hset', KEYS[1], 'a', '1', 'b', '2') redis.setresp(3) return redis.call('hgetall', KEYS[1])",
+        &["1", "h"],
+    ));
+    pipeline.extend(eval(
+        "redis.call('select', 1) return redis.call('set', 'x', 'in-db-1')",
+        &["0"],
+    ));
+    pipeline.extend(plain(&["GET", "x"]));
+    pipeline.extend(plain(&["MULTI"]));
+    pipeline.extend(eval(incr, &["1", "n"]));
+    pipeline.extend(plain(&["INCR", "n"]));
+    pipeline.extend(plain(&["EXEC"]));
+    pipeline.extend(eval("return 3.99", &["0"]));
+    pipeline.extend(eval("syntax error here", &["0"]));
+    pipeline.extend(plain(&["GET", "n"]));
+    let mut transcripts = Vec::new();
+    for protocol in ["2", "3"] {
+        let mut received = Vec::new();
+        for addr in [redis.addr, agent.resp] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut all = plain(&["HELLO", protocol]);
+            all.extend(&pipeline);
+            stream.write_all(&all).await.unwrap();
+            let replies =
+                support::received_until_quiet(&mut stream, Duration::from_millis(300)).await;
+            received.push(String::from_utf8_lossy(&replies).into_owned());
+        }
+        // HELLO's own reply names the server and its version: compared from the first
+        // reply after it.
+        let after_hello =
+            |text: &str| text[text.find("+OK\r\n").expect("FLUSHALL's reply")..].to_string();
+        let (theirs, ours) = (after_hello(&received[0]), after_hello(&received[1]));
+        assert!(theirs.contains(":152\r\n"), "redis-server: {theirs}");
+        assert_eq!(ours, theirs, "RESP{protocol}");
+        transcripts.push(ours);
+    }
+    assert_ne!(
+        transcripts[0], transcripts[1],
+        "RESP3 differs from RESP2 (the map)"
+    );
+}
+
 /// Pub/sub between two clients (`tests/compat/pubsub.txt`: each line names the client that
 /// sends it): after each command, every frame either client received within a moment is
 /// compared with redis-server's, in RESP2 (subscribed-mode rules) and RESP3 (pushes).

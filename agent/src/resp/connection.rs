@@ -332,6 +332,9 @@ fn drain_messages(session: &mut ClientSession, output: &mut BytesMut) {
     }
 }
 
+/// The most scripts of one client run in one hand-over to the scripts' thread.
+const SCRIPTS_PER_HAND_OVER: usize = 64;
+
 /// Redis' reply to a command refused while a script runs past the busy threshold.
 const BUSY: &str =
     "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";
@@ -346,26 +349,33 @@ fn allowed_while_busy(args: &[Bytes]) -> bool {
             .is_some_and(|command| command.has_flag("allow_busy") && command.name != "watch")
 }
 
-/// Runs a script request on the scripts' thread with the keyspace locked for the whole
-/// run, the store's gate telling everyone else to wait (or, past the threshold, that the
-/// server is busy) instead of blocking on the lock; the runtime's threads stay free to
-/// serve them and `SCRIPT KILL`. Returns the reply and the writes the script made.
-async fn run_script(
+/// Runs a connection's consecutive script requests on the scripts' thread, one after the
+/// other, each with the keyspace locked for its whole run and the store's gate telling
+/// everyone else to wait (or, past the threshold, that the server is busy) instead of
+/// blocking on the lock; the runtime's threads stay free to serve them and `SCRIPT KILL`.
+/// One hand-over for a pipeline of scripts, not one each. Returns the replies, in order,
+/// and the writes the scripts made.
+async fn run_scripts(
     store: &SessionStore,
     clients: &Clients,
     scripts: &Scripts,
     session: &mut ClientSession,
-    args: Vec<Bytes>,
-) -> (Reply, Writes) {
+    requests: Vec<Vec<Bytes>>,
+) -> (Vec<Reply>, Writes) {
+    let count = requests.len();
     let (store, clients, runner) = (store.clone(), clients.clone(), scripts.clone());
     let mut stand_in = session.for_script();
     stand_in.protocol = session.protocol;
     let (done, ran) = tokio::sync::oneshot::channel();
     scripts.run_on_thread(move || {
-        let ran = {
-            let _hold = store.gate().begin();
+        let mut writes = Writes::default();
+        let mut replies = Vec::with_capacity(requests.len());
+        // One hold for them all: ending it after each script would wake every waiter to
+        // find the next script under way. Each script's time counts from its own start.
+        let hold = store.gate().begin();
+        for args in requests {
+            hold.restart();
             let mut keyspace = store.lock();
-            let mut writes = Writes::default();
             let mut ctx = Ctx {
                 store: &store,
                 session: &mut stand_in,
@@ -375,20 +385,47 @@ async fn run_script(
                 now_ms: store.now_ms(),
                 held: Some(&mut keyspace),
             };
-            (execute(&mut ctx, args), writes)
-        };
+            replies.push(execute(&mut ctx, args));
+        }
+        drop(hold);
         // The hold is over before the caller hears of it: its next command finds the
         // keyspace free.
-        let _ = done.send(ran);
+        let _ = done.send((replies, writes));
     });
     session.last_command = "eval";
     ran.await.unwrap_or_else(|_| {
         warn!(client = session.id, "a script's run failed");
-        (
-            Reply::Error("ERR the script's run failed".into()),
-            Writes::default(),
-        )
+        let failed = || Reply::Error("ERR the script's run failed".into());
+        ((0..count).map(|_| failed()).collect(), Writes::default())
     })
+}
+
+/// Whether a request is a script to run on the scripts' thread: outside a transaction
+/// (queued there, it runs in `EXEC`), once the client is authenticated.
+fn batches_script(args: &[Bytes], session: &ClientSession) -> bool {
+    runs_script(args) && session.multi.is_none() && session.authenticated
+}
+
+/// Runs the script requests read so far and queues their replies.
+async fn flush_scripts(
+    store: &SessionStore,
+    clients: &Clients,
+    scripts: &Scripts,
+    session: &mut ClientSession,
+    pending: &mut Vec<Vec<Bytes>>,
+    mutations: &mut Writes,
+    output: &mut BytesMut,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let requests = std::mem::take(pending);
+    let (replies, writes) = run_scripts(store, clients, scripts, session, requests).await;
+    mutations.append(&writes);
+    for reply in replies {
+        drain_messages(session, output);
+        reply.encode(session.protocol, output);
+    }
 }
 
 /// Answers a discarded request with its limit error (a transaction being queued is then
@@ -477,6 +514,8 @@ async fn run(
     loop {
         let mut failure = None;
         let mut commands = 0u64;
+        // Script requests read and not yet run: consecutive ones run in one hand-over.
+        let mut pending_scripts: Vec<Vec<Bytes>> = Vec::new();
         let mut now_ms = sessions.store.now_ms();
         loop {
             if let Some(discard) = discarding.as_mut() {
@@ -499,7 +538,34 @@ async fn run(
             } else {
                 &RespLimits::UNAUTHENTICATED
             };
-            match next_request(&mut input, limits) {
+            let request = match next_request(&mut input, limits) {
+                Ok(Some(Parsed::Request(args)))
+                    if batches_script(&args, session)
+                        && session.pubsub.is_none()
+                        && pending_scripts.len() < SCRIPTS_PER_HAND_OVER
+                        && !sessions.store.gate().is_active() =>
+                {
+                    commands += 1;
+                    pending_scripts.push(args);
+                    continue;
+                }
+                other => other,
+            };
+            // Everything else is answered after the scripts before it.
+            if !pending_scripts.is_empty() {
+                flush_scripts(
+                    &sessions.store,
+                    clients,
+                    scripts,
+                    session,
+                    &mut pending_scripts,
+                    &mut mutations,
+                    &mut output,
+                )
+                .await;
+                now_ms = sessions.store.now_ms();
+            }
+            match request {
                 Ok(Some(Parsed::Oversized(discard))) => {
                     commands += 1;
                     discarding = Some(discard);
@@ -521,25 +587,37 @@ async fn run(
                             }
                         }
                     }
-                    let reply =
-                        if runs_script(&args) && session.multi.is_none() && session.authenticated {
-                            let (reply, writes) =
-                                run_script(&sessions.store, clients, scripts, session, args).await;
-                            mutations.append(&writes);
-                            now_ms = sessions.store.now_ms();
-                            reply
-                        } else {
-                            let mut ctx = Ctx {
-                                store: &sessions.store,
-                                session,
+                    if batches_script(&args, session) {
+                        // The gate is free now: the script runs with those after it, or at
+                        // once for a subscriber (its messages go between the replies).
+                        pending_scripts.push(args);
+                        if session.pubsub.is_some() {
+                            flush_scripts(
+                                &sessions.store,
                                 clients,
                                 scripts,
-                                mutations: &mut mutations,
-                                now_ms,
-                                held: None,
-                            };
-                            execute(&mut ctx, args)
+                                session,
+                                &mut pending_scripts,
+                                &mut mutations,
+                                &mut output,
+                            )
+                            .await;
+                            now_ms = sessions.store.now_ms();
+                        }
+                        continue;
+                    }
+                    let reply = {
+                        let mut ctx = Ctx {
+                            store: &sessions.store,
+                            session,
+                            clients,
+                            scripts,
+                            mutations: &mut mutations,
+                            now_ms,
+                            held: None,
                         };
+                        execute(&mut ctx, args)
+                    };
                     // Messages already queued for this connection (its own PUBLISH to a
                     // channel it is subscribed to) go before the reply, as in Redis.
                     drain_messages(session, &mut output);
@@ -556,6 +634,16 @@ async fn run(
                 }
             }
         }
+        flush_scripts(
+            &sessions.store,
+            clients,
+            scripts,
+            session,
+            &mut pending_scripts,
+            &mut mutations,
+            &mut output,
+        )
+        .await;
         if commands > 0 {
             commands_total.increment(commands);
         }

@@ -33,6 +33,14 @@ pub enum Waited {
 #[derive(Debug)]
 pub struct Hold(Arc<HoldGate>);
 
+impl Hold {
+    /// Counts the hold's time from now on, for the next of several scripts run in one hold:
+    /// each may run up to the busy threshold, and the waiters are not woken in between.
+    pub fn restart(&self) {
+        *self.0.since.lock() = Some(Instant::now());
+    }
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         *self.0.since.lock() = None;
