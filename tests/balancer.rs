@@ -121,6 +121,57 @@ async fn sticky_users_keep_their_sessions_through_the_death_of_their_node() {
     }
 }
 
+/// A balancer restarted with kill -9 under sticky users signs and reads cookies with the
+/// same secret (derived from the cluster key): nobody moves and no counter resets. One
+/// without a cluster key or cookie secret file refuses to start, and says how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_balancer_moves_nobody_and_one_without_a_secret_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DemoCluster::start(dir.path(), 4).await;
+    let users: Vec<User> = (0..USERS).map(User::new).collect();
+    let mut homes = BTreeMap::new();
+    let mut clicked = Vec::new();
+    for (user, answers) in run_users(users, cluster.listen, 5).await {
+        let answers: Vec<Counter> = answers.into_iter().collect::<Result<_, _>>().unwrap();
+        homes.insert(user.id, answers[0].node.clone());
+        clicked.push(user);
+    }
+    cluster.balancer.kill();
+    cluster.balancer.restart();
+    wait_protected_routes(cluster.balancer.admin, &cluster.balancer.name, 4).await;
+    for (user, answers) in run_users(clicked, cluster.listen, 5).await {
+        let answers: Vec<Counter> = answers.into_iter().collect::<Result<_, _>>().unwrap();
+        let counts: Vec<i64> = answers.iter().map(|a| a.count).collect();
+        assert_eq!(counts, (6..=10).collect::<Vec<_>>(), "user {}", user.id);
+        assert!(
+            answers.iter().all(|a| a.node == homes[&user.id]),
+            "user {} moved after the restart: {answers:?}",
+            user.id
+        );
+    }
+
+    let mut keyless = Node::start_with(
+        dir.path(),
+        "balancer",
+        "keyless-balancer",
+        &[cluster.agents.values().next().unwrap().node.gossip],
+        free_udp_addr(),
+        vec![
+            "--listen".into(),
+            free_tcp_addr().to_string(),
+            support::NO_GOSSIP_KEY.into(),
+        ],
+    );
+    let status = keyless.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "a balancer without a secret started");
+    let log = keyless.log_text();
+    assert!(
+        log.lines().any(|line| line.contains("--gossip-key-file")
+            && line.contains("--cookie-secret-file")),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     let dir = tempfile::tempdir().unwrap();

@@ -126,12 +126,17 @@ fn ports_in_use_exit_1_naming_the_address() {
         );
     }
 
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("cookie-secret");
+    std::fs::write(&secret, "the route cookie secret of this test").unwrap();
     let output = run(&[
         "balancer",
         "--admin-addr",
         &admin,
         "--gossip-addr",
         &taken_udp_addr,
+        "--cookie-secret-file",
+        &secret.display().to_string(),
     ]);
     assert_eq!(output.status.code(), Some(1));
     let line = one_error_line(&output);

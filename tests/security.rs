@@ -27,6 +27,19 @@ fn start_outsider(dir: &Path, name: &str, seed: SocketAddr, key: &[&str]) -> Nod
     Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), extra)
 }
 
+/// A balancer with no cluster key (and the cookie secret file it then needs to start).
+fn start_keyless_outsider(dir: &Path, name: &str, seed: SocketAddr) -> Node {
+    let secret = dir.join(format!("{name}-secret"));
+    std::fs::write(&secret, "an outsider's route cookie secret").unwrap();
+    let secret = secret.display().to_string();
+    start_outsider(
+        dir,
+        name,
+        seed,
+        &[NO_GOSSIP_KEY, "--cookie-secret-file", &secret],
+    )
+}
+
 /// The ids `admin`'s node sees live (none while its admin endpoint does not answer yet).
 async fn live_ids(admin: SocketAddr) -> Vec<String> {
     let Some(view) = members(admin).await else {
@@ -100,7 +113,7 @@ async fn only_key_holders_join_and_the_key_rotates_without_anyone_dropping_out()
         first.node.gossip,
         &["--gossip-key-file", &foreign_key.display().to_string()],
     );
-    let keyless = start_outsider(dir, "no-key", first.node.gossip, &[NO_GOSSIP_KEY]);
+    let keyless = start_keyless_outsider(dir, "no-key", first.node.gossip);
     // Garbage on the gossip port, some of it dressed as sealed gossip.
     let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..500u32 {
@@ -533,7 +546,7 @@ async fn a_running_cluster_without_a_key_turns_sealed_without_anyone_dropping_ou
             );
         }
     }
-    let outsider = start_outsider(dir, "no-key", first.node.gossip, &[NO_GOSSIP_KEY]);
+    let outsider = start_keyless_outsider(dir, "no-key", first.node.gossip);
     tokio::time::sleep(ROUNDS).await;
     assert_eq!(live_ids(first.node.admin).await, ["agent-1", "agent-2"]);
     assert_eq!(live_ids(outsider.admin).await, ["no-key"]);

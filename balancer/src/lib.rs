@@ -37,42 +37,29 @@ pub enum BalancerError {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error(
+        "no route cookie secret: give the balancer the cluster key (--gossip-key-file) or \
+         --cookie-secret-file, or every restart would move its users away from their sessions"
+    )]
+    NoCookieSecret,
     #[error(transparent)]
     Start(#[from] StartError),
 }
 
-/// Where the route cookie secret came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SecretSource {
-    File,
-    /// Derived from the cluster key: every balancer holding the key signs alike.
-    ClusterKey,
-    /// Random: other balancers, and this one after a restart, do not honour its cookies.
-    Random,
-}
-
 /// The route cookie secrets: from the file, else derived from the cluster keys (following
-/// their rotation), else random.
+/// their rotation). Without either there is none the balancers of a cluster, or this one
+/// after a restart, would agree on, and the balancer refuses to start.
 fn cookie_secrets(
     config: &BalancerConfig,
     keyring: &Arc<Keyring>,
-) -> Result<(CookieSecrets, SecretSource), BalancerError> {
+) -> Result<CookieSecrets, BalancerError> {
     match &config.cookie_secret_file {
         Some(path) => {
             let secret = tandem_common::secret::read_secret_file("route cookie secret", path)?;
-            Ok((
-                CookieSecrets::fixed(secret.into_bytes()),
-                SecretSource::File,
-            ))
+            Ok(CookieSecrets::fixed(secret.into_bytes()))
         }
-        None if keyring.primary().is_some() => Ok((
-            CookieSecrets::derived(keyring.clone()),
-            SecretSource::ClusterKey,
-        )),
-        None => Ok((
-            CookieSecrets::fixed(rand::random::<[u8; 32]>().to_vec()),
-            SecretSource::Random,
-        )),
+        None if keyring.primary().is_some() => Ok(CookieSecrets::derived(keyring.clone())),
+        None => Err(BalancerError::NoCookieSecret),
     }
 }
 
@@ -122,7 +109,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     };
     let first_listener = bind_shared(config.listen).map_err(listen_error)?;
     let prepared = PreparedNode::prepare(&config.node).await?;
-    let (secrets, secret_source) = cookie_secrets(&config, prepared.keyring())?;
+    let secrets = cookie_secrets(&config, prepared.keyring())?;
     let proxy = Proxy::new(ProxySettings {
         cookie_name: config.cookie_name.clone(),
         cookie_secrets: Arc::new(secrets),
@@ -143,13 +130,6 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     let mut advert = NodeAdvert::new(Role::Balancer, tandem_common::VERSION);
     advert.state = NodeState::Joining;
     let runtime = prepared.start(advert).await?;
-    if secret_source == SecretSource::Random {
-        warn!(
-            "neither --cookie-secret-file nor a cluster key: route cookies are signed with a \
-             random secret that other balancers (and this one after a restart) will not \
-             accept"
-        );
-    }
     let refresher = spawn_table_refresh(&runtime, proxy.clone());
     info!(node_id = %runtime.gossip.node_id(), listen = %config.listen, "balancer started");
     // One serving thread per core, each with its own listener on the same address
