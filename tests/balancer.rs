@@ -274,6 +274,69 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     // A fresh connection: the one above was left expecting a body that never came.
     let after = reqwest::Client::new().get(&url).send().await.unwrap();
     assert_eq!(after.status(), 200, "still serving");
+
+    // A malformed chunked body is the user's fault (400), not the app's (502); one that
+    // grows past --max-body-bytes without declaring its length gets 413.
+    let limited_listen = free_tcp_addr();
+    let limited = Node::start_with(
+        dir.path(),
+        "balancer",
+        "balancer-limited",
+        &[seed],
+        free_udp_addr(),
+        vec![
+            "--listen".into(),
+            limited_listen.to_string(),
+            "--max-body-bytes".into(),
+            "100000".into(),
+        ],
+    );
+    wait_for_port(limited_listen).await;
+    wait_protected_routes(limited.admin, &limited.name, 4).await;
+    let post = |body: Vec<u8>| async move {
+        let mut raw = tokio::net::TcpStream::connect(limited_listen)
+            .await
+            .unwrap();
+        let mut request = b"POST /api/counter HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        request.extend(body);
+        let _ = raw.write_all(&request).await;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut reply)).await;
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    let mut large = Vec::new();
+    for _ in 0..20 {
+        large.extend(format!("{:x}\r\n", 10_000).bytes());
+        large.extend(std::iter::repeat_n(b'x', 10_000));
+        large.extend(b"\r\n");
+    }
+    large.extend(b"0\r\n\r\n");
+    for (what, body, status) in [
+        (
+            "a bad chunk size",
+            b"zz\r\nhello\r\n0\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "a chunk longer than declared",
+            b"2\r\nhello\r\n0\r\n\r\n".to_vec(),
+            "400",
+        ),
+        ("200,000 bytes in chunks", large, "413"),
+    ] {
+        let reply = post(body).await;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {}",
+            reply.lines().next().unwrap_or_default()
+        );
+    }
+    let after = reqwest::Client::new()
+        .get(format!("http://{limited_listen}/api/counter"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200, "still serving");
     drop(Arc::new(second));
 }
 

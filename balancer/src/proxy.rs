@@ -161,6 +161,63 @@ enum UpstreamError {
     NodeGone { node: String },
 }
 
+/// What went wrong with a streamed request body on the user's side: the user's fault, so
+/// answered 4xx, never blamed on the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFault {
+    /// The body broke off or was malformed (a bad chunk): 400.
+    Malformed,
+    /// The body grew past `--max-body-bytes` without declaring its length: 413.
+    TooLarge,
+}
+
+/// A user's streamed request body on its way to the app, cut off past `limit` bytes; a
+/// failure on the user's side is recorded for the answer.
+struct ClientBody {
+    inner: Incoming,
+    limit: u64,
+    read: u64,
+    fault: Arc<Mutex<Option<ClientFault>>>,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.read += data.len() as u64;
+                    if self.read > self.limit {
+                        *self.fault.lock() = Some(ClientFault::TooLarge);
+                        return Poll::Ready(Some(Err("request body too large".into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                *self.fault.lock() = Some(ClientFault::Malformed);
+                Poll::Ready(Some(Err(err.into())))
+            }
+            other => other.map(|frame| frame.map(|frame| frame.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How often a request waiting for an app server checks that its node still serves: a
 /// node that vanished without a word (power, network) is left within about this long once
 /// gossip declares it dead, instead of after the whole request timeout.
@@ -405,6 +462,7 @@ impl Proxy {
             stream = Some(body);
         }
 
+        let client_fault = Arc::new(Mutex::new(None));
         let mut excluded = HashSet::new();
         let mut last_error = None;
         for attempt in 0..MAX_ATTEMPTS {
@@ -415,7 +473,13 @@ impl Proxy {
                 (Some(bytes), _) => Full::new(bytes.clone())
                     .map_err(|never| match never {})
                     .boxed(),
-                (None, Some(incoming)) => incoming.map_err(Into::into).boxed(),
+                (None, Some(incoming)) => ClientBody {
+                    inner: incoming,
+                    limit: self.settings.max_body_bytes,
+                    read: 0,
+                    fault: client_fault.clone(),
+                }
+                .boxed(),
                 // A streamed body was consumed by the first attempt; it cannot be repeated.
                 (None, None) => break,
             };
@@ -445,6 +509,7 @@ impl Proxy {
                     }
                     return response;
                 }
+                Err(_) if client_fault.lock().is_some() => break,
                 Err(err) => {
                     let retry = match &err {
                         UpstreamError::Connect { .. } => {
@@ -463,6 +528,21 @@ impl Proxy {
                     }
                 }
             }
+        }
+        let fault = *client_fault.lock();
+        if let Some(fault) = fault {
+            // The user's body failed, not the app: counted as the user's error.
+            metrics::counter!(names::REQUESTS, "node" => "none", "class" => "4xx").increment(1);
+            debug!(%remote, ?fault, "refused a request body");
+            return match fault {
+                ClientFault::Malformed => text(
+                    StatusCode::BAD_REQUEST,
+                    "malformed or incomplete request body\n",
+                ),
+                ClientFault::TooLarge => {
+                    text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                }
+            };
         }
         // Answered by the balancer itself: counted with the apps' answers, as node `none`.
         metrics::counter!(names::REQUESTS, "node" => "none", "class" => "5xx").increment(1);
