@@ -220,8 +220,8 @@ pub struct BalancerArgs {
     #[arg(long, env = "TANDEM_COOKIE_NAME", value_name = "NAME")]
     pub cookie_name: Option<String>,
     /// File with the secret route cookies are signed with, the same on every balancer
-    /// [default: derived from the cluster key (--gossip-key-file); without one, random, with
-    /// a warning].
+    /// [default: derived from the cluster key (--gossip-key-file); without one the balancer
+    /// refuses to start].
     #[arg(long, env = "TANDEM_COOKIE_SECRET_FILE", value_name = "FILE")]
     pub cookie_secret_file: Option<PathBuf>,
     /// How long a route cookie is honoured after it was issued [default: 24h].
@@ -236,9 +236,17 @@ pub struct BalancerArgs {
     /// Largest request body accepted, in bytes [default: 67108864].
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,
-    /// Most user connections open at once [default: 10000].
+    /// Most user connections open at once; more get 503 [default: 10000].
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most user connections open at once from one client address; more get 429
+    /// [default: 1000].
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// Time a user may take to send a request's head, from connecting or from the end of
+    /// the previous response (an idle kept-alive connection too) [default: 10s].
+    #[arg(long, env = "TANDEM_HEADER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub header_timeout: Option<Duration>,
     /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2) [default: plain HTTP].
     #[arg(
         long,
@@ -605,6 +613,12 @@ impl BalancerArgs {
         }
         if let Some(connections) = self.max_connections {
             config.max_connections = connections;
+        }
+        if let Some(connections) = self.max_connections_per_client {
+            config.max_connections_per_client = connections;
+        }
+        if let Some(timeout) = self.header_timeout {
+            config.header_timeout = timeout;
         }
         if let Some(bytes) = self.max_body_bytes {
             config.max_body_bytes = bytes;

@@ -172,6 +172,118 @@ async fn a_restarted_balancer_moves_nobody_and_one_without_a_secret_refuses_to_s
     );
 }
 
+/// A slowloris on one address (127.0.0.5) opens more connections than the per-client cap
+/// and never finishes a request head: past the cap it is answered 429, and the header
+/// timeout closes the rest, while users on 127.0.0.1 click on with every request answered.
+/// At the total cap, a new connection is answered 503 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_client_cannot_lock_everyone_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = DemoCluster::start(dir.path(), 2).await;
+    let seed = cluster.agents["agent-1"].node.gossip;
+    let listen = free_tcp_addr();
+    let balancer = Node::start_with(
+        dir.path(),
+        "balancer",
+        "balancer-guarded",
+        &[seed],
+        free_udp_addr(),
+        [
+            "--listen",
+            &listen.to_string(),
+            "--max-connections",
+            "60",
+            "--max-connections-per-client",
+            "20",
+            "--header-timeout",
+            "2s",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect(),
+    );
+    wait_for_port(listen).await;
+    wait_protected_routes(balancer.admin, &balancer.name, 2).await;
+    let connect_from = |source: &str| {
+        let source: std::net::IpAddr = source.parse().unwrap();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            socket.connect(listen).await.unwrap()
+        }
+    };
+    let mut slow = Vec::new();
+    for _ in 0..30 {
+        let mut stream = connect_from("127.0.0.5").await;
+        let _ = stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Never: ")
+            .await;
+        slow.push(stream);
+    }
+    // Users on another address are served meanwhile.
+    let users: Vec<User> = (0..10).map(User::new).collect();
+    for (user, answers) in run_users(users, listen, 5).await {
+        for answer in answers {
+            answer.unwrap_or_else(|err| panic!("user {}: {err}", user.id));
+        }
+    }
+    // Past the cap the slowloris was answered 429; the header timeout closed the others.
+    let started = std::time::Instant::now();
+    let (mut refused, mut closed) = (0, 0);
+    for stream in &mut slow {
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+        if reply.starts_with(b"HTTP/1.1 429") {
+            assert!(String::from_utf8_lossy(&reply).contains("Retry-After: 2"));
+            refused += 1;
+        } else {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        (refused, closed),
+        (10, 20),
+        "429s past the cap, the rest timed out"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed by the header timeout"
+    );
+
+    // The total cap: 60 idle connections from three addresses, then one more gets 503.
+    let mut idle = Vec::new();
+    for source in ["127.0.0.6", "127.0.0.7", "127.0.0.8"] {
+        for _ in 0..20 {
+            idle.push(connect_from(source).await);
+        }
+    }
+    let mut one_more = connect_from("127.0.0.9").await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), one_more.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 503") && reply.contains("Retry-After: 2"),
+        "{reply}"
+    );
+    drop(idle);
+    let metrics = support::get(balancer.admin, "/metrics").await.unwrap().1;
+    for (reason, at_least) in [
+        ("max_connections", 1.0),
+        ("max_connections_per_client", 10.0),
+    ] {
+        let line = format!("tandem_proxy_connections_refused_total{{reason=\"{reason}\"}}");
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(
+            counted.is_some_and(|n| n >= at_least),
+            "{line}: {counted:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     let dir = tempfile::tempdir().unwrap();

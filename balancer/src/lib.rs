@@ -1,6 +1,7 @@
 //! The Tandem balancer: joins the cluster, derives sticky routes from gossip, and proxies
 //! users' HTTP requests to the agents' apps.
 
+mod admission;
 mod deadline;
 pub mod proxy;
 
@@ -18,6 +19,7 @@ use tandem_common::schema::{NodeAdvert, NodeState, Role};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::admission::Admission;
 use crate::deadline::FirstBytes;
 use crate::proxy::{CookieSecrets, MAX_HEADER_BYTES, Proxy, ProxySettings};
 
@@ -136,8 +138,12 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     // (SO_REUSEPORT), its own single-threaded runtime and its own upstream pool: a request
     // never changes threads.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // One limit for every serving thread.
-    let limit = ConnectionLimit::new(config.max_connections);
+    // One admission for every serving thread.
+    let admission = Admission::new(
+        ConnectionLimit::new(config.max_connections),
+        config.max_connections_per_client,
+        config.header_timeout,
+    );
     let mut listeners = vec![first_listener];
     for _ in 1..threads {
         listeners.push(bind_shared(config.listen).map_err(listen_error)?);
@@ -147,7 +153,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         .enumerate()
         .map(|(i, listener)| {
             let (tls, proxy, stop) = (tls.clone(), proxy.clone(), runtime.stopping());
-            let limit = limit.clone();
+            let admission = admission.clone();
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
@@ -157,7 +163,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
                         .expect("a single-threaded runtime");
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => serve(listener, tls, proxy, limit, stop).await,
+                            Ok(listener) => serve(listener, tls, proxy, admission, stop).await,
                             Err(err) => warn!(error = %err, "proxy thread could not listen"),
                         }
                     });
@@ -217,25 +223,23 @@ fn spawn_table_refresh(runtime: &NodeRuntime, proxy: Arc<Proxy>) -> tokio::task:
 
 /// How long a user's TLS handshake may take; slower ones are cut off.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a user may take to send its first bytes, and each request's head (a connection
-/// that sends nothing, or dribbles, holds a slot for no one).
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Accepts users until `stop` turns true; open connections finish their requests.
 async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy>,
-    limit: ConnectionLimit,
+    admission: Admission,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let header_timeout = admission.header_timeout();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Read buffers may hold a full request head plus pipelined bytes.
     builder
         .http1()
         .max_buf_size(4 * MAX_HEADER_BYTES)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .max_header_list_size(MAX_HEADER_BYTES as u32);
@@ -252,10 +256,12 @@ async fn serve(
             },
             _ = stopped(&mut stop) => return,
         };
-        let Some(permit) = limit.admit() else {
-            metrics::counter!(proxy::names::CONNECTIONS_REFUSED).increment(1);
-            debug!(%remote, max = limit.max(), "refused a user connection: too many open");
-            continue;
+        let permit = match admission.admit(remote.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                refusal.answer(stream, tls.is_none());
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
@@ -269,7 +275,7 @@ async fn serve(
             });
             let served = match tls {
                 None => {
-                    let stream = FirstBytes::new(stream, HEADER_READ_TIMEOUT);
+                    let stream = FirstBytes::new(stream, header_timeout);
                     builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await
@@ -282,7 +288,7 @@ async fn serve(
                             return;
                         }
                         Ok(Ok(stream)) => {
-                            let stream = FirstBytes::new(stream, HEADER_READ_TIMEOUT);
+                            let stream = FirstBytes::new(stream, header_timeout);
                             builder
                                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                                 .await

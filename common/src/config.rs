@@ -263,7 +263,8 @@ pub struct BalancerConfig {
     /// Name of the route cookie. Default `TANDEM_ROUTE`.
     pub cookie_name: String,
     /// File holding the secret route cookies are signed with; every balancer of the
-    /// cluster needs the same one. Default: a random secret, with a warning.
+    /// cluster needs the same one. Default: derived from the cluster key; without a key
+    /// either, the balancer refuses to start.
     pub cookie_secret_file: Option<std::path::PathBuf>,
     /// How long a route cookie is honoured after it was issued (it is refreshed while
     /// the user is active). Default `24h`.
@@ -278,8 +279,17 @@ pub struct BalancerConfig {
     pub request_timeout: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413. Default 64 MiB.
     pub max_body_bytes: u64,
-    /// Most user connections open at once; more are closed at once. Default 10,000.
+    /// Most user connections open at once; more are answered 503 and closed. Default
+    /// 10,000.
     pub max_connections: usize,
+    /// Most user connections open at once from one client address (the peer's, or the
+    /// one a PROXY protocol header gives); more are answered 429 and closed. Default 1,000.
+    pub max_connections_per_client: usize,
+    /// How long a user may take to send a request's head, counted from the connection's
+    /// start or the end of the previous response (so also how long a kept-alive
+    /// connection may stay idle). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
     /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2 by ALPN).
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -298,6 +308,8 @@ impl Default for BalancerConfig {
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 64 << 20,
             max_connections: 10_000,
+            max_connections_per_client: 1_000,
+            header_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
         }
