@@ -112,6 +112,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         None => None,
     };
     let prepared = PreparedNode::prepare(&config.node).await?;
+    // The recorder is installed now.
+    register_metrics();
     // Certificates last: a start that fails for another reason creates nothing.
     let tls = NodeTls::load(&config.tls_dir, &config.node.node_id, true).map_err(|source| {
         AgentError::Tls {
@@ -298,6 +300,56 @@ fn check_app_url(url: &str) -> Result<(), AgentError> {
         return Err(bad("host contains white space"));
     }
     Ok(())
+}
+
+/// Registers every metric of the agent, so that `/metrics` lists each from the start (an
+/// alert on `increase()` or `rate()` sees the first event); values already counted stay.
+pub fn register_metrics() {
+    use replication::names as repl;
+    use resp::names as resp;
+    for counter in [
+        repl::MUTATIONS_SENT,
+        repl::MUTATIONS_RECEIVED,
+        repl::BYTES_SENT,
+        repl::SYNC_TIMEOUTS,
+        repl::FAILOVERS,
+        repl::PAIRS_FORMED,
+        repl::SNAPSHOT_KEYS_SENT,
+        repl::SNAPSHOT_KEYS_RECEIVED,
+        repl::REFUSED,
+        repl::LINK_FAILURES,
+        repl::ANTI_ENTROPY_ROUNDS,
+        repl::REPAIRED_KEYS,
+        repl::MULTICAST_SENT,
+        repl::MULTICAST_RECEIVED,
+        resp::COMMANDS,
+        resp::PROTOCOL_ERRORS,
+        resp::REFUSED,
+        resp::AUTH_FAILURES,
+        resp::OVERSIZED,
+        crate::resp::pubsub::names::MESSAGES,
+        crate::resp::pubsub::names::OVERFLOWS,
+        scripting::names::SCRIPTS,
+        scripting::names::KILLED,
+        store::names::MUTATIONS,
+        store::names::EXPIRED,
+        api::UNAUTHORIZED,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for reason in ["missing", "timeout"] {
+        metrics::counter!(repl::MULTICAST_RETRANSMITS, "reason" => reason).increment(0);
+    }
+    for gauge in [
+        repl::UNPROTECTED,
+        repl::PAIRED,
+        repl::LAG,
+        resp::CONNECTIONS,
+        store::names::KEYS,
+        store::names::USED_BYTES,
+    ] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,8 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
     };
     let first_listener = bind_shared(config.listen).map_err(listen_error)?;
     let prepared = PreparedNode::prepare(&config.node).await?;
+    // The recorder is installed now.
+    proxy::register_metrics();
     let secrets = cookie_secrets(&config, prepared.keyring())?;
     let proxy = Proxy::new(ProxySettings {
         cookie_name: config.cookie_name.clone(),

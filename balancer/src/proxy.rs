@@ -50,12 +50,31 @@ pub mod names {
     pub const FAILOVERS: &str = "tandem_proxy_failovers_total";
     /// Counter: attempts repeated on another node after an error.
     pub const RETRIES: &str = "tandem_proxy_retries_total";
-    /// Counter: user connections closed at once because `max_connections` were open.
+    /// Counter: user connections refused, by `reason` (`max_connections`,
+    /// `max_connections_per_client`).
     pub const CONNECTIONS_REFUSED: &str = "tandem_proxy_connections_refused_total";
     /// Counter: routing table rebuilds.
     pub const TABLE_REBUILDS: &str = "tandem_proxy_route_table_rebuilds_total";
     /// Counter: nodes marked down by this balancer after a connect failure.
     pub const MARKED_DOWN: &str = "tandem_proxy_nodes_marked_down_total";
+}
+
+/// Registers every metric of the proxy, so that `/metrics` lists each from the start;
+/// values already counted stay. (Requests by app node appear as nodes do.)
+pub fn register_metrics() {
+    for counter in [
+        names::FAILOVERS,
+        names::RETRIES,
+        names::TABLE_REBUILDS,
+        names::MARKED_DOWN,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    // The balancer's own answers: the user's faults and its 5xx.
+    for class in ["4xx", "5xx"] {
+        metrics::counter!(names::REQUESTS, "node" => "none", "class" => class).increment(0);
+    }
+    let _ = metrics::histogram!(names::UPSTREAM_SECONDS);
 }
 
 /// The secrets route cookies are signed with: the first signs, any verifies.

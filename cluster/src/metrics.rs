@@ -35,6 +35,38 @@ pub mod names {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Registers every metric of this crate, so that `/metrics` lists each from the start
+/// (an alert on `increase()` sees the first event); values already counted stay.
+pub fn register() {
+    use names::*;
+    for event in ["joined", "died", "refused"] {
+        metrics::counter!(MEMBER_EVENTS, "event" => event).increment(0);
+    }
+    for name in [
+        GOSSIP_MESSAGES_SENT,
+        GOSSIP_BYTES_SENT,
+        GOSSIP_MESSAGES_RECEIVED,
+        GOSSIP_BYTES_RECEIVED,
+        GOSSIP_SEND_ERRORS,
+        GOSSIP_RECV_ERRORS,
+        ADMIN_REFUSED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in [
+        "unsealed",
+        "unknown_key",
+        "forged",
+        "malformed",
+        "too_large",
+    ] {
+        metrics::counter!(GOSSIP_REFUSED, "reason" => reason).increment(0);
+    }
+    for gauge in [HA_ON, DRAINING] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+}
+
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 ///
 /// # Errors
@@ -44,5 +76,6 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new().install_recorder()?;
+    register();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
