@@ -454,7 +454,8 @@ unsafe extern "C-unwind" fn command_native(state: *mut mlua::lua_State) -> std::
                         len,
                     )))
                 }
-                ffi::LUA_TNUMBER => Ok(format_lua_argument(ffi::lua_tonumber(state, index))),
+                // Redis 7.0 prints every number as C's `%.17g`.
+                ffi::LUA_TNUMBER => Ok(Bytes::from(format_double(ffi::lua_tonumber(state, index)))),
                 _ => Err("Lua redis lib command arguments must be strings or integers"),
             })
             .collect::<Result<Vec<Bytes>, _>>();
@@ -680,15 +681,6 @@ fn lua_message(err: &mlua::Error) -> String {
 /// An error or status line as Redis sends it: no CR or LF inside.
 fn sanitize(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
-}
-
-/// A number given to `redis.call`: integers in full, others as C's `%.17g` prints them.
-fn format_lua_argument(n: f64) -> Bytes {
-    if n.fract() == 0.0 && n.abs() < 9.2e18 {
-        Bytes::from((n as i64).to_string())
-    } else {
-        Bytes::from(format_double(n))
-    }
 }
 
 /// The command a script may run, or Redis' error for one it may not.
