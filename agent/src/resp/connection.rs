@@ -588,22 +588,10 @@ async fn run(
                         }
                     }
                     if batches_script(&args, session) {
-                        // The gate is free now: the script runs with those after it, or at
-                        // once for a subscriber (its messages go between the replies).
+                        // The gate is free now: the script runs with those after it (a
+                        // subscriber's alone: the next request finds it pending and runs it
+                        // first, so that messages keep their place between replies).
                         pending_scripts.push(args);
-                        if session.pubsub.is_some() {
-                            flush_scripts(
-                                &sessions.store,
-                                clients,
-                                scripts,
-                                session,
-                                &mut pending_scripts,
-                                &mut mutations,
-                                &mut output,
-                            )
-                            .await;
-                            now_ms = sessions.store.now_ms();
-                        }
                         continue;
                     }
                     let reply = {
