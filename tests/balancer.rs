@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::users::{
     Counter, DemoCluster, Interruption, User, run_users, run_users_around, start_balancer,
-    wait_protected_routes,
+    start_balancer_with, wait_protected_routes,
 };
 use support::{Agent, Node, free_tcp_addr, free_udp_addr, wait_for, wait_for_port};
 
@@ -150,17 +150,12 @@ async fn a_restarted_balancer_moves_nobody_and_one_without_a_secret_refuses_to_s
         );
     }
 
-    let mut keyless = Node::start_with(
+    let seed = cluster.agents.values().next().unwrap().node.gossip;
+    let (mut keyless, _) = start_balancer_with(
         dir.path(),
-        "balancer",
         "keyless-balancer",
-        &[cluster.agents.values().next().unwrap().node.gossip],
-        free_udp_addr(),
-        vec![
-            "--listen".into(),
-            free_tcp_addr().to_string(),
-            support::NO_GOSSIP_KEY.into(),
-        ],
+        seed,
+        &[support::NO_GOSSIP_KEY],
     );
     let status = keyless.wait_exit(Duration::from_secs(20));
     assert!(!status.success(), "a balancer without a secret started");
@@ -182,26 +177,18 @@ async fn one_client_cannot_lock_everyone_out() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = DemoCluster::start(dir.path(), 2).await;
     let seed = cluster.agents["agent-1"].node.gossip;
-    let listen = free_tcp_addr();
-    let balancer = Node::start_with(
+    let (balancer, listen) = start_balancer_with(
         dir.path(),
-        "balancer",
         "balancer-guarded",
-        &[seed],
-        free_udp_addr(),
-        [
-            "--listen",
-            &listen.to_string(),
+        seed,
+        &[
             "--max-connections",
             "60",
             "--max-connections-per-client",
             "20",
             "--header-timeout",
             "4s",
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect(),
+        ],
     );
     wait_for_port(listen).await;
     wait_protected_routes(balancer.admin, &balancer.name, 2).await;
@@ -279,20 +266,13 @@ async fn one_client_cannot_lock_everyone_out() {
         "{replies:?}"
     );
     assert!(unavailable >= 40, "{unavailable} answered 503");
-    let metrics = support::get(balancer.admin, "/metrics").await.unwrap().1;
     for (reason, at_least) in [
         ("max_connections", 1.0),
         ("max_connections_per_client", 10.0),
     ] {
-        let line = format!("tandem_proxy_connections_refused_total{{reason=\"{reason}\"}}");
-        let counted = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        assert!(
-            counted.is_some_and(|n| n >= at_least),
-            "{line}: {counted:?}"
-        );
+        let series = format!("tandem_proxy_connections_refused_total{{reason=\"{reason}\"}}");
+        let counted = support::counter(balancer.admin, &series).await;
+        assert!(counted >= at_least, "{series}: {counted}");
     }
 }
 
@@ -401,19 +381,11 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
 
     // A malformed chunked body is the user's fault (400), not the app's (502); one that
     // grows past --max-body-bytes without declaring its length gets 413.
-    let limited_listen = free_tcp_addr();
-    let limited = Node::start_with(
+    let (limited, limited_listen) = start_balancer_with(
         dir.path(),
-        "balancer",
         "balancer-limited",
-        &[seed],
-        free_udp_addr(),
-        vec![
-            "--listen".into(),
-            limited_listen.to_string(),
-            "--max-body-bytes".into(),
-            "100000".into(),
-        ],
+        seed,
+        &["--max-body-bytes", "100000"],
     );
     wait_for_port(limited_listen).await;
     wait_protected_routes(limited.admin, &limited.name, 4).await;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use support::users::{User, wait_protected_routes};
 use support::{
-    Agent, NO_GOSSIP_KEY, Node, cluster_key, free_tcp_addr, free_udp_addr, members, tandem,
-    wait_for, write_new_key,
+    Agent, NO_GOSSIP_KEY, Node, cluster_key, counter, free_tcp_addr, free_udp_addr, members,
+    tandem, wait_for, write_new_key,
 };
 use tandem_cluster::keyring::ClusterKey;
 
@@ -58,14 +58,6 @@ async fn live_ids(admin: SocketAddr) -> Vec<String> {
 async fn wait_live(admin: SocketAddr, expected: &[&str]) {
     let what = format!("{admin} to see exactly {expected:?} live");
     wait_for(&what, FORM, || async { live_ids(admin).await == expected }).await;
-}
-
-/// The value of a counter with the given labels in `admin`'s metrics (0 when absent).
-async fn counter(admin: SocketAddr, series: &str) -> f64 {
-    let (_, text) = support::get(admin, "/metrics").await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// `tandem keyring ARGS --admin ADMIN`, which must succeed; returns its output.

@@ -63,7 +63,7 @@ impl Admission {
     pub fn new(total: ConnectionLimit, per_client: usize, header_timeout: Duration) -> Self {
         // Every reason exists in /metrics from the start.
         for refusal in [Refusal::Total, Refusal::PerClient] {
-            refusal.counter().absolute(0);
+            refusal.counter().increment(0);
         }
         Admission {
             total,

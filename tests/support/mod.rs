@@ -603,6 +603,14 @@ pub fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
     request
 }
 
+/// The value of a series (a metric with its labels) in `admin`'s metrics, 0 when absent.
+pub async fn counter(admin: SocketAddr, series: &str) -> f64 {
+    let (_, text) = get(admin, "/metrics").await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 /// Builds a command from string-ish arguments.
 pub fn cmd(args: &[&dyn AsRef<[u8]>]) -> Vec<Vec<u8>> {
     args.iter().map(|a| a.as_ref().to_vec()).collect()

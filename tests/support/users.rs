@@ -22,10 +22,21 @@ pub struct DemoCluster {
 /// A balancer with the cluster's key and no cookie secret of its own: it signs route
 /// cookies with the secret every balancer derives from the key.
 pub fn start_balancer(dir: &Path, name: &str, seed: SocketAddr) -> (Node, SocketAddr) {
+    start_balancer_with(dir, name, seed, &[])
+}
+
+/// Like [`start_balancer`], with the arguments `extra` too.
+pub fn start_balancer_with(
+    dir: &Path,
+    name: &str,
+    seed: SocketAddr,
+    extra: &[&str],
+) -> (Node, SocketAddr) {
     let listen = free_tcp_addr();
-    let extra = vec!["--listen".to_string(), listen.to_string()];
+    let mut args = vec!["--listen".to_string(), listen.to_string()];
+    args.extend(extra.iter().map(ToString::to_string));
     (
-        Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), extra),
+        Node::start_with(dir, "balancer", name, &[seed], free_udp_addr(), args),
         listen,
     )
 }
