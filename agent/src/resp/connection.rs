@@ -622,16 +622,8 @@ async fn run(
                 }
             }
         }
-        flush_scripts(
-            &sessions.store,
-            clients,
-            scripts,
-            session,
-            &mut pending_scripts,
-            &mut mutations,
-            &mut output,
-        )
-        .await;
+        // Every way out of the loop above runs the scripts read before it.
+        debug_assert!(pending_scripts.is_empty());
         if commands > 0 {
             commands_total.increment(commands);
         }
