@@ -247,6 +247,14 @@ pub struct BalancerArgs {
     /// the previous response (an idle kept-alive connection too) [default: 10s].
     #[arg(long, env = "TANDEM_HEADER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub header_timeout: Option<Duration>,
+    /// Slowest a request body may arrive, in bytes/s on average after a first
+    /// --header-timeout; slower ones get 408 (0: no limit) [default: 1024].
+    #[arg(long, env = "TANDEM_MIN_BODY_RATE", value_name = "BYTES")]
+    pub min_body_rate: Option<u64>,
+    /// Every user connection starts with a PROXY protocol v1/v2 header naming the client
+    /// (behind an L4 load balancer); connections without one are closed.
+    #[arg(long, env = "TANDEM_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
     /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2) [default: plain HTTP].
     #[arg(
         long,
@@ -619,6 +627,12 @@ impl BalancerArgs {
         }
         if let Some(timeout) = self.header_timeout {
             config.header_timeout = timeout;
+        }
+        if let Some(rate) = self.min_body_rate {
+            config.min_body_rate = rate;
+        }
+        if self.proxy_protocol {
+            config.proxy_protocol = true;
         }
         if let Some(bytes) = self.max_body_bytes {
             config.max_body_bytes = bytes;

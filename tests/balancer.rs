@@ -276,6 +276,196 @@ async fn one_client_cannot_lock_everyone_out() {
     }
 }
 
+/// Sends `request` on a new connection to `listen` and reads the answer until the
+/// balancer closes the connection (or `wait` passes).
+async fn exchange(listen: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+fn status_line(reply: &str) -> &str {
+    reply.lines().next().unwrap_or_default()
+}
+
+/// Slow or malformed input from a user gets the status HTTP gives it, never a 5xx: a
+/// malformed request line 400, headers too large 431, a body arriving slower than
+/// --min-body-rate 408 (whether kept for a retry or streamed), and a request head not
+/// finished within --header-timeout is closed. The balancer serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_or_malformed_input_gets_the_status_http_gives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // An app that reads each body whole before answering.
+    let app = format!("http://{}", echo_upgrade_app().await);
+    let agent = Agent::start(dir.path(), "strict-agent", &["--app-url", &app]);
+    let (balancer, listen) = start_balancer_with(
+        dir.path(),
+        "balancer-strict",
+        agent.node.gossip,
+        &["--header-timeout", "2s", "--min-body-rate", "1000"],
+    );
+    wait_for_port(listen).await;
+    let wait = Duration::from_secs(10);
+    wait_for("the balancer to route to the agent", FORM, || async {
+        exchange(
+            listen,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            wait,
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
+    })
+    .await;
+
+    let reply = exchange(listen, b"GARBAGE\r\n\r\n", wait).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{}", status_line(&reply));
+    for size in [100 << 10, 300 << 10] {
+        let head = format!(
+            "GET /api/counter HTTP/1.1\r\nHost: t\r\nX-Huge: {}\r\n\r\n",
+            "h".repeat(size)
+        );
+        let reply = exchange(listen, head.as_bytes(), wait).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 431"),
+            "{size}: {}",
+            status_line(&reply)
+        );
+    }
+
+    // A head never finished: closed at the header timeout, nothing answered.
+    let started = std::time::Instant::now();
+    let reply = exchange(listen, b"GET /api/counter HTTP/1.1\r\nHost: t\r\n", wait).await;
+    assert!(reply.is_empty(), "{reply}");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(6), "closed after {waited:?}");
+
+    // Bodies that stop after their first bytes: 408 once 2 s + 100 bytes' worth passed.
+    for declared in [5_000, 500_000] {
+        let started = std::time::Instant::now();
+        let mut request =
+            format!("POST /api/counter HTTP/1.1\r\nHost: t\r\nContent-Length: {declared}\r\n\r\n")
+                .into_bytes();
+        request.extend([b'x'; 100]);
+        let reply = exchange(listen, &request, wait).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 408"),
+            "{declared}: {}",
+            status_line(&reply)
+        );
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(2), "408 after {waited:?}");
+    }
+    let reply = exchange(
+        listen,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        wait,
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{}", status_line(&reply));
+    let fours = support::counter(
+        balancer.admin,
+        r#"tandem_proxy_requests_total{node="none",class="4xx"}"#,
+    )
+    .await;
+    assert!(
+        fours >= 2.0,
+        "the slow bodies counted as the users' errors: {fours}"
+    );
+}
+
+/// Behind an L4 load balancer (--proxy-protocol), the client a PROXY header names (v1 or
+/// v2) is the one the per-client cap counts: a slowloris behind the load balancer is held
+/// to its cap while the other clients, on the very same peer address, are served. A
+/// connection without a valid header is closed and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_an_l4_balancer_the_proxy_header_names_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = DemoCluster::start(dir.path(), 2).await;
+    let seed = cluster.agents["agent-1"].node.gossip;
+    let (balancer, listen) = start_balancer_with(
+        dir.path(),
+        "balancer-behind-nlb",
+        seed,
+        &[
+            "--proxy-protocol",
+            "--max-connections-per-client",
+            "5",
+            "--header-timeout",
+            "3s",
+        ],
+    );
+    wait_for_port(listen).await;
+    wait_protected_routes(balancer.admin, &balancer.name, 2).await;
+    let v1 = |client: &str, port: u16| format!("PROXY TCP4 {client} 10.0.0.1 {port} 8080\r\n");
+    let v2 = |client: [u8; 4], port: u16| {
+        let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\0\x0c".to_vec();
+        header.extend(client);
+        header.extend([10, 0, 0, 1]);
+        header.extend(port.to_be_bytes());
+        header.extend(8080u16.to_be_bytes());
+        header
+    };
+    let get = b"GET /api/counter HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+    let mut slow = Vec::new();
+    for port in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let mut request = v1("203.0.113.9", 40000 + port).into_bytes();
+        request.extend(b"GET / HTTP/1.1\r\nX-Never: ");
+        stream.write_all(&request).await.unwrap();
+        slow.push(stream);
+    }
+    // Other clients, through the same peer address, by either version of the header.
+    for i in 1..=10u8 {
+        let mut request = if i % 2 == 0 {
+            v1(&format!("198.51.100.{i}"), 50000).into_bytes()
+        } else {
+            v2([198, 51, 100, i], 50000)
+        };
+        request.extend(get);
+        let reply = exchange(listen, &request, Duration::from_secs(10)).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "client {i}: {}",
+            status_line(&reply)
+        );
+    }
+    let (mut refused, mut closed) = (0, 0);
+    for stream in &mut slow {
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+        if reply.starts_with(b"HTTP/1.1 429") {
+            refused += 1;
+        } else {
+            assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        (refused, closed),
+        (3, 5),
+        "429s past the cap, the rest timed out"
+    );
+
+    // No header, a garbage one, or one never finished: closed without an answer.
+    let series = r#"tandem_proxy_connections_refused_total{reason="proxy_protocol"}"#;
+    let before = support::counter(balancer.admin, series).await;
+    for request in [
+        &get[..],
+        b"PROXY TCP4 not-an-address 10.0.0.1 1 2\r\n",
+        b"PROXY TCP4 203.0.113.1",
+    ] {
+        let reply = exchange(listen, request, Duration::from_secs(10)).await;
+        assert!(reply.is_empty(), "{request:?}: {reply}");
+    }
+    let counted = support::counter(balancer.admin, series).await;
+    assert_eq!(counted - before, 3.0, "{series}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     let dir = tempfile::tempdir().unwrap();
@@ -476,6 +666,20 @@ async fn echo_upgrade_app() -> SocketAddr {
                 }
                 let head = String::from_utf8_lossy(&head).to_lowercase();
                 if !head.contains("upgrade: echo") {
+                    // The body is read whole before the answer, as most apps do.
+                    let declared = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length: "))
+                        .and_then(|value| value.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    let mut body = (&mut stream).take(declared);
+                    if tokio::io::copy(&mut body, &mut tokio::io::sink())
+                        .await
+                        .ok()
+                        != Some(declared)
+                    {
+                        return;
+                    }
                     let _ = stream
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                         .await;

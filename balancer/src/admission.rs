@@ -57,12 +57,14 @@ pub enum Refusal {
     Total,
     /// `--max-connections-per-client` are open from this address.
     PerClient,
+    /// `--proxy-protocol` is on and the connection did not start with a valid header.
+    ProxyHeader,
 }
 
 impl Admission {
     pub fn new(total: ConnectionLimit, per_client: usize, header_timeout: Duration) -> Self {
         // Every reason exists in /metrics from the start.
-        for refusal in [Refusal::Total, Refusal::PerClient] {
+        for refusal in [Refusal::Total, Refusal::PerClient, Refusal::ProxyHeader] {
             refusal.counter().increment(0);
         }
         Admission {
@@ -80,17 +82,27 @@ impl Admission {
 
     /// Places for one more connection from `client`, or why there are none.
     pub fn admit(&self, client: IpAddr) -> Result<Admitted, Refusal> {
+        let total = self.admit_any()?;
+        self.admit_client(total, client)
+    }
+
+    /// A place among `--max-connections`, before the client is known (behind a PROXY
+    /// protocol header).
+    pub fn admit_any(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.total.admit().ok_or(Refusal::Total)
+    }
+
+    /// `client`'s place, for a connection that holds a place among `--max-connections`.
+    pub fn admit_client(
+        &self,
+        total: OwnedSemaphorePermit,
+        client: IpAddr,
+    ) -> Result<Admitted, Refusal> {
         let mut open = self.open.lock();
         let count = open.entry(client).or_insert(0);
         if *count >= self.per_client {
             return Err(Refusal::PerClient);
         }
-        let Some(total) = self.total.admit() else {
-            if *count == 0 {
-                open.remove(&client);
-            }
-            return Err(Refusal::Total);
-        };
         *count += 1;
         Ok(Admitted {
             _total: total,
@@ -105,16 +117,19 @@ impl Refusal {
         match self {
             Refusal::Total => "max_connections",
             Refusal::PerClient => "max_connections_per_client",
+            Refusal::ProxyHeader => "proxy_protocol",
         }
     }
 
-    fn counter(self) -> metrics::Counter {
+    pub fn counter(self) -> metrics::Counter {
         metrics::counter!(names::CONNECTIONS_REFUSED, "reason" => self.reason())
     }
 
     /// The answer a refused plain-HTTP connection gets before it is closed.
     fn response(self) -> &'static [u8] {
         match self {
+            // Not speaking the expected protocol: there is nobody to answer.
+            Refusal::ProxyHeader => b"",
             Refusal::Total => {
                 b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nConnection: close\r\n\r\ntoo many connections; retry shortly\n"
             }
@@ -130,7 +145,7 @@ impl Refusal {
         self.counter().increment(1);
         let remote = stream.peer_addr().ok();
         debug!(?remote, reason = self.reason(), "refused a user connection");
-        if !plain_http {
+        if !plain_http || self.response().is_empty() {
             return;
         }
         // A fresh socket's send buffer takes the answer whole, without waiting.

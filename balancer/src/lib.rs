@@ -2,10 +2,13 @@
 //! users' HTTP requests to the agents' apps.
 
 mod admission;
+mod body;
 mod deadline;
 pub mod proxy;
+mod proxy_protocol;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -16,12 +19,13 @@ use tandem_cluster::{NodeRuntime, PreparedNode, StartError, stopped};
 use tandem_common::config::BalancerConfig;
 use tandem_common::routing::RoutingTable;
 use tandem_common::schema::{NodeAdvert, NodeState, Role};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Refusal};
 use crate::deadline::FirstBytes;
 use crate::proxy::{CookieSecrets, MAX_HEADER_BYTES, Proxy, ProxySettings};
+use crate::proxy_protocol::Prefixed;
 
 /// The balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,8 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,
         max_body_bytes: config.max_body_bytes,
+        min_body_rate: config.min_body_rate,
+        body_grace: config.header_timeout,
         tls: tls.is_some(),
     });
     let routes = axum::Router::new()
@@ -156,6 +162,7 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         .map(|(i, listener)| {
             let (tls, proxy, stop) = (tls.clone(), proxy.clone(), runtime.stopping());
             let admission = admission.clone();
+            let proxy_protocol = config.proxy_protocol;
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
@@ -165,7 +172,9 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
                         .expect("a single-threaded runtime");
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => serve(listener, tls, proxy, admission, stop).await,
+                            Ok(listener) => {
+                                serve(listener, tls, proxy, admission, proxy_protocol, stop).await
+                            }
                             Err(err) => warn!(error = %err, "proxy thread could not listen"),
                         }
                     });
@@ -226,26 +235,39 @@ fn spawn_table_refresh(runtime: &NodeRuntime, proxy: Arc<Proxy>) -> tokio::task:
 /// How long a user's TLS handshake may take; slower ones are cut off.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What every user connection of a serving thread shares.
+struct Serving {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    admission: Admission,
+    /// Connections start with a PROXY protocol header naming the client.
+    proxy_protocol: bool,
+    http: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+}
+
 /// Accepts users until `stop` turns true; open connections finish their requests.
 async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy>,
     admission: Admission,
+    proxy_protocol: bool,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let header_timeout = admission.header_timeout();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Read buffers may hold a full request head plus pipelined bytes.
-    builder
-        .http1()
+    http.http1()
         .max_buf_size(4 * MAX_HEADER_BYTES)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder
-        .http2()
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let builder = Arc::new(builder);
+        .header_read_timeout(admission.header_timeout());
+    http.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
+    let serving = Arc::new(Serving {
+        tls,
+        proxy,
+        admission,
+        proxy_protocol,
+        http,
+    });
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -258,53 +280,89 @@ async fn serve(
             },
             _ = stopped(&mut stop) => return,
         };
-        let permit = match admission.admit(remote.ip()) {
-            Ok(permit) => permit,
-            Err(refusal) => {
-                refusal.answer(stream, tls.is_none());
-                continue;
-            }
+        let plain = serving.tls.is_none();
+        // Behind a PROXY header the client is known only once the header is read.
+        let admitted = if serving.proxy_protocol {
+            serving.admission.admit_any().map(Admitted::Pending)
+        } else {
+            serving.admission.admit(remote.ip()).map(Admitted::Client)
         };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, remote).await) }
-            });
-            let served = match tls {
-                None => {
-                    let stream = FirstBytes::new(stream, header_timeout);
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Err(_) => {
-                            debug!(%remote, "TLS handshake took too long");
+        match admitted {
+            Ok(admitted) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serving.clone().user(stream, remote, admitted));
+            }
+            Err(refusal) => refusal.answer(stream, plain),
+        }
+    }
+}
+
+/// A connection's admission so far.
+enum Admitted {
+    /// Its place among `--max-connections`; the client's place waits for its PROXY header.
+    Pending(tokio::sync::OwnedSemaphorePermit),
+    Client(admission::Admitted),
+}
+
+impl Serving {
+    /// Serves one user connection to its end.
+    async fn user(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
+        let header_timeout = self.admission.header_timeout();
+        let (remote, rest, _admitted) = match admitted {
+            Admitted::Client(admitted) => (peer, Vec::new(), admitted),
+            Admitted::Pending(total) => {
+                let accepted =
+                    match proxy_protocol::read_header(&mut stream, peer, header_timeout).await {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            Refusal::ProxyHeader.counter().increment(1);
+                            warn!(%peer, error = %err, "closed a connection: bad PROXY header");
                             return;
                         }
-                        Ok(Ok(stream)) => {
-                            let stream = FirstBytes::new(stream, header_timeout);
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                .await
-                        }
-                        Ok(Err(err)) => {
-                            debug!(%remote, error = %err, "TLS handshake failed");
-                            return;
-                        }
+                    };
+                match self.admission.admit_client(total, accepted.client.ip()) {
+                    Ok(admitted) => (accepted.client, accepted.rest, admitted),
+                    Err(refusal) => {
+                        refusal.answer(stream, self.tls.is_none());
+                        return;
                     }
                 }
-            };
-            if let Err(err) = served {
-                debug!(%remote, error = %err, "user connection ended with an error");
             }
+        };
+        let stream = Prefixed::new(stream, rest);
+        let proxy = self.proxy.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, remote).await) }
         });
+        let served = match &self.tls {
+            None => {
+                let stream = FirstBytes::new(stream, header_timeout);
+                self.http
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Err(_) => {
+                        debug!(%remote, "TLS handshake took too long");
+                        return;
+                    }
+                    Ok(Ok(stream)) => {
+                        let stream = FirstBytes::new(stream, header_timeout);
+                        self.http
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Ok(Err(err)) => {
+                        debug!(%remote, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(err) = served {
+            debug!(%remote, error = %err, "user connection ended with an error");
+        }
     }
 }

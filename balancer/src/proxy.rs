@@ -23,6 +23,8 @@ use tandem_common::routing::{Route, RouteReason, RoutingTable};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::body::{BodyLimits, ClientBody, ClientFault};
+
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Largest request head (headers, names and values together) accepted, in bytes.
@@ -159,6 +161,9 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
+    /// Slowest a body may arrive, bytes/s on average after `body_grace` (0: no limit).
+    pub min_body_rate: u64,
+    pub body_grace: Duration,
     /// Users connect over TLS: cookies are `Secure`, `X-Forwarded-Proto` is `https`.
     pub tls: bool,
 }
@@ -178,63 +183,6 @@ enum UpstreamError {
     /// session; retry there when that is harmless.
     #[error("{node} died while answering")]
     NodeGone { node: String },
-}
-
-/// What went wrong with a streamed request body on the user's side: the user's fault, so
-/// answered 4xx, never blamed on the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientFault {
-    /// The body broke off or was malformed (a bad chunk): 400.
-    Malformed,
-    /// The body grew past `--max-body-bytes` without declaring its length: 413.
-    TooLarge,
-}
-
-/// A user's streamed request body on its way to the app, cut off past `limit` bytes; a
-/// failure on the user's side is recorded for the answer.
-struct ClientBody {
-    inner: Incoming,
-    limit: u64,
-    read: u64,
-    fault: Arc<Mutex<Option<ClientFault>>>,
-}
-
-impl hyper::body::Body for ClientBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        use std::task::Poll;
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.read += data.len() as u64;
-                    if self.read > self.limit {
-                        *self.fault.lock() = Some(ClientFault::TooLarge);
-                        return Poll::Ready(Some(Err("request body too large".into())));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => {
-                *self.fault.lock() = Some(ClientFault::Malformed);
-                Poll::Ready(Some(Err(err.into())))
-            }
-            other => other.map(|frame| frame.map(|frame| frame.map_err(Into::into))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// How often a request waiting for an app server checks that its node still serves: a
@@ -407,6 +355,14 @@ impl Proxy {
         Some(route)
     }
 
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.settings.max_body_bytes,
+            min_rate: self.settings.min_body_rate,
+            grace: self.settings.body_grace,
+        }
+    }
+
     /// Handles one request from a user.
     pub async fn handle(
         self: Arc<Self>,
@@ -468,20 +424,22 @@ impl Proxy {
 
         // A small body is kept so that the request can be repeated on the partner.
         let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let client_fault = Arc::new(Mutex::new(None));
+        let body = ClientBody::new(body, self.body_limits(), client_fault.clone());
         let mut replay: Option<Bytes> = None;
-        let mut stream: Option<Incoming> = None;
+        let mut stream: Option<ClientBody> = None;
         if !chunked && declared.unwrap_or(0) <= REPLAYABLE_BODY {
             match body.collect().await {
                 Ok(collected) => replay = Some(collected.to_bytes()),
-                Err(err) => {
-                    return text(StatusCode::BAD_REQUEST, &format!("request body: {err}\n"));
+                Err(_) => {
+                    let fault = client_fault.lock().unwrap_or(ClientFault::Malformed);
+                    return fault.answer(remote);
                 }
             }
         } else {
             stream = Some(body);
         }
 
-        let client_fault = Arc::new(Mutex::new(None));
         let mut excluded = HashSet::new();
         let mut last_error = None;
         for attempt in 0..MAX_ATTEMPTS {
@@ -492,13 +450,7 @@ impl Proxy {
                 (Some(bytes), _) => Full::new(bytes.clone())
                     .map_err(|never| match never {})
                     .boxed(),
-                (None, Some(incoming)) => ClientBody {
-                    inner: incoming,
-                    limit: self.settings.max_body_bytes,
-                    read: 0,
-                    fault: client_fault.clone(),
-                }
-                .boxed(),
+                (None, Some(streamed)) => streamed.boxed(),
                 // A streamed body was consumed by the first attempt; it cannot be repeated.
                 (None, None) => break,
             };
@@ -550,18 +502,7 @@ impl Proxy {
         }
         let fault = *client_fault.lock();
         if let Some(fault) = fault {
-            // The user's body failed, not the app: counted as the user's error.
-            metrics::counter!(names::REQUESTS, "node" => "none", "class" => "4xx").increment(1);
-            debug!(%remote, ?fault, "refused a request body");
-            return match fault {
-                ClientFault::Malformed => text(
-                    StatusCode::BAD_REQUEST,
-                    "malformed or incomplete request body\n",
-                ),
-                ClientFault::TooLarge => {
-                    text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-                }
-            };
+            return fault.answer(remote);
         }
         // Answered by the balancer itself: counted with the apps' answers, as node `none`.
         metrics::counter!(names::REQUESTS, "node" => "none", "class" => "5xx").increment(1);

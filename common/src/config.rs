@@ -290,6 +290,14 @@ pub struct BalancerConfig {
     /// connection may stay idle). Default `10s`.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Slowest a request body may arrive, in bytes per second on average, after a first
+    /// `header_timeout` (a slow upload would otherwise hold its connection forever);
+    /// slower ones get 408. 0: no limit. Default 1,024.
+    pub min_body_rate: u64,
+    /// Every user connection starts with a PROXY protocol (v1 or v2) header naming the
+    /// client, as an L4 load balancer in front of the balancer sends it; a connection
+    /// without a valid one is closed. Default off.
+    pub proxy_protocol: bool,
     /// PEM certificate chain: serve users over TLS (HTTP/1.1 and HTTP/2 by ALPN).
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -310,6 +318,8 @@ impl Default for BalancerConfig {
             max_connections: 10_000,
             max_connections_per_client: 1_000,
             header_timeout: Duration::from_secs(10),
+            min_body_rate: 1024,
+            proxy_protocol: false,
             tls_cert: None,
             tls_key: None,
         }
