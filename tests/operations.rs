@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::users::{
-    DemoCluster, Traffic, User, assert_moves, click_round, wait_protected_routes,
+    DemoCluster, Traffic, User, assert_moves, click_round, start_balancer, wait_protected_routes,
 };
-use support::{members, paired_in, partner_in, succeeded, tandem, wait_for};
+use support::{Agent, members, paired_in, partner_in, succeeded, tandem, wait_for};
 
 const USERS: usize = 12;
 const SETTLE: Duration = Duration::from_secs(40);
@@ -236,5 +236,163 @@ async fn one_minor_version_apart_pairs_and_another_major_is_refused_by_name() {
     assert!(
         log.contains("refusing a node of an incompatible protocol"),
         "{log}"
+    );
+}
+
+/// The metrics the README lists: those of every node, those of agents, those of balancers.
+/// `{a,b}` inside a name stands for each alternative; a trailing `{label,…}` names labels,
+/// and `{label="x"|"y"}` also the values each must have a series for.
+struct Documented {
+    common: Vec<(String, Vec<String>)>,
+    agent: Vec<(String, Vec<String>)>,
+    balancer: Vec<(String, Vec<String>)>,
+}
+
+fn documented_metrics() -> Documented {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("Metrics (all named")
+        .expect("the README's metrics list");
+    let end = start + readme[start..].find("Balancers also serve").unwrap();
+    let text = readme[start..end]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (common, rest) = text.split_once("agents also:").unwrap();
+    let (agent, balancer) = rest.split_once("balancers also:").unwrap();
+    let parse = |part: &str| {
+        part.split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|span| *span != "tandem_*")
+            .flat_map(parse_metric)
+            .collect::<Vec<_>>()
+    };
+    Documented {
+        common: parse(common),
+        agent: parse(agent),
+        balancer: parse(balancer),
+    }
+}
+
+/// `name{a,b}_x{label="v"|"w"}` → (`name{a}_x`, series `label="v"`, `label="w"`), ….
+fn parse_metric(span: &str) -> Vec<(String, Vec<String>)> {
+    let (name, labels) = match span.strip_suffix('}') {
+        Some(open) => {
+            let at = open.rfind('{').unwrap();
+            (&span[..at], &open[at + 1..])
+        }
+        None => (span, ""),
+    };
+    let series: Vec<String> = labels
+        .split_once('=')
+        .map(|(label, values)| {
+            values
+                .split('|')
+                .map(|value| format!("{label}={value}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    expand(name)
+        .into_iter()
+        .map(|name| (name, series.clone()))
+        .collect()
+}
+
+fn expand(name: &str) -> Vec<String> {
+    let Some(open) = name.find('{') else {
+        return vec![name.to_string()];
+    };
+    let close = open + name[open..].find('}').unwrap();
+    name[open + 1..close]
+        .split(',')
+        .flat_map(|choice| expand(&format!("{}{choice}{}", &name[..open], &name[close + 1..])))
+        .collect()
+}
+
+/// The metric names a scrape declares (`# TYPE name kind`).
+fn declared(scrape: &str) -> Vec<&str> {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect()
+}
+
+/// Every metric the README lists is in `/metrics` from the start, before its first event
+/// (an `increase()` alert sees the first one), on an agent and on a balancer; and every
+/// metric they export is in the README.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_metric_is_exported_from_the_start() {
+    let documented = documented_metrics();
+    assert!(documented.common.len() >= 10 && documented.agent.len() >= 20);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), "metrics-agent", &[]);
+    let (balancer, _) = start_balancer(dir.path(), "metrics-balancer", agent.node.gossip);
+    for (node, own) in [
+        (&agent.node, &documented.agent),
+        (&balancer, &documented.balancer),
+    ] {
+        wait_for(&format!("{}'s /metrics", node.name), SETTLE, || async {
+            matches!(support::get(node.admin, "/metrics").await, Some((200, _)))
+        })
+        .await;
+        // The first scrape that answers: the node has just started.
+        let scrape = support::get(node.admin, "/metrics").await.unwrap().1;
+        let names = declared(&scrape);
+        let expected: Vec<_> = documented.common.iter().chain(own).collect();
+        for (name, series) in &expected {
+            assert!(
+                names.contains(&name.as_str()),
+                "{}: {name} missing\n{scrape}",
+                node.name
+            );
+            for labels in series {
+                assert!(
+                    scrape
+                        .lines()
+                        .any(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels)),
+                    "{}: no series {name}{{{labels}}}\n{scrape}",
+                    node.name
+                );
+            }
+        }
+        let undocumented: Vec<_> = names
+            .iter()
+            .filter(|name| name.starts_with("tandem_"))
+            .filter(|name| !expected.iter().any(|(documented, _)| documented == *name))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "{}: exported but not in the README: {undocumented:?}",
+            node.name
+        );
+    }
+}
+
+#[test]
+fn documented_names_expand_alternatives_and_read_label_values() {
+    assert_eq!(
+        parse_metric("tandem_gossip_{messages,bytes}_{sent,received}_total")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>(),
+        [
+            "tandem_gossip_messages_sent_total",
+            "tandem_gossip_messages_received_total",
+            "tandem_gossip_bytes_sent_total",
+            "tandem_gossip_bytes_received_total",
+        ]
+    );
+    assert_eq!(
+        parse_metric(r#"tandem_x_total{reason="a"|"b"}"#),
+        [(
+            "tandem_x_total".to_string(),
+            vec![r#"reason="a""#.to_string(), r#"reason="b""#.to_string()]
+        )]
+    );
+    assert_eq!(
+        parse_metric("tandem_members{role,liveness}"),
+        [("tandem_members".to_string(), vec![])]
     );
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tandem_cluster::{PreparedNode, StartError};
 use tandem_common::config::{AgentConfig, MulticastMode};
-use tandem_common::schema::{NodeAdvert, Role, Subnet};
+use tandem_common::schema::{NodeAdvert, ReplTransport, Role, Subnet};
 use tandem_common::secret::read_secret_file;
 use tracing::{info, warn};
 
@@ -339,6 +339,12 @@ pub fn register_metrics() {
     }
     for reason in ["missing", "timeout"] {
         metrics::counter!(repl::MULTICAST_RETRANSMITS, "reason" => reason).increment(0);
+    }
+    for dropped in replication::multicast::Dropped::ALL {
+        metrics::counter!(repl::MULTICAST_DROPPED, "reason" => dropped.label()).increment(0);
+    }
+    for transport in [ReplTransport::Quic, ReplTransport::Multicast] {
+        metrics::gauge!(repl::TRANSPORT, "transport" => transport.to_string()).set(0.0);
     }
     for gauge in [
         repl::UNPROTECTED,

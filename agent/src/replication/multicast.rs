@@ -86,6 +86,15 @@ pub enum Dropped {
 }
 
 impl Dropped {
+    pub const ALL: [Dropped; 6] = [
+        Dropped::Malformed,
+        Dropped::OtherPair,
+        Dropped::Unauthenticated,
+        Dropped::BeforeKey,
+        Dropped::Replayed,
+        Dropped::Backlog,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Dropped::Malformed => "malformed",
