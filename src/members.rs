@@ -3,6 +3,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tandem_common::member::{MembersResponse, members_table};
@@ -10,23 +16,22 @@ use tandem_common::secret::read_secret_file;
 
 use crate::cli::{AdminTarget, MembersArgs};
 
-/// Accepts `http://host:port`, `https://…` or a bare `host:port`; no trailing slash.
-pub fn admin_base_url(admin: &str) -> String {
+/// Accepts `http://host:port` or a bare `host:port`; no trailing slash. Admin endpoints
+/// speak plain HTTP (on loopback or a private network by default).
+pub fn admin_base_url(admin: &str) -> anyhow::Result<String> {
     let admin = admin.trim_end_matches('/');
-    if admin.starts_with("http://") || admin.starts_with("https://") {
+    if admin.starts_with("https://") {
+        bail!("{admin}: admin endpoints speak plain HTTP; give http://HOST:PORT");
+    }
+    Ok(if admin.starts_with("http://") {
         admin.to_string()
     } else {
         format!("http://{admin}")
-    }
+    })
 }
 
-/// The HTTP client of the commands that talk to an admin endpoint.
-pub fn admin_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .context("HTTP client")
-}
+/// How long one call to an admin endpoint may take, answer included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fetches `/v1/members` from an admin endpoint.
 pub async fn fetch(admin: &str) -> anyhow::Result<MembersResponse> {
@@ -37,16 +42,16 @@ pub async fn fetch(admin: &str) -> anyhow::Result<MembersResponse> {
 pub struct AdminClient {
     base: String,
     token: Option<String>,
-    client: reqwest::Client,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl AdminClient {
     /// A client for read-only calls.
     pub fn open(admin: &str) -> anyhow::Result<Self> {
         Ok(AdminClient {
-            base: admin_base_url(admin),
+            base: admin_base_url(admin)?,
             token: None,
-            client: admin_client()?,
+            client: Client::builder(TokioExecutor::new()).build_http(),
         })
     }
 
@@ -64,8 +69,7 @@ impl AdminClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.call(self.client.get(format!("{}{path}", self.base)), path)
-            .await
+        self.call(Method::GET, path, Bytes::new()).await
     }
 
     pub async fn post<T: DeserializeOwned>(
@@ -73,32 +77,43 @@ impl AdminClient {
         path: &str,
         body: &impl Serialize,
     ) -> anyhow::Result<T> {
-        let request = self.client.post(format!("{}{path}", self.base)).json(body);
-        self.call(request, path).await
+        let body = serde_json::to_vec(body).context("request body")?;
+        self.call(Method::POST, path, body.into()).await
     }
 
     async fn call<T: DeserializeOwned>(
         &self,
-        mut request: reqwest::RequestBuilder,
+        method: Method,
         path: &str,
+        body: Bytes,
     ) -> anyhow::Result<T> {
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
         let url = format!("{}{path}", self.base);
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin endpoint {}", self.base))?;
-        let status = response.status();
+        let mut request = Request::builder().method(method).uri(&url);
+        if !body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(body))
+            .with_context(|| format!("invalid admin URL {url}"))?;
+        let unreachable = || format!("cannot reach the admin endpoint {}", self.base);
+        let (status, body) = tokio::time::timeout(CALL_TIMEOUT, async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CALL_TIMEOUT:?}"))
+        .with_context(unreachable)?
+        .with_context(unreachable)?;
         if !status.is_success() {
-            let reason = response.text().await.unwrap_or_default();
+            let reason = String::from_utf8_lossy(&body);
             bail!("{url} answered HTTP {status}: {}", reason.trim());
         }
-        response
-            .json()
-            .await
-            .with_context(|| format!("{url} did not answer as expected"))
+        serde_json::from_slice(&body).with_context(|| format!("{url} did not answer as expected"))
     }
 }
 
@@ -125,8 +140,11 @@ mod tests {
 
     #[test]
     fn admin_urls() {
-        assert_eq!(admin_base_url("127.0.0.1:7951"), "http://127.0.0.1:7951");
-        assert_eq!(admin_base_url("http://h:1/"), "http://h:1");
-        assert_eq!(admin_base_url("https://h"), "https://h");
+        assert_eq!(
+            admin_base_url("127.0.0.1:7951").unwrap(),
+            "http://127.0.0.1:7951"
+        );
+        assert_eq!(admin_base_url("http://h:1/").unwrap(), "http://h:1");
+        assert!(admin_base_url("https://h").is_err());
     }
 }
