@@ -7,7 +7,7 @@
 # $RESULTS/balancer.csv and balancer.png.
 #
 #   bench/balancer.sh              # 10 s per run, 50 connections, 2 threads
-#   DURATION=30s CONNECTIONS=100 bench/balancer.sh
+#   DURATION=30s CONNECTIONS=100 ROUNDS=5 bench/balancer.sh
 #
 # Needs wrk, nginx and haproxy (Debian: wrk nginx-light haproxy), curl and python3.
 source "$(dirname "$0")/lib.sh"
@@ -15,6 +15,7 @@ source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 need wrk nginx haproxy curl   # Debian: wrk nginx-light haproxy curl
 
 wait_http() { for _ in $(seq 150); do curl -fsS -o /dev/null "$1" 2>/dev/null && return; sleep 0.1; done; echo "bench/balancer.sh: $1 did not answer" >&2; exit 1; }
@@ -131,7 +132,7 @@ echo
 echo "| proxy | requests/s | p50 ms | p99 ms | non-2xx | proxy CPU µs per request |"
 echo "| --- | --- | --- | --- | --- | --- |"
 echo "round,proxy,requests/s" >"$results/balancer.csv"
-for round in 1 2; do
+for round in $(seq "$ROUNDS"); do
     for proxy in nginx haproxy tandem; do
         case $proxy in
             nginx) url="http://127.0.0.1:$nginx_port/"; name=nginx; proxy_pids=$nginx_pids ;;

@@ -626,6 +626,57 @@ async fn two_balancers_route_alike_and_hostile_input_is_answered_not_obeyed() {
     drop(Arc::new(second));
 }
 
+/// A request waiting on an app whose node dies without a word (the app keeps its
+/// connection open and silent) is given up as soon as gossip declares the node dead, not
+/// after the whole --request-timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_leaves_a_node_as_soon_as_gossip_declares_it_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    // An app that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut agent = Agent::start(dir.path(), "silent-agent", &["--app-url", &app]);
+    let (balancer, listen) = start_balancer_with(
+        dir.path(),
+        "balancer-waiting",
+        agent.node.gossip,
+        &["--request-timeout", "120s"],
+    );
+    wait_for_port(listen).await;
+    wait_for("the balancer to route to the agent", FORM, || async {
+        support::get(balancer.admin, "/v1/routes")
+            .await
+            .is_some_and(|(_, routes)| routes.contains(r#""usable":true"#))
+    })
+    .await;
+    let request = tokio::spawn(exchange(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(120),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if request.is_finished() {
+        panic!("answered at once: {}", request.await.unwrap());
+    }
+    let killed = std::time::Instant::now();
+    agent.node.kill();
+    let reply = request.await.unwrap();
+    let waited = killed.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 502"), "{}", status_line(&reply));
+    assert!(reply.contains("died while answering"), "{reply}");
+    assert!(
+        waited < Duration::from_secs(30),
+        "answered {waited:?} after the death"
+    );
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_app_server_means_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();

@@ -185,11 +185,6 @@ enum UpstreamError {
     NodeGone { node: String },
 }
 
-/// How often a request waiting for an app server checks that its node still serves: a
-/// node that vanished without a word (power, network) is left within about this long once
-/// gossip declares it dead, instead of after the whole request timeout.
-const NODE_CHECK: Duration = Duration::from_millis(250);
-
 /// The shared state of the proxy.
 pub struct Proxy {
     settings: ProxySettings,
@@ -203,6 +198,10 @@ pub struct Proxy {
     counters: ArcSwap<HashMap<String, [metrics::Counter; 5]>>,
     /// Registered once: a registry lookup per request costs more than the recording.
     upstream_seconds: metrics::Histogram,
+    /// Told each time the routing table changes: a request waiting for a node that
+    /// vanished without a word (power, network) leaves it as soon as gossip declares it
+    /// dead, instead of after the whole request timeout, with no timer of its own.
+    table_changed: tokio::sync::watch::Sender<()>,
 }
 
 thread_local! {
@@ -272,6 +271,7 @@ impl Proxy {
             placements: Mutex::new(HashMap::new()),
             counters: ArcSwap::from_pointee(HashMap::new()),
             upstream_seconds: metrics::histogram!(names::UPSTREAM_SECONDS),
+            table_changed: tokio::sync::watch::Sender::new(()),
         })
     }
 
@@ -306,6 +306,7 @@ impl Proxy {
             self.table.store(Arc::new(table));
             self.placements.lock().clear();
             metrics::counter!(names::TABLE_REBUILDS).increment(1);
+            self.table_changed.send_replace(());
         }
     }
 
@@ -534,19 +535,20 @@ impl Proxy {
         let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
         let answer = upstream_client(self.settings.connect_timeout).request(request);
         tokio::pin!(answer);
-        let result = loop {
-            let check = (tokio::time::Instant::now() + NODE_CHECK).min(deadline);
-            tokio::select! {
-                result = &mut answer => break Ok(result),
-                () = tokio::time::sleep_until(check) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        break Err(());
-                    }
-                    if !self.serves(&route.node) {
-                        return Err(UpstreamError::NodeGone { node: route.node.clone() });
-                    }
+        let mut table_changed = self.table_changed.subscribe();
+        let node_gone = async {
+            while table_changed.changed().await.is_ok() {
+                if !self.serves(&route.node) {
+                    return;
                 }
             }
+            std::future::pending().await
+        };
+        let result = tokio::select! {
+            biased;
+            result = &mut answer => Ok(result),
+            () = node_gone => return Err(UpstreamError::NodeGone { node: route.node.clone() }),
+            () = tokio::time::sleep_until(deadline) => Err(()),
         };
         self.upstream_seconds
             .record(started.elapsed().as_secs_f64());
