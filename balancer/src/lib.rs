@@ -3,9 +3,9 @@
 
 mod admission;
 mod body;
-mod deadline;
 pub mod proxy;
 mod proxy_protocol;
+mod user_stream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,9 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
-use crate::deadline::FirstBytes;
 use crate::proxy::{CookieSecrets, MAX_HEADER_BYTES, Proxy, ProxySettings};
-use crate::proxy_protocol::Prefixed;
+use crate::user_stream::UserStream;
 
 /// The balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -329,7 +328,6 @@ impl Serving {
                 }
             }
         };
-        let stream = Prefixed::new(stream, rest);
         let proxy = self.proxy.clone();
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
@@ -337,19 +335,20 @@ impl Serving {
         });
         let served = match &self.tls {
             None => {
-                let stream = FirstBytes::new(stream, header_timeout);
+                let stream = UserStream::new(stream, rest, Some(header_timeout));
                 self.http
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await
             }
             Some(acceptor) => {
+                let stream = UserStream::new(stream, rest, None);
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Err(_) => {
                         debug!(%remote, "TLS handshake took too long");
                         return;
                     }
                     Ok(Ok(stream)) => {
-                        let stream = FirstBytes::new(stream, header_timeout);
+                        let stream = UserStream::new(stream, Vec::new(), Some(header_timeout));
                         self.http
                             .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .await

@@ -5,12 +5,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ppp::{HeaderResult, PartialResult};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The longest header read: a v2 header with a few TLVs (AWS adds a VPC endpoint id);
@@ -125,70 +123,6 @@ fn parse(buf: &[u8], peer: SocketAddr) -> Result<Option<Accepted>, HeaderError> 
     }))
 }
 
-/// A stream whose first reads give back `rest`, the bytes read past a PROXY header.
-pub struct Prefixed<S> {
-    rest: Vec<u8>,
-    at: usize,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(inner: S, rest: Vec<u8>) -> Self {
-        Prefixed { rest, at: 0, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.at < self.rest.len() {
-            let n = buf.remaining().min(self.rest.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.rest[at..at + n]);
-            self.at += n;
-            if self.at == self.rest.len() {
-                self.rest = Vec::new();
-                self.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,18 +197,5 @@ mod tests {
         // A v2 header whose declared addresses are too short for its family.
         addresses.truncate(4);
         assert!(parse(&v2(1, 0x11, &addresses, &[]), peer()).is_err());
-    }
-
-    #[tokio::test]
-    async fn the_stream_gives_back_the_rest_first() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut stream = Prefixed::new(server, b"GET ".to_vec());
-        tokio::io::AsyncWriteExt::write_all(&mut client, b"/ HTTP/1.1")
-            .await
-            .unwrap();
-        drop(client);
-        let mut all = String::new();
-        stream.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "GET / HTTP/1.1");
     }
 }
