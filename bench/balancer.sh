@@ -9,14 +9,18 @@
 #   bench/balancer.sh              # 10 s per run, 50 connections, 2 threads
 #   DURATION=30s CONNECTIONS=100 ROUNDS=5 bench/balancer.sh
 #
-# Needs wrk, nginx and haproxy (Debian: wrk nginx-light haproxy), curl and python3.
+# Then the same over HTTP/2 with TLS (h2load, 50 connections of 10 streams each), with
+# the proxies terminating TLS: $RESULTS/balancer-h2.csv.
+#
+# Needs wrk, h2load, nginx and haproxy (Debian: wrk nghttp2-client nginx-light haproxy),
+# curl, openssl and python3.
 source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
-need wrk nginx haproxy curl   # Debian: wrk nginx-light haproxy curl
+need wrk nginx haproxy curl h2load openssl   # Debian: wrk nginx-light haproxy curl nghttp2-client openssl
 
 wait_http() { for _ in $(seq 150); do curl -fsS -o /dev/null "$1" 2>/dev/null && return; sleep 0.1; done; echo "bench/balancer.sh: $1 did not answer" >&2; exit 1; }
 
@@ -45,7 +49,21 @@ done
 listen=$(free_port)
 start_balancer "$seed" "$listen"
 
+# HTTP/2 over TLS: one self-signed certificate for the three proxies, and a second
+# balancer that serves users over TLS (same cluster, same cookie secret).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+cat "$work/tls.crt" "$work/tls.key" >"$work/tls.pem"
+tls_listen=$(free_port)
+"$tandem" balancer --node-id bench-balancer-tls --gossip-addr "127.0.0.1:$(free_port)" \
+    --admin-addr "127.0.0.1:$(free_port)" --join "127.0.0.1:$seed" --listen "127.0.0.1:$tls_listen" \
+    --cookie-secret-file "$work/secret" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" \
+    >"$work/balancer-tls.log" 2>&1 &
+pids+=($!)
+tls_balancer_pid=$!
+
 nginx_port=$(free_port)
+nginx_tls_port=$(free_port)
 cat >"$work/nginx.conf" <<NGINX
 worker_processes auto;
 pid $work/nginx.pid;
@@ -53,6 +71,7 @@ error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    keepalive_requests 1000000;
     upstream apps {
         hash \$cookie_TANDEM_ROUTE consistent;
         server 127.0.0.1:${apps[0]};
@@ -61,6 +80,9 @@ http {
     }
     server {
         listen 127.0.0.1:$nginx_port;
+        listen 127.0.0.1:$nginx_tls_port ssl http2;
+        ssl_certificate $work/tls.crt;
+        ssl_certificate_key $work/tls.key;
         location / {
             proxy_pass http://apps;
             proxy_http_version 1.1;
@@ -76,6 +98,7 @@ wait_http "http://127.0.0.1:$nginx_port/"
 nginx_pids="$(cat "$work/nginx.pid") $(pgrep -d' ' -P "$(cat "$work/nginx.pid")")"
 
 haproxy_port=$(free_port)
+haproxy_tls_port=$(free_port)
 cat >"$work/haproxy.cfg" <<HAPROXY
 global
     maxconn 4096
@@ -88,6 +111,7 @@ defaults
     http-reuse always
 frontend bench
     bind 127.0.0.1:$haproxy_port
+    bind 127.0.0.1:$haproxy_tls_port ssl crt $work/tls.pem alpn h2,http/1.1
     default_backend apps
 backend apps
     balance hash req.cook(TANDEM_ROUTE)
@@ -147,3 +171,41 @@ for round in $(seq "$ROUNDS"); do
 done
 "$chart" --title "Sticky HTTP proxying, wrk -c$CONNECTIONS, 2 app servers" --y-label "requests/s" \
     --out "$results/balancer.png" <"$results/balancer.csv"
+
+# HTTP/2 over TLS, each proxy terminating it.
+for _ in $(seq 150); do
+    curl -ks -o /dev/null -w '%{http_code}' "https://127.0.0.1:$tls_listen/" | grep -q 200 && break
+    sleep 0.1
+done
+H2_REQUESTS=${H2_REQUESTS:-100000}
+measure_h2() { # url pids... -> "rps mean-ms not-2xx cpu-µs-per-request"
+    local url=$1 before after
+    shift
+    before=$(cpu_ticks "$@")
+    h2load -n "$H2_REQUESTS" -c "$CONNECTIONS" -m 10 -t "$THREADS" -H "cookie: $cookie" "$url" >"$work/h2load.out"
+    after=$(cpu_ticks "$@")
+    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+        function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+        /^finished in/ { rps = $4 } /^requests:/ { n = $2 } /^status codes:/ { ok = $3 }
+        /^time for request:/ { mean = ms($6) }
+        END { printf "%.0f %.3f %d %.2f\n", rps, mean, n - ok, ticks / hz * 1e6 / n }' "$work/h2load.out"
+}
+echo
+echo "h2load -n $H2_REQUESTS -c$CONNECTIONS -m 10 -t$THREADS, HTTP/2 over TLS to each proxy, sticky cookie sent"
+echo
+echo "| proxy | requests/s | mean ms | not 2xx | proxy CPU µs per request |"
+echo "| --- | --- | --- | --- | --- |"
+echo "round,proxy,requests/s" >"$results/balancer-h2.csv"
+for round in $(seq "$ROUNDS"); do
+    for proxy in nginx haproxy tandem; do
+        case $proxy in
+            nginx) url="https://127.0.0.1:$nginx_tls_port/"; name=nginx; proxy_pids=$nginx_pids ;;
+            haproxy) url="https://127.0.0.1:$haproxy_tls_port/"; name=HAProxy; proxy_pids=$haproxy_pid ;;
+            tandem) url="https://127.0.0.1:$tls_listen/"; name="tandem balancer"; proxy_pids=$tls_balancer_pid ;;
+        esac
+        # shellcheck disable=SC2086
+        read -r rps mean bad cpu < <(measure_h2 "$url" $proxy_pids)
+        echo "| $name (round $round) | $rps | $mean | $bad | $cpu |"
+        echo "round $round,$name,$rps" >>"$results/balancer-h2.csv"
+    done
+done
