@@ -317,7 +317,6 @@ pub fn register_metrics() {
         repl::SNAPSHOT_KEYS_SENT,
         repl::SNAPSHOT_KEYS_RECEIVED,
         repl::REFUSED,
-        repl::LINK_FAILURES,
         repl::ANTI_ENTROPY_ROUNDS,
         repl::REPAIRED_KEYS,
         repl::MULTICAST_SENT,
@@ -339,6 +338,9 @@ pub fn register_metrics() {
     }
     for reason in ["missing", "timeout"] {
         metrics::counter!(repl::MULTICAST_RETRANSMITS, "reason" => reason).increment(0);
+    }
+    for reason in replication::transport::TransportError::REASONS {
+        metrics::counter!(repl::LINK_FAILURES, "reason" => reason).increment(0);
     }
     for dropped in replication::multicast::Dropped::ALL {
         metrics::counter!(repl::MULTICAST_DROPPED, "reason" => dropped.label()).increment(0);

@@ -915,8 +915,8 @@ impl Inner {
     fn link_failed(self: &Arc<Self>, id: u64, error: &TransportError) {
         let current = self.state.lock().link(id).is_some();
         if current {
-            warn!(error = %error, "replication link failed");
-            metrics::counter!(names::LINK_FAILURES).increment(1);
+            warn!(error = %error, reason = error.reason(), "replication link failed");
+            metrics::counter!(names::LINK_FAILURES, "reason" => error.reason()).increment(1);
             self.drop_link(Some(id), "link failed");
         }
     }

@@ -22,12 +22,36 @@ pub enum TransportError {
     Connect { addr: SocketAddr, reason: String },
     #[error("the channel was closed")]
     Closed,
-    #[error("I/O")]
+    #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("the transport is shut down")]
     Shutdown,
+}
+
+impl TransportError {
+    /// Every reason, as counted in `tandem_repl_link_failures_total{reason}`.
+    pub const REASONS: [&'static str; 6] = [
+        "connect",
+        "closed",
+        "io",
+        "too_large",
+        "malformed",
+        "shutdown",
+    ];
+
+    /// The `reason` label of a link that failed with this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TransportError::Connect { .. } => "connect",
+            TransportError::Closed => "closed",
+            TransportError::Io(_) => "io",
+            TransportError::Frame(FrameError::TooLarge { .. }) => "too_large",
+            TransportError::Frame(FrameError::Malformed(_)) => "malformed",
+            TransportError::Shutdown => "shutdown",
+        }
+    }
 }
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
@@ -513,6 +537,24 @@ mod tests {
     use tandem_common::schema::Protocol;
 
     use super::*;
+
+    #[test]
+    fn every_failure_has_a_registered_reason_and_keeps_its_cause() {
+        let errors = [
+            TransportError::Connect {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                reason: "refused".into(),
+            },
+            TransportError::Closed,
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer").into(),
+            FrameError::TooLarge { size: 2, max: 1 }.into(),
+            FrameError::Malformed("short".into()).into(),
+            TransportError::Shutdown,
+        ];
+        let reasons: Vec<_> = errors.iter().map(TransportError::reason).collect();
+        assert_eq!(reasons, TransportError::REASONS);
+        assert_eq!(errors[2].to_string(), "I/O: reset by peer");
+    }
 
     /// What every transport must do: carry frames both ways, in order; report a closed
     /// channel; refuse what it cannot reach.
