@@ -11,6 +11,8 @@
 mod conformance;
 mod link;
 pub mod membership;
+#[cfg(test)]
+pub mod memory;
 pub mod multicast;
 #[cfg(test)]
 mod sim;

@@ -16,9 +16,10 @@ use tandem_common::schema::{NodeAdvert, NodeState, ReplTransport, Role, Subnet};
 use tokio::task::JoinHandle;
 
 use super::membership::{AdvertChange, Membership};
+use super::memory::MemoryNetwork;
 use super::multicast::{Faults, MemoryGroup, Multicast, MulticastConfig};
 use super::tls::{self, NodeTls};
-use super::transport::{MemoryNetwork, QuicTransport, Transport};
+use super::transport::{QuicTransport, Transport};
 use super::{ReplicationConfig, ReplicationMode, Replicator};
 use crate::sessions::Sessions;
 use crate::store::{Limits, SessionStore, SetCondition, SetExpiry, SystemClock};

@@ -3,8 +3,6 @@
 //! Expiry deadlines are absolute (milliseconds since the Unix epoch) because they travel
 //! between hosts with the sessions.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock milliseconds.
@@ -47,22 +45,33 @@ impl Clock for TokioClock {
     }
 }
 
-/// A clock that moves only when told to.
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock(Arc<AtomicU64>);
+#[cfg(test)]
+pub use manual::ManualClock;
 
-impl ManualClock {
-    pub fn at(ms: u64) -> Self {
-        ManualClock(Arc::new(AtomicU64::new(ms)))
+#[cfg(test)]
+mod manual {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::Clock;
+
+    /// A clock that moves only when told to (tests).
+    #[derive(Debug, Clone, Default)]
+    pub struct ManualClock(Arc<AtomicU64>);
+
+    impl ManualClock {
+        pub fn at(ms: u64) -> Self {
+            ManualClock(Arc::new(AtomicU64::new(ms)))
+        }
+
+        pub fn advance(&self, ms: u64) {
+            self.0.fetch_add(ms, Ordering::SeqCst);
+        }
     }
 
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
     }
 }

@@ -24,7 +24,9 @@ use tandem_common::frame::Writes;
 use tandem_common::ops::Mutation;
 use tokio::task::JoinHandle;
 
-pub use self::clock::{Clock, ManualClock, SystemClock, TokioClock};
+#[cfg(test)]
+pub use self::clock::ManualClock;
+pub use self::clock::{Clock, SystemClock, TokioClock};
 use self::gate::HoldGate;
 pub use self::keyspace::{
     Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError, Touched,
