@@ -150,25 +150,32 @@ measure() { # url pids... -> "rps p50 p99 non-2xx cpu-µs-per-request" (latencie
         END { printf "%.0f %.3f %.3f %s %.2f\n", rps, p50, p99, (bad == "" ? 0 : bad), ticks / hz * 1e6 / n }' "$work/wrk.out"
 }
 
+# $ROUNDS rounds of `MEASURE URL PIDS...` against each proxy in turn: a table row of the
+# measure's fields per run, and its first field (requests/s) into CSV.
+rounds() { # measure csv scheme nginx-port haproxy-port tandem-port tandem-pid
+    local measure=$1 csv=$2 scheme=$3 round proxy url name pids fields
+    echo "round,proxy,requests/s" >"$csv"
+    for round in $(seq "$ROUNDS"); do
+        for proxy in nginx haproxy tandem; do
+            case $proxy in
+                nginx) url="$scheme://127.0.0.1:$4/"; name=nginx; pids=$nginx_pids ;;
+                haproxy) url="$scheme://127.0.0.1:$5/"; name=HAProxy; pids=$haproxy_pid ;;
+                tandem) url="$scheme://127.0.0.1:$6/"; name="tandem balancer"; pids=$7 ;;
+            esac
+            # shellcheck disable=SC2086
+            fields=$("$measure" "$url" $pids)
+            echo "| $name (round $round) | ${fields// / | } |"
+            echo "round $round,$name,${fields%% *}" >>"$csv"
+        done
+    done
+}
+
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, GET / of a demo app, sticky cookie sent; machine: $(nproc) cores"
 echo "$(nginx -v 2>&1), $(haproxy -v | head -1), tandem $($tandem version | awk '{print $2}')"
 echo
 echo "| proxy | requests/s | p50 ms | p99 ms | non-2xx | proxy CPU µs per request |"
 echo "| --- | --- | --- | --- | --- | --- |"
-echo "round,proxy,requests/s" >"$results/balancer.csv"
-for round in $(seq "$ROUNDS"); do
-    for proxy in nginx haproxy tandem; do
-        case $proxy in
-            nginx) url="http://127.0.0.1:$nginx_port/"; name=nginx; proxy_pids=$nginx_pids ;;
-            haproxy) url="http://127.0.0.1:$haproxy_port/"; name=HAProxy; proxy_pids=$haproxy_pid ;;
-            tandem) url="http://127.0.0.1:$listen/"; name="tandem balancer"; proxy_pids=$balancer_pid ;;
-        esac
-        # shellcheck disable=SC2086
-        read -r rps p50 p99 bad cpu < <(measure "$url" $proxy_pids)
-        echo "| $name (round $round) | $rps | $p50 | $p99 | $bad | $cpu |"
-        echo "round $round,$name,$rps" >>"$results/balancer.csv"
-    done
-done
+rounds measure "$results/balancer.csv" http "$nginx_port" "$haproxy_port" "$listen" "$balancer_pid"
 "$chart" --title "Sticky HTTP proxying, wrk -c$CONNECTIONS, 2 app servers" --y-label "requests/s" \
     --out "$results/balancer.png" <"$results/balancer.csv"
 
@@ -195,17 +202,4 @@ echo "h2load -n $H2_REQUESTS -c$CONNECTIONS -m 10 -t$THREADS, HTTP/2 over TLS to
 echo
 echo "| proxy | requests/s | mean ms | not 2xx | proxy CPU µs per request |"
 echo "| --- | --- | --- | --- | --- |"
-echo "round,proxy,requests/s" >"$results/balancer-h2.csv"
-for round in $(seq "$ROUNDS"); do
-    for proxy in nginx haproxy tandem; do
-        case $proxy in
-            nginx) url="https://127.0.0.1:$nginx_tls_port/"; name=nginx; proxy_pids=$nginx_pids ;;
-            haproxy) url="https://127.0.0.1:$haproxy_tls_port/"; name=HAProxy; proxy_pids=$haproxy_pid ;;
-            tandem) url="https://127.0.0.1:$tls_listen/"; name="tandem balancer"; proxy_pids=$tls_balancer_pid ;;
-        esac
-        # shellcheck disable=SC2086
-        read -r rps mean bad cpu < <(measure_h2 "$url" $proxy_pids)
-        echo "| $name (round $round) | $rps | $mean | $bad | $cpu |"
-        echo "round $round,$name,$rps" >>"$results/balancer-h2.csv"
-    done
-done
+rounds measure_h2 "$results/balancer-h2.csv" https "$nginx_tls_port" "$haproxy_tls_port" "$tls_listen" "$tls_balancer_pid"
