@@ -71,8 +71,9 @@ pub struct ClientBody {
     inner: Incoming,
     limits: BodyLimits,
     read: u64,
-    started: Instant,
-    /// Armed when the body first waits for the user.
+    /// When the body first waited for the user (a body that never waits costs no clock
+    /// read), and the timer armed then.
+    started: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
     fault: Arc<Mutex<Option<ClientFault>>>,
 }
@@ -87,18 +88,20 @@ impl ClientBody {
             inner,
             limits,
             read: 0,
-            started: Instant::now(),
+            started: None,
             timer: None,
             fault,
         }
     }
 
     /// When the bytes read so far stop being enough.
-    fn deadline(&self) -> Option<Instant> {
-        (self.limits.min_rate > 0).then(|| {
-            let earned = Duration::from_secs_f64(self.read as f64 / self.limits.min_rate as f64);
-            self.started + self.limits.grace + earned
-        })
+    fn deadline(&mut self) -> Option<Instant> {
+        if self.limits.min_rate == 0 {
+            return None;
+        }
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let earned = Duration::from_secs_f64(self.read as f64 / self.limits.min_rate as f64);
+        Some(started + self.limits.grace + earned)
     }
 
     fn fail(
