@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
+use crate::body::BodyLimits;
 use crate::proxy::{CookieSecrets, MAX_HEADER_BYTES, Proxy, ProxySettings};
 use crate::user_stream::UserStream;
 
@@ -123,9 +124,11 @@ pub async fn run(config: BalancerConfig) -> Result<(), BalancerError> {
         cookie_max_age: config.cookie_max_age,
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,
-        max_body_bytes: config.max_body_bytes,
-        min_body_rate: config.min_body_rate,
-        body_grace: config.header_timeout,
+        body: BodyLimits {
+            max_bytes: config.max_body_bytes,
+            min_rate: config.min_body_rate,
+            grace: config.header_timeout,
+        },
         tls: tls.is_some(),
     });
     let routes = axum::Router::new()

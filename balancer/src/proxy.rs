@@ -53,7 +53,7 @@ pub mod names {
     /// Counter: attempts repeated on another node after an error.
     pub const RETRIES: &str = "tandem_proxy_retries_total";
     /// Counter: user connections refused, by `reason` (`max_connections`,
-    /// `max_connections_per_client`).
+    /// `max_connections_per_client`, `proxy_protocol`).
     pub const CONNECTIONS_REFUSED: &str = "tandem_proxy_connections_refused_total";
     /// Counter: routing table rebuilds.
     pub const TABLE_REBUILDS: &str = "tandem_proxy_route_table_rebuilds_total";
@@ -160,10 +160,8 @@ pub struct ProxySettings {
     pub cookie_max_age: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
-    pub max_body_bytes: u64,
-    /// Slowest a body may arrive, bytes/s on average after `body_grace` (0: no limit).
-    pub min_body_rate: u64,
-    pub body_grace: Duration,
+    /// How large a request body may be, and how slowly it may arrive.
+    pub body: BodyLimits,
     /// Users connect over TLS: cookies are `Secure`, `X-Forwarded-Proto` is `https`.
     pub tls: bool,
 }
@@ -356,14 +354,6 @@ impl Proxy {
         Some(route)
     }
 
-    fn body_limits(&self) -> BodyLimits {
-        BodyLimits {
-            max_bytes: self.settings.max_body_bytes,
-            min_rate: self.settings.min_body_rate,
-            grace: self.settings.body_grace,
-        }
-    }
-
     /// Handles one request from a user.
     pub async fn handle(
         self: Arc<Self>,
@@ -404,7 +394,7 @@ impl Proxy {
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.settings.max_body_bytes) {
+        if declared.is_some_and(|len| len > self.settings.body.max_bytes) {
             return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
         let upgrade = is_upgrade(request.headers());
@@ -426,7 +416,7 @@ impl Proxy {
         // A small body is kept so that the request can be repeated on the partner.
         let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
         let client_fault = Arc::new(Mutex::new(None));
-        let body = ClientBody::new(body, self.body_limits(), client_fault.clone());
+        let body = ClientBody::new(body, self.settings.body, client_fault.clone());
         let mut replay: Option<Bytes> = None;
         let mut stream: Option<ClientBody> = None;
         if !chunked && declared.unwrap_or(0) <= REPLAYABLE_BODY {

@@ -176,6 +176,8 @@ pub enum Refused {
 }
 
 impl Refused {
+    pub const ALL: [Refused; 3] = [Refused::Unsealed, Refused::UnknownKey, Refused::Forged];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -53,13 +53,9 @@ pub fn register() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in [
-        "unsealed",
-        "unknown_key",
-        "forged",
-        "malformed",
-        "too_large",
-    ] {
+    // The keyring's refusals, and the transport's own: undecodable, too large to send.
+    let keyring = crate::keyring::Refused::ALL.map(crate::keyring::Refused::label);
+    for reason in keyring.into_iter().chain(["malformed", "too_large"]) {
         metrics::counter!(GOSSIP_REFUSED, "reason" => reason).increment(0);
     }
     for gauge in [HA_ON, DRAINING] {
