@@ -7,16 +7,15 @@
 //! over the stream when it does not come in time ([`Unacked`]).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tandem_common::frame::{Frame, FrameError, Writes};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::multicast::{self, KEY_LEN, Multicast, Opener, Sealer, new_key};
+use super::multicast::{KEY_LEN, Multicast, Opener, Sealer, new_key};
 
 /// A multicast frame not acknowledged within this time goes again over the stream: the
 /// least time, and the time until acknowledgements have been timed. Then it is the
@@ -54,6 +53,9 @@ pub const BATCH_HOLD: Duration = Duration::from_millis(5);
 pub enum Outgoing {
     Frame(Frame),
     Writes(LiveWrites),
+    /// Live writes for the stream as they are: numbered and accounted for already (a
+    /// multicast frame sent again, or one the socket refused).
+    Stream(LiveWrites),
     /// Live writes from this number on wait in the link's pending frame: the writer sends
     /// it unless it has been sent already (see [`Pending`]).
     Flush(u64),
@@ -92,6 +94,11 @@ impl LiveWrites {
     #[cfg(test)]
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// Bytes of the encoded mutations.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Appends the frame, length-prefixed, to `out`.
@@ -309,180 +316,47 @@ impl<T> Delivered<T> {
     }
 }
 
-/// How a writer's wait for the partner ended (a closed link drops the sender instead).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waited {
-    /// The partner acknowledged every write up to the one waited for.
-    Acked,
-    /// The wait took longer than the link allows.
-    TimedOut,
-}
-
-/// The partner's acknowledgements: the latest, for the tasks that watch it, and the
-/// writers waiting for theirs, oldest first. An acknowledgement wakes exactly the writers
-/// it covers (a watch would wake every one of them to check), and one timer per link ends
-/// the waits that last too long: under load, a connection is woken once per write instead
-/// of at every acknowledgement, and no write arms a timer of its own.
-pub struct Acked {
-    /// Changed under the lock of `waiting`, so that a writer never queues for a number
-    /// already acknowledged.
-    latest: watch::Sender<u64>,
-    /// By number, and so by the time they started (numbers are handed out in order).
-    waiting: Mutex<VecDeque<(u64, Instant, oneshot::Sender<Waited>)>>,
-}
-
-impl Default for Acked {
-    fn default() -> Self {
-        Acked {
-            latest: watch::Sender::new(0),
-            waiting: Mutex::default(),
-        }
-    }
-}
-
-impl Acked {
-    /// Follows the latest acknowledgement.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.latest.subscribe()
-    }
-
-    /// Everything up to this number has been acknowledged.
-    pub fn latest(&self) -> u64 {
-        *self.latest.borrow()
-    }
-
-    /// Waits for the acknowledgement of `seq`; `None` when it already came. Numbers must
-    /// be given in ascending order.
-    pub fn wait(&self, seq: u64, now: Instant) -> Option<oneshot::Receiver<Waited>> {
-        let mut waiting = self.waiting.lock();
-        if seq <= self.latest() {
-            return None;
-        }
-        debug_assert!(waiting.back().is_none_or(|(last, ..)| *last <= seq));
-        let (done, waited) = oneshot::channel();
-        waiting.push_back((seq, now, done));
-        Some(waited)
-    }
-
-    /// The partner has everything up to `seq`: wakes the writers that waited for it.
-    pub fn ack(&self, seq: u64) {
-        let mut waiting = self.waiting.lock();
-        if seq <= self.latest() {
-            return;
-        }
-        self.latest.send_replace(seq);
-        while waiting
-            .front()
-            .is_some_and(|(waits_for, ..)| *waits_for <= seq)
-        {
-            let (_, _, done) = waiting.pop_front().expect("checked");
-            // A writer that stopped waiting (its connection closed) is not an error.
-            let _ = done.send(Waited::Acked);
-        }
-    }
-
-    /// Ends the waits that have lasted `timeout` by `now`; returns when the oldest wait
-    /// left began, if any.
-    pub fn expire(&self, now: Instant, timeout: Duration) -> Option<Instant> {
-        let mut waiting = self.waiting.lock();
-        while waiting
-            .front()
-            .is_some_and(|(_, since, _)| now.duration_since(*since) >= timeout)
-        {
-            let (_, _, done) = waiting.pop_front().expect("checked");
-            let _ = done.send(Waited::TimedOut);
-        }
-        waiting.front().map(|(_, since, _)| *since)
-    }
-
-    /// The link is gone: every writer stops waiting (its receiver sees the sender closed).
-    pub fn close(&self) {
-        self.waiting.lock().clear();
-    }
-
-    /// Times out, `timeout` after it began, every wait the partner does not answer: sleeps
-    /// until the oldest wait is due, so that it wakes about once per `timeout` whatever
-    /// the load.
-    pub async fn time_out_after(&self, timeout: Duration) {
-        loop {
-            let oldest = self.expire(Instant::now(), timeout);
-            tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now) + timeout).await;
-        }
-    }
-}
-
-/// What multicasting live writes takes, shared by the link's writer and the connections
-/// that send a full frame themselves ([`Pending`]): the sealer (every datagram takes the
-/// next nonce), the frames awaiting acknowledgement, and the frames in flight. Taken after
-/// the replicator's state lock, never before it.
-pub struct Dispatch {
-    sealer: Sealer,
-    pub unacked: Unacked,
-    pub in_flight: InFlight,
-    /// Where a datagram is encoded and sealed.
-    scratch: BytesMut,
+/// The multicast side of one link that is I/O: the keys, and the inbox of frames that
+/// arrived by datagram. Which frames go by multicast is the link's core's to decide
+/// ([`super::proto::LinkCore`]).
+pub struct LinkMulticast {
+    /// The key this side seals its datagrams with (given to the partner over the stream).
+    pub send_key: [u8; KEY_LEN],
+    /// Every datagram takes the next nonce; sealed outside the core's lock.
+    sealer: Mutex<Sealer>,
+    /// Opens the partner's datagrams, once the partner gave its key.
+    pub opener: Mutex<Option<Opener>>,
+    /// Frames that arrived by multicast, for the link's reader.
+    pub inbox: mpsc::Sender<Frame>,
+    /// Signalled when the link stops multicasting, for the prober to try again later.
+    pub deactivated: Notify,
     sent: metrics::Counter,
 }
 
-impl Dispatch {
-    fn new(sealer: Sealer) -> Self {
-        Dispatch {
-            sealer,
-            unacked: Unacked::default(),
-            in_flight: InFlight::default(),
-            scratch: BytesMut::new(),
+impl LinkMulticast {
+    /// The link of the pair `epoch`, on the side of `sender`.
+    pub fn new(epoch: u64, sender: &str, inbox: mpsc::Sender<Frame>) -> LinkMulticast {
+        let send_key = new_key();
+        LinkMulticast {
+            sealer: Mutex::new(Sealer::new(&send_key, epoch, sender)),
+            send_key,
+            opener: Mutex::new(None),
+            inbox,
+            deactivated: Notify::new(),
             sent: metrics::counter!(super::names::MULTICAST_SENT),
         }
     }
 
-    /// Multicasts the frame (a probe or an acknowledgement); false when the socket
-    /// refused it.
-    pub fn multicast_frame(&mut self, socket: &Multicast, frame: &Frame) -> bool {
-        self.start_datagram();
-        // These frames are a few bytes: their encoding cannot fail.
-        frame.encode(&mut self.scratch).is_ok() && self.send(socket)
+    /// Bytes a datagram's header takes in front of its frame.
+    pub fn header_len(&self) -> usize {
+        self.sealer.lock().header_len()
     }
 
-    /// Multicasts live writes and keeps them until the partner acknowledges them; gives
-    /// them back when they must take the stream: too large for a datagram, too much
-    /// unacknowledged already, or refused by the socket.
-    pub fn multicast_writes(
-        &mut self,
-        socket: &Multicast,
-        writes: LiveWrites,
-        now: Instant,
-    ) -> Result<(), LiveWrites> {
-        let header = self.sealer.header_len();
-        if writes.bytes > multicast::MAX_DATAGRAM
-            || !self
-                .unacked
-                .has_room(header + writes.bytes + 64, socket.recv_window())
-        {
-            return Err(writes);
-        }
-        self.start_datagram();
-        if writes.encode(&mut self.scratch).is_err()
-            || self.scratch.len() - header > multicast::MAX_DATAGRAM - 300
-            || !self.send(socket)
-        {
-            return Err(writes);
-        }
-        self.in_flight.sent(writes.seq);
-        self.unacked.sent(writes, self.scratch.len(), now);
-        Ok(())
-    }
-
-    /// Clears the scratch buffer to room for the datagram's header, the frame to be
-    /// encoded behind it.
-    fn start_datagram(&mut self) {
-        self.scratch.clear();
-        self.scratch.resize(self.sealer.header_len(), 0);
-    }
-
-    /// Seals the frame in the scratch buffer where it is and multicasts it.
-    fn send(&mut self, socket: &Multicast) -> bool {
-        self.sealer.seal_in_place(&mut self.scratch);
-        match socket.send(&self.scratch) {
+    /// Seals `datagram` (a frame behind [`LinkMulticast::header_len`] bytes left free)
+    /// and multicasts it; false when the socket refused it.
+    pub fn send(&self, socket: &Multicast, mut datagram: BytesMut) -> bool {
+        self.sealer.lock().seal_in_place(&mut datagram);
+        match socket.send(&datagram) {
             Ok(()) => {
                 self.sent.increment(1);
                 true
@@ -493,124 +367,14 @@ impl Dispatch {
             }
         }
     }
-}
 
-/// Multicast state of one link, shared by its writer, its reader and the agent's
-/// multicast receiver.
-pub struct LinkMulticast {
-    /// The key this side seals its datagrams with (given to the partner over the stream).
-    pub send_key: [u8; KEY_LEN],
-    /// Sealing and sending datagrams, and the frames awaiting acknowledgement.
-    pub dispatch: Mutex<Dispatch>,
-    /// Whether this side sends live writes by multicast: set when the partner answers a
-    /// probe, cleared when the path degrades.
-    active: AtomicBool,
-    /// The probe in flight.
-    probe_nonce: AtomicU64,
-    /// Signalled when the link stops multicasting, for the prober to try again later.
-    pub deactivated: Notify,
-    /// Opens the partner's datagrams, once the partner gave its key.
-    pub opener: Mutex<Option<Opener>>,
-    /// Frames that arrived by multicast, for the link's reader.
-    pub inbox: mpsc::Sender<Frame>,
-    /// Numbers the partner reported missing, for the link's writer to send again.
-    pub nacks: mpsc::UnboundedSender<(u64, u64)>,
-    /// The highest acknowledgement owed on the stream, and the last one sent there (see
-    /// [`LinkMulticast::ack_by_datagram`]).
-    stream_ack_owed: AtomicU64,
-    stream_ack_sent: AtomicU64,
-}
-
-impl LinkMulticast {
-    /// The link of the pair `epoch`, on the side of `sender`.
-    pub fn new(
-        epoch: u64,
-        sender: &str,
-        inbox: mpsc::Sender<Frame>,
-        nacks: mpsc::UnboundedSender<(u64, u64)>,
-    ) -> LinkMulticast {
-        let send_key = new_key();
-        LinkMulticast {
-            dispatch: Mutex::new(Dispatch::new(Sealer::new(&send_key, epoch, sender))),
-            send_key,
-            active: AtomicBool::new(false),
-            probe_nonce: AtomicU64::new(0),
-            deactivated: Notify::new(),
-            opener: Mutex::new(None),
-            inbox,
-            nacks,
-            stream_ack_owed: AtomicU64::new(0),
-            stream_ack_sent: AtomicU64::new(0),
-        }
-    }
-
-    /// A frame came over the stream: the acknowledgement that covers it, `upto`, must
-    /// travel the stream too. The partner sends a frame over the stream when its datagram
-    /// was not acknowledged in time, and the datagram that was lost may have been the
-    /// acknowledgement; another one by datagram could be lost the same way.
-    pub fn owe_stream_ack(&self, upto: u64) {
-        self.stream_ack_owed.fetch_max(upto, Ordering::Relaxed);
-    }
-
-    /// Whether the acknowledgement `seq` may go by datagram (false: by the stream, which
-    /// then pays what was owed there up to `seq`). Called by the link's writer alone.
-    pub fn ack_by_datagram(&self, seq: u64) -> bool {
-        if self.stream_ack_owed.load(Ordering::Relaxed)
-            > self.stream_ack_sent.load(Ordering::Relaxed)
-        {
-            self.stream_ack_sent.store(seq, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    pub fn active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Multicasts live writes when the link multicasts (through `socket`, the agent's);
-    /// gives them back when they must take the stream.
-    pub fn try_multicast(
-        &self,
-        socket: Option<&Multicast>,
-        writes: LiveWrites,
-    ) -> Result<(), LiveWrites> {
-        let Some(socket) = socket else {
-            return Err(writes);
-        };
-        let mut dispatch = self.dispatch.lock();
-        // Under the lock: once the writer has given the path up and taken back the frames
-        // awaiting acknowledgement (under the same lock), no frame is multicast on it.
-        if !self.active() {
-            return Err(writes);
-        }
-        dispatch.multicast_writes(socket, writes, Instant::now())
-    }
-
-    /// Starts a probe; returns its nonce.
-    pub fn start_probe(&self) -> u64 {
-        let nonce = u64::from_be_bytes(new_key()[..8].try_into().expect("8 bytes")) | 1;
-        self.probe_nonce.store(nonce, Ordering::Relaxed);
-        nonce
-    }
-
-    /// The partner answered a probe: multicast works from here to there. Returns whether
-    /// this switched the link to multicast.
-    pub fn probe_answered(&self, nonce: u64) -> bool {
-        nonce != 0
-            && self.probe_nonce.load(Ordering::Relaxed) == nonce
-            && !self.active.swap(true, Ordering::Relaxed)
-    }
-
-    /// Stops multicasting (the path degraded). Returns whether it was active.
-    pub fn deactivate(&self) -> bool {
-        // An answer to the probe that activated it must not activate it again.
-        self.probe_nonce.store(0, Ordering::Relaxed);
-        let was = self.active.swap(false, Ordering::Relaxed);
-        if was {
-            self.deactivated.notify_one();
-        }
-        was
+    /// Multicasts a small frame (a probe or an acknowledgement); false when the socket
+    /// refused it.
+    pub fn send_frame(&self, socket: &Multicast, frame: &Frame) -> bool {
+        let mut datagram = BytesMut::with_capacity(128);
+        datagram.resize(self.header_len(), 0);
+        // These frames are a few bytes: their encoding cannot fail.
+        frame.encode(&mut datagram).is_ok() && self.send(socket, datagram)
     }
 }
 
@@ -721,6 +485,14 @@ impl Unacked {
             .map(|(seq, _)| *seq)
             .collect();
         self.retransmit(&wanted, now)
+    }
+
+    /// The socket refused the datagram of the frame ending at `seq`: takes it back, for
+    /// the stream (not a retransmission: it never left).
+    pub fn refused(&mut self, seq: u64) -> Option<LiveWrites> {
+        let sent = self.frames.remove(&seq)?;
+        self.charged -= sent.charge;
+        Some(sent.writes)
     }
 
     /// Takes the frames numbered `seqs` to send again, counting each as a retransmission.
@@ -894,74 +666,6 @@ mod tests {
         let (full, started) = pending.push(writes(22, 1));
         assert_eq!(full.map(|f| (f.first, f.seq)), Some((20, 20)));
         assert_eq!(started, Some(22));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_acknowledgement_wakes_the_writers_it_covers_and_late_ones_time_out() {
-        let acks = Acked::default();
-        let mut latest = acks.watch();
-        let now = Instant::now();
-        let mut waits: Vec<_> = (1..=4).map(|seq| acks.wait(seq, now).unwrap()).collect();
-        acks.ack(2);
-        assert_eq!(*latest.borrow_and_update(), 2);
-        assert_eq!(waits[0].try_recv(), Ok(Waited::Acked));
-        assert_eq!(waits[1].try_recv(), Ok(Waited::Acked));
-        assert!(waits[2].try_recv().is_err(), "3 is not acknowledged yet");
-        assert!(acks.wait(2, now).is_none(), "2 needs no waiting any more");
-        // An older acknowledgement arriving late changes nothing.
-        acks.ack(1);
-        assert_eq!(*latest.borrow(), 2);
-        assert!(!latest.has_changed().unwrap());
-
-        // One timer for the link: 3 and 4 wait the whole timeout, 5 (later) a little more.
-        let timeout = Duration::from_millis(500);
-        let timer = async { acks.time_out_after(timeout).await };
-        let checks = async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let mut late = acks.wait(5, Instant::now()).unwrap();
-            let waited = waits.remove(2).await;
-            assert_eq!(waited, Ok(Waited::TimedOut));
-            assert_eq!(
-                Instant::now() - now,
-                timeout,
-                "3 waited exactly the timeout"
-            );
-            assert_eq!(waits.remove(2).await, Ok(Waited::TimedOut));
-            assert!(late.try_recv().is_err(), "5 has time left");
-            assert_eq!(late.await, Ok(Waited::TimedOut));
-            assert_eq!(Instant::now() - now, timeout + Duration::from_millis(100));
-            // A closed link ends every wait: the writer sees the sender gone.
-            let gone = acks.wait(6, Instant::now()).unwrap();
-            acks.close();
-            assert!(gone.await.is_err());
-        };
-        tokio::select! {
-            () = timer => unreachable!("the timer runs until the link ends"),
-            () = checks => {}
-        }
-    }
-
-    #[test]
-    fn acknowledgements_of_frames_that_came_over_the_stream_go_over_the_stream() {
-        let (inbox, _) = mpsc::channel(1);
-        let (nacks, _) = mpsc::unbounded_channel();
-        let link = LinkMulticast::new(1, "web-1", inbox, nacks);
-        assert!(link.ack_by_datagram(3), "nothing came over the stream yet");
-        // Frames up to 9 are in, the last over the stream (a retransmission).
-        link.owe_stream_ack(9);
-        // An acknowledgement sent before that one, handled after it: it goes by the
-        // stream, but does not cover 9, so the next goes by the stream too.
-        assert!(!link.ack_by_datagram(5));
-        assert!(!link.ack_by_datagram(9));
-        assert!(
-            link.ack_by_datagram(12),
-            "the stream has had its acknowledgement"
-        );
-        link.owe_stream_ack(4);
-        assert!(
-            link.ack_by_datagram(13),
-            "4 is covered by what went by the stream"
-        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod membership;
 #[cfg(test)]
 pub mod memory;
 pub mod multicast;
+mod proto;
 #[cfg(test)]
 mod sim;
 pub mod tls;
@@ -32,35 +33,23 @@ use tandem_common::frame::{Frame, Writes};
 use tandem_common::ops::Mutation;
 use tandem_common::pairing::{AgentView, PairingDecision, decide};
 use tandem_common::schema::{NodeState, PartnerRef, Protocol, ReplTransport, Role, SyncProgress};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::link::{Acked, Batch, Delivered, LinkMulticast, LiveWrites, Outgoing, Pending, Waited};
+use self::link::{Batch, LinkMulticast, Outgoing};
 use self::membership::Membership;
 use self::multicast::Multicast;
+use self::proto::{Action, Arrived, CoreConfig, LinkCore, SNAPSHOT_WINDOW, Waited};
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
 use crate::store::SessionStore;
 use crate::store::keyspace::SHARDS;
-
-/// A numbered frame's content, held until every earlier frame has been applied.
-enum Arrived {
-    Writes(Vec<Mutation>),
-    Snapshot {
-        mutations: Vec<Mutation>,
-        last: bool,
-    },
-}
 
 /// Keys per snapshot frame.
 const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
 /// About the most bytes of one snapshot or repair frame: the keys read at once are sent in
 /// frames of about this size, far below the frame limit whatever their values' sizes.
 const CHUNK_BYTES: usize = 8 << 20;
-/// Snapshot frames in flight before the sender waits for acknowledgements.
-const SNAPSHOT_WINDOW: u64 = 4;
-/// Write batches an async-mode partner may fall behind by before writers wait for it.
-const ASYNC_BACKLOG: u64 = 256;
 /// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Multicast probes sent when a pair forms, this far apart, before giving up on it.
@@ -171,8 +160,6 @@ struct Inner {
     multicast: Option<Arc<Multicast>>,
     gossip: Option<Arc<dyn Membership>>,
     state: Mutex<PairState>,
-    /// Set when a sync write timed out; cleared when the partner acknowledges in time.
-    lagging: AtomicBool,
     /// Sync writes that returned on the timeout rather than on the partner's ack.
     sync_timeouts: AtomicU64,
     /// Set from the moment a pair forms until the partner's whole snapshot has arrived.
@@ -204,33 +191,42 @@ impl PairState {
     fn link(&self, id: u64) -> Option<&Link> {
         self.link.as_ref().filter(|link| link.id == id)
     }
-
-    fn link_mut(&mut self, id: u64) -> Option<&mut Link> {
-        self.link.as_mut().filter(|link| link.id == id)
-    }
 }
+
+/// How a writer waiting for the partner is woken.
+type Waker = oneshot::Sender<Waited>;
 
 /// The running link to the partner.
 struct Link {
     id: u64,
     partner: PartnerRef,
-    outbound: mpsc::UnboundedSender<Outgoing>,
-    next_seq: u64,
-    /// Live writes not yet handed to the writer.
-    pending: Pending,
-    /// The partner's acknowledgements and the writers waiting for them.
-    acks: Arc<Acked>,
-    multicast: Arc<LinkMulticast>,
-    /// Whether the whole snapshot of this store has been queued for the partner.
-    snapshot_sent: bool,
+    shared: Arc<LinkShared>,
     /// Whether the partner keeps this agent's scripts (it speaks [`Protocol::SCRIPTS`]).
     scripts: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What the tasks of one link share. Locks are taken in this order, never the other way:
+/// the replicator's `state`, then `core`, then the multicast sealer or opener (each
+/// alone). No lock is held across an `await`, and a task performs the core's actions
+/// after it let go of `core`; frames for the stream are queued under `state` where the
+/// order of their numbers must be kept (see [`Replicator::replicate`]).
+struct LinkShared {
+    /// The order of replication: numbers, acknowledgements, waiting writers, paths.
+    core: Mutex<LinkCore<Waker>>,
+    /// Frames and live writes for the link's writer, in order.
+    outbound: mpsc::UnboundedSender<Outgoing>,
+    /// The latest acknowledgement, for the tasks that wait for one (the snapshot window,
+    /// the writer holding a frame back).
+    acked: watch::Sender<u64>,
+    multicast: LinkMulticast,
+    /// Keys of the partner's snapshot applied so far.
+    snapshot_keys: AtomicU64,
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
-        self.acks.close();
+        self.shared.core.lock().close();
         for task in &self.tasks {
             task.abort();
         }
@@ -274,7 +270,6 @@ impl Replicator {
                 multicast: None,
                 gossip,
                 state: Mutex::new(PairState::default()),
-                lagging: AtomicBool::new(false),
                 sync_timeouts: AtomicU64::new(0),
                 syncing: AtomicBool::new(false),
                 snapshot_progress: Mutex::new(None),
@@ -297,6 +292,7 @@ impl Replicator {
         let state = self.inner.state.lock();
         if let Some(link) = state.link.as_ref().filter(|link| link.scripts) {
             let _ = link
+                .shared
                 .outbound
                 .send(Frame::Scripts { bodies: vec![body] }.into());
         }
@@ -341,73 +337,55 @@ impl Replicator {
             return;
         }
         let count = mutations.len() as u64;
-        let waiting = {
-            let mut state = self.inner.state.lock();
-            let Some(link) = state.link.as_mut() else {
+        let mut waiting = None;
+        let datagram = {
+            let state = self.inner.state.lock();
+            let Some(link) = state.link.as_ref() else {
                 return;
             };
-            link.next_seq += 1;
-            let seq = link.next_seq;
-            let (full, started) = link.pending.push(LiveWrites::new(seq, mutations));
-            // The frame these writes did not fit goes now, before the writer is told of
-            // the next one.
-            if let Some(full) = full
-                && let Err(full) = link
-                    .multicast
-                    .try_multicast(self.inner.multicast.as_deref(), full)
-                && link.outbound.send(Outgoing::Writes(full)).is_err()
-            {
-                return;
-            }
-            if let Some(first) = started
-                && link.outbound.send(Outgoing::Flush(first)).is_err()
-            {
-                return;
-            }
-            // Sync: wait for this write. Async: return at once unless the partner is so
-            // far behind that the queue would grow without bound; then wait for it to
-            // catch up. Under the lock, so that waits are queued in the order of numbers.
-            let now = tokio::time::Instant::now();
-            match self.inner.config.mode {
-                ReplicationMode::Sync => link.acks.wait(seq, now),
-                ReplicationMode::Async => {
-                    let behind = seq.saturating_sub(link.acks.latest());
-                    self.inner.lag.set(behind as f64);
-                    if behind <= ASYNC_BACKLOG {
-                        None
-                    } else {
-                        link.acks.wait(seq - ASYNC_BACKLOG, now)
+            let written = {
+                let mut core = link.shared.core.lock();
+                let written = core.on_write(mutations, tokio::time::Instant::now(), || {
+                    let (waker, waited) = oneshot::channel();
+                    waiting = Some(waited);
+                    waker
+                });
+                if self.inner.config.mode == ReplicationMode::Async {
+                    self.inner.lag.set(core.behind() as f64);
+                }
+                debug_assert_eq!(written.waits, waiting.is_some());
+                written
+            };
+            // Frames go to the writer in the order of their numbers: under the state lock.
+            // A datagram is sealed and sent after it.
+            let mut datagram = None;
+            for action in written.actions {
+                match action {
+                    Action::Stream(outgoing) => {
+                        if link.shared.outbound.send(outgoing).is_err() {
+                            return;
+                        }
                     }
+                    Action::Datagram {
+                        seq,
+                        datagram: bytes,
+                    } => {
+                        datagram = Some((link.shared.clone(), seq, bytes));
+                    }
+                    other => unreachable!("a write only sends: {other:?}"),
                 }
             }
+            datagram
         };
+        if let Some((shared, seq, bytes)) = datagram {
+            self.inner.multicast_datagram(&shared, seq, bytes);
+        }
         self.inner.mutations_sent.increment(count);
-        let Some(waiting) = waiting else {
-            return;
-        };
-        match waiting.await {
-            Ok(Waited::Acked) => {
-                if self.inner.lagging.swap(false, Ordering::Relaxed) {
-                    info!("the partner acknowledges in time again: protected");
-                    self.inner.publish_protection();
-                }
-            }
-            Err(_) => {
-                // The link closed while waiting; the pairing loop takes it from here.
-                debug!("replication link closed during a sync write");
-            }
-            Ok(Waited::TimedOut) => {
-                metrics::counter!(names::SYNC_TIMEOUTS).increment(1);
-                self.inner.sync_timeouts.fetch_add(1, Ordering::Relaxed);
-                if !self.inner.lagging.swap(true, Ordering::Relaxed) {
-                    warn!(
-                        timeout = ?self.inner.config.sync_timeout,
-                        "the partner did not acknowledge a write in time; writes are kept \
-                         locally and this agent is unprotected until it catches up"
-                    );
-                    self.inner.publish_protection();
-                }
-            }
+        if let Some(waiting) = waiting
+            && waiting.await.is_err()
+        {
+            // The link closed while waiting; the pairing loop takes it from here.
+            debug!("replication link closed during a sync write");
         }
     }
 
@@ -417,7 +395,7 @@ impl Replicator {
         state
             .link
             .as_ref()
-            .map_or(0, |link| link.next_seq.saturating_sub(link.acks.latest()))
+            .map_or(0, |link| link.shared.core.lock().behind())
     }
 
     /// Returns once the partner holds everything this agent has (the snapshot and every
@@ -428,12 +406,11 @@ impl Replicator {
             let waiting = {
                 let state = self.inner.state.lock();
                 state.link.as_ref().map(|link| {
-                    let acked = link.acks.latest();
-                    let done = link.snapshot_sent && acked >= link.next_seq;
+                    let core = link.shared.core.lock();
                     (
                         link.partner.node_id.clone(),
-                        done,
-                        link.next_seq.saturating_sub(acked),
+                        core.caught_up(),
+                        core.behind(),
                     )
                 })
             };
@@ -506,6 +483,15 @@ impl Replicator {
     }
 }
 
+/// Whether the writer may hold the batch back: it only sends the pending frame, which is
+/// small, and the partner has frames to acknowledge already (see [`LinkCore::may_hold`]).
+fn may_hold(shared: &LinkShared, batch: &Batch) -> bool {
+    batch
+        .flush
+        .filter(|_| batch.may_wait())
+        .is_some_and(|first| shared.core.lock().may_hold(first))
+}
+
 /// `mutations` cut, in order, into frames of about [`CHUNK_BYTES`] each (a larger mutation
 /// alone); one empty frame for none.
 fn in_frames(mutations: Vec<Mutation>) -> Vec<Vec<Mutation>> {
@@ -554,11 +540,16 @@ impl Inner {
                     let inner = updater;
                     let state = inner.state.lock();
                     let partner = state.link.as_ref().map(|l| l.partner.clone());
-                    let unprotected = partner.is_none() || inner.lagging.load(Ordering::Relaxed);
+                    let (lagging, multicasting) =
+                        state.link.as_ref().map_or((false, false), |link| {
+                            let core = link.shared.core.lock();
+                            (core.lagging(), core.multicasting())
+                        });
+                    let unprotected = partner.is_none() || lagging;
                     metrics::gauge!(names::UNPROTECTED).set(if unprotected { 1.0 } else { 0.0 });
                     metrics::gauge!(names::PAIRED).set(if partner.is_some() { 1.0 } else { 0.0 });
-                    let transport = state.link.as_ref().map(|link| {
-                        if link.multicast.active() {
+                    let transport = partner.as_ref().map(|_| {
+                        if multicasting {
                             ReplTransport::Multicast
                         } else {
                             ReplTransport::Quic
@@ -812,8 +803,6 @@ impl Inner {
             .map(|cache| cache.bodies())
             .unwrap_or_default();
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
-        let acks = Arc::new(Acked::default());
-        let (nacks_tx, nacks_rx) = mpsc::unbounded_channel();
         {
             let mut state = self.state.lock();
             if state.link.is_some() {
@@ -828,62 +817,58 @@ impl Inner {
                 sender, receiver, ..
             } = channel;
             let (inbox_tx, inbox_rx) = mpsc::channel(link::INBOX);
-            let multicast = Arc::new(LinkMulticast::new(
-                partner.epoch,
-                &self.config.node_id,
-                inbox_tx,
-                nacks_tx,
-            ));
-            let writer = tokio::spawn(self.clone().write_frames(
-                id,
-                sender,
-                outbound_rx,
-                nacks_rx,
-                acks.watch(),
-                multicast.clone(),
-            ));
-            let reader = tokio::spawn(self.clone().read_frames(
-                id,
-                receiver,
-                inbox_rx,
-                outbound_tx.clone(),
-                acks.clone(),
-                multicast.clone(),
-            ));
-            let timeouts = {
-                let (acks, timeout) = (acks.clone(), self.config.sync_timeout);
-                tokio::spawn(async move { acks.time_out_after(timeout).await })
-            };
+            let multicast = LinkMulticast::new(partner.epoch, &self.config.node_id, inbox_tx);
+            let core = LinkCore::new(CoreConfig {
+                mode: self.config.mode,
+                sync_timeout: self.config.sync_timeout,
+                datagram_header: multicast.header_len(),
+                multicast_window: self.multicast.as_ref().map(|socket| socket.recv_window()),
+            });
+            let shared = Arc::new(LinkShared {
+                core: Mutex::new(core),
+                outbound: outbound_tx,
+                acked: watch::Sender::new(0),
+                multicast,
+                snapshot_keys: AtomicU64::new(0),
+            });
+            let writer =
+                tokio::spawn(
+                    self.clone()
+                        .write_frames(id, shared.clone(), sender, outbound_rx),
+                );
+            let reader =
+                tokio::spawn(
+                    self.clone()
+                        .read_frames(id, shared.clone(), receiver, inbox_rx),
+                );
+            let timer = tokio::spawn(self.clone().time_out_waits(shared.clone()));
             let snapshot = tokio::spawn(self.clone().send_snapshot(id, partner.node_id.clone()));
-            let probe = tokio::spawn(self.clone().probe_multicast(
-                outbound_tx.clone(),
-                multicast.clone(),
-                partner.node_id.clone(),
-            ));
+            let probe = tokio::spawn(
+                self.clone()
+                    .probe_multicast(shared.clone(), partner.node_id.clone()),
+            );
             if !cached.is_empty() {
-                let _ = outbound_tx.send(Frame::Scripts { bodies: cached }.into());
+                let _ = shared
+                    .outbound
+                    .send(Frame::Scripts { bodies: cached }.into());
             }
-            let mut tasks = vec![writer, reader, timeouts, snapshot, probe];
+            let mut tasks = vec![writer, reader, timer, snapshot, probe];
             // One side of the pair starts the comparisons; both answer them.
             if self.config.node_id < partner.node_id {
-                tasks.push(tokio::spawn(self.clone().anti_entropy(outbound_tx.clone())));
+                tasks.push(tokio::spawn(
+                    self.clone().anti_entropy(shared.outbound.clone()),
+                ));
             }
             state.link = Some(Link {
                 id,
                 partner: partner.clone(),
-                outbound: outbound_tx,
-                next_seq: 0,
-                pending: Pending::default(),
-                acks,
-                multicast,
-                snapshot_sent: false,
+                shared,
                 scripts,
                 tasks,
             });
             state.confirming_since = None;
             state.said_alone = false;
         }
-        self.lagging.store(false, Ordering::Relaxed);
         // Syncing until the partner's whole snapshot has arrived.
         self.syncing.store(true, Ordering::Relaxed);
         metrics::counter!(names::PAIRS_FORMED).increment(1);
@@ -923,57 +908,122 @@ impl Inner {
         }
     }
 
+    /// Performs the core's actions: what takes I/O (the link's writer, the socket, the
+    /// writers' wake-ups, metrics and gossip). Called with no lock held.
+    fn perform(self: &Arc<Self>, shared: &LinkShared, actions: Vec<Action<Waker>>) {
+        for action in actions {
+            match action {
+                Action::Stream(outgoing) => {
+                    let _ = shared.outbound.send(outgoing);
+                }
+                Action::Datagram { seq, datagram } => {
+                    self.multicast_datagram(shared, seq, datagram)
+                }
+                Action::Retransmit { frames, reason } => {
+                    metrics::counter!(names::MULTICAST_RETRANSMITS, "reason" => reason)
+                        .increment(frames.len() as u64);
+                    for frame in frames {
+                        let _ = shared.outbound.send(Outgoing::Stream(frame));
+                    }
+                }
+                Action::Wake { writers, waited } => {
+                    if waited == Waited::TimedOut {
+                        metrics::counter!(names::SYNC_TIMEOUTS).increment(writers.len() as u64);
+                        self.sync_timeouts
+                            .fetch_add(writers.len() as u64, Ordering::Relaxed);
+                    }
+                    for writer in writers {
+                        // A writer that stopped waiting (its connection closed) is no error.
+                        let _ = writer.send(waited);
+                    }
+                }
+                Action::Acked(seq) => {
+                    shared.acked.send_replace(seq);
+                }
+                Action::Apply(ready) => self.apply_arrived(shared, ready),
+                Action::Protection { lagging: true } => {
+                    warn!(
+                        timeout = ?self.config.sync_timeout,
+                        "the partner did not acknowledge a write in time; writes are kept \
+                         locally and this agent is unprotected until it catches up"
+                    );
+                    self.publish_protection();
+                }
+                Action::Protection { lagging: false } => {
+                    info!("the partner acknowledges in time again: protected");
+                    self.publish_protection();
+                }
+                Action::MulticastOff => {
+                    warn!(
+                        "multicast to the partner loses too many frames; replicating over QUIC \
+                         for the rest of this pair"
+                    );
+                    shared.multicast.deactivated.notify_one();
+                    self.publish_protection();
+                }
+            }
+        }
+    }
+
+    /// Seals and multicasts a frame of live writes; a frame the socket refuses goes over
+    /// the stream.
+    fn multicast_datagram(&self, shared: &LinkShared, seq: u64, datagram: BytesMut) {
+        let sent = self
+            .multicast
+            .as_deref()
+            .is_some_and(|socket| shared.multicast.send(socket, datagram));
+        if !sent && let Some(writes) = shared.core.lock().datagram_refused(seq) {
+            let _ = shared.outbound.send(Outgoing::Stream(writes));
+        }
+    }
+
+    /// Ends the sync waits that outlast the timeout: sleeps until the oldest is due, so
+    /// that it wakes about once per timeout whatever the load.
+    async fn time_out_waits(self: Arc<Self>, shared: Arc<LinkShared>) {
+        let timeout = self.config.sync_timeout.max(Duration::from_millis(1));
+        loop {
+            let now = tokio::time::Instant::now();
+            let (actions, next) = {
+                let mut core = shared.core.lock();
+                (core.on_tick(now), core.next_timeout())
+            };
+            self.perform(&shared, actions);
+            tokio::time::sleep_until(
+                next.unwrap_or(now + timeout)
+                    .max(now + Duration::from_millis(1)),
+            )
+            .await;
+        }
+    }
+
     /// Sends queued frames in order, in one write per batch; consecutive mutation batches
     /// travel as one frame. While multicast is active, live writes that fit a datagram go
     /// by multicast, and those not acknowledged in time again by the stream.
     async fn write_frames(
         self: Arc<Self>,
         id: u64,
+        shared: Arc<LinkShared>,
         mut sender: FrameSender,
         mut outbound: mpsc::UnboundedReceiver<Outgoing>,
-        mut nacks: mpsc::UnboundedReceiver<(u64, u64)>,
-        mut acked: watch::Receiver<u64>,
-        multicast: Arc<LinkMulticast>,
     ) {
         let socket = self.multicast.as_deref();
+        let mut acked = shared.acked.subscribe();
         let mut stream = BytesMut::new();
         let mut ticker = tokio::time::interval(link::RETRANSMIT_AFTER / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // A connection that multicasts a frame itself also starts the next pending frame
             // and flushes it, which wakes this loop and brings the timer back.
-            let awaiting = !multicast.dispatch.lock().unacked.is_empty();
+            let awaiting = shared.core.lock().awaiting_datagrams();
             let first = tokio::select! {
                 biased;
                 frame = outbound.recv() => match frame {
                     Some(frame) => frame,
                     None => return,
                 },
-                Some((from, to)) = nacks.recv() => {
-                    let now = tokio::time::Instant::now();
-                    let missing = multicast.dispatch.lock().unacked.missing(from, to, now);
-                    if !self.resend(id, &mut sender, &missing, "missing").await {
-                        return;
-                    }
-                    continue;
-                }
                 now = ticker.tick(), if awaiting => {
-                    let due = {
-                        let mut dispatch = multicast.dispatch.lock();
-                        let mut due = dispatch.unacked.due(now);
-                        if dispatch.unacked.degraded() && multicast.deactivate() {
-                            warn!(
-                                "multicast to the partner loses too many frames; replicating \
-                                 over QUIC for the rest of this pair"
-                            );
-                            due.extend(dispatch.unacked.drain());
-                            self.publish_protection();
-                        }
-                        due
-                    };
-                    if !self.resend(id, &mut sender, &due, "timeout").await {
-                        return;
-                    }
+                    let actions = shared.core.lock().on_tick(now);
+                    self.perform(&shared, actions);
                     continue;
                 }
             };
@@ -988,10 +1038,10 @@ impl Inner {
             // Under load, while the partner has frames to acknowledge, the pending frame
             // waits a little for more writes to join it (they are waiting for the same
             // answer); a connection whose writes no longer fit it sends it meanwhile.
-            if self.may_wait(id, &batch, &multicast, &acked) {
+            if may_hold(&shared, &batch) {
                 let hold = tokio::time::sleep(link::BATCH_HOLD);
                 tokio::pin!(hold);
-                while self.may_wait(id, &batch, &multicast, &acked) {
+                while may_hold(&shared, &batch) {
                     tokio::select! {
                         biased;
                         changed = acked.changed() => if changed.is_err() { break },
@@ -1005,23 +1055,37 @@ impl Inner {
                 }
             }
             if let Some(first) = batch.flush
-                && let Some(pending) = self.take_pending(id, first)
+                && let Some(pending) = shared.core.lock().take_pending(first)
             {
                 batch.push(Outgoing::Writes(pending));
             }
             stream.clear();
             for frame in batch.frames {
                 let encoded = match frame {
-                    Outgoing::Writes(writes) => match multicast.try_multicast(socket, writes) {
-                        Ok(()) => continue,
-                        Err(writes) => {
-                            multicast.dispatch.lock().in_flight.sent(writes.seq);
-                            writes.encode(&mut stream)
+                    Outgoing::Writes(writes) => {
+                        let routed = shared
+                            .core
+                            .lock()
+                            .route(writes, tokio::time::Instant::now());
+                        match routed {
+                            Ok((seq, datagram)) => {
+                                if socket
+                                    .is_some_and(|socket| shared.multicast.send(socket, datagram))
+                                {
+                                    continue;
+                                }
+                                match shared.core.lock().datagram_refused(seq) {
+                                    Some(writes) => writes.encode(&mut stream),
+                                    None => continue,
+                                }
+                            }
+                            Err(writes) => writes.encode(&mut stream),
                         }
-                    },
+                    }
+                    Outgoing::Stream(writes) => writes.encode(&mut stream),
                     Outgoing::Frame(probe @ Frame::Probe { .. }) => {
                         if let Some(socket) = socket {
-                            multicast.dispatch.lock().multicast_frame(socket, &probe);
+                            shared.multicast.send_frame(socket, &probe);
                         }
                         continue;
                     }
@@ -1029,9 +1093,8 @@ impl Inner {
                     // costs both sides less than a packet of the QUIC connection.
                     Outgoing::Frame(ack @ Frame::Ack { seq })
                         if socket.is_some_and(|socket| {
-                            multicast.active()
-                                && multicast.ack_by_datagram(seq)
-                                && multicast.dispatch.lock().multicast_frame(socket, &ack)
+                            shared.core.lock().ack_by_datagram(seq)
+                                && shared.multicast.send_frame(socket, &ack)
                         }) =>
                     {
                         continue;
@@ -1053,45 +1116,11 @@ impl Inner {
         }
     }
 
-    /// Whether the writer may hold the batch back: it only sends the pending frame, the
-    /// frame is small, and the partner has [`link::BATCH_WINDOW`] frames to acknowledge.
-    fn may_wait(
-        &self,
-        id: u64,
-        batch: &Batch,
-        multicast: &LinkMulticast,
-        acked: &watch::Receiver<u64>,
-    ) -> bool {
-        let Some(first) = batch.flush.filter(|_| batch.may_wait()) else {
-            return false;
-        };
-        // One lock at a time (writers hold the state's while they take the dispatch's, and
-        // the reader the waiting writers' while it updates the acknowledgement).
-        let acked = *acked.borrow();
-        let in_flight = multicast.dispatch.lock().in_flight.beyond(acked);
-        in_flight >= link::BATCH_WINDOW
-            && self
-                .state
-                .lock()
-                .link(id)
-                .is_some_and(|link| link.pending.may_wait(first))
-    }
-
-    /// The link's pending frame, if it is still the one starting at `first`.
-    fn take_pending(&self, id: u64, first: u64) -> Option<LiveWrites> {
-        self.state.lock().link_mut(id)?.pending.take_from(first)
-    }
-
     /// Offers multicast to the partner when both sit in one subnet where multicast is
     /// enabled: gives it this side's key, then probes until it answers (the reader sees
     /// the answer) or the attempts run out. When the probes go unanswered or the path
     /// degrades later, probes again after a delay that doubles each time.
-    async fn probe_multicast(
-        self: Arc<Self>,
-        outbound: mpsc::UnboundedSender<Outgoing>,
-        multicast: Arc<LinkMulticast>,
-        partner: String,
-    ) {
+    async fn probe_multicast(self: Arc<Self>, shared: Arc<LinkShared>, partner: String) {
         if self.multicast.is_none() {
             return;
         }
@@ -1111,25 +1140,32 @@ impl Inner {
             info!(%partner, "partner in another subnet (or without multicast): replicating over QUIC");
             return;
         }
-        let key = multicast.send_key.to_vec();
-        if outbound.send(Frame::MulticastKey { key }.into()).is_err() {
+        let key = shared.multicast.send_key.to_vec();
+        if shared
+            .outbound
+            .send(Frame::MulticastKey { key }.into())
+            .is_err()
+        {
             return;
         }
+        let multicasting = || shared.core.lock().multicasting();
         let mut delay = self.config.reprobe_after;
         loop {
             for _ in 0..PROBE_ATTEMPTS {
-                let nonce = multicast.start_probe();
-                if outbound.send(Frame::Probe { nonce }.into()).is_err() {
+                let nonce =
+                    u64::from_be_bytes(multicast::new_key()[..8].try_into().expect("8 bytes")) | 1;
+                let probe = shared.core.lock().start_probe(nonce);
+                if shared.outbound.send(probe.into()).is_err() {
                     return;
                 }
                 tokio::time::sleep(PROBE_INTERVAL).await;
-                if multicast.active() {
+                if multicasting() {
                     break;
                 }
             }
-            if multicast.active() {
+            if multicasting() {
                 let since = tokio::time::Instant::now();
-                multicast.deactivated.notified().await;
+                shared.multicast.deactivated.notified().await;
                 if since.elapsed() >= MULTICAST_HEALTHY {
                     delay = self.config.reprobe_after;
                 }
@@ -1186,11 +1222,11 @@ impl Inner {
                     multicast::wire_id(&l.partner.node_id) == header.sender
                         && l.partner.epoch == header.epoch
                 })
-                .map(|l| l.multicast.clone())
+                .map(|l| l.shared.clone())
         };
         let link = link.ok_or(Dropped::OtherPair)?;
         let plain = {
-            let mut opener = link.opener.lock();
+            let mut opener = link.multicast.opener.lock();
             let opener = opener.as_mut().ok_or(Dropped::BeforeKey)?;
             let seal = header.seal();
             opener.open_in_place(seal, datagram)?
@@ -1199,40 +1235,14 @@ impl Inner {
         let frame = Frame::decode_exact(plain).map_err(|_| Dropped::Malformed)?;
         metrics::counter!(names::MULTICAST_RECEIVED).increment(1);
         // A full inbox drops the frame; the partner sends it again over the stream.
-        link.inbox.try_send(frame).map_err(|_| Dropped::Backlog)
+        link.multicast
+            .inbox
+            .try_send(frame)
+            .map_err(|_| Dropped::Backlog)
     }
 
-    /// Sends multicast frames again over the stream (counted as retransmissions, for
-    /// `reason`); false when the link failed doing so.
-    async fn resend(
-        self: &Arc<Self>,
-        id: u64,
-        sender: &mut FrameSender,
-        frames: &[LiveWrites],
-        reason: &'static str,
-    ) -> bool {
-        if frames.is_empty() {
-            return true;
-        }
-        metrics::counter!(names::MULTICAST_RETRANSMITS, "reason" => reason)
-            .increment(frames.len() as u64);
-        let mut encoded = BytesMut::new();
-        for frame in frames {
-            if let Err(err) = frame.encode(&mut encoded) {
-                self.link_failed(id, &TransportError::Frame(err));
-                return false;
-            }
-        }
-        if let Err(err) = sender.send_encoded(&encoded).await {
-            self.link_failed(id, &err);
-            return false;
-        }
-        true
-    }
-
-    /// Applies the partner's frames and acknowledges them.
-    /// Applies frames that are in order, oldest first.
-    fn apply_arrived(self: &Arc<Self>, ready: Vec<Arrived>, snapshot_keys: &mut u64) {
+    /// Applies the partner's frames that are in order, oldest first.
+    fn apply_arrived(self: &Arc<Self>, shared: &LinkShared, ready: Vec<Arrived>) {
         for arrived in ready {
             match arrived {
                 Arrived::Writes(mutations) => {
@@ -1240,12 +1250,12 @@ impl Inner {
                     self.store.apply(mutations);
                 }
                 Arrived::Snapshot { mutations, last } => {
-                    *snapshot_keys += mutations.len() as u64;
-                    metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED)
-                        .increment(mutations.len() as u64);
+                    let keys = mutations.len() as u64;
+                    metrics::counter!(names::SNAPSHOT_KEYS_RECEIVED).increment(keys);
+                    let total = shared.snapshot_keys.fetch_add(keys, Ordering::Relaxed) + keys;
                     self.store.apply(mutations);
                     if last {
-                        info!(keys = *snapshot_keys, "snapshot from the partner applied");
+                        info!(keys = total, "snapshot from the partner applied");
                         self.set_syncing(false);
                     }
                 }
@@ -1253,29 +1263,25 @@ impl Inner {
         }
     }
 
+    /// Reads the partner's frames, from the stream and from the multicast inbox, feeds
+    /// them to the core and performs what it answers; acknowledges what it applied once
+    /// no frame is at hand.
     async fn read_frames(
         self: Arc<Self>,
         id: u64,
+        shared: Arc<LinkShared>,
         mut receiver: FrameReceiver,
         mut inbox: mpsc::Receiver<Frame>,
-        outbound: mpsc::UnboundedSender<Outgoing>,
-        acks: Arc<Acked>,
-        multicast: Arc<LinkMulticast>,
     ) {
-        let mut snapshot_keys = 0u64;
-        let mut delivered = Delivered::default();
-        // The start of the last gap asked for: each gap is asked for once.
-        let mut nacked = 0u64;
-        // Frames that have already arrived are applied before one acknowledgement covers
-        // them all.
-        let mut unacked: Option<u64> = None;
         loop {
             // Each frame with the path it took: true for the stream.
             let next = match receiver.buffered() {
                 Ok(Some(frame)) => Ok((frame, true)),
                 Ok(None) => {
-                    if let Some(seq) = unacked.take() {
-                        let _ = outbound.send(Frame::Ack { seq }.into());
+                    // Frames that have already arrived are applied before one
+                    // acknowledgement covers them all.
+                    if let Some(ack) = shared.core.lock().take_ack() {
+                        let _ = shared.outbound.send(ack.into());
                     }
                     tokio::select! {
                         frame = receiver.recv() => frame.map(|frame| (frame, true)),
@@ -1293,137 +1299,115 @@ impl Inner {
             };
             // A script holds the keyspace: apply once it is done, without blocking a thread.
             self.store.gate().idle().await;
-            match frame {
-                Frame::Mutations {
-                    first,
-                    seq,
-                    mutations,
-                } => {
-                    if first > seq {
-                        self.link_failed(id, &malformed(format!("mutations {first}..={seq}")));
-                        return;
-                    }
-                    let ready = delivered.accept(first, seq, Arrived::Writes(mutations));
-                    let new = ready.is_some();
-                    if let Some(ready) = ready {
-                        self.apply_arrived(ready, &mut snapshot_keys);
-                        if let Some((from, to)) = delivered.gap()
-                            && from > nacked
-                        {
-                            nacked = from;
-                            let _ = outbound.send(Frame::Nack { from, to }.into());
-                        }
-                    }
-                    // A frame sent again over the stream is acknowledged there even when
-                    // its datagram did arrive: the acknowledgement may be what was lost.
-                    if by_stream {
-                        multicast.owe_stream_ack(delivered.upto());
-                    }
-                    if new || by_stream {
-                        unacked = Some(delivered.upto());
-                    }
-                }
-                Frame::Snapshot {
-                    seq,
-                    mutations,
-                    last,
-                } => {
-                    if let Some(ready) =
-                        delivered.accept(seq, seq, Arrived::Snapshot { mutations, last })
-                    {
-                        self.apply_arrived(ready, &mut snapshot_keys);
-                    }
-                    multicast.owe_stream_ack(delivered.upto());
-                    unacked = Some(delivered.upto());
-                }
-                Frame::Digest { shards } => {
-                    if shards.len() != SHARDS {
-                        let error = malformed(format!(
-                            "digest of {} shards, expected {SHARDS}",
-                            shards.len()
-                        ));
-                        self.link_failed(id, &error);
-                        return;
-                    }
-                    let mine = self.digests();
-                    let differing: Vec<u32> = (0..SHARDS)
-                        .filter(|&s| mine[s] != shards[s])
-                        .map(|s| s as u32)
-                        .collect();
-                    metrics::counter!(names::ANTI_ENTROPY_ROUNDS).increment(1);
-                    if !differing.is_empty() {
-                        debug!(
-                            shards = differing.len(),
-                            "anti-entropy: shards differ from the partner's"
-                        );
-                        self.send_repairs(&outbound, &differing);
-                        let _ = outbound.send(Frame::RepairRequest { shards: differing }.into());
-                    }
-                }
-                Frame::RepairRequest { shards } => {
-                    if shards.iter().any(|&s| s as usize >= SHARDS) {
-                        self.link_failed(
-                            id,
-                            &malformed("repair request for an unknown shard".into()),
-                        );
-                        return;
-                    }
-                    self.send_repairs(&outbound, &shards);
-                }
-                Frame::Repair { mutations } => {
-                    let changed = self.store.apply(mutations);
-                    if changed > 0 {
-                        metrics::counter!(names::REPAIRED_KEYS).increment(changed as u64);
-                        info!(
-                            keys = changed,
-                            "anti-entropy repaired keys that differed from the partner's"
-                        );
-                    }
-                }
-                Frame::MulticastKey { key } => match multicast::Opener::new(&key) {
-                    Some(opener) => *multicast.opener.lock() = Some(opener),
-                    None => {
-                        self.link_failed(id, &malformed("multicast key of a wrong size".into()));
-                        return;
-                    }
-                },
-                Frame::Probe { nonce } => {
-                    let _ = outbound.send(Frame::ProbeAck { nonce }.into());
-                }
-                Frame::Scripts { bodies } => {
-                    if let Some(cache) = self.scripts.get() {
-                        cache.learn(bodies);
-                    }
-                }
-                Frame::Nack { from, to } => {
-                    if from > to {
-                        self.link_failed(id, &malformed(format!("nack {from}..={to}")));
-                        return;
-                    }
-                    let _ = multicast.nacks.send((from, to));
-                }
-                Frame::ProbeAck { nonce } => {
-                    if multicast.probe_answered(nonce) {
-                        info!(
-                            "the partner receives this agent's multicast: live writes go by multicast"
-                        );
-                        self.publish_protection();
-                    }
-                }
-                Frame::Ack { seq } => {
-                    let now = tokio::time::Instant::now();
-                    multicast.dispatch.lock().unacked.acked(seq, now);
-                    acks.ack(seq);
-                    self.update_lag(id, seq);
-                }
-                other => {
-                    let error = TransportError::Frame(tandem_common::frame::FrameError::Malformed(
-                        format!("unexpected frame on a running link: {other:?}"),
-                    ));
-                    self.link_failed(id, &error);
+            let actions = match self.take_frame(&shared, frame, by_stream) {
+                Ok(actions) => actions,
+                Err(reason) => {
+                    self.link_failed(id, &malformed(reason));
                     return;
                 }
+            };
+            self.perform(&shared, actions);
+        }
+    }
+
+    /// One frame from the partner: the core's answer, or why the frame breaks the link.
+    fn take_frame(
+        self: &Arc<Self>,
+        shared: &LinkShared,
+        frame: Frame,
+        by_stream: bool,
+    ) -> Result<Vec<Action<Waker>>, String> {
+        let now = tokio::time::Instant::now();
+        let nothing = Ok(Vec::new());
+        match frame {
+            Frame::Mutations {
+                first,
+                seq,
+                mutations,
+            } => shared
+                .core
+                .lock()
+                .on_mutations(first, seq, mutations, by_stream),
+            Frame::Snapshot {
+                seq,
+                mutations,
+                last,
+            } => shared.core.lock().on_snapshot(seq, mutations, last),
+            Frame::Ack { seq } => {
+                let mut core = shared.core.lock();
+                let actions = core.on_ack(seq, now);
+                self.lag.set(core.behind() as f64);
+                actions
             }
+            Frame::Nack { from, to } => shared.core.lock().on_nack(from, to, now),
+            Frame::Probe { nonce } => {
+                let _ = shared.outbound.send(Frame::ProbeAck { nonce }.into());
+                nothing
+            }
+            Frame::ProbeAck { nonce } => {
+                if shared.core.lock().on_probe_ack(nonce) {
+                    info!(
+                        "the partner receives this agent's multicast: live writes go by multicast"
+                    );
+                    self.publish_protection();
+                }
+                nothing
+            }
+            Frame::MulticastKey { key } => {
+                let opener = multicast::Opener::new(&key).ok_or("multicast key of a wrong size")?;
+                *shared.multicast.opener.lock() = Some(opener);
+                nothing
+            }
+            Frame::Scripts { bodies } => {
+                if let Some(cache) = self.scripts.get() {
+                    cache.learn(bodies);
+                }
+                nothing
+            }
+            Frame::Digest { shards } => {
+                if shards.len() != SHARDS {
+                    return Err(format!(
+                        "digest of {} shards, expected {SHARDS}",
+                        shards.len()
+                    ));
+                }
+                let mine = self.digests();
+                let differing: Vec<u32> = (0..SHARDS)
+                    .filter(|&s| mine[s] != shards[s])
+                    .map(|s| s as u32)
+                    .collect();
+                metrics::counter!(names::ANTI_ENTROPY_ROUNDS).increment(1);
+                if !differing.is_empty() {
+                    debug!(
+                        shards = differing.len(),
+                        "anti-entropy: shards differ from the partner's"
+                    );
+                    self.send_repairs(&shared.outbound, &differing);
+                    let _ = shared
+                        .outbound
+                        .send(Frame::RepairRequest { shards: differing }.into());
+                }
+                nothing
+            }
+            Frame::RepairRequest { shards } => {
+                if shards.iter().any(|&s| s as usize >= SHARDS) {
+                    return Err("repair request for an unknown shard".into());
+                }
+                self.send_repairs(&shared.outbound, &shards);
+                nothing
+            }
+            Frame::Repair { mutations } => {
+                let changed = self.store.apply(mutations);
+                if changed > 0 {
+                    metrics::counter!(names::REPAIRED_KEYS).increment(changed as u64);
+                    info!(
+                        keys = changed,
+                        "anti-entropy repaired keys that differed from the partner's"
+                    );
+                }
+                nothing
+            }
+            other => Err(format!("unexpected frame on a running link: {other:?}")),
         }
     }
 
@@ -1494,24 +1478,6 @@ impl Inner {
         }
     }
 
-    fn update_lag(self: &Arc<Self>, id: u64, acked: u64) {
-        let caught_up = {
-            let state = self.state.lock();
-            let Some(link) = state.link(id) else {
-                return;
-            };
-            let behind = link.next_seq.saturating_sub(acked);
-            self.lag.set(behind as f64);
-            behind == 0
-        };
-        // A partner that was late has now applied everything it was sent: protected again,
-        // whether or not more writes come.
-        if caught_up && self.lagging.swap(false, Ordering::Relaxed) {
-            info!("the partner caught up: protected again");
-            self.publish_protection();
-        }
-    }
-
     fn set_syncing(self: &Arc<Self>, syncing: bool) {
         self.syncing.store(syncing, Ordering::Relaxed);
         self.publish_protection();
@@ -1539,27 +1505,22 @@ impl Inner {
             for (i, mutations) in frames.into_iter().enumerate() {
                 let keys = mutations.len() as u64;
                 let (seq, mut acked) = {
-                    let mut state = self.state.lock();
-                    let Some(link) = state.link_mut(id) else {
+                    let state = self.state.lock();
+                    let Some(link) = state.link(id) else {
                         return;
                     };
-                    // The live writes numbered before this frame go before it.
-                    if let Some(pending) = link.pending.take()
-                        && link.outbound.send(Outgoing::Writes(pending)).is_err()
-                    {
-                        return;
+                    let last = cursor.is_none() && i + 1 == count;
+                    let (seq, actions) = link.shared.core.lock().on_snapshot_chunk(mutations, last);
+                    // Under the state lock, as live writes: frames go in the order of their
+                    // numbers.
+                    for action in actions {
+                        if let Action::Stream(outgoing) = action
+                            && link.shared.outbound.send(outgoing).is_err()
+                        {
+                            return;
+                        }
                     }
-                    link.next_seq += 1;
-                    let seq = link.next_seq;
-                    let frame = Frame::Snapshot {
-                        seq,
-                        mutations,
-                        last: cursor.is_none() && i + 1 == count,
-                    };
-                    if link.outbound.send(frame.into()).is_err() {
-                        return;
-                    }
-                    (seq, link.acks.watch())
+                    (seq, link.shared.acked.subscribe())
                 };
                 sent += keys;
                 metrics::counter!(names::SNAPSHOT_KEYS_SENT).increment(keys);
@@ -1577,9 +1538,6 @@ impl Inner {
                     return;
                 }
             }
-        }
-        if let Some(link) = self.state.lock().link_mut(id) {
-            link.snapshot_sent = true;
         }
         self.publish_snapshot(None);
         info!(%partner, keys = sent, elapsed = ?started.elapsed(), "snapshot sent");
