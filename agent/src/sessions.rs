@@ -1,5 +1,6 @@
-//! The one write path of every front end: run a command on the store, then replicate the
-//! mutations it made (in sync mode, before the front end answers).
+//! The one write path of every front end: run a command on the store (its writes go to
+//! the partner's link as the hold of the store ends), then, in sync mode, wait for the
+//! partner before the front end answers.
 
 use crate::replication::Replicator;
 use crate::store::{Keyspace, Outcome, SessionStore};
@@ -27,8 +28,12 @@ impl Sessions {
     pub async fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> T {
         // A script holds the keyspace: wait for it here rather than block on the lock.
         self.store.gate().idle().await;
-        let Outcome { value, mutations } = self.store.run(command);
-        self.replicator.replicate(mutations).await;
+        let Outcome {
+            value, recorded, ..
+        } = self.store.run(command);
+        if recorded {
+            self.replicator.replicated().await;
+        }
         value
     }
 }

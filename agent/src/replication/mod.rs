@@ -42,8 +42,8 @@ use self::membership::Membership;
 use self::multicast::Multicast;
 use self::proto::{Action, Arrived, CoreConfig, LinkCore, SNAPSHOT_WINDOW, Waited};
 use self::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
-use crate::store::SessionStore;
 use crate::store::keyspace::SHARDS;
+use crate::store::{SessionStore, WriteSink};
 
 /// Keys per snapshot frame.
 const SNAPSHOT_CHUNK_KEYS: usize = 1_000;
@@ -206,11 +206,14 @@ struct Link {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// What the tasks of one link share. Locks are taken in this order, never the other way:
-/// the replicator's `state`, then `core`, then the multicast sealer or opener (each
-/// alone). No lock is held across an `await`, and a task performs the core's actions
-/// after it let go of `core`; frames for the stream are queued under `state` where the
-/// order of their numbers must be kept (see [`Replicator::replicate`]).
+/// What the tasks of one link share.
+///
+/// Locks are taken in this order, never the other way: the replicator's `state`, the
+/// store's keyspace, `core`, then `unsent`, the multicast sealer or opener (each alone).
+/// The store hands a hold's writes to the link ([`WriteSink::record`]) with the keyspace
+/// locked, so they reach `core` in the order they were made. No lock is held across an
+/// `await`; the core's actions are performed after `core` is let go, except frames for
+/// the writer, queued under the lock that orders them.
 struct LinkShared {
     /// The order of replication: numbers, acknowledgements, waiting writers, paths.
     core: Mutex<LinkCore<Waker>>,
@@ -222,6 +225,35 @@ struct LinkShared {
     multicast: LinkMulticast,
     /// Keys of the partner's snapshot applied so far.
     snapshot_keys: AtomicU64,
+    /// Datagrams of full frames made while the store was locked, to send after it: by
+    /// the writer that filled them ([`Replicator::replicated`]) or the link's writer.
+    unsent: Mutex<Vec<(u64, BytesMut)>>,
+    mutations_sent: metrics::Counter,
+    lag: Option<metrics::Gauge>,
+}
+
+impl WriteSink for LinkShared {
+    fn record(&self, writes: &mut Writes) {
+        let count = writes.len() as u64;
+        let actions = {
+            let mut core = self.core.lock();
+            let actions = core.on_write(std::mem::take(writes), tokio::time::Instant::now());
+            if let Some(lag) = &self.lag {
+                lag.set(core.behind() as f64);
+            }
+            actions
+        };
+        self.mutations_sent.increment(count);
+        for action in actions {
+            match action {
+                Action::Stream(outgoing) => {
+                    let _ = self.outbound.send(outgoing);
+                }
+                Action::Datagram { seq, datagram } => self.unsent.lock().push((seq, datagram)),
+                other => unreachable!("a write only sends: {other:?}"),
+            }
+        }
+    }
 }
 
 impl Drop for Link {
@@ -261,7 +293,7 @@ impl Replicator {
         gossip: Option<Arc<dyn Membership>>,
     ) -> Self {
         // Lone until a link forms: nobody needs the writes as mutations.
-        store.set_recording(false);
+        store.set_sink(None);
         Replicator {
             inner: Arc::new(Inner {
                 config,
@@ -330,57 +362,31 @@ impl Replicator {
             .map(|l| l.partner.clone())
     }
 
-    /// Ships a write's mutations to the partner; in sync mode, returns once the partner
-    /// applied them or the sync timeout passed.
-    pub async fn replicate(&self, mutations: Writes) {
-        if mutations.is_empty() {
-            return;
-        }
-        let count = mutations.len() as u64;
+    /// Called by a writer once its writes are made (they reached the link as the store's
+    /// hold ended): sends the frame they closed, if any, and in sync mode returns once the
+    /// partner has applied everything written so far, or the sync timeout passed. In
+    /// async mode, returns at once unless the partner is too far behind.
+    pub async fn replicated(&self) {
         let mut waiting = None;
-        let datagram = {
+        let unsent = {
             let state = self.inner.state.lock();
             let Some(link) = state.link.as_ref() else {
                 return;
             };
-            let written = {
-                let mut core = link.shared.core.lock();
-                let written = core.on_write(mutations, tokio::time::Instant::now(), || {
+            link.shared
+                .core
+                .lock()
+                .wait(tokio::time::Instant::now(), || {
                     let (waker, waited) = oneshot::channel();
                     waiting = Some(waited);
                     waker
                 });
-                if self.inner.config.mode == ReplicationMode::Async {
-                    self.inner.lag.set(core.behind() as f64);
-                }
-                debug_assert_eq!(written.waits, waiting.is_some());
-                written
-            };
-            // Frames go to the writer in the order of their numbers: under the state lock.
-            // A datagram is sealed and sent after it.
-            let mut datagram = None;
-            for action in written.actions {
-                match action {
-                    Action::Stream(outgoing) => {
-                        if link.shared.outbound.send(outgoing).is_err() {
-                            return;
-                        }
-                    }
-                    Action::Datagram {
-                        seq,
-                        datagram: bytes,
-                    } => {
-                        datagram = Some((link.shared.clone(), seq, bytes));
-                    }
-                    other => unreachable!("a write only sends: {other:?}"),
-                }
-            }
-            datagram
+            let has_unsent = !link.shared.unsent.lock().is_empty();
+            has_unsent.then(|| link.shared.clone())
         };
-        if let Some((shared, seq, bytes)) = datagram {
-            self.inner.multicast_datagram(&shared, seq, bytes);
+        if let Some(shared) = unsent {
+            self.inner.send_unsent(&shared);
         }
-        self.inner.mutations_sent.increment(count);
         if let Some(waiting) = waiting
             && waiting.await.is_err()
         {
@@ -436,7 +442,11 @@ impl Replicator {
 
     /// Stops pairing and closes the link (the agent is going away).
     pub fn shutdown(&self) {
-        let link = self.inner.state.lock().link.take();
+        let link = {
+            let mut state = self.inner.state.lock();
+            self.inner.store.set_sink(None);
+            state.link.take()
+        };
         drop(link);
     }
 
@@ -812,7 +822,6 @@ impl Inner {
             // Before the snapshot reads the store, and with the state locked until the link
             // is in place: a write is either in the snapshot, or recorded and then handed to
             // `replicate`, which finds the link.
-            self.store.set_recording(true);
             let Channel {
                 sender, receiver, ..
             } = channel;
@@ -830,7 +839,11 @@ impl Inner {
                 acked: watch::Sender::new(0),
                 multicast,
                 snapshot_keys: AtomicU64::new(0),
+                unsent: Mutex::default(),
+                mutations_sent: self.mutations_sent.clone(),
+                lag: (self.config.mode == ReplicationMode::Async).then(|| self.lag.clone()),
             });
+            self.store.set_sink(Some(shared.clone()));
             let writer =
                 tokio::spawn(
                     self.clone()
@@ -883,7 +896,7 @@ impl Inner {
             match &state.link {
                 Some(link) if id.is_none_or(|id| id == link.id) => {
                     state.confirming_since = None;
-                    self.store.set_recording(false);
+                    self.store.set_sink(None);
                     state.link.take()
                 }
                 _ => None,
@@ -965,6 +978,14 @@ impl Inner {
         }
     }
 
+    /// Sends the datagrams of full frames made while the store was locked.
+    fn send_unsent(&self, shared: &LinkShared) {
+        let unsent = std::mem::take(&mut *shared.unsent.lock());
+        for (seq, datagram) in unsent {
+            self.multicast_datagram(shared, seq, datagram);
+        }
+    }
+
     /// Seals and multicasts a frame of live writes; a frame the socket refuses goes over
     /// the stream.
     fn multicast_datagram(&self, shared: &LinkShared, seq: u64, datagram: BytesMut) {
@@ -1030,6 +1051,8 @@ impl Inner {
             // Let the connections that are running right now queue their writes too: they
             // then share one packet (and the partner's one acknowledgement).
             tokio::task::yield_now().await;
+            // Full frames a connection made and has not sent yet go first.
+            self.send_unsent(&shared);
             let mut batch = Batch::new(first);
             while !batch.is_full() {
                 let Ok(next) = outbound.try_recv() else { break };

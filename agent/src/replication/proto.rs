@@ -85,14 +85,6 @@ pub enum Action<W> {
     MulticastOff,
 }
 
-/// What a local write did.
-#[derive(Debug)]
-pub struct Written<W> {
-    /// Whether a waiter was queued (the writer waits for the partner).
-    pub waits: bool,
-    pub actions: Vec<Action<W>>,
-}
-
 /// What the core needs to know of its link.
 #[derive(Debug, Clone, Copy)]
 pub struct CoreConfig {
@@ -205,16 +197,10 @@ impl<W> LinkCore<W> {
 
     // ------------------------------------------------------------------ sending
 
-    /// A local write: numbers it and adds it to the pending frame. The frame it closed,
-    /// full, goes at once; the writer is told of a new pending frame. In sync mode the
-    /// writer waits for its number; in async mode only when the partner is more than
-    /// [`ASYNC_BACKLOG`] frames behind.
-    pub fn on_write(
-        &mut self,
-        writes: Writes,
-        now: Instant,
-        waiter: impl FnOnce() -> W,
-    ) -> Written<W> {
+    /// Local writes (one hold of the store: a command, a transaction, a script), in the
+    /// order the store made them: numbers them and adds them to the pending frame. The
+    /// frame they closed, full, goes at once; the writer is told of a new pending frame.
+    pub fn on_write(&mut self, writes: Writes, now: Instant) -> Vec<Action<W>> {
         self.next_seq += 1;
         let seq = self.next_seq;
         let mut actions = Vec::new();
@@ -228,20 +214,23 @@ impl<W> LinkCore<W> {
         if let Some(first) = started {
             actions.push(Action::Stream(Outgoing::Flush(first)));
         }
+        actions
+    }
+
+    /// A writer that wrote waits for the partner: in sync mode for everything written so
+    /// far, in async mode only when the partner is more than [`ASYNC_BACKLOG`] frames
+    /// behind. Returns whether it waits (then `waiter` is woken later).
+    pub fn wait(&mut self, now: Instant, waiter: impl FnOnce() -> W) -> bool {
+        let seq = self.next_seq;
         let wait_for = match self.config.mode {
-            ReplicationMode::Sync => Some(seq),
-            ReplicationMode::Async => {
-                (seq.saturating_sub(self.acked) > ASYNC_BACKLOG).then(|| seq - ASYNC_BACKLOG)
-            }
+            ReplicationMode::Sync => seq,
+            ReplicationMode::Async => seq.saturating_sub(ASYNC_BACKLOG),
+        };
+        if wait_for <= self.acked {
+            return false;
         }
-        .filter(|&wait_for| wait_for > self.acked);
-        if let Some(wait_for) = wait_for {
-            self.waiters.push_back((wait_for, now, waiter()));
-        }
-        Written {
-            waits: wait_for.is_some(),
-            actions,
-        }
+        self.waiters.push_back((wait_for, now, waiter()));
+        true
     }
 
     /// The pending frame, if it is still the one starting at `first` (the writer was told

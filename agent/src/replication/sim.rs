@@ -344,12 +344,27 @@ impl Sim {
             .await;
     }
 
-    pub(super) async fn incr(&self, on: &str, key: &str) -> i64 {
-        let key = Bytes::from(key.to_string());
+    /// Appends `item` to the list `key`. A push replicates as a delta: applied twice on
+    /// the partner, the item would be there twice.
+    pub(super) async fn rpush(&self, on: &str, key: &str, item: &str) -> usize {
+        let (key, item) = (Bytes::from(key.to_string()), Bytes::from(item.to_string()));
         self.agents[on]
             .sessions
-            .run(|ks, now| ks.incr_by(key, 1, now).unwrap())
+            .run(|ks, now| ks.push(key, false, vec![item], false, now).unwrap())
             .await
+    }
+
+    /// The length of the list `key` (0 without it).
+    pub(super) fn list_len(&self, on: &str, key: &str) -> usize {
+        self.agents[on]
+            .sessions
+            .store
+            .run(|ks, now| {
+                ks.list_at(key.as_bytes(), now)
+                    .unwrap()
+                    .map_or(0, |list| list.len())
+            })
+            .value
     }
 
     pub(super) fn get(&self, on: &str, key: &str) -> Option<Bytes> {

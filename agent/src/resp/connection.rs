@@ -11,7 +11,6 @@
 //! again; the tests check the two agree.)
 
 use bytes::{Bytes, BytesMut};
-use tandem_common::frame::Writes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -354,21 +353,21 @@ fn allowed_while_busy(args: &[Bytes]) -> bool {
 /// everyone else to wait (or, past the threshold, that the server is busy) instead of
 /// blocking on the lock; the runtime's threads stay free to serve them and `SCRIPT KILL`.
 /// One hand-over for a pipeline of scripts, not one each. Returns the replies, in order,
-/// and the writes the scripts made.
+/// and whether the scripts made a write the partner is to get.
 async fn run_scripts(
     store: &SessionStore,
     clients: &Clients,
     scripts: &Scripts,
     session: &mut ClientSession,
     requests: Vec<Vec<Bytes>>,
-) -> (Vec<Reply>, Writes) {
+) -> (Vec<Reply>, bool) {
     let count = requests.len();
     let (store, clients, runner) = (store.clone(), clients.clone(), scripts.clone());
     let mut stand_in = session.for_script();
     stand_in.protocol = session.protocol;
     let (done, ran) = tokio::sync::oneshot::channel();
     scripts.run_on_thread(move || {
-        let mut writes = Writes::default();
+        let mut recorded = false;
         let mut replies = Vec::with_capacity(requests.len());
         // One hold for them all: ending it after each script would wake every waiter to
         // find the next script under way. Each script's time counts from its own start.
@@ -381,7 +380,7 @@ async fn run_scripts(
                 session: &mut stand_in,
                 clients: &clients,
                 scripts: &runner,
-                mutations: &mut writes,
+                recorded: &mut recorded,
                 now_ms: store.now_ms(),
                 held: Some(&mut keyspace),
             };
@@ -390,13 +389,13 @@ async fn run_scripts(
         drop(hold);
         // The hold is over before the caller hears of it: its next command finds the
         // keyspace free.
-        let _ = done.send((replies, writes));
+        let _ = done.send((replies, recorded));
     });
     session.last_command = "eval";
     ran.await.unwrap_or_else(|_| {
         warn!(client = session.id, "a script's run failed");
         let failed = || Reply::Error("ERR the script's run failed".into());
-        ((0..count).map(|_| failed()).collect(), Writes::default())
+        ((0..count).map(|_| failed()).collect(), false)
     })
 }
 
@@ -413,15 +412,15 @@ async fn flush_scripts(
     scripts: &Scripts,
     session: &mut ClientSession,
     pending: &mut Vec<Vec<Bytes>>,
-    mutations: &mut Writes,
+    recorded: &mut bool,
     output: &mut BytesMut,
 ) {
     if pending.is_empty() {
         return;
     }
     let requests = std::mem::take(pending);
-    let (replies, writes) = run_scripts(store, clients, scripts, session, requests).await;
-    mutations.append(&writes);
+    let (replies, wrote) = run_scripts(store, clients, scripts, session, requests).await;
+    *recorded |= wrote;
     for reply in replies {
         drain_messages(session, output);
         reply.encode(session.protocol, output);
@@ -508,7 +507,7 @@ async fn run(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut chunk = READ_CHUNK;
-    let mut mutations = Writes::default();
+    let mut recorded = false;
     // The rest of an oversized request, skipped as it arrives.
     let mut discarding: Option<Discard> = None;
     loop {
@@ -559,7 +558,7 @@ async fn run(
                     scripts,
                     session,
                     &mut pending_scripts,
-                    &mut mutations,
+                    &mut recorded,
                     &mut output,
                 )
                 .await;
@@ -600,7 +599,7 @@ async fn run(
                             session,
                             clients,
                             scripts,
-                            mutations: &mut mutations,
+                            recorded: &mut recorded,
                             now_ms,
                             held: None,
                         };
@@ -627,13 +626,10 @@ async fn run(
         if commands > 0 {
             commands_total.increment(commands);
         }
-        // The batch's writes are applied locally; in sync mode the replies wait until the
-        // partner has them too.
-        if !mutations.is_empty() {
-            sessions
-                .replicator
-                .replicate(std::mem::take(&mut mutations))
-                .await;
+        // The batch's writes are applied locally and on their way to the partner; in sync
+        // mode the replies wait until the partner has them too.
+        if std::mem::take(&mut recorded) {
+            sessions.replicator.replicated().await;
         }
         if !output.is_empty() {
             write_out(stream, &output, session).await?;

@@ -553,7 +553,7 @@ fn run_one(
         session,
         clients: ctx.clients,
         scripts: ctx.scripts,
-        mutations: &mut *ctx.mutations,
+        recorded: &mut *ctx.recorded,
         now_ms: ctx.now_ms,
         held: ctx.held.as_deref_mut(),
     };

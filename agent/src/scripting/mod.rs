@@ -2,8 +2,8 @@
 //! cache of scripts by SHA1, and the state `SCRIPT KILL` reads while a script runs.
 //!
 //! A script runs with the keyspace locked for its whole run, so it is atomic: no other
-//! client's command and no partner's write comes between its commands. Its writes join
-//! the caller's batch of mutations, so they replicate as one unit, like a transaction's,
+//! client's command and no partner's write comes between its commands. Its writes reach
+//! the partner's link as one unit when the hold ends, like a transaction's,
 //! and in sync mode the reply waits until the partner has them; the script itself never
 //! travels. Lock order: the keyspace, then the engine.
 

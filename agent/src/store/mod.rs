@@ -60,11 +60,46 @@ pub struct SessionStore {
     expiry_listener: Arc<Mutex<Option<ExpiryListener>>>,
 }
 
-/// What a command returned, and the mutations it made (encoded for the partner).
+/// What a command returned, and whether it made a write the partner is to get.
 #[derive(Debug)]
 pub struct Outcome<T> {
     pub value: T,
+    /// The command's writes went to the store's sink (the partner's link).
+    pub recorded: bool,
+    /// The mutations it recorded, when the store has no sink to give them to.
     pub mutations: Writes,
+}
+
+/// Where a store's local writes go as they are made: the partner's link.
+pub trait WriteSink: Send + Sync {
+    /// The writes of one hold of the keyspace's lock (a command, a transaction, a
+    /// script), in the order they were made. Called with the keyspace locked, so holds
+    /// arrive in the order they were made; must neither block nor lock the keyspace.
+    fn record(&self, writes: &mut Writes);
+}
+
+/// The keyspace, locked. Dropping it ends the hold: the writes recorded meanwhile go to
+/// the store's sink first, so that holds reach it in the order they were made.
+pub struct Held<'a>(MutexGuard<'a, Keyspace>);
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Keyspace;
+
+    fn deref(&self) -> &Keyspace {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Keyspace {
+        &mut self.0
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.hand_off();
+    }
 }
 
 impl SessionStore {
@@ -112,36 +147,47 @@ impl SessionStore {
     /// Runs one command atomically against database 0 of the keyspace (the HTTP API and
     /// the demo app keep their sessions there).
     pub fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> Outcome<T> {
-        let mut mutations = Writes::default();
-        let value = self.run_at(self.clock.now_ms(), 0, &mut mutations, |ks, now| {
-            let value = command(ks, now);
-            // Keyspace notifications are for the RESP endpoint's writes.
-            let _ = ks.take_touched();
-            value
-        });
-        Outcome { value, mutations }
+        let mut recorded = false;
+        let mut keyspace = self.lock();
+        let value = self.run_locked(
+            &mut keyspace,
+            self.clock.now_ms(),
+            0,
+            &mut recorded,
+            |ks, now| {
+                let value = command(ks, now);
+                // Keyspace notifications are for the RESP endpoint's writes.
+                let _ = ks.take_touched();
+                value
+            },
+        );
+        let mutations = keyspace.take_outbox_unsunk();
+        Outcome {
+            value,
+            recorded,
+            mutations,
+        }
     }
 
     /// Runs one command atomically against database `db` at `now_ms` (read from the
     /// store's clock a moment before: a connection reads it once per pipeline, as a clock
-    /// read per command costs a few percent of a pipelined GET) and appends its mutations
-    /// to `mutations` (a connection gathers a whole pipeline's there, without an
-    /// allocation or a copy per write). Versions stay unique and increasing whatever
+    /// read per command costs a few percent of a pipelined GET); sets `recorded` when it
+    /// made a write the partner is to get. Versions stay unique and increasing whatever
     /// `now_ms`.
     pub fn run_at<T>(
         &self,
         now_ms: u64,
         db: usize,
-        mutations: &mut Writes,
+        recorded: &mut bool,
         command: impl FnOnce(&mut Keyspace, u64) -> T,
     ) -> T {
-        let mut keyspace = self.keyspace.lock();
-        self.run_locked(&mut keyspace, now_ms, db, mutations, command)
+        let mut keyspace = self.lock();
+        self.run_locked(&mut keyspace, now_ms, db, recorded, command)
     }
 
     /// The keyspace, locked: a transaction runs all its commands under one hold.
-    pub fn lock(&self) -> MutexGuard<'_, Keyspace> {
-        self.keyspace.lock()
+    pub fn lock(&self) -> Held<'_> {
+        Held(self.keyspace.lock())
     }
 
     /// [`SessionStore::run_at`] on a keyspace the caller has locked.
@@ -150,7 +196,7 @@ impl SessionStore {
         keyspace: &mut Keyspace,
         now_ms: u64,
         db: usize,
-        mutations: &mut Writes,
+        recorded: &mut bool,
         command: impl FnOnce(&mut Keyspace, u64) -> T,
     ) -> T {
         let before = keyspace.writes();
@@ -158,14 +204,20 @@ impl SessionStore {
         if keyspace.select(db).is_err() {
             let _ = keyspace.select(0);
         }
-        keyspace.swap_outbox(mutations);
         let value = command(keyspace, now_ms);
-        keyspace.swap_outbox(mutations);
         let made = keyspace.writes() - before;
         if made > 0 {
             self.mutations_total.increment(made);
+            *recorded |= keyspace.recording();
         }
         value
+    }
+
+    /// Sends the store's local writes, from now on, to `sink`, at the end of each hold of
+    /// the keyspace (recording on), or stops recording them. Turned on before the store is
+    /// read for a snapshot, so that every write is either in the snapshot or recorded.
+    pub fn set_sink(&self, sink: Option<Arc<dyn WriteSink>>) {
+        self.keyspace.lock().set_sink(sink);
     }
 
     /// Turns the recording of local writes as mutations on (a partner is there to get
@@ -179,7 +231,7 @@ impl SessionStore {
     /// Applies mutations made elsewhere (a partner's writes); returns how many were newer
     /// than what the store held.
     pub fn apply(&self, mutations: Vec<Mutation>) -> usize {
-        let mut keyspace = self.keyspace.lock();
+        let mut keyspace = self.lock();
         let selected = keyspace.selected();
         let mut applied = 0;
         for mutation in mutations {

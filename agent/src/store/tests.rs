@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tandem_common::frame::Writes;
 use tandem_common::ops::{Mutation, Op};
 use tandem_common::version::Version;
 
@@ -906,8 +905,7 @@ fn a_hash_past_its_limit_is_refused_and_kept_as_it_was() {
 
 /// Writes of every type into databases 0 and 3 of `store`, with a delete among them.
 fn every_type(store: &SessionStore, db: usize, tag: &str) {
-    let mut writes = Writes::default();
-    store.run_at(store.now_ms(), db, &mut writes, |ks, now| {
+    store.run_at(store.now_ms(), db, &mut false, |ks, now| {
         ks.set(
             b("s"),
             b(tag),
@@ -947,7 +945,7 @@ fn contents(store: &SessionStore) -> Vec<(usize, Bytes, Option<Entry>)> {
     let mut all = Vec::new();
     for db in [0, 3] {
         for key in ["s", "h", "set", "z", "l", "gone"] {
-            let entry = store.run_at(store.now_ms(), db, &mut Writes::default(), |ks, now| {
+            let entry = store.run_at(store.now_ms(), db, &mut false, |ks, now| {
                 ks.entry(key.as_bytes(), now).cloned()
             });
             all.push((db, b(key), entry));
@@ -963,15 +961,17 @@ fn every_type_replicates_by_delta_snapshot_and_repair() {
     let (primary, _) = store();
     let replica = SessionStore::new("node-b", Limits::default(), ManualClock::at(T0));
     // Deltas, recorded as the primary makes them.
-    let mut deltas = Writes::default();
+    let mut held = primary.lock();
     for db in [0, 3] {
-        primary.run_at(primary.now_ms(), db, &mut deltas, |ks, now| {
+        primary.run_locked(&mut held, primary.now_ms(), db, &mut false, |ks, now| {
             ks.sadd(b("set"), vec![b("1"), b("2")], now).unwrap();
             ks.push(b("l"), false, vec![b("a"), b("b")], false, now)
                 .unwrap();
         });
     }
-    let deltas = deltas.to_mutations().unwrap();
+    // Without a sink, the writes wait in the outbox.
+    let deltas = held.take_outbox_unsunk().to_mutations().unwrap();
+    drop(held);
     assert!(deltas.iter().any(|m| m.db == 3) && deltas.iter().any(|m| m.db == 0));
     assert!(
         deltas

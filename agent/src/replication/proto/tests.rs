@@ -37,6 +37,19 @@ fn write(n: u64, size: usize) -> Writes {
     writes
 }
 
+/// What a write did: the actions, and whether its writer waits for the partner.
+struct Written {
+    actions: Vec<Action<u64>>,
+    waits: bool,
+}
+
+/// Write `n` of `size` bytes, made at `now`, and its writer waiting for the partner.
+fn written(core: &mut LinkCore<u64>, n: u64, size: usize, now: Instant) -> Written {
+    let actions = core.on_write(write(n, size), now);
+    let waits = core.wait(now, || n);
+    Written { actions, waits }
+}
+
 /// The numbers of the writes in `mutations` (their keys).
 fn numbers(mutations: &[Mutation]) -> Vec<u64> {
     mutations
@@ -75,7 +88,7 @@ fn an_acknowledgement_wakes_the_sync_writers_it_covers_oldest_first() {
     let now = Instant::now();
     let mut a = core(ReplicationMode::Sync);
     for n in 1..=4 {
-        let written = a.on_write(write(n, 10), now, || n);
+        let written = written(&mut a, n, 10, now);
         assert!(written.waits, "a sync writer waits for its partner");
     }
     let acks = a.on_ack(2, now).unwrap();
@@ -93,7 +106,7 @@ fn an_acknowledgement_wakes_the_sync_writers_it_covers_oldest_first() {
         "an acknowledgement of a frame never sent breaks the link"
     );
     // A write after the acknowledgement waits for its own number.
-    assert!(a.on_write(write(5, 10), now, || 5).waits);
+    assert!(written(&mut a, 5, 10, now).waits);
     a.close();
     assert!(
         a.on_tick(now + TIMEOUT * 2).is_empty(),
@@ -105,8 +118,8 @@ fn an_acknowledgement_wakes_the_sync_writers_it_covers_oldest_first() {
 fn waits_past_the_sync_timeout_end_and_the_agent_lags_until_acknowledged_in_time() {
     let start = Instant::now();
     let mut a = core(ReplicationMode::Sync);
-    a.on_write(write(1, 10), start, || 1);
-    a.on_write(write(2, 10), start + Duration::from_millis(500), || 2);
+    written(&mut a, 1, 10, start);
+    written(&mut a, 2, 10, start + Duration::from_millis(500));
     assert_eq!(a.next_timeout(), Some(start + TIMEOUT));
     assert!(
         a.on_tick(start + TIMEOUT - Duration::from_millis(1))
@@ -131,7 +144,7 @@ fn waits_past_the_sync_timeout_end_and_the_agent_lags_until_acknowledged_in_time
 fn a_partner_that_catches_up_ends_lagging_even_without_writers() {
     let start = Instant::now();
     let mut a = core(ReplicationMode::Sync);
-    a.on_write(write(1, 10), start, || 1);
+    written(&mut a, 1, 10, start);
     a.on_tick(start + TIMEOUT);
     assert!(a.lagging());
     let acked = a.on_ack(1, start + TIMEOUT * 2).unwrap();
@@ -144,11 +157,11 @@ fn async_writers_wait_only_when_the_partner_falls_too_far_behind() {
     let now = Instant::now();
     let mut a = core(ReplicationMode::Async);
     for n in 1..=ASYNC_BACKLOG {
-        assert!(!a.on_write(write(n, 1), now, || n).waits);
+        assert!(!written(&mut a, n, 1, now).waits);
     }
     let next = ASYNC_BACKLOG + 1;
     assert!(
-        a.on_write(write(next, 1), now, || next).waits,
+        written(&mut a, next, 1, now).waits,
         "{ASYNC_BACKLOG} behind: the writer waits for the oldest"
     );
     assert_eq!(woken(&a.on_ack(1, now).unwrap(), Waited::Acked), [next]);
@@ -158,12 +171,12 @@ fn async_writers_wait_only_when_the_partner_falls_too_far_behind() {
 fn writes_join_the_pending_frame_and_the_writer_is_told_once_per_frame() {
     let now = Instant::now();
     let mut a = core(ReplicationMode::Sync);
-    let first = a.on_write(write(1, 100), now, || 1);
+    let first = written(&mut a, 1, 100, now);
     assert!(matches!(
         first.actions[..],
         [Action::Stream(Outgoing::Flush(1))]
     ));
-    let second = a.on_write(write(2, 100), now, || 2);
+    let second = written(&mut a, 2, 100, now);
     assert!(second.actions.is_empty(), "joins the pending frame");
     let frame = a.take_pending(1).expect("the frame from 1");
     assert_eq!((frame.first, frame.seq), (1, 2));
@@ -175,7 +188,7 @@ fn writes_join_the_pending_frame_and_the_writer_is_told_once_per_frame() {
     };
     assert_eq!(numbers(&mutations), [1, 2]);
     // A snapshot frame takes the next number, behind the pending writes.
-    a.on_write(write(3, 100), now, || 3);
+    written(&mut a, 3, 100, now);
     let (seq, actions) = a.on_snapshot_chunk(Vec::new(), true);
     assert_eq!(seq, 4);
     assert!(matches!(
@@ -209,7 +222,7 @@ fn multicast_starts_when_a_probe_is_answered_and_stops_when_it_loses_too_much() 
     // and after enough of them multicast is given up.
     let off = loop {
         n += 1;
-        a.on_write(write(n, 10), now, || n);
+        written(&mut a, n, 10, now);
         let frame = a.take_pending(n).unwrap();
         let (seq, datagram) = a.route(frame, now).expect("multicast");
         assert_eq!(seq, n);
@@ -240,7 +253,7 @@ fn multicast_starts_when_a_probe_is_answered_and_stops_when_it_loses_too_much() 
     };
     assert_eq!(off, 16);
     assert!(!a.multicasting());
-    a.on_write(write(off + 1, 10), now, || 0);
+    written(&mut a, off + 1, 10, now);
     let frame = a.take_pending(off + 1).unwrap();
     assert!(a.route(frame, now).is_err(), "live writes take the stream");
 }
@@ -252,7 +265,7 @@ fn a_refused_datagram_and_a_reported_gap_go_over_the_stream() {
     a.start_probe(1);
     a.on_probe_ack(1);
     for n in 1..=3 {
-        a.on_write(write(n, 10), now, || n);
+        written(&mut a, n, 10, now);
         let frame = a.take_pending(n).unwrap();
         a.route(frame, now).unwrap();
     }
@@ -392,6 +405,7 @@ fn step() -> impl Strategy<Value = Step> {
 /// A sender and its partner, with a reliable stream and a lossy datagram path each way,
 /// played step by step.
 struct World {
+    mode: ReplicationMode,
     now: Instant,
     a: LinkCore<u64>,
     b: LinkCore<u64>,
@@ -415,6 +429,7 @@ struct World {
 impl World {
     fn new(mode: ReplicationMode) -> Self {
         World {
+            mode,
             now: Instant::now(),
             a: core(mode),
             b: core(mode),
@@ -436,8 +451,15 @@ impl World {
             Step::Write(size) => {
                 self.written += 1;
                 let n = self.written;
-                let written = self.a.on_write(write(n, size), self.now, || n);
-                self.sender(written.actions);
+                let actions = self.a.on_write(write(n, size), self.now);
+                // The writer waits for what it waits for: its own write in sync mode, the
+                // write the backlog allows in async mode.
+                let target = match self.mode {
+                    ReplicationMode::Sync => n,
+                    ReplicationMode::Async => n.saturating_sub(ASYNC_BACKLOG),
+                };
+                self.a.wait(self.now, || target);
+                self.sender(actions);
             }
             Step::Flush => self.flush(),
             Step::Multicast => {

@@ -34,7 +34,6 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tandem_common::frame::Writes;
 
 use super::clients::{ClientSession, Clients};
 use super::parse::Args;
@@ -53,8 +52,8 @@ pub struct Ctx<'a> {
     pub clients: &'a Clients,
     /// The scripting interpreter (`EVAL`).
     pub scripts: &'a Scripts,
-    /// Mutations made by the commands of the current batch, for replication.
-    pub mutations: &'a mut Writes,
+    /// Set once a command of the current batch made a write the partner is to get.
+    pub recorded: &'a mut bool,
     /// The store's time when the current batch was read, in ms since the epoch.
     pub now_ms: u64,
     /// The keyspace, when a transaction holds it locked for all its commands.
@@ -62,19 +61,19 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Runs a store command against the session's database and keeps its mutations.
+    /// Runs a store command against the session's database and notes a recorded write.
     pub fn run<T>(&mut self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> T {
         match self.held.as_deref_mut() {
             Some(keyspace) => self.store.run_locked(
                 keyspace,
                 self.now_ms,
                 self.session.db,
-                self.mutations,
+                self.recorded,
                 command,
             ),
             None => self
                 .store
-                .run_at(self.now_ms, self.session.db, self.mutations, command),
+                .run_at(self.now_ms, self.session.db, self.recorded, command),
         }
     }
 }
@@ -97,7 +96,7 @@ impl<'a> Ctx<'a> {
             session: &mut *self.session,
             clients: self.clients,
             scripts: self.scripts,
-            mutations: &mut *self.mutations,
+            recorded: &mut *self.recorded,
             now_ms: self.now_ms,
             held: Some(keyspace),
         };

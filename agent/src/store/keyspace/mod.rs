@@ -19,11 +19,14 @@ mod sets;
 mod strings;
 mod zsets;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tandem_common::frame::Writes;
 use tandem_common::ops::{Mutation, Op, Score};
 use tandem_common::version::{HybridClock, Version, fnv1a, node_tag};
 
+use super::WriteSink;
 use super::collections::{ItemList, MemberSet, SortedSet};
 use super::glob::glob_match;
 use deadlines::Deadlines;
@@ -434,9 +437,14 @@ pub struct Keyspace {
     len: usize,
     clock: HybridClock,
     limits: Limits,
-    /// Mutations made by local writes since the caller last took them, encoded for the
+    /// Mutations made by local writes during this hold of the lock, encoded for the
     /// partner as they are made: the store never shares a value with a mutation.
     outbox: Writes,
+    /// Where the outbox goes at the end of each hold that wrote (the partner's link):
+    /// holds reach it in the order they were made, so the partner applies each delta to
+    /// the state the primary had when it made it. Without one, the outbox waits for
+    /// [`Keyspace::take_outbox_unsunk`].
+    sink: Option<Arc<dyn WriteSink>>,
     /// Whether local writes go to the outbox. Off while nobody replicates them (a lone
     /// agent). Whoever turns it on must read the store afterwards (a snapshot) to cover the
     /// writes made before.
@@ -471,6 +479,7 @@ impl Keyspace {
             clock: HybridClock::new(node_tag(node_id)),
             limits,
             outbox: Writes::default(),
+            sink: None,
             recording: true,
             writes: 0,
             touched: None,
@@ -566,6 +575,35 @@ impl Keyspace {
         }
     }
 
+    /// Sends the outbox, from now on, to `sink` (recording on), or stops (recording off).
+    pub fn set_sink(&mut self, sink: Option<Arc<dyn WriteSink>>) {
+        self.set_recording(sink.is_some());
+        self.sink = sink;
+    }
+
+    /// The end of a hold of the lock: the writes it recorded go to the sink.
+    pub(super) fn hand_off(&mut self) {
+        if let Some(sink) = &self.sink
+            && !self.outbox.is_empty()
+        {
+            sink.record(&mut self.outbox);
+            self.outbox.clear();
+        }
+    }
+
+    /// The writes recorded and not handed to a sink, when there is none.
+    pub fn take_outbox_unsunk(&mut self) -> Writes {
+        if self.sink.is_some() {
+            return Writes::default();
+        }
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Whether local writes are recorded as mutations.
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+
     /// Local writes made so far, recorded or not.
     pub fn writes(&self) -> u64 {
         self.writes
@@ -596,12 +634,6 @@ impl Keyspace {
 
     pub fn limits(&self) -> Limits {
         self.limits
-    }
-
-    /// Swaps the outbox with `writes`: given before a command, the command's writes go
-    /// straight to the end of the caller's, and taken back after it.
-    pub fn swap_outbox(&mut self, writes: &mut Writes) {
-        std::mem::swap(&mut self.outbox, writes);
     }
 
     fn shard_of(key: &[u8]) -> usize {
