@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tandem_common::schema::ReplTransport;
 
-use super::multicast::{FaultRates, Faults, Multicast, MulticastConfig};
+use super::memory::{FaultRates, Faults};
+use super::multicast::{Multicast, MulticastConfig};
 use super::sim::{Datagrams, Sim, Stream};
 
 const SUBNET: &str = "10.1.0.0/24";
@@ -193,6 +194,23 @@ async fn memory_stream() {
 async fn quic_stream() {
     every_acknowledged_write_is_on_the_partner(pair(Stream::Quic, Datagrams::None, None).await)
         .await;
+}
+
+/// On four worker threads, tasks of one link run truly at once more often: a lock-order
+/// cycle shows (the deadlock watch in `sim.rs` aborts the run with the stacks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stream_on_four_threads() {
+    every_acknowledged_write_is_on_the_partner(pair(Stream::Memory, Datagrams::None, None).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_multicast_losing_doubling_and_reordering_on_four_threads() {
+    let faults = Faults::new(LOSSY, 14);
+    every_acknowledged_write_is_on_the_partner(
+        pair(Stream::Memory, Datagrams::Memory, Some(faults)).await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

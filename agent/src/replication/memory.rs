@@ -1,6 +1,7 @@
-//! In-memory transports for the simulation and conformance tests: channels between
-//! addresses of one [`MemoryNetwork`], whose links can be cut and healed. Built for tests
-//! only.
+//! Test-only paths for the simulation and conformance tests: in-memory channels between
+//! addresses of one [`MemoryNetwork`], whose links can be cut and healed; an in-memory
+//! multicast group; and a seeded injector of datagram faults. Built for tests only: the
+//! release binary has none of it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -208,5 +209,149 @@ impl Transport for MemoryTransport {
 
     fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+}
+
+/// A datagram as it arrives: the bytes and the sender's address.
+pub type Datagram = (Vec<u8>, SocketAddr);
+
+/// An in-memory multicast group: every member receives what any member sends, its own
+/// datagrams included (as with loopback on).
+#[derive(Clone, Default)]
+pub struct MemoryGroup {
+    members: Arc<Mutex<Vec<mpsc::UnboundedSender<Datagram>>>>,
+}
+
+impl MemoryGroup {
+    /// A new member's inbox.
+    pub fn join(&self) -> mpsc::UnboundedReceiver<Datagram> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.members.lock().push(tx);
+        rx
+    }
+
+    pub fn deliver(&self, datagram: &[u8], from: SocketAddr) {
+        self.members
+            .lock()
+            .retain(|member| member.send((datagram.to_vec(), from)).is_ok());
+    }
+}
+
+/// Injected faults of a multicast path, changeable while it runs: each datagram is lost,
+/// sent twice, or held back and sent after the next one, with the given probabilities.
+/// Seeded, so a failing run can be repeated.
+#[derive(Clone)]
+pub struct Faults {
+    state: Arc<Mutex<FaultState>>,
+}
+
+struct FaultState {
+    rates: FaultRates,
+    rng: rand::rngs::SmallRng,
+    held: Option<Vec<u8>>,
+}
+
+/// Probabilities of each fault, per datagram.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaultRates {
+    pub drop: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+}
+
+impl Faults {
+    pub fn new(rates: FaultRates, seed: u64) -> Faults {
+        use rand::SeedableRng;
+        Faults {
+            state: Arc::new(Mutex::new(FaultState {
+                rates,
+                rng: rand::rngs::SmallRng::seed_from_u64(seed),
+                held: None,
+            })),
+        }
+    }
+
+    pub fn set(&self, rates: FaultRates) {
+        self.state.lock().rates = rates;
+    }
+
+    /// What goes on the wire, in order, when `datagram` is sent.
+    pub fn pass(&self, datagram: &[u8]) -> Vec<Vec<u8>> {
+        use rand::RngExt;
+        let mut state = self.state.lock();
+        let FaultRates {
+            drop,
+            duplicate,
+            reorder,
+        } = state.rates;
+        let mut out = Vec::with_capacity(3);
+        if !state.rng.random_bool(drop) {
+            if state.held.is_none() && state.rng.random_bool(reorder) {
+                state.held = Some(datagram.to_vec());
+            } else {
+                out.push(datagram.to_vec());
+                if state.rng.random_bool(duplicate) {
+                    out.push(datagram.to_vec());
+                }
+            }
+        }
+        if !out.is_empty()
+            && let Some(held) = state.held.take()
+        {
+            out.push(held);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_lose_double_and_reorder_what_they_are_told_to() {
+        let faults = Faults::new(FaultRates::default(), 1);
+        let sent = |faults: &Faults, n: u8| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| faults.pass(&[i]))
+                .map(|d| d[0])
+                .collect()
+        };
+        assert_eq!(
+            sent(&faults, 5),
+            vec![0, 1, 2, 3, 4],
+            "no faults, no change"
+        );
+        faults.set(FaultRates {
+            drop: 1.0,
+            ..FaultRates::default()
+        });
+        assert!(sent(&faults, 5).is_empty());
+        faults.set(FaultRates {
+            duplicate: 1.0,
+            ..FaultRates::default()
+        });
+        assert_eq!(sent(&faults, 2), vec![0, 0, 1, 1]);
+        faults.set(FaultRates {
+            reorder: 1.0,
+            ..FaultRates::default()
+        });
+        // One is held back at a time and goes out after the next.
+        assert_eq!(sent(&faults, 4), vec![1, 0, 3, 2]);
+        let mixed = Faults::new(
+            FaultRates {
+                drop: 0.2,
+                duplicate: 0.2,
+                reorder: 0.2,
+            },
+            7,
+        );
+        let out = sent(&mixed, 200);
+        let mut unique = out.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert!(unique.len() < 200, "some lost");
+        assert!(out.len() > unique.len(), "some doubled");
+        assert!(out.windows(2).any(|w| w[0] > w[1]), "some reordered");
     }
 }

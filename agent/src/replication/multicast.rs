@@ -17,11 +17,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
 
 use bytes::BytesMut;
-use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -112,7 +109,8 @@ impl Dropped {
 /// reliability built on top of it.
 pub struct Multicast {
     path: Path,
-    faults: Option<Faults>,
+    #[cfg(test)]
+    faults: Option<super::memory::Faults>,
     /// The receive buffer the kernel granted this socket, in bytes as it charges them.
     recv_buffer: usize,
 }
@@ -125,10 +123,11 @@ enum Path {
         sender: std::net::UdpSocket,
         group: SocketAddr,
     },
+    #[cfg(test)]
     Memory {
-        group: MemoryGroup,
+        group: super::memory::MemoryGroup,
         addr: SocketAddr,
-        inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Datagram>>,
+        inbox: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<super::memory::Datagram>>,
     },
 }
 
@@ -168,15 +167,16 @@ impl Multicast {
                 sender,
                 group: SocketAddrV4::new(config.group, config.port).into(),
             },
+            #[cfg(test)]
             faults: None,
             recv_buffer: granted,
         })
     }
 
     /// A member of an in-memory group, sending as `addr`.
-    pub fn memory(group: &MemoryGroup, addr: SocketAddr) -> Multicast {
-        let (tx, rx) = mpsc::unbounded_channel();
-        group.members.lock().push(tx);
+    #[cfg(test)]
+    pub fn memory(group: &super::memory::MemoryGroup, addr: SocketAddr) -> Multicast {
+        let rx = group.join();
         Multicast {
             path: Path::Memory {
                 group: group.clone(),
@@ -198,8 +198,9 @@ impl Multicast {
     }
 
     /// Sends through `faults`, which decide what is lost, doubled or held back.
+    #[cfg(test)]
     #[must_use]
-    pub fn with_faults(mut self, faults: Faults) -> Self {
+    pub fn with_faults(mut self, faults: super::memory::Faults) -> Self {
         self.faults = Some(faults);
         self
     }
@@ -213,6 +214,7 @@ impl Multicast {
     pub fn drop_own(&self, sender: &str) -> io::Result<()> {
         match &self.path {
             Path::Udp { socket, .. } => SockRef::from(socket).attach_filter(&own_filter(sender)),
+            #[cfg(test)]
             Path::Memory { .. } => Ok(()),
         }
     }
@@ -224,18 +226,20 @@ impl Multicast {
     /// # Errors
     /// The datagram could not be sent now.
     pub fn send(&self, datagram: &[u8]) -> io::Result<()> {
-        let Some(faults) = &self.faults else {
-            return self.send_now(datagram);
-        };
-        for datagram in faults.pass(datagram) {
-            self.send_now(&datagram)?;
+        #[cfg(test)]
+        if let Some(faults) = &self.faults {
+            for datagram in faults.pass(datagram) {
+                self.send_now(&datagram)?;
+            }
+            return Ok(());
         }
-        Ok(())
+        self.send_now(datagram)
     }
 
     fn send_now(&self, datagram: &[u8]) -> io::Result<()> {
         match &self.path {
             Path::Udp { sender, group, .. } => sender.send_to(datagram, *group).map(|_| ()),
+            #[cfg(test)]
             Path::Memory { group, addr, .. } => {
                 group.deliver(datagram, *addr);
                 Ok(())
@@ -246,6 +250,7 @@ impl Multicast {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         match &self.path {
             Path::Udp { socket, .. } => socket.recv_from(buf).await,
+            #[cfg(test)]
             Path::Memory { inbox, .. } => {
                 let (datagram, from) = inbox
                     .lock()
@@ -334,91 +339,6 @@ pub fn wire_id(node_id: &str) -> &str {
         end -= 1;
     }
     &node_id[..end]
-}
-
-/// A datagram as it arrives: the bytes and the sender's address.
-type Datagram = (Vec<u8>, SocketAddr);
-
-/// An in-memory multicast group: every member receives what any member sends, its own
-/// datagrams included (as with loopback on).
-#[derive(Clone, Default)]
-pub struct MemoryGroup {
-    members: Arc<Mutex<Vec<mpsc::UnboundedSender<Datagram>>>>,
-}
-
-impl MemoryGroup {
-    fn deliver(&self, datagram: &[u8], from: SocketAddr) {
-        self.members
-            .lock()
-            .retain(|member| member.send((datagram.to_vec(), from)).is_ok());
-    }
-}
-
-/// Injected faults of a multicast path, changeable while it runs: each datagram is lost,
-/// sent twice, or held back and sent after the next one, with the given probabilities.
-/// Seeded, so a failing run can be repeated.
-#[derive(Clone)]
-pub struct Faults {
-    state: Arc<Mutex<FaultState>>,
-}
-
-struct FaultState {
-    rates: FaultRates,
-    rng: rand::rngs::SmallRng,
-    held: Option<Vec<u8>>,
-}
-
-/// Probabilities of each fault, per datagram.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct FaultRates {
-    pub drop: f64,
-    pub duplicate: f64,
-    pub reorder: f64,
-}
-
-impl Faults {
-    pub fn new(rates: FaultRates, seed: u64) -> Faults {
-        use rand::SeedableRng;
-        Faults {
-            state: Arc::new(Mutex::new(FaultState {
-                rates,
-                rng: rand::rngs::SmallRng::seed_from_u64(seed),
-                held: None,
-            })),
-        }
-    }
-
-    pub fn set(&self, rates: FaultRates) {
-        self.state.lock().rates = rates;
-    }
-
-    /// What goes on the wire, in order, when `datagram` is sent.
-    fn pass(&self, datagram: &[u8]) -> Vec<Vec<u8>> {
-        use rand::RngExt;
-        let mut state = self.state.lock();
-        let FaultRates {
-            drop,
-            duplicate,
-            reorder,
-        } = state.rates;
-        let mut out = Vec::with_capacity(3);
-        if !state.rng.random_bool(drop) {
-            if state.held.is_none() && state.rng.random_bool(reorder) {
-                state.held = Some(datagram.to_vec());
-            } else {
-                out.push(datagram.to_vec());
-                if state.rng.random_bool(duplicate) {
-                    out.push(datagram.to_vec());
-                }
-            }
-        }
-        if !out.is_empty()
-            && let Some(held) = state.held.take()
-        {
-            out.push(held);
-        }
-        out
-    }
 }
 
 /// A new random sealing key.
@@ -678,53 +598,6 @@ mod tests {
         );
         let recent = &datagrams[datagrams.len() - 3];
         assert!(opener.open(&header(recent).unwrap(), recent).is_ok());
-    }
-
-    #[test]
-    fn faults_lose_double_and_reorder_what_they_are_told_to() {
-        let faults = Faults::new(FaultRates::default(), 1);
-        let sent = |faults: &Faults, n: u8| -> Vec<u8> {
-            (0..n)
-                .flat_map(|i| faults.pass(&[i]))
-                .map(|d| d[0])
-                .collect()
-        };
-        assert_eq!(
-            sent(&faults, 5),
-            vec![0, 1, 2, 3, 4],
-            "no faults, no change"
-        );
-        faults.set(FaultRates {
-            drop: 1.0,
-            ..FaultRates::default()
-        });
-        assert!(sent(&faults, 5).is_empty());
-        faults.set(FaultRates {
-            duplicate: 1.0,
-            ..FaultRates::default()
-        });
-        assert_eq!(sent(&faults, 2), vec![0, 0, 1, 1]);
-        faults.set(FaultRates {
-            reorder: 1.0,
-            ..FaultRates::default()
-        });
-        // One is held back at a time and goes out after the next.
-        assert_eq!(sent(&faults, 4), vec![1, 0, 3, 2]);
-        let mixed = Faults::new(
-            FaultRates {
-                drop: 0.2,
-                duplicate: 0.2,
-                reorder: 0.2,
-            },
-            7,
-        );
-        let out = sent(&mixed, 200);
-        let mut unique = out.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert!(unique.len() < 200, "some lost");
-        assert!(out.len() > unique.len(), "some doubled");
-        assert!(out.windows(2).any(|w| w[0] > w[1]), "some reordered");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use super::membership::{AdvertChange, Membership};
 use super::memory::MemoryNetwork;
-use super::multicast::{Faults, MemoryGroup, Multicast, MulticastConfig};
+use super::memory::{Faults, MemoryGroup};
+use super::multicast::{Multicast, MulticastConfig};
 use super::tls::{self, NodeTls};
 use super::transport::{QuicTransport, Transport};
 use super::{ReplicationConfig, ReplicationMode, Replicator};
@@ -95,6 +96,31 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// How soon a pair probes multicast again after it failed, in simulations.
 pub(super) const REPROBE: Duration = Duration::from_millis(300);
 
+/// Aborts the test process, with the threads and their stacks, when threads deadlock on
+/// the agent's locks (a cycle in the lock order, which `--threads 1` would hide): a
+/// deadlocked test would otherwise only hang. Started once per process.
+fn watch_for_deadlocks() {
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(|| {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let deadlocks = parking_lot::deadlock::check_deadlock();
+                if deadlocks.is_empty() {
+                    continue;
+                }
+                for (i, threads) in deadlocks.iter().enumerate() {
+                    eprintln!("deadlock {i}:");
+                    for thread in threads {
+                        eprintln!("thread {:?}:\n{:?}", thread.thread_id(), thread.backtrace());
+                    }
+                }
+                std::process::abort();
+            }
+        });
+    });
+}
+
 impl Sim {
     fn new() -> Self {
         Sim::with(Stream::Memory, Datagrams::None, None)
@@ -105,6 +131,7 @@ impl Sim {
     /// # Panics
     /// When a loopback multicast group cannot be set up here.
     pub(super) fn with(stream: Stream, datagrams: Datagrams, faults: Option<Faults>) -> Self {
+        watch_for_deadlocks();
         let tls_dir = tempfile::tempdir().expect("a temporary directory");
         if stream == Stream::Quic {
             tls::init_ca(tls_dir.path()).expect("a cluster CA");

@@ -678,10 +678,12 @@ proptest! {
         world.settle();
         prop_assert_eq!(world.applied.len() as u64, world.written);
         prop_assert_eq!(world.a.acked(), world.written);
-        let mut told: Vec<u64> = world.acked_writers.iter().chain(&world.timed_out).copied().collect();
+        let mut told: Vec<u64> =
+            world.acked_writers.iter().chain(&world.timed_out).copied().collect();
         told.sort_unstable();
         if sync {
-            prop_assert_eq!(told, (1..=world.written).collect::<Vec<_>>(), "every sync writer is answered once");
+            let all: Vec<u64> = (1..=world.written).collect();
+            prop_assert_eq!(told, all, "every sync writer is answered once");
         }
     }
 }
