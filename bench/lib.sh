@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release --quiet -p tandem -p tandem-bench
-tandem=${CARGO_TARGET_DIR:-target}/release/tandem
+# TANDEM=path runs another build of tandem (to compare two builds side by side).
+tandem=${TANDEM:-${CARGO_TARGET_DIR:-target}/release/tandem}
 chart=${CARGO_TARGET_DIR:-target}/release/chart
 # Results (CSV) and charts (PNG) are written here; BENCHMARKS.md embeds the charts.
 results=${RESULTS:-bench/results}
