@@ -525,16 +525,21 @@ async fn anti_entropy_repairs_differences_the_stream_missed() {
             Bytes::from(key.to_string()),
             value.map(|v| Bytes::from(v.to_string())),
         );
-        sim.agents[on].sessions.store.run(|ks, now| match value {
-            Some(value) => drop(ks.set(
-                key,
-                value,
-                SetExpiry::None,
-                SetCondition::Always,
-                false,
-                now,
-            )),
-            None => drop(ks.delete(&[key], now)),
+        sim.agents[on].sessions.store.run(|ks, now| {
+            // Not recorded, so never handed to the link: as if its frame were lost.
+            ks.set_recording(false);
+            match value {
+                Some(value) => drop(ks.set(
+                    key,
+                    value,
+                    SetExpiry::None,
+                    SetCondition::Always,
+                    false,
+                    now,
+                )),
+                None => drop(ks.delete(&[key], now)),
+            }
+            ks.set_recording(true);
         });
     };
     local("b", "only-on-b", Some("1"));
