@@ -104,9 +104,9 @@ impl Dropped {
     }
 }
 
-/// The agent's multicast path: the subnet's group, or an in-memory group in simulations;
-/// either may lose, duplicate and reorder datagrams on purpose ([`Faults`]) to test the
-/// reliability built on top of it.
+/// The agent's multicast path: the subnet's group or, in tests, an in-memory group; in
+/// tests either may lose, duplicate and reorder datagrams on purpose (`memory::Faults`)
+/// to test the reliability built on top of it.
 pub struct Multicast {
     path: Path,
     #[cfg(test)]

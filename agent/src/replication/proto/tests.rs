@@ -659,8 +659,17 @@ impl World {
     }
 }
 
+/// Interleavings the property test plays: `PROPTEST_CASES`, or 512.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // 512 interleavings in CI; `PROPTEST_CASES=100000` for a long run (BENCHMARKS.md).
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// For any interleaving of writes, losses, duplicates, reorderings and time, every
     /// write a sync writer was told is safe is on the partner, the partner applies each
