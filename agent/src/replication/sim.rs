@@ -23,7 +23,7 @@ use super::tls::{self, NodeTls};
 use super::transport::{QuicTransport, Transport};
 use super::{ReplicationConfig, ReplicationMode, Replicator};
 use crate::sessions::Sessions;
-use crate::store::{Limits, SessionStore, SetCondition, SetExpiry, SystemClock};
+use crate::store::{Keyspace, Limits, SessionStore, SetCondition, SetExpiry, SystemClock};
 
 /// The cluster's adverts and liveness, as gossip would converge to them.
 #[derive(Default)]
@@ -357,17 +357,7 @@ impl Sim {
         let (key, value) = (Bytes::from(key.to_string()), Bytes::from(value.to_string()));
         self.agents[on]
             .sessions
-            .run(|ks, now| {
-                ks.set(
-                    key,
-                    value,
-                    SetExpiry::None,
-                    SetCondition::Always,
-                    false,
-                    now,
-                )
-                .unwrap()
-            })
+            .run(|ks, now| plain_set(ks, key, value, now))
             .await;
     }
 
@@ -401,6 +391,19 @@ impl Sim {
             .run(|ks, now| ks.get(key.as_bytes(), now).unwrap())
             .value
     }
+}
+
+/// `SET key value`, with no option.
+fn plain_set(ks: &mut Keyspace, key: Bytes, value: Bytes, now: u64) {
+    ks.set(
+        key,
+        value,
+        SetExpiry::None,
+        SetCondition::Always,
+        false,
+        now,
+    )
+    .expect("a plain SET succeeds");
 }
 
 fn ids(n: usize) -> Vec<String> {
@@ -529,14 +532,7 @@ async fn anti_entropy_repairs_differences_the_stream_missed() {
             // Not recorded, so never handed to the link: as if its frame were lost.
             ks.set_recording(false);
             match value {
-                Some(value) => drop(ks.set(
-                    key,
-                    value,
-                    SetExpiry::None,
-                    SetCondition::Always,
-                    false,
-                    now,
-                )),
+                Some(value) => plain_set(ks, key, value, now),
                 None => drop(ks.delete(&[key], now)),
             }
             ks.set_recording(true);
