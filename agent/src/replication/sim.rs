@@ -620,16 +620,21 @@ async fn seeded_joins(seed: u64) -> Vec<String> {
     trace
 }
 
-/// 200 seeds in CI (`SIM_SEEDS` for more); every tenth is played twice, and the two runs
-/// must agree on every step, at the same simulated time: a seed replays its run.
-#[test]
-fn agents_pair_in_every_seeded_join_order_on_simulated_time() {
+/// Plays `scenario` for every seed (200 in CI, `SIM_SEEDS` for more); every tenth is
+/// played twice, and the two runs must agree on every step, at the same simulated time:
+/// a seed replays its run.
+fn play_seeds(scenario: impl AsyncFn(u64) -> Vec<String> + Copy) {
     for seed in seeds() {
-        let trace = simulate(seed, seeded_joins);
+        let trace = simulate(seed, scenario);
         if seed % 10 == 1 {
-            assert_eq!(trace, simulate(seed, seeded_joins), "seed {seed} replayed");
+            assert_eq!(trace, simulate(seed, scenario), "seed {seed} replayed");
         }
     }
+}
+
+#[test]
+fn agents_pair_in_every_seeded_join_order_on_simulated_time() {
+    play_seeds(seeded_joins);
 }
 
 /// A pair in one subnet replicating by multicast that loses, doubles and reorders
@@ -715,13 +720,7 @@ async fn seeded_faults(seed: u64) -> Vec<String> {
     trace
 }
 
-/// Like the join orders: 200 seeds in CI, every tenth replayed step for step.
 #[test]
 fn writes_survive_seeded_loss_and_partitions_on_simulated_time() {
-    for seed in seeds() {
-        let trace = simulate(seed, seeded_faults);
-        if seed % 10 == 1 {
-            assert_eq!(trace, simulate(seed, seeded_faults), "seed {seed} replayed");
-        }
-    }
+    play_seeds(seeded_faults);
 }
