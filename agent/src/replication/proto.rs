@@ -325,20 +325,11 @@ impl<W> LinkCore<W> {
         }
         self.acked = seq;
         let mut actions = vec![Action::Acked(seq)];
-        let covered = self
-            .waiters
-            .iter()
-            .take_while(|(waits_for, ..)| *waits_for <= seq)
-            .count();
-        if covered > 0 {
-            let writers = self.waiters.drain(..covered).map(|(.., w)| w).collect();
-            actions.push(Action::Wake {
-                writers,
-                waited: Waited::Acked,
-            });
-        }
+        let woken = self.wake_while(Waited::Acked, |waits_for, _| waits_for <= seq);
+        let covered = woken.is_some();
+        actions.extend(woken);
         // A writer woken in time, or a partner that has everything: protected again.
-        if self.lagging && (covered > 0 || seq >= self.next_seq) {
+        if self.lagging && (covered || seq >= self.next_seq) {
             self.lagging = false;
             actions.push(Action::Protection { lagging: false });
         }
@@ -363,17 +354,11 @@ impl<W> LinkCore<W> {
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action<W>> {
         let mut actions = Vec::new();
         let timeout = self.config.sync_timeout;
-        let expired = self
-            .waiters
-            .iter()
-            .take_while(|(_, since, _)| now.saturating_duration_since(*since) >= timeout)
-            .count();
-        if expired > 0 {
-            let writers = self.waiters.drain(..expired).map(|(.., w)| w).collect();
-            actions.push(Action::Wake {
-                writers,
-                waited: Waited::TimedOut,
-            });
+        let expired = self.wake_while(Waited::TimedOut, |_, since| {
+            now.saturating_duration_since(since) >= timeout
+        });
+        if let Some(expired) = expired {
+            actions.push(expired);
             if !self.lagging {
                 self.lagging = true;
                 actions.push(Action::Protection { lagging: true });
@@ -388,6 +373,24 @@ impl<W> LinkCore<W> {
         }
         actions.extend(retransmit(due, "timeout"));
         actions
+    }
+
+    /// Wakes the waiting writers, oldest first, while `due(number waited for, since)`
+    /// holds: the action telling them `waited`, if any was due.
+    fn wake_while(
+        &mut self,
+        waited: Waited,
+        due: impl Fn(u64, Instant) -> bool,
+    ) -> Option<Action<W>> {
+        let count = self
+            .waiters
+            .iter()
+            .take_while(|(waits_for, since, _)| due(*waits_for, *since))
+            .count();
+        (count > 0).then(|| Action::Wake {
+            writers: self.waiters.drain(..count).map(|(.., w)| w).collect(),
+            waited,
+        })
     }
 
     /// Starts a probe of the multicast path with `nonce` (nonzero, unpredictable).
