@@ -80,20 +80,15 @@ impl Inner {
         addr: SocketAddr,
     ) -> Result<(), HandshakeError> {
         let transport = self.transport.clone().ok_or(HandshakeError::Disabled)?;
-        let mut channel = tokio::time::timeout(HANDSHAKE_TIMEOUT, transport.connect(to, addr))
-            .await
-            .map_err(|_| HandshakeError::TimedOut("connect"))??;
+        let mut channel = in_time("connect", transport.connect(to, addr)).await?;
         let epoch = now_ms();
-        let exchange = async {
+        let (hello, answer) = in_time("handshake", async {
             channel.sender.send(&self.hello()).await?;
             channel.sender.send(&Frame::Propose { epoch }).await?;
             let hello = channel.receiver.recv().await?;
-            let answer = channel.receiver.recv().await?;
-            Ok::<_, TransportError>((hello, answer))
-        };
-        let (hello, answer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-            .await
-            .map_err(|_| HandshakeError::TimedOut("handshake"))??;
+            Ok((hello, channel.receiver.recv().await?))
+        })
+        .await?;
         let (peer, protocol) = self.check_hello(hello)?;
         if peer != to {
             return Err(HandshakeError::WrongPeer {
@@ -142,15 +137,12 @@ impl Inner {
         self: &Arc<Self>,
         channel: &mut Channel,
     ) -> Result<(PartnerRef, Protocol), HandshakeError> {
-        let exchange = async {
+        let (hello, proposal) = in_time("handshake", async {
             let hello = channel.receiver.recv().await?;
             channel.sender.send(&self.hello()).await?;
-            let proposal = channel.receiver.recv().await?;
-            Ok::<_, TransportError>((hello, proposal))
-        };
-        let (hello, proposal) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-            .await
-            .map_err(|_| HandshakeError::TimedOut("handshake"))??;
+            Ok((hello, channel.receiver.recv().await?))
+        })
+        .await?;
         let (peer, protocol) = self.check_hello(hello)?;
         // The certificate, from the cluster CA, must be the claimed node's own: a node
         // cannot pose as another with its certificate.
@@ -176,6 +168,17 @@ impl Inner {
             },
             protocol,
         ))
+    }
+}
+
+/// `step` of the handshake (`connect`, `handshake`), given [`HANDSHAKE_TIMEOUT`].
+async fn in_time<T>(
+    step: &'static str,
+    work: impl Future<Output = Result<T, TransportError>>,
+) -> Result<T, HandshakeError> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(HandshakeError::TimedOut(step)),
     }
 }
 
