@@ -553,7 +553,7 @@ impl Inner {
     /// Ends the sync waits that outlast the timeout: sleeps until the oldest is due, so
     /// that it wakes about once per timeout whatever the load.
     async fn time_out_waits(self: Arc<Self>, shared: Arc<LinkShared>) {
-        let timeout = self.config.sync_timeout.max(Duration::from_millis(1));
+        let timeout = self.config.sync_timeout;
         loop {
             let now = tokio::time::Instant::now();
             let (actions, next) = {

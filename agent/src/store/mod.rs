@@ -220,10 +220,10 @@ impl SessionStore {
         self.keyspace.lock().set_sink(sink);
     }
 
-    /// Turns the recording of local writes as mutations on (a partner is there to get
-    /// them) or off (nobody is: commands then return no mutations). On for a new store.
-    /// Turned on before the store is read for a snapshot, so that every write is either
-    /// in the snapshot or recorded.
+    /// Turns the recording of local writes as mutations on or off without a sink (tests;
+    /// the agent records exactly while it has a sink, [`SessionStore::set_sink`]). On for
+    /// a new store.
+    #[cfg(test)]
     pub fn set_recording(&self, on: bool) {
         self.keyspace.lock().set_recording(on);
     }

@@ -3,8 +3,9 @@
 //! `EXEC` runs the queued commands under one hold of the store's lock, so no other client
 //! and no partner's write comes between them, and their mutations reach the link as one
 //! unit when the hold ends: the partner applies it whole, and in sync mode `EXEC` is
-//! answered once it has. `WATCH` remembers each key's version; `EXEC` runs only if none changed (a write, a
-//! partner's write, an expiry), and a command that changed nothing changes no version.
+//! answered once it has. `WATCH` remembers each key's version; `EXEC` runs only if none
+//! changed (a write, a partner's write, an expiry), and a command that changed nothing
+//! changes no version.
 
 use bytes::Bytes;
 
