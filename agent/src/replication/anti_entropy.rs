@@ -82,6 +82,9 @@ impl Inner {
         };
         loop {
             tokio::select! {
+                // In a fixed order, so that a seeded simulation replays: a round is rare
+                // and the inbox bounded, so neither starves the other.
+                biased;
                 _ = tick(&mut ticker) => {
                     // A script holds the keyspace: compare once it is done.
                     self.store.gate().idle().await;

@@ -8,7 +8,6 @@ use tandem_common::frame::Frame;
 use tandem_common::schema::{PartnerRef, Protocol};
 use tracing::{debug, warn};
 
-use super::pairing::now_ms;
 use super::transport::{Channel, TransportError};
 use super::{Inner, names};
 
@@ -81,7 +80,7 @@ impl Inner {
     ) -> Result<(), HandshakeError> {
         let transport = self.transport.clone().ok_or(HandshakeError::Disabled)?;
         let mut channel = in_time("connect", transport.connect(to, addr)).await?;
-        let epoch = now_ms();
+        let epoch = self.store.now_ms();
         let (hello, answer) = in_time("handshake", async {
             channel.sender.send(&self.hello()).await?;
             channel.sender.send(&Frame::Propose { epoch }).await?;

@@ -7,6 +7,7 @@
 //! over the stream when it does not come in time ([`Unacked`]).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -316,6 +317,58 @@ impl<T> Delivered<T> {
     }
 }
 
+/// The partner's latest acknowledgement, for the tasks that wait for one (the snapshot
+/// window, the writer holding a frame back). A `Notify` rather than a `watch`: its waiters
+/// wake in the order they began to wait, so that a seeded simulation replays exactly.
+#[derive(Default)]
+pub struct AckSignal {
+    seq: AtomicU64,
+    closed: AtomicBool,
+    changed: Notify,
+}
+
+/// The link closed while a task waited for an acknowledgement.
+#[derive(Debug)]
+pub struct LinkClosed;
+
+impl AckSignal {
+    /// Everything up to `seq` is acknowledged.
+    pub fn set(&self, seq: u64) {
+        self.seq.store(seq, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub fn get(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// The link is gone: every waiter returns [`LinkClosed`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the acknowledgement satisfies `done`; returns it.
+    ///
+    /// # Errors
+    /// The link closed first.
+    pub async fn wait_for(&self, done: impl Fn(u64) -> bool) -> Result<u64, LinkClosed> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(LinkClosed);
+            }
+            let seq = self.get();
+            if done(seq) {
+                return Ok(seq);
+            }
+            changed.await;
+        }
+    }
+}
+
 /// The multicast side of one link that is I/O: the keys, and the inbox of frames that
 /// arrived by datagram. Which frames go by multicast is the link's core's to decide
 /// ([`super::proto::LinkCore`]).
@@ -407,6 +460,12 @@ pub struct Unacked {
 impl Unacked {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// How many frames await their acknowledgement, and the round trip timed so far.
+    #[cfg(test)]
+    pub fn describe(&self) -> String {
+        format!("{} (rtt {:?})", self.frames.len(), self.rtt)
     }
 
     /// Whether a datagram of `len` bytes may be multicast with `window` bytes of the

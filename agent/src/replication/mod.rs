@@ -45,7 +45,7 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use tandem_common::frame::{Frame, Writes};
 use tandem_common::schema::{PartnerRef, Protocol, SyncProgress};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -218,7 +218,7 @@ struct LinkShared {
     outbound: mpsc::UnboundedSender<Outgoing>,
     /// The latest acknowledgement, for the tasks that wait for one (the snapshot window,
     /// the writer holding a frame back).
-    acked: watch::Sender<u64>,
+    acked: link::AckSignal,
     multicast: LinkMulticast,
     /// The partner's anti-entropy frames, for the link's anti-entropy task.
     anti_entropy: mpsc::Sender<anti_entropy::Exchange>,
@@ -258,6 +258,7 @@ impl WriteSink for LinkShared {
 impl Drop for Link {
     fn drop(&mut self) {
         self.shared.core.lock().close();
+        self.shared.acked.close();
         for task in &self.tasks {
             task.abort();
         }
@@ -349,6 +350,18 @@ impl Replicator {
     /// How many sync writes returned on the timeout instead of the partner's ack.
     pub fn sync_timeouts(&self) -> u64 {
         self.inner.sync_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// The running link's numbers and states (see [`LinkCore::summary`]).
+    #[cfg(test)]
+    pub(crate) fn link_summary(&self) -> Option<String> {
+        let state = self.inner.state.lock();
+        let link = state.link.as_ref()?;
+        Some(format!(
+            "{}: {}",
+            link.partner.node_id,
+            link.shared.core.lock().summary()
+        ))
     }
 
     /// The partner of the running link, if any.
@@ -523,7 +536,7 @@ impl Inner {
                     }
                 }
                 Action::Acked(seq) => {
-                    shared.acked.send_replace(seq);
+                    shared.acked.set(seq);
                 }
                 Action::Apply(ready) => self.apply_arrived(shared, ready),
                 Action::Protection { lagging: true } => {

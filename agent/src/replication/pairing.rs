@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tandem_common::frame::Frame;
 use tandem_common::pairing::{AgentView, PairingDecision, decide};
 use tandem_common::schema::{NodeState, PartnerRef, Protocol, Role};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::anti_entropy::Exchange;
@@ -19,12 +18,6 @@ use super::link::{self, LinkMulticast};
 use super::proto::{CoreConfig, LinkCore};
 use super::transport::{Channel, TransportError};
 use super::{Inner, Link, LinkShared, ReplicationMode, names};
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl Inner {
     /// One round: read the view, decide, act.
@@ -154,7 +147,7 @@ impl Inner {
             let shared = Arc::new(LinkShared {
                 core: Mutex::new(core),
                 outbound: outbound_tx,
-                acked: watch::Sender::new(0),
+                acked: link::AckSignal::default(),
                 multicast,
                 anti_entropy: anti_entropy_tx,
                 snapshot_keys: AtomicU64::new(0),

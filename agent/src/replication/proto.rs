@@ -165,6 +165,21 @@ impl<W> LinkCore<W> {
         self.acked
     }
 
+    /// The numbers and states a simulation compares between two runs of one seed.
+    #[cfg(test)]
+    pub fn summary(&self) -> String {
+        format!(
+            "sent {} acked {} received {} unacked {} waiting {} multicasting {} lagging {}",
+            self.next_seq,
+            self.acked,
+            self.delivered.upto(),
+            self.unacked.describe(),
+            self.waiters.len(),
+            self.multicasting,
+            self.lagging
+        )
+    }
+
     /// Frames sent (or pending) beyond the partner's acknowledgement.
     pub fn behind(&self) -> u64 {
         self.next_seq.saturating_sub(self.acked)

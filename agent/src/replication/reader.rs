@@ -51,6 +51,9 @@ impl Inner {
         mut receiver: FrameReceiver,
         mut inbox: mpsc::Receiver<Frame>,
     ) {
+        // Which path is looked at first when both have a frame: they take turns, which is
+        // fair and, unlike `select!`'s random pick, replays in a seeded simulation.
+        let mut stream_first = false;
         loop {
             // Each frame with the path it took: true for the stream.
             let next = match receiver.buffered() {
@@ -61,9 +64,19 @@ impl Inner {
                     if let Some(ack) = shared.core.lock().take_ack() {
                         let _ = shared.outbound.send(ack.into());
                     }
-                    tokio::select! {
-                        frame = receiver.recv() => frame.map(|frame| (frame, true)),
-                        Some(frame) = inbox.recv() => Ok((frame, false)),
+                    stream_first = !stream_first;
+                    if stream_first {
+                        tokio::select! {
+                            biased;
+                            frame = receiver.recv() => frame.map(|frame| (frame, true)),
+                            Some(frame) = inbox.recv() => Ok((frame, false)),
+                        }
+                    } else {
+                        tokio::select! {
+                            biased;
+                            Some(frame) = inbox.recv() => Ok((frame, false)),
+                            frame = receiver.recv() => frame.map(|frame| (frame, true)),
+                        }
                     }
                 }
                 Err(err) => Err(err),

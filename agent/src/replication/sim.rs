@@ -23,7 +23,7 @@ use super::tls::{self, NodeTls};
 use super::transport::{QuicTransport, Transport};
 use super::{ReplicationConfig, ReplicationMode, Replicator};
 use crate::sessions::Sessions;
-use crate::store::{Keyspace, Limits, SessionStore, SetCondition, SetExpiry, SystemClock};
+use crate::store::{Keyspace, Limits, SessionStore, SetCondition, SetExpiry, TokioClock};
 
 /// The cluster's adverts and liveness, as gossip would converge to them.
 #[derive(Default)]
@@ -87,10 +87,15 @@ pub(super) struct Sim {
     tls_dir: tempfile::TempDir,
     group: MemoryGroup,
     loopback: Option<MulticastConfig>,
+    /// The agents' wall clock, which moves with tokio's: under simulated time, versions and
+    /// pair epochs are the same in every run of a seed.
+    clock: TokioClock,
     /// How long sync writes of agents joining from now on wait for the partner.
     pub(super) sync_timeout: Duration,
 }
 
+/// The wall-clock time at which a simulation starts (1 January 2026).
+const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
 pub(super) const ROUND: Duration = Duration::from_millis(20);
 const SETTLE: Duration = Duration::from_secs(15);
 /// How soon a pair probes multicast again after it failed, in simulations.
@@ -157,6 +162,7 @@ impl Sim {
             tls_dir,
             group: MemoryGroup::default(),
             loopback,
+            clock: TokioClock::starting_at(SIM_EPOCH_MS),
             sync_timeout: Duration::from_millis(500),
         }
     }
@@ -188,7 +194,7 @@ impl Sim {
             .nodes
             .lock()
             .insert(id.to_string(), (advert, true));
-        let store = SessionStore::new(id, Limits::default(), SystemClock);
+        let store = SessionStore::new(id, Limits::default(), self.clock);
         let replicator = Replicator::new(
             ReplicationConfig {
                 node_id: id.to_string(),
@@ -276,6 +282,14 @@ impl Sim {
             .lock()
             .get(id)
             .is_none_or(|(advert, _)| advert.unprotected)
+    }
+
+    /// Each running agent's link: its partner, numbers and states.
+    fn link_summaries(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .map(|(id, a)| format!("{id} -> {:?}", a.sessions.replicator.link_summary()))
+            .collect()
     }
 
     /// Each running agent's link partner.
@@ -562,22 +576,84 @@ fn seeds() -> Vec<u64> {
     }
 }
 
+/// A simulation's log: every event of the agents, to debug level, each line stamped with
+/// the simulated time.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stamps log lines with the time since the simulation started, in simulated time.
+struct SimTime(tokio::time::Instant);
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{:>12?}", self.0.elapsed())
+    }
+}
+
 /// Runs `scenario` for `seed` on a runtime of one thread whose time is simulated (it
 /// jumps to the next timer whenever every task waits), so that hours of pairing rounds
-/// take milliseconds. A failure names the seed to replay.
-fn simulate<T>(seed: u64, scenario: impl AsyncFnOnce(u64) -> T) -> T {
+/// take milliseconds. With `log`, also returns the agents' log. A failure names the seed
+/// to replay.
+fn simulate<T>(seed: u64, log: bool, scenario: impl AsyncFnOnce(u64) -> T) -> (T, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a runtime");
+    let lines = Log::default();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(scenario(seed))
+        runtime.block_on(async {
+            let _logging = log.then(|| {
+                let lines = lines.clone();
+                tracing::subscriber::set_default(
+                    tracing_subscriber::fmt()
+                        .with_env_filter("tandem_agent=debug")
+                        .with_timer(SimTime(tokio::time::Instant::now()))
+                        .with_ansi(false)
+                        .with_writer(move || lines.clone())
+                        .finish(),
+                )
+            });
+            scenario(seed).await
+        })
     }));
-    outcome.unwrap_or_else(|panic| {
+    let outcome = outcome.unwrap_or_else(|panic| {
         eprintln!("failed with seed {seed}: replay it with SIM_SEED={seed}");
         std::panic::resume_unwind(panic)
-    })
+    });
+    let lines = String::from_utf8_lossy(&lines.0.lock()).into_owned();
+    (outcome, lines)
+}
+
+/// Fails unless two runs of `seed` logged the same lines at the same simulated times,
+/// naming the first line where they part.
+fn assert_replayed(seed: u64, first: &str, second: &str) {
+    let (first, second): (Vec<_>, Vec<_>) = (first.lines().collect(), second.lines().collect());
+    let parted = first
+        .iter()
+        .zip(&second)
+        .position(|(a, b)| a != b)
+        .or_else(|| (first.len() != second.len()).then(|| first.len().min(second.len())));
+    if let Some(at) = parted {
+        let around = |log: &[&str]| log[at.saturating_sub(3)..(at + 2).min(log.len())].join("\n");
+        panic!(
+            "seed {seed} did not replay: the runs part at line {at} of {}:\n--- first run\n{}\n--- second run\n{}",
+            first.len(),
+            around(&first),
+            around(&second)
+        );
+    }
 }
 
 /// Agents join in an order and at moments the seed picks, over two subnets, some killed
@@ -607,7 +683,7 @@ async fn seeded_joins(seed: u64) -> Vec<String> {
         trace.push(format!(
             "{:?} {id} joined {subnet}: {:?}",
             start.elapsed(),
-            sim.links()
+            sim.link_summaries()
         ));
         // Now and then an agent dies as soon as it has joined.
         if sim.agents.len() > 2 && rng.random_bool(0.15) {
@@ -620,14 +696,22 @@ async fn seeded_joins(seed: u64) -> Vec<String> {
     trace
 }
 
-/// Plays `scenario` for every seed (200 in CI, `SIM_SEEDS` for more); every tenth is
-/// played twice, and the two runs must agree on every step, at the same simulated time:
-/// a seed replays its run.
+/// Plays `scenario` for every seed (200 in CI, `SIM_SEEDS` for more); every tenth (and a
+/// seed given alone) is played twice with the agents' log captured, and the two runs
+/// must agree on every step and every log line, at the same simulated time: a seed
+/// replays its run.
 fn play_seeds(scenario: impl AsyncFn(u64) -> Vec<String> + Copy) {
-    for seed in seeds() {
-        let trace = simulate(seed, scenario);
-        if seed % 10 == 1 {
-            assert_eq!(trace, simulate(seed, scenario), "seed {seed} replayed");
+    let seeds = seeds();
+    let alone = seeds.len() == 1;
+    for seed in seeds {
+        if alone || seed % 10 == 1 {
+            let (trace, log) = simulate(seed, true, scenario);
+            let (again, relog) = simulate(seed, true, scenario);
+            assert!(!log.is_empty(), "seed {seed}: the agents logged nothing");
+            assert_eq!(trace, again, "seed {seed} replayed");
+            assert_replayed(seed, &log, &relog);
+        } else {
+            simulate(seed, false, scenario);
         }
     }
 }
@@ -699,9 +783,10 @@ async fn seeded_faults(seed: u64) -> Vec<String> {
                     );
                 }
                 trace.push(format!(
-                    "{:?} {key} by {:?}",
+                    "{:?} {key} by {:?}: {:?}",
                     start.elapsed(),
-                    sim.transport(on)
+                    sim.transport(on),
+                    sim.link_summaries()
                 ));
             }
         }

@@ -61,7 +61,7 @@ impl Inner {
             let count = frames.len();
             for (i, mutations) in frames.into_iter().enumerate() {
                 let keys = mutations.len() as u64;
-                let (seq, mut acked) = {
+                let (seq, shared) = {
                     let state = self.state.lock();
                     let Some(link) = state.link(id) else {
                         return;
@@ -77,7 +77,7 @@ impl Inner {
                             return;
                         }
                     }
-                    (seq, link.shared.acked.subscribe())
+                    (seq, link.shared.clone())
                 };
                 sent += keys;
                 metrics::counter!(names::SNAPSHOT_KEYS_SENT).increment(keys);
@@ -90,7 +90,7 @@ impl Inner {
                     last_report = tokio::time::Instant::now();
                 }
                 let window = seq.saturating_sub(SNAPSHOT_WINDOW);
-                if acked.wait_for(|a| *a >= window).await.is_err() {
+                if shared.acked.wait_for(|a| a >= window).await.is_err() {
                     self.publish_snapshot(None);
                     return;
                 }

@@ -52,7 +52,6 @@ impl Inner {
         mut outbound: mpsc::UnboundedReceiver<Outgoing>,
     ) {
         let socket = self.multicast.as_deref();
-        let mut acked = shared.acked.subscribe();
         let mut stream = BytesMut::new();
         let mut ticker = tokio::time::interval(link::RETRANSMIT_AFTER / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,9 +88,10 @@ impl Inner {
                 let hold = tokio::time::sleep(link::BATCH_HOLD);
                 tokio::pin!(hold);
                 while may_hold(&shared, &batch) {
+                    let seen = shared.acked.get();
                     tokio::select! {
                         biased;
-                        changed = acked.changed() => if changed.is_err() { break },
+                        acked = shared.acked.wait_for(|a| a > seen) => if acked.is_err() { break },
                         next = outbound.recv() => match next {
                             Some(next) => batch.push(next),
                             // The link is closing: what is held still goes out.

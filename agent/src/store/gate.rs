@@ -105,6 +105,7 @@ impl HoldGate {
                 return Waited::Busy;
             }
             tokio::select! {
+                biased;
                 _ = ended => {}
                 _ = tokio::time::sleep_until(busy_at) => {}
             }
