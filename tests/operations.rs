@@ -193,7 +193,7 @@ async fn one_minor_version_apart_pairs_and_another_major_is_refused_by_name() {
     let mut cluster = DemoCluster::start_with(dir.path(), 3, protocol).await;
     let admin = cluster.agent("agent-1").node.admin;
     wait_for(
-        "agent-1 (2.0) and agent-2 (2.1) to pair",
+        "agent-1 (2.2) and agent-2 (2.1) to pair",
         SETTLE,
         || async {
             members(admin)
@@ -206,13 +206,13 @@ async fn one_minor_version_apart_pairs_and_another_major_is_refused_by_name() {
     let odd = view.members.iter().find(|m| m.id == "agent-3").unwrap();
     let problem = odd.problem.clone().unwrap_or_default();
     assert!(
-        problem.contains("protocol 3.0") && problem.contains("2.0"),
+        problem.contains("protocol 3.0") && problem.contains("2.1–2.3"),
         "{problem}"
     );
     assert!(odd.partner.is_none());
     let table = run_tandem(&["members", "--admin", &url(admin)]);
     assert!(table.contains("agent-3: not worked with"), "{table}");
-    // The balancer (2.0) refuses agent-3 too: it never routes there.
+    // The balancer (2.2) refuses agent-3 too: it never routes there.
     let balancer = cluster.balancer.admin;
     wait_for(
         "the balancer to route to agent-1 and agent-2",

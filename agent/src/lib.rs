@@ -319,6 +319,8 @@ pub fn register_metrics() {
         repl::REFUSED,
         repl::ANTI_ENTROPY_ROUNDS,
         repl::REPAIRED_KEYS,
+        repl::REPAIR_KEYS_SENT,
+        repl::DIVERGED_KEYS,
         repl::MULTICAST_SENT,
         repl::MULTICAST_RECEIVED,
         resp::COMMANDS,

@@ -2,7 +2,7 @@
 //! the partner's link as the hold of the store ends), then, in sync mode, wait for the
 //! partner before the front end answers.
 
-use crate::replication::Replicator;
+use crate::replication::{Replicated, Replicator};
 use crate::store::{Keyspace, Outcome, SessionStore};
 
 /// The store and its replication. Cheap to clone.
@@ -26,14 +26,25 @@ impl Sessions {
     /// Runs one command atomically and replicates what it wrote (in sync mode, before
     /// returning).
     pub async fn run<T>(&self, command: impl FnOnce(&mut Keyspace, u64) -> T) -> T {
+        self.run_replicated(command).await.0
+    }
+
+    /// As [`Sessions::run`], also saying how the writes reached the partner (`None`: the
+    /// command wrote nothing).
+    pub async fn run_replicated<T>(
+        &self,
+        command: impl FnOnce(&mut Keyspace, u64) -> T,
+    ) -> (T, Option<Replicated>) {
         // A script holds the keyspace: wait for it here rather than block on the lock.
         self.store.gate().idle().await;
         let Outcome {
             value, recorded, ..
         } = self.store.run(command);
-        if recorded {
-            self.replicator.replicated().await;
-        }
-        value
+        let replicated = if recorded {
+            Some(self.replicator.replicated().await)
+        } else {
+            None
+        };
+        (value, replicated)
     }
 }

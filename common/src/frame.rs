@@ -54,8 +54,17 @@ pub enum Frame {
     Ack { seq: u64 },
     /// Anti-entropy: a digest of each shard of the sender's store.
     Digest { shards: Vec<u64> },
-    /// Anti-entropy: "send me what you hold in these shards".
+    /// Anti-entropy: "send me what you hold in these shards" (partners of protocol 2.1;
+    /// from [`Protocol::DELTA_BASES`](crate::schema::Protocol::DELTA_BASES) on, versions
+    /// go first: [`Frame::Versions`]).
     RepairRequest { shards: Vec<u32> },
+    /// Anti-entropy: every key the sender holds in `shards` (which differed), live or
+    /// deleted, with its version — no values. The receiver sends back the values
+    /// it holds newer, and fetches ([`Frame::Fetch`]) those it holds older or lacks.
+    Versions {
+        shards: Vec<u32>,
+        keys: Vec<KeyVersion>,
+    },
     /// Anti-entropy: the sender's keys and deletes in shards that differed.
     Repair { mutations: Vec<Mutation> },
     /// The key the sender seals its multicast datagrams with, for this link only (sent
@@ -73,7 +82,16 @@ pub enum Frame {
     /// new one), so that `EVALSHA` of them works on the partner after a failover. Sent to
     /// partners speaking [`Protocol::SCRIPTS`](crate::schema::Protocol::SCRIPTS) or later.
     Scripts { bodies: Vec<bytes::Bytes> },
+    /// "Send me your whole value of these keys (database, key)": a delta arrived for a
+    /// value this side holds at another version. Answered with a [`Frame::Repair`]. Sent
+    /// to partners speaking [`Protocol::DELTA_BASES`](crate::schema::Protocol::DELTA_BASES)
+    /// or later.
+    Fetch { keys: Vec<(u16, bytes::Bytes)> },
 }
+
+/// A key's version (of its value or of its delete) as anti-entropy compares it:
+/// (database, key, version).
+pub type KeyVersion = (u16, bytes::Bytes, crate::version::Version);
 
 /// A frame that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +199,11 @@ mod tests {
                 fields: vec![(Bytes::from_static(b"f"), Bytes::from_static(b"v"))],
             },
             db: 3,
+            base: Some(Version {
+                millis: 1,
+                counter: 1,
+                node: 3,
+            }),
         };
         vec![
             Frame::Hello {
@@ -217,6 +240,16 @@ mod tests {
             Frame::Nack { from: 4, to: 6 },
             Frame::Scripts {
                 bodies: vec![bytes::Bytes::from_static(b"return 1")],
+            },
+            Frame::Fetch {
+                keys: vec![
+                    (0, bytes::Bytes::from_static(b"k")),
+                    (2, bytes::Bytes::new()),
+                ],
+            },
+            Frame::Versions {
+                shards: vec![3, 1023],
+                keys: vec![(1, bytes::Bytes::from_static(b"k"), Version::ZERO)],
             },
         ]
     }
@@ -310,6 +343,12 @@ mod properties {
             vec(any::<u64>(), 0..64).prop_map(|shards| Frame::Digest { shards }),
             vec(any::<u32>(), 0..64).prop_map(|shards| Frame::RepairRequest { shards }),
             vec(any::<u8>(), 0..64).prop_map(|key| Frame::MulticastKey { key }),
+            vec((any::<u16>(), vec(any::<u8>(), 0..16)), 0..16).prop_map(|keys| Frame::Fetch {
+                keys: keys
+                    .into_iter()
+                    .map(|(db, key)| (db, bytes::Bytes::from(key)))
+                    .collect(),
+            }),
         ]
     }
 

@@ -4,8 +4,11 @@
 //! older than that version: applying one twice, or a stale one after a newer one, leaves
 //! the same state. Most operations are assignments (never "add 1"); those of lists
 //! (push, pop) and the members or fields of a collection are deltas, which the partner
-//! applies in the order they were made (frames are applied in sequence) on the state the
-//! primary had, so both sides end equal. Snapshots and repairs carry whole values.
+//! applies in the order they were made (frames are applied in sequence). A delta names
+//! the version it builds on ([`Mutation::base`]): a partner that holds the key at another
+//! version (both sides wrote it, say during a partition or a failover) does not give its
+//! own value the delta's version, so the two stay visibly different and the partner's
+//! whole value is fetched. Snapshots and repairs carry whole values.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -13,19 +16,42 @@ use serde::{Deserialize, Serialize};
 use crate::version::Version;
 
 /// One change to one key, stamped with the version it creates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded as an array of its fields: `db` only when it is not 0 or `base` follows, `base`
+/// only when there is one, so a write to database 0 costs no byte more than before
+/// databases existed, and a partner of an earlier protocol, never sent a base, reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Mutation {
     pub key: Bytes,
     pub version: Version,
     pub op: Op,
-    /// The database (`SELECT`) the key is in. Database 0 is left out of the encoding, so a
-    /// write there costs no byte more than before databases existed.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// The database (`SELECT`) the key is in.
+    #[serde(default)]
     pub db: u16,
+    /// For an op that changes part of a value ([`Op::builds_on_value`]), the version of
+    /// the value it was made on, sent to partners speaking
+    /// [`Protocol::DELTA_BASES`](crate::schema::Protocol::DELTA_BASES) or later.
+    #[serde(default)]
+    pub base: Option<Version>,
 }
 
-fn is_zero(db: &u16) -> bool {
-    *db == 0
+impl Serialize for Mutation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let with_db = self.db != 0 || self.base.is_some();
+        let len = 3 + usize::from(with_db) + usize::from(self.base.is_some());
+        let mut fields = serializer.serialize_struct("Mutation", len)?;
+        fields.serialize_field("key", &self.key)?;
+        fields.serialize_field("version", &self.version)?;
+        fields.serialize_field("op", &self.op)?;
+        if with_db {
+            fields.serialize_field("db", &self.db)?;
+        }
+        if let Some(base) = &self.base {
+            fields.serialize_field("base", base)?;
+        }
+        fields.end()
+    }
 }
 
 /// A sorted set's score. Compared by its bits, so that `Op` stays `Eq` (a score is never
@@ -98,12 +124,30 @@ pub enum Op {
     Trim { start: u64, len: u64 },
 }
 
+impl Op {
+    /// Whether the op changes part of the value it finds (fields, members, items, the
+    /// expiry) rather than replace it whole: applied to another value than the one it was
+    /// made on, it would make another result.
+    pub fn builds_on_value(&self) -> bool {
+        !matches!(
+            self,
+            Op::Set { .. }
+                | Op::SetHash { .. }
+                | Op::SetMembers { .. }
+                | Op::SetZSet { .. }
+                | Op::SetList { .. }
+                | Op::Delete
+        )
+    }
+}
+
 impl Mutation {
     /// About how many bytes the mutation takes in a frame: its key, field and value bytes
     /// plus a little for the version and the encoding. Used to keep frames small enough
     /// to travel (and be applied) in pieces, not to enforce a limit.
     pub fn encoded_size(&self) -> usize {
-        const OVERHEAD: usize = 52;
+        // With a base: 16 more bytes, at most, for its three numbers.
+        const OVERHEAD: usize = 68;
         let pairs = |fields: &[(Bytes, Bytes)]| -> usize {
             fields.iter().map(|(f, v)| f.len() + v.len() + 12).sum()
         };
@@ -220,6 +264,7 @@ mod tests {
                     version,
                     op: op.clone(),
                     db,
+                    base: None,
                 };
                 let encoded = rmp_serde::to_vec(&mutation).unwrap().len();
                 assert!(

@@ -281,11 +281,19 @@ pub struct Protocol {
 
 impl Protocol {
     /// What this build speaks.
-    pub const CURRENT: Protocol = Protocol { major: 2, minor: 1 };
+    pub const CURRENT: Protocol = Protocol { major: 2, minor: 2 };
     /// The first that carries the script cache to the partner ([`Frame::Scripts`]).
     ///
     /// [`Frame::Scripts`]: crate::frame::Frame::Scripts
     pub const SCRIPTS: Protocol = Protocol { major: 2, minor: 1 };
+    /// The first whose deltas name the version they build on ([`Mutation::base`]), that
+    /// asks for whole values ([`Frame::Fetch`]), and whose anti-entropy sends versions
+    /// before values ([`Frame::Versions`]).
+    ///
+    /// [`Mutation::base`]: crate::ops::Mutation::base
+    /// [`Frame::Fetch`]: crate::frame::Frame::Fetch
+    /// [`Frame::Versions`]: crate::frame::Frame::Versions
+    pub const DELTA_BASES: Protocol = Protocol { major: 2, minor: 2 };
     /// What a node that does not say speaks (the first release).
     pub const FIRST: Protocol = Protocol { major: 1, minor: 0 };
 

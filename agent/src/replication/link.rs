@@ -613,6 +613,7 @@ mod tests {
                 expires_at_ms: None,
             },
             db: 0,
+            base: None,
         };
         let mut writes = Writes::default();
         (0..count).for_each(|_| writes.push(&mutation));

@@ -1,6 +1,7 @@
 //! Test-only paths for the simulation and conformance tests: in-memory channels between
-//! addresses of one [`MemoryNetwork`], whose links can be cut and healed; an in-memory
-//! multicast group; and a seeded injector of datagram faults. Built for tests only: the
+//! addresses of one [`MemoryNetwork`], whose links can be cut and healed and whose hosts
+//! can be stalled (a paused process); an in-memory multicast group; and a seeded injector
+//! of datagram faults. Built for tests only: the
 //! release binary has none of it.
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub struct MemoryTransport {
 pub struct MemoryNetwork {
     listeners: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Channel>>>>,
     cut: Arc<Mutex<std::collections::HashSet<(SocketAddr, SocketAddr)>>>,
+    stalled: Arc<Mutex<std::collections::HashSet<SocketAddr>>>,
     gates: Arc<Mutex<Vec<GateEntry>>>,
 }
 
@@ -72,35 +74,84 @@ impl MemoryNetwork {
         self.cut.lock().remove(&pair(a, b));
     }
 
+    /// Restores every link that was cut.
+    pub fn heal_all(&self) {
+        self.cut.lock().clear();
+    }
+
+    /// Stalls `addr`, as a paused process: its open channels carry nothing either way
+    /// until [`MemoryNetwork::resume`], then what was written goes through; new channels
+    /// to or from it are refused (a handshake would time out).
+    pub fn stall(&self, addr: SocketAddr) {
+        self.stalled.lock().insert(addr);
+        self.each_gate_of(addr, |gate| gate.set_stalled(true));
+    }
+
+    pub fn resume(&self, addr: SocketAddr) {
+        self.stalled.lock().remove(&addr);
+        self.each_gate_of(addr, |gate| gate.set_stalled(false));
+    }
+
+    fn each_gate_of(&self, addr: SocketAddr, f: impl Fn(&Gate)) {
+        for (x, y, gate) in self.gates.lock().iter() {
+            if (*x == addr || *y == addr)
+                && let Some(gate) = gate.upgrade()
+            {
+                f(&gate);
+            }
+        }
+    }
+
+    fn is_stalled(&self, addr: SocketAddr) -> bool {
+        self.stalled.lock().contains(&addr)
+    }
+
     fn is_cut(&self, a: SocketAddr, b: SocketAddr) -> bool {
         self.cut.lock().contains(&pair(a, b))
     }
 }
 
-/// Closes both directions of one in-memory channel when its link is cut.
+/// Closes both directions of one in-memory channel when its link is cut, and holds
+/// them while an end is stalled.
 #[derive(Default)]
 struct Gate {
     closed: std::sync::atomic::AtomicBool,
+    stalled: std::sync::atomic::AtomicBool,
     wakers: Mutex<Vec<std::task::Waker>>,
 }
 
 impl Gate {
     fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn set_stalled(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
         for waker in self.wakers.lock().drain(..) {
             waker.wake();
         }
     }
 
-    fn check(&self, cx: &std::task::Context<'_>) -> std::io::Result<()> {
-        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        }
+    /// Pending while stalled (a paused process notices nothing), then failed once
+    /// closed, else ready to go on.
+    fn check(&self, cx: &std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         let mut wakers = self.wakers.lock();
         if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
             wakers.push(cx.waker().clone());
         }
-        Ok(())
+        if self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -116,9 +167,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if let Err(err) = self.gate.check(cx) {
-            return std::task::Poll::Ready(Err(err));
-        }
+        std::task::ready!(self.gate.check(cx))?;
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -129,9 +178,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if let Err(err) = self.gate.check(cx) {
-            return std::task::Poll::Ready(Err(err));
-        }
+        std::task::ready!(self.gate.check(cx))?;
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -157,7 +204,10 @@ impl Transport for MemoryTransport {
             addr,
             reason: "unreachable".into(),
         };
-        if self.network.is_cut(self.addr, addr) {
+        if self.network.is_cut(self.addr, addr)
+            || self.network.is_stalled(self.addr)
+            || self.network.is_stalled(addr)
+        {
             return Err(unreachable());
         }
         let listener = self.network.listeners.lock().get(&addr).cloned();
@@ -215,25 +265,42 @@ impl Transport for MemoryTransport {
 /// A datagram as it arrives: the bytes and the sender's address.
 pub type Datagram = (Vec<u8>, SocketAddr);
 
+/// A member of an in-memory group: its address and its inbox.
+type Member = (SocketAddr, mpsc::UnboundedSender<Datagram>);
+
 /// An in-memory multicast group: every member receives what any member sends, its own
-/// datagrams included (as with loopback on).
+/// datagrams included (as with loopback on). A stalled member (a paused process) sends
+/// nothing and what is sent to it is lost, as beyond a full socket buffer.
 #[derive(Clone, Default)]
 pub struct MemoryGroup {
-    members: Arc<Mutex<Vec<mpsc::UnboundedSender<Datagram>>>>,
+    members: Arc<Mutex<Vec<Member>>>,
+    stalled: Arc<Mutex<std::collections::HashSet<SocketAddr>>>,
 }
 
 impl MemoryGroup {
-    /// A new member's inbox.
-    pub fn join(&self) -> mpsc::UnboundedReceiver<Datagram> {
+    /// The inbox of a new member at `addr`.
+    pub fn join(&self, addr: SocketAddr) -> mpsc::UnboundedReceiver<Datagram> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.members.lock().push(tx);
+        self.members.lock().push((addr, tx));
         rx
     }
 
     pub fn deliver(&self, datagram: &[u8], from: SocketAddr) {
-        self.members
-            .lock()
-            .retain(|member| member.send((datagram.to_vec(), from)).is_ok());
+        let stalled = self.stalled.lock();
+        if stalled.contains(&from) {
+            return;
+        }
+        self.members.lock().retain(|(addr, member)| {
+            stalled.contains(addr) || member.send((datagram.to_vec(), from)).is_ok()
+        });
+    }
+
+    pub fn set_stalled(&self, addr: SocketAddr, stalled: bool) {
+        if stalled {
+            self.stalled.lock().insert(addr);
+        } else {
+            self.stalled.lock().remove(&addr);
+        }
     }
 }
 

@@ -116,8 +116,13 @@ pub mod names {
     pub const LINK_FAILURES: &str = "tandem_repl_link_failures_total";
     /// Counter: anti-entropy comparisons made.
     pub const ANTI_ENTROPY_ROUNDS: &str = "tandem_repl_anti_entropy_rounds_total";
+    /// Counter: keys anti-entropy sent to the partner, whole (values or deletes).
+    pub const REPAIR_KEYS_SENT: &str = "tandem_repl_repair_keys_sent_total";
     /// Counter: keys an anti-entropy repair changed.
     pub const REPAIRED_KEYS: &str = "tandem_repl_repaired_keys_total";
+    /// Counter: keys whose partner changed them on another version of the value than
+    /// this agent held (both wrote the key): fetched whole from the partner.
+    pub const DIVERGED_KEYS: &str = "tandem_repl_diverged_keys_total";
     /// Gauge by `transport` (`quic`, `multicast`): 1 for the one live writes take now.
     pub const TRANSPORT: &str = "tandem_repl_transport";
     /// Counter: frames sent by multicast (writes, acknowledgements and probes).
@@ -159,6 +164,8 @@ struct Inner {
     state: Mutex<PairState>,
     /// Sync writes that returned on the timeout rather than on the partner's ack.
     sync_timeouts: AtomicU64,
+    /// Keys anti-entropy sent to partners, whole.
+    repair_keys_sent: AtomicU64,
     /// Set from the moment a pair forms until the partner's whole snapshot has arrived.
     syncing: AtomicBool,
     /// How far the snapshot to the partner has come, while one is being sent.
@@ -192,6 +199,21 @@ impl PairState {
 
 /// How a writer waiting for the partner is woken.
 type Waker = oneshot::Sender<Waited>;
+
+/// How a writer's wait for the partner ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicated {
+    /// Sync mode: the partner has applied every write so far.
+    Acked,
+    /// Async mode: the write is on its way, not waited for.
+    Unconfirmed,
+    /// The partner did not acknowledge within the sync timeout; the agent is unprotected.
+    TimedOut,
+    /// The link closed while waiting.
+    LinkClosed,
+    /// No partner: the write is on this agent only.
+    Alone,
+}
 
 /// The running link to the partner.
 struct Link {
@@ -229,9 +251,16 @@ struct LinkShared {
     unsent: Mutex<Vec<(u64, BytesMut)>>,
     mutations_sent: metrics::Counter,
     lag: Option<metrics::Gauge>,
+    /// Whether the partner reads the base version of deltas and answers fetches (it
+    /// speaks [`Protocol::DELTA_BASES`]).
+    delta_bases: bool,
 }
 
 impl WriteSink for LinkShared {
+    fn delta_bases(&self) -> bool {
+        self.delta_bases
+    }
+
     fn record(&self, writes: &mut Writes) {
         let count = writes.len() as u64;
         let actions = {
@@ -303,6 +332,7 @@ impl Replicator {
                 gossip,
                 state: Mutex::new(PairState::default()),
                 sync_timeouts: AtomicU64::new(0),
+                repair_keys_sent: AtomicU64::new(0),
                 syncing: AtomicBool::new(false),
                 snapshot_progress: Mutex::new(None),
                 next_link_id: AtomicU64::new(1),
@@ -347,6 +377,12 @@ impl Replicator {
         self
     }
 
+    /// How many keys anti-entropy sent to partners, whole.
+    #[cfg(test)]
+    pub fn repair_keys_sent(&self) -> u64 {
+        self.inner.repair_keys_sent.load(Ordering::Relaxed)
+    }
+
     /// How many sync writes returned on the timeout instead of the partner's ack.
     pub fn sync_timeouts(&self) -> u64 {
         self.inner.sync_timeouts.load(Ordering::Relaxed)
@@ -378,12 +414,12 @@ impl Replicator {
     /// hold ended): sends the frame they closed, if any, and in sync mode returns once the
     /// partner has applied everything written so far, or the sync timeout passed. In
     /// async mode, returns at once unless the partner is too far behind.
-    pub async fn replicated(&self) {
+    pub async fn replicated(&self) -> Replicated {
         let mut waiting = None;
         let unsent = {
             let state = self.inner.state.lock();
             let Some(link) = state.link.as_ref() else {
-                return;
+                return Replicated::Alone;
             };
             link.shared
                 .core
@@ -399,11 +435,21 @@ impl Replicator {
         if let Some(shared) = unsent {
             self.inner.send_unsent(&shared);
         }
-        if let Some(waiting) = waiting
-            && waiting.await.is_err()
-        {
-            // The link closed while waiting; the pairing loop takes it from here.
-            debug!("replication link closed during a sync write");
+        let sync = self.inner.config.mode == ReplicationMode::Sync;
+        match waiting {
+            // In sync mode, the partner had acknowledged everything already.
+            None if sync => Replicated::Acked,
+            None => Replicated::Unconfirmed,
+            Some(waiting) => match waiting.await {
+                Ok(Waited::Acked) if sync => Replicated::Acked,
+                Ok(Waited::Acked) => Replicated::Unconfirmed,
+                Ok(Waited::TimedOut) => Replicated::TimedOut,
+                Err(_) => {
+                    // The pairing loop takes it from here.
+                    debug!("replication link closed during a sync write");
+                    Replicated::LinkClosed
+                }
+            },
         }
     }
 

@@ -176,7 +176,7 @@ impl Multicast {
     /// A member of an in-memory group, sending as `addr`.
     #[cfg(test)]
     pub fn memory(group: &super::memory::MemoryGroup, addr: SocketAddr) -> Multicast {
-        let rx = group.join();
+        let rx = group.join(addr);
         Multicast {
             path: Path::Memory {
                 group: group.clone(),

@@ -106,13 +106,16 @@ impl Inner {
         }
     }
 
-    /// Makes `channel` the link to `partner`, unless another link won the race.
+    /// Makes `channel` the link to `partner`, which speaks `protocol`, unless another link
+    /// won the race.
     pub(super) fn install_link(
         self: &Arc<Self>,
         channel: Channel,
         partner: PartnerRef,
         protocol: Protocol,
     ) {
+        // What both sides speak decides what the link uses, whichever side decides.
+        let protocol = self.config.protocol.common(protocol);
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
         // The partner gets every cached script, and then each new one.
         let scripts = protocol >= Protocol::SCRIPTS;
@@ -154,6 +157,7 @@ impl Inner {
                 unsent: Mutex::default(),
                 mutations_sent: self.mutations_sent.clone(),
                 lag: (self.config.mode == ReplicationMode::Async).then(|| self.lag.clone()),
+                delta_bases: protocol >= Protocol::DELTA_BASES,
             });
             self.store.set_sink(Some(shared.clone()));
             let writer =
@@ -183,6 +187,7 @@ impl Inner {
                 shared.outbound.clone(),
                 anti_entropy_rx,
                 starts,
+                protocol >= Protocol::DELTA_BASES,
             ));
             let tasks = vec![writer, reader, timer, snapshot, probe, anti_entropy];
             state.link = Some(Link {

@@ -25,7 +25,14 @@ impl Inner {
             match arrived {
                 Arrived::Writes(mutations) => {
                     self.mutations_received.increment(mutations.len() as u64);
-                    self.store.apply(mutations);
+                    let keys = self.store.apply(mutations).diverged;
+                    if !keys.is_empty() {
+                        // Both sides wrote these keys: the partner's whole values replace
+                        // what the deltas were applied to here.
+                        metrics::counter!(names::DIVERGED_KEYS).increment(keys.len() as u64);
+                        debug!(keys = keys.len(), "fetching keys both sides wrote");
+                        let _ = shared.outbound.send(Frame::Fetch { keys }.into());
+                    }
                 }
                 Arrived::Snapshot { mutations, last } => {
                     let keys = mutations.len() as u64;
@@ -117,14 +124,16 @@ impl Inner {
     /// with the last round is skipped (the next round makes it again).
     async fn hand_to_anti_entropy(shared: &LinkShared, exchange: Exchange) {
         match exchange {
-            Exchange::Repair(_) => {
+            // What the partner sends or asks for whole is never dropped: a fetch stands
+            // for keys both sides wrote.
+            Exchange::Repair(_) | Exchange::Fetch(_) => {
                 let _ = shared.anti_entropy.send(exchange).await;
             }
             _ => {
                 if let Err(mpsc::error::TrySendError::Full(_)) =
                     shared.anti_entropy.try_send(exchange)
                 {
-                    debug!("anti-entropy busy with the last round: a digest or request skipped");
+                    debug!("anti-entropy busy with the last round: a comparison skipped");
                 }
             }
         }

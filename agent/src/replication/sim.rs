@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tandem_common::member::Member;
-use tandem_common::schema::{NodeAdvert, NodeState, ReplTransport, Role, Subnet};
+use tandem_common::schema::{NodeAdvert, NodeState, Protocol, ReplTransport, Role, Subnet};
 use tokio::task::JoinHandle;
 
 use super::membership::{AdvertChange, Membership};
@@ -21,7 +21,7 @@ use super::memory::{FaultRates, Faults, MemoryGroup};
 use super::multicast::{Multicast, MulticastConfig};
 use super::tls::{self, NodeTls};
 use super::transport::{QuicTransport, Transport};
-use super::{ReplicationConfig, ReplicationMode, Replicator};
+use super::{Replicated, ReplicationConfig, ReplicationMode, Replicator};
 use crate::sessions::Sessions;
 use crate::store::{Keyspace, Limits, SessionStore, SetCondition, SetExpiry, TokioClock};
 
@@ -92,6 +92,8 @@ pub(super) struct Sim {
     clock: TokioClock,
     /// How long sync writes of agents joining from now on wait for the partner.
     pub(super) sync_timeout: Duration,
+    /// The protocol agents joining from now on speak.
+    protocol: Protocol,
 }
 
 /// The wall-clock time at which a simulation starts (1 January 2026).
@@ -164,6 +166,7 @@ impl Sim {
             loopback,
             clock: TokioClock::starting_at(SIM_EPOCH_MS),
             sync_timeout: Duration::from_millis(500),
+            protocol: Protocol::CURRENT,
         }
     }
 
@@ -184,6 +187,7 @@ impl Sim {
         };
         self.next_host += 1;
         let mut advert = NodeAdvert::new(Role::Agent, "sim");
+        advert.protocol = self.protocol;
         advert.state = NodeState::Ready;
         advert.repl = Some(addr.to_string());
         advert.subnet = Some(Subnet {
@@ -204,7 +208,7 @@ impl Sim {
                 confirm_timeout: Duration::from_secs(1),
                 anti_entropy_interval: Duration::from_millis(200),
                 reprobe_after: REPROBE,
-                protocol: tandem_common::schema::Protocol::CURRENT,
+                protocol: self.protocol,
             },
             store.clone(),
             Some(transport),
@@ -259,6 +263,35 @@ impl Sim {
 
     fn heal(&self, a: &str, b: &str) {
         self.network.heal(self.agents[a].addr, self.agents[b].addr);
+    }
+
+    /// The agent stops for `time`, as a process does under `SIGSTOP`, a long GC pause or
+    /// a VM migration, shorter than failure detection: nothing it sent or was sent moves
+    /// over its open channels until it resumes (then it all does), its multicast is
+    /// lost both ways, nobody can connect to it, and its store takes nothing from the
+    /// partner.
+    fn pause(&self, id: &str, time: Duration) {
+        let addr = self.agents[id].addr;
+        let hold = self.agents[id].sessions.store.gate().begin();
+        let (network, group) = (self.network.clone(), self.group.clone());
+        network.stall(addr);
+        group.set_stalled(addr, true);
+        tokio::spawn(async move {
+            tokio::time::sleep(time).await;
+            network.resume(addr);
+            group.set_stalled(addr, false);
+            drop(hold);
+        });
+    }
+
+    /// The agent's store is held for `time` (a long script, a slow disk, a starved CPU):
+    /// as a partner, it applies nothing meanwhile and acknowledges late.
+    fn slow_down(&self, id: &str, time: Duration) {
+        let hold = self.agents[id].sessions.store.gate().begin();
+        tokio::spawn(async move {
+            tokio::time::sleep(time).await;
+            drop(hold);
+        });
     }
 
     /// The transport the agent advertises for its live writes.
@@ -367,6 +400,19 @@ impl Sim {
         }
     }
 
+    /// Waits until `problem` finds none, failing the test with the last it found after
+    /// the settle time.
+    async fn until_none(&self, what: &str, problem: impl Fn(&Sim) -> Option<String>) {
+        let started = tokio::time::Instant::now();
+        while let Some(problem) = problem(self) {
+            assert!(
+                started.elapsed() < SETTLE,
+                "not after {SETTLE:?}: {what}: {problem}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub(super) async fn set(&self, on: &str, key: &str, value: &str) {
         let (key, value) = (Bytes::from(key.to_string()), Bytes::from(value.to_string()));
         self.agents[on]
@@ -383,6 +429,33 @@ impl Sim {
             .sessions
             .run(|ks, now| ks.push(key, false, vec![item], false, now).unwrap())
             .await
+    }
+
+    /// `SET key key` and `RPUSH list key` in one hold of the store (as one transaction), and
+    /// how its writes reached the partner.
+    pub(super) async fn write(&self, on: &str, key: &str, list: &str) -> Option<Replicated> {
+        let (key, list) = (Bytes::from(key.to_string()), Bytes::from(list.to_string()));
+        self.agents[on]
+            .sessions
+            .run_replicated(|ks, now| {
+                plain_set(ks, key.clone(), key.clone(), now);
+                ks.push(list, false, vec![key], false, now).unwrap();
+            })
+            .await
+            .1
+    }
+
+    /// The items of the list `key` (none without it).
+    fn list(&self, on: &str, key: &str) -> Vec<Bytes> {
+        self.agents[on]
+            .sessions
+            .store
+            .run(|ks, now| {
+                ks.list_at(key.as_bytes(), now)
+                    .unwrap()
+                    .map_or_else(Vec::new, |list| list.iter().cloned().collect())
+            })
+            .value
     }
 
     /// The length of the list `key` (0 without it).
@@ -528,13 +601,38 @@ async fn writes_reach_the_partner_and_a_partition_heals_to_the_newest_version() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_entropy_repairs_differences_the_stream_missed() {
+    // Protocol 2.2 compares versions before values: only the three keys that differ go
+    // whole. A partner of 2.1 is sent the whole of every shard that differs.
+    let sent = anti_entropy_repairs(Protocol::CURRENT).await;
+    assert_eq!(sent, 3, "only the keys that differ are sent");
+    let sent = anti_entropy_repairs(Protocol { major: 2, minor: 1 }).await;
+    assert!(
+        sent > 3,
+        "{sent} keys sent: the whole of each shard that differs"
+    );
+}
+
+/// Repairs by anti-entropy between an agent and a partner speaking `protocol`; returns
+/// how many keys both sent whole.
+async fn anti_entropy_repairs(protocol: Protocol) -> u64 {
     let mut sim = Sim::new();
     sim.join("a", "10.1.0.0/24");
+    sim.protocol = protocol;
     sim.join("b", "10.1.0.0/24");
     sim.settle("a pair").await;
     for i in 0..50 {
         sim.set("a", &format!("k{i}"), "v").await;
     }
+    // Many keys in every shard, the same on both sides.
+    sim.agents["a"]
+        .sessions
+        .run(|ks, now| {
+            for i in 0..4_000 {
+                let key = Bytes::from(format!("bulk{i}"));
+                plain_set(ks, key.clone(), key, now);
+            }
+        })
+        .await;
     // Writes that never went over the link (as if lost), on both sides: a key only b
     // has, a newer value only a has, a delete only a made.
     let local = |on: &str, key: &str, value: Option<&str>| {
@@ -564,6 +662,35 @@ async fn anti_entropy_repairs_differences_the_stream_missed() {
             && sim.get("a", "k2").is_none()
     })
     .await;
+    // A round or two more: nothing else goes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ["a", "b"]
+        .iter()
+        .map(|id| sim.agents[*id].sessions.replicator.repair_keys_sent())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_one_list_from_both_sides_at_once_converge() {
+    let mut sim = Sim::new();
+    sim.join("a", "10.1.0.0/24");
+    sim.join("b", "10.1.0.0/24");
+    sim.settle("a pair").await;
+    for round in 0..20 {
+        // Both sides push before either hears of the other's push: each delta arrives
+        // for another value than the one it was made on.
+        let (x, y) = (format!("a{round}"), format!("b{round}"));
+        tokio::join!(sim.rpush("a", "shared", &x), sim.rpush("b", "shared", &y));
+    }
+    // Whichever value wins, both sides hold the same one: the same version never names
+    // two values.
+    let lists = |sim: &Sim| (sim.list("a", "shared"), sim.list("b", "shared"));
+    sim.until_none("both sides hold one list", |sim| {
+        let (a, b) = lists(sim);
+        (a != b).then(|| format!("a holds {a:?} and b {b:?}"))
+    })
+    .await;
+    assert!(!lists(&sim).0.is_empty());
 }
 
 /// Seeds of the seeded scenarios: `SIM_SEED=n` replays one, `SIM_SEEDS=n` plays that many
@@ -573,6 +700,28 @@ fn seeds() -> Vec<u64> {
     match var("SIM_SEED") {
         Some(seed) => vec![seed],
         None => (1..=var("SIM_SEEDS").unwrap_or(200)).collect(),
+    }
+}
+
+/// What a seeded scenario did, step by step, each step stamped with the simulated time
+/// since it began and also logged (so that `SIM_LOG=1` shows it among the agents' lines).
+struct Trace {
+    start: tokio::time::Instant,
+    lines: Vec<String>,
+}
+
+impl Trace {
+    fn new() -> Self {
+        Trace {
+            start: tokio::time::Instant::now(),
+            lines: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, step: impl std::fmt::Display) {
+        let line = format!("{:?} {step}", self.start.elapsed());
+        tracing::info!("{line}");
+        self.lines.push(line);
     }
 }
 
@@ -611,6 +760,8 @@ fn simulate<T>(seed: u64, log: bool, scenario: impl AsyncFnOnce(u64) -> T) -> (T
         .start_paused(true)
         .build()
         .expect("a runtime");
+    let shown = std::env::var_os("SIM_LOG").is_some();
+    let log = log || shown;
     let lines = Log::default();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         runtime.block_on(async {
@@ -628,11 +779,16 @@ fn simulate<T>(seed: u64, log: bool, scenario: impl AsyncFnOnce(u64) -> T) -> (T
             scenario(seed).await
         })
     }));
+    let lines = String::from_utf8_lossy(&lines.0.lock()).into_owned();
+    if shown {
+        eprintln!("--- the log of seed {seed}\n{lines}");
+    }
     let outcome = outcome.unwrap_or_else(|panic| {
-        eprintln!("failed with seed {seed}: replay it with SIM_SEED={seed}");
+        eprintln!(
+            "failed with seed {seed}: replay it with SIM_SEED={seed} (SIM_LOG=1 prints its log)"
+        );
         std::panic::resume_unwind(panic)
     });
-    let lines = String::from_utf8_lossy(&lines.0.lock()).into_owned();
     (outcome, lines)
 }
 
@@ -668,9 +824,8 @@ async fn seeded_joins(seed: u64) -> Vec<String> {
     for i in (1..order.len()).rev() {
         order.swap(i, rng.random_range(0..=i));
     }
-    let start = tokio::time::Instant::now();
     let mut sim = Sim::new();
-    let mut trace = Vec::new();
+    let mut trace = Trace::new();
     for id in &order {
         let subnet = if rng.random_bool(0.5) {
             "10.1.0.0/24"
@@ -680,20 +835,16 @@ async fn seeded_joins(seed: u64) -> Vec<String> {
         sim.join(id, subnet);
         tokio::time::sleep(ROUND * rng.random_range(0..8)).await;
         sim.assert_no_agent_in_two_pairs();
-        trace.push(format!(
-            "{:?} {id} joined {subnet}: {:?}",
-            start.elapsed(),
-            sim.link_summaries()
-        ));
+        trace.note(format!("{id} joined {subnet}: {:?}", sim.link_summaries()));
         // Now and then an agent dies as soon as it has joined.
         if sim.agents.len() > 2 && rng.random_bool(0.15) {
             sim.kill(id);
-            trace.push(format!("{:?} killed {id}", start.elapsed()));
+            trace.note(format!("killed {id}"));
         }
     }
     sim.settle(&format!("seed {seed}: {order:?} joined")).await;
-    trace.push(format!("{:?} settled: {:?}", start.elapsed(), sim.links()));
-    trace
+    trace.note(format!("settled: {:?}", sim.links()));
+    trace.lines
 }
 
 /// Plays `scenario` for every seed (200 in CI, `SIM_SEEDS` for more); every tenth (and a
@@ -748,8 +899,8 @@ async fn seeded_faults(seed: u64) -> Vec<String> {
             .all(|side| sim.transport(side) == Some(ReplTransport::Multicast))
     })
     .await;
-    let start = tokio::time::Instant::now();
-    let mut trace = vec![format!("{rates:?}")];
+    let mut trace = Trace::new();
+    trace.note(format!("{rates:?}"));
     let mut cut = false;
     let mut pushed = [0usize; 2];
     for step in 0..rng.random_range(20..80) {
@@ -757,12 +908,12 @@ async fn seeded_faults(seed: u64) -> Vec<String> {
             0 if !cut => {
                 sim.cut("a", "b");
                 cut = true;
-                trace.push(format!("{:?} cut", start.elapsed()));
+                trace.note("cut");
             }
             1 if cut => {
                 sim.heal("a", "b");
                 cut = false;
-                trace.push(format!("{:?} healed", start.elapsed()));
+                trace.note("healed");
             }
             2 => tokio::time::sleep(ROUND * rng.random_range(1..20)).await,
             _ => {
@@ -782,9 +933,8 @@ async fn seeded_faults(seed: u64) -> Vec<String> {
                         "seed {seed}: {key} acknowledged before {other} had it"
                     );
                 }
-                trace.push(format!(
-                    "{:?} {key} by {:?}: {:?}",
-                    start.elapsed(),
+                trace.note(format!(
+                    "{key} by {:?}: {:?}",
                     sim.transport(on),
                     sim.link_summaries()
                 ));
@@ -801,11 +951,204 @@ async fn seeded_faults(seed: u64) -> Vec<String> {
         })
     })
     .await;
-    trace.push(format!("{:?} converged", start.elapsed()));
-    trace
+    trace.note("converged");
+    trace.lines
 }
 
 #[test]
 fn writes_survive_seeded_loss_and_partitions_on_simulated_time() {
     play_seeds(seeded_faults);
+}
+
+/// Four to six agents under a seeded schedule of overlapping faults, with a writer on a
+/// running agent at most steps: kills (of a paired agent between its writes, of a
+/// survivor while it sends its snapshot) and restarts under the same id with an empty
+/// store, partitions between any two agents (partners or not), pauses of up to 3 s,
+/// slow partners, and multicast that loses, doubles and reorders. Each write is a
+/// `SET` of a key of its own and an `RPUSH` of it to its agent's log, in one hold.
+///
+/// Checked: a write the partner acknowledged is on the partner when acknowledged; once
+/// the faults end, no agent is in two pairs, every acknowledged write is still on every
+/// agent that held it and is still running, partners agree on every acknowledged write
+/// and every log, and no log holds an item twice (a push applied twice). (Meanwhile an
+/// agent held up, slow or paused, may still count on a link its partner has given up,
+/// until it runs again: it acknowledges nothing through it.) Returns what happened, in
+/// simulated time.
+async fn seeded_nemesis(seed: u64) -> Vec<String> {
+    use rand::{RngExt, SeedableRng};
+    use std::collections::BTreeSet;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let rates = FaultRates {
+        drop: rng.random_range(0.0..0.1),
+        duplicate: rng.random_range(0.0..0.1),
+        reorder: rng.random_range(0.0..0.1),
+    };
+    let mut sim = Sim::with(
+        Stream::Memory,
+        Datagrams::Memory,
+        Some(Faults::new(rates, seed)),
+    );
+    let n = rng.random_range(4..=6);
+    let subnets = ["10.1.0.0/24", "10.2.0.0/24"];
+    let mut subnet_of = BTreeMap::new();
+    for id in ids(n) {
+        let subnet = subnets[rng.random_range(0..2)];
+        subnet_of.insert(id.clone(), subnet);
+        sim.join(&id, subnet);
+    }
+    sim.settle(&format!("seed {seed}: {n} agents")).await;
+    let start = tokio::time::Instant::now();
+    let mut trace = Trace::new();
+    trace.note(format!("{n} agents, {rates:?}"));
+    // Each acknowledged write's key, with the agents that held it then and still run.
+    let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut dead: Vec<String> = Vec::new();
+    // Paused or slow agents take no writes until then.
+    let mut busy_until: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let mut last_fault_ends = start;
+    for step in 0..rng.random_range(40..120) {
+        let now = tokio::time::Instant::now();
+        let live: Vec<String> = sim.agents.keys().cloned().collect();
+        let idle: Vec<String> = live
+            .iter()
+            .filter(|id| busy_until.get(*id).is_none_or(|until| *until <= now))
+            .cloned()
+            .collect();
+        let pick = |rng: &mut rand::rngs::SmallRng, among: &[String]| {
+            among[rng.random_range(0..among.len())].clone()
+        };
+        let event = match rng.random_range(0..24) {
+            0 if live.len() > 2 => {
+                let victim = pick(&mut rng, &live);
+                sim.kill(&victim);
+                for holders in acked.values_mut() {
+                    holders.remove(&victim);
+                }
+                busy_until.remove(&victim);
+                dead.push(victim.clone());
+                format!("killed {victim}")
+            }
+            1 if !dead.is_empty() => {
+                let id = dead.swap_remove(rng.random_range(0..dead.len()));
+                // A process takes a while to start: its clock is past the versions of
+                // the incarnation before (a clock stepped back across a restart could
+                // repeat them; see docs/replication.md).
+                let time = ROUND * rng.random_range(1..25);
+                tokio::time::sleep(time).await;
+                sim.join(&id, subnet_of[&id]);
+                format!("restarted {id} after {time:?}")
+            }
+            2 | 3 => {
+                let a = pick(&mut rng, &live);
+                let b = pick(&mut rng, &live);
+                if a == b {
+                    continue;
+                }
+                sim.cut(&a, &b);
+                format!("cut {a} from {b}")
+            }
+            4 => {
+                sim.network.heal_all();
+                "healed every cut".into()
+            }
+            5 | 6 if !idle.is_empty() => {
+                let id = pick(&mut rng, &idle);
+                let time = ROUND * rng.random_range(1..150);
+                let pause = rng.random_bool(0.5);
+                if pause {
+                    sim.pause(&id, time);
+                } else {
+                    sim.slow_down(&id, time);
+                }
+                busy_until.insert(id.clone(), now + time);
+                last_fault_ends = last_fault_ends.max(now + time);
+                format!(
+                    "{} {id} for {time:?}",
+                    if pause { "paused" } else { "slowed" }
+                )
+            }
+            7 | 8 => {
+                let time = ROUND * rng.random_range(1..30);
+                tokio::time::sleep(time).await;
+                format!("slept {time:?}")
+            }
+            _ if !idle.is_empty() => {
+                let on = pick(&mut rng, &idle);
+                let key = format!("{on}-{step}");
+                let before = sim.links()[&on].clone();
+                let replicated = sim.write(&on, &key, &format!("log-{on}")).await;
+                let after = sim.links().get(&on).cloned().flatten();
+                let mut holders = BTreeSet::from([on.clone()]);
+                if replicated == Some(Replicated::Acked)
+                    && let Some(partner) = before.filter(|p| after.as_ref() == Some(p))
+                {
+                    assert_eq!(
+                        sim.get(&partner, &key).as_deref(),
+                        Some(key.as_bytes()),
+                        "seed {seed}: {key} acknowledged before {partner} had it"
+                    );
+                    holders.insert(partner);
+                }
+                acked.insert(key.clone(), holders);
+                format!("{key} on {on}: {replicated:?}")
+            }
+            _ => continue,
+        };
+        trace.note(format!("{event}: {:?}", sim.link_summaries()));
+    }
+    sim.network.heal_all();
+    tokio::time::sleep_until(last_fault_ends).await;
+    sim.settle(&format!("seed {seed}: after the faults")).await;
+    let logs: Vec<String> = ids(n).iter().map(|id| format!("log-{id}")).collect();
+    sim.until_none(&format!("seed {seed}: partners agree"), |sim| {
+        let lost = acked.iter().find_map(|(key, holders)| {
+            let lost_by = holders
+                .iter()
+                .find(|h| sim.get(h, key).as_deref() != Some(key.as_bytes()))?;
+            Some(format!("{lost_by} lost {key}"))
+        });
+        let links = sim.links();
+        let mut pairs = links
+            .iter()
+            .filter_map(|(a, b)| Some((a, b.as_ref()?)))
+            .filter(|(a, b)| a < b);
+        lost.or_else(|| {
+            pairs.find_map(|(a, b)| {
+                let key = acked.keys().find(|key| sim.get(a, key) != sim.get(b, key));
+                let log = logs.iter().find(|log| sim.list(a, log) != sim.list(b, log));
+                match (key, log) {
+                    (Some(key), _) => Some(format!(
+                        "{a} and {b} differ on {key}: {:?} and {:?}",
+                        sim.get(a, key),
+                        sim.get(b, key)
+                    )),
+                    (None, Some(log)) => Some(format!(
+                        "{a} and {b} differ on {log}: {:?} and {:?}",
+                        sim.list(a, log),
+                        sim.list(b, log)
+                    )),
+                    (None, None) => None,
+                }
+            })
+        })
+    })
+    .await;
+    for id in sim.agents.keys() {
+        for log in &logs {
+            let items = sim.list(id, log);
+            let unique: BTreeSet<_> = items.iter().collect();
+            assert_eq!(
+                unique.len(),
+                items.len(),
+                "seed {seed}: a push applied twice in {log} on {id}: {items:?}"
+            );
+        }
+    }
+    trace.note("converged");
+    trace.lines
+}
+
+#[test]
+fn acknowledged_writes_survive_a_seeded_nemesis_on_simulated_time() {
+    play_seeds(seeded_nemesis);
 }

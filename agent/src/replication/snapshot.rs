@@ -140,6 +140,7 @@ mod tests {
                 expires_at_ms: None,
             },
             db: 0,
+            base: None,
         };
         // 40 values of 3 MiB: 120 MiB read at once.
         let mutations: Vec<Mutation> = (0..40).map(|i| key(i, 3 << 20)).collect();

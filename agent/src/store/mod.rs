@@ -29,8 +29,8 @@ pub use self::clock::ManualClock;
 pub use self::clock::{Clock, SystemClock, TokioClock};
 use self::gate::HoldGate;
 pub use self::keyspace::{
-    Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError, Touched,
-    Value, WatchMark, ZaddOptions, ZaddOutcome,
+    Applies, Entry, ExpireCondition, Keyspace, Kind, Limits, SetCondition, SetExpiry, StoreError,
+    Touched, Value, WatchMark, ZaddOptions, ZaddOutcome,
 };
 
 /// Told of the keys whose deadline passed (database, key), for `expired` notifications.
@@ -70,12 +70,26 @@ pub struct Outcome<T> {
     pub mutations: Writes,
 }
 
+/// What applying a partner's mutations came to ([`SessionStore::apply`]).
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Mutations newer than what the store held.
+    pub newer: usize,
+    /// (database, key) of deltas made on a value this store holds at another version:
+    /// the partner's whole value is to be fetched.
+    pub diverged: Vec<(u16, bytes::Bytes)>,
+}
+
 /// Where a store's local writes go as they are made: the partner's link.
 pub trait WriteSink: Send + Sync {
     /// The writes of one hold of the keyspace's lock (a command, a transaction, a
     /// script), in the order they were made. Called with the keyspace locked, so holds
     /// arrive in the order they were made; must neither block nor lock the keyspace.
     fn record(&self, writes: &mut Writes);
+
+    /// Whether deltas name the version they build on ([`Mutation::base`]): the partner
+    /// reads them.
+    fn delta_bases(&self) -> bool;
 }
 
 /// The keyspace, locked. Dropping it ends the hold: the writes recorded meanwhile go to
@@ -228,14 +242,23 @@ impl SessionStore {
         self.keyspace.lock().set_recording(on);
     }
 
-    /// Applies mutations made elsewhere (a partner's writes); returns how many were newer
-    /// than what the store held.
-    pub fn apply(&self, mutations: Vec<Mutation>) -> usize {
+    /// Applies mutations made elsewhere (a partner's writes): how many were newer than
+    /// what the store held, and the keys whose deltas arrived for a value this store holds
+    /// at another version (see [`Keyspace::apply`]).
+    pub fn apply(&self, mutations: Vec<Mutation>) -> Applied {
         let mut keyspace = self.lock();
         let selected = keyspace.selected();
-        let mut applied = 0;
+        let mut applied = Applied::default();
         for mutation in mutations {
-            applied += usize::from(keyspace.apply(mutation));
+            let (db, key) = (mutation.db, mutation.key.clone());
+            match keyspace.apply(mutation) {
+                Applies::Newer => applied.newer += 1,
+                Applies::OnAnotherValue => {
+                    applied.newer += 1;
+                    applied.diverged.push((db, key));
+                }
+                Applies::Older => {}
+            }
         }
         let _ = keyspace.select(selected);
         applied

@@ -130,11 +130,11 @@ fn mutations_replay_to_the_same_state_and_stale_ones_are_ignored() {
             .to_mutations()
             .unwrap(),
     );
-    assert_eq!(replica.apply(log.clone()), log.len());
+    assert_eq!(replica.apply(log.clone()).newer, log.len());
     // Applying everything again, or in reverse, changes nothing.
-    assert_eq!(replica.apply(log.clone()), 0);
+    assert_eq!(replica.apply(log.clone()).newer, 0);
     let reversed: Vec<Mutation> = log.iter().rev().cloned().collect();
-    assert_eq!(replica.apply(reversed.clone()), 0);
+    assert_eq!(replica.apply(reversed.clone()).newer, 0);
     for key in ["s", "h", "n"] {
         let a = primary
             .run(|ks, now| ks.entry(key.as_bytes(), now).cloned())
@@ -165,6 +165,7 @@ fn newest_version_wins_whichever_order_it_arrives_in() {
             expires_at_ms: None,
         },
         db: 0,
+        base: None,
     };
     let new = Mutation {
         key: b("k"),
@@ -178,6 +179,7 @@ fn newest_version_wins_whichever_order_it_arrives_in() {
             expires_at_ms: None,
         },
         db: 0,
+        base: None,
     };
     for order in [[&old, &new], [&new, &old]] {
         let (store, _) = store();
@@ -201,6 +203,7 @@ fn local_writes_after_a_newer_remote_one_order_after_it() {
         version: future,
         op: Op::Delete,
         db: 0,
+        base: None,
     }]);
     let written = set(&store, "k", "mine", SetExpiry::None);
     assert!(written[0].version > future);
@@ -1057,6 +1060,7 @@ fn a_watched_key_changes_with_any_write_and_only_then() {
             expires_at_ms: None,
         },
         db: 0,
+        base: None,
     };
     replica.apply(vec![partner]);
     assert!(

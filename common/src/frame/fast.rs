@@ -41,27 +41,38 @@ pub(crate) fn mutations(body: &[u8]) -> Option<Frame> {
 }
 
 fn mutation(rd: &mut Reader<'_>) -> Option<Mutation> {
-    // Database 0 is left out: three fields; another database is a fourth.
+    // Database 0 without a base is left out: three fields; a database is a fourth, a
+    // base a fifth.
     let fields = read_array_len(rd).ok()?;
-    if fields != 3 && fields != 4 {
+    if !(3..=5).contains(&fields) {
         return None;
     }
     let key = bin(rd)?;
-    if read_array_len(rd).ok()? != 3 {
-        return None;
-    }
-    let version = Version {
-        millis: read_int(rd).ok()?,
-        counter: read_int(rd).ok()?,
-        node: read_int(rd).ok()?,
-    };
+    let version = read_version(rd)?;
     let op = op(rd)?;
-    let db = if fields == 4 { read_int(rd).ok()? } else { 0 };
+    let db = if fields >= 4 { read_int(rd).ok()? } else { 0 };
+    let base = if fields == 5 {
+        Some(read_version(rd)?)
+    } else {
+        None
+    };
     Some(Mutation {
         key,
         version,
         op,
         db,
+        base,
+    })
+}
+
+fn read_version(rd: &mut Reader<'_>) -> Option<Version> {
+    if read_array_len(rd).ok()? != 3 {
+        return None;
+    }
+    Some(Version {
+        millis: read_int(rd).ok()?,
+        counter: read_int(rd).ok()?,
+        node: read_int(rd).ok()?,
     })
 }
 
@@ -286,18 +297,27 @@ mod tests {
 
     fn mutation() -> impl Strategy<Value = Mutation> {
         let db = prop_oneof![Just(0u16), any::<u16>()];
-        (bytes(), any::<(u64, u32, u32)>(), op(), db).prop_map(
-            |(key, (millis, counter, node), op, db)| Mutation {
+        let version = || {
+            any::<(u64, u32, u32)>().prop_map(|(millis, counter, node)| Version {
+                millis,
+                counter,
+                node,
+            })
+        };
+        (
+            bytes(),
+            version(),
+            op(),
+            db,
+            proptest::option::of(version()),
+        )
+            .prop_map(|(key, version, op, db, base)| Mutation {
                 key,
-                version: Version {
-                    millis,
-                    counter,
-                    node,
-                },
+                version,
                 op,
                 db,
-            },
-        )
+                base,
+            })
     }
 
     #[test]

@@ -161,6 +161,7 @@ mod tests {
                 },
                 op: ops[i % ops.len()].clone(),
                 db: (i % 3) as u16,
+                base: None,
             })
             .collect()
     }
@@ -217,6 +218,7 @@ mod tests {
                 expires_at_ms: None,
             },
             db: 0,
+            base: None,
         };
         writes.push(&huge);
         let mut out = BytesMut::from(&b"kept"[..]);

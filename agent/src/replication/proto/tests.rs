@@ -33,6 +33,7 @@ fn write(n: u64, size: usize) -> Writes {
             expires_at_ms: None,
         },
         db: 0,
+        base: None,
     });
     writes
 }
@@ -289,6 +290,7 @@ fn the_receiver_applies_in_order_once_and_reports_each_gap_once() {
             version: Version::ZERO,
             op: Op::Delete,
             db: 0,
+            base: None,
         }]
     };
     let applied = |actions: &[Action<u64>]| -> Vec<u64> {

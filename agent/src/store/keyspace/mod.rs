@@ -22,7 +22,7 @@ mod zsets;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tandem_common::frame::Writes;
+use tandem_common::frame::{KeyVersion, Writes};
 use tandem_common::ops::{Mutation, Op, Score};
 use tandem_common::version::{HybridClock, Version, fnv1a, node_tag};
 
@@ -271,6 +271,18 @@ impl Default for Limits {
     }
 }
 
+/// What applying one of the partner's mutations came to ([`Keyspace::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applies {
+    /// The key held the same or a newer version: nothing changed.
+    Older,
+    /// Applied, and the key took the mutation's version.
+    Newer,
+    /// A delta made on another version than the one held here: applied to the value
+    /// here, which kept its version; the partner's whole value is to be fetched.
+    OnAnotherValue,
+}
+
 /// Why a command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -449,6 +461,9 @@ pub struct Keyspace {
     /// agent). Whoever turns it on must read the store afterwards (a snapshot) to cover the
     /// writes made before.
     recording: bool,
+    /// Whether recorded deltas name the version they build on (the sink's partner reads
+    /// them).
+    delta_bases: bool,
     /// Local writes made so far, recorded or not.
     writes: u64,
     /// Keys local writes touched, kept while keyspace notifications are on (for the RESP
@@ -481,6 +496,7 @@ impl Keyspace {
             outbox: Writes::default(),
             sink: None,
             recording: true,
+            delta_bases: false,
             writes: 0,
             touched: None,
             announced_ms: 0,
@@ -578,6 +594,7 @@ impl Keyspace {
     /// Sends the outbox, from now on, to `sink` (recording on), or stops (recording off).
     pub fn set_sink(&mut self, sink: Option<Arc<dyn WriteSink>>) {
         self.set_recording(sink.is_some());
+        self.delta_bases = sink.as_ref().is_some_and(|sink| sink.delta_bases());
         self.sink = sink;
     }
 
@@ -714,24 +731,43 @@ impl Keyspace {
             .unwrap_or(Version::ZERO)
     }
 
-    /// Applies a mutation unless the key already holds the same or a newer version.
-    /// Returns whether it was applied. A mutation for a database past [`MAX_DATABASES`]
-    /// is not applied.
-    pub fn apply(&mut self, mutation: Mutation) -> bool {
+    /// Applies a mutation unless the key already holds the same or a newer version. A
+    /// mutation for a database past [`MAX_DATABASES`] is not applied.
+    ///
+    /// A delta made on another version than the one held here (both sides wrote the key,
+    /// during a partition or a failover) is applied to the value here, which keeps its
+    /// version: the two sides then differ in version, not only in value, so that the
+    /// partner's whole value, fetched, replaces it (and anti-entropy sees the difference
+    /// meanwhile). Given the delta's version, two different values would carry one
+    /// version, and nothing would ever tell them apart.
+    pub fn apply(&mut self, mutation: Mutation) -> Applies {
         self.clock.observe(mutation.version);
         let db = usize::from(mutation.db);
         if db >= MAX_DATABASES {
-            return false;
+            return Applies::Older;
         }
         self.open(db);
-        if mutation.version <= self.current_version(&mutation.key) {
-            return false;
+        let current = self.current_version(&mutation.key);
+        if mutation.version <= current {
+            return Applies::Older;
         }
         let Mutation {
-            key, version, op, ..
+            key,
+            version,
+            op,
+            base,
+            ..
         } = mutation;
-        self.write(key, version, op, Source::Partner);
-        true
+        match base {
+            Some(base) if base != current => {
+                self.write(key, current, op, Source::Partner);
+                Applies::OnAnotherValue
+            }
+            _ => {
+                self.write(key, version, op, Source::Partner);
+                Applies::Newer
+            }
+        }
     }
 
     /// Makes the change a mutation describes, whatever version the key holds. The store
@@ -883,11 +919,14 @@ impl Keyspace {
     }
 
     fn stamp_and_apply(&mut self, key: Bytes, op: Op, now_ms: u64) {
+        let base = (self.recording && self.delta_bases && op.builds_on_value())
+            .then(|| self.current_version(&key));
         let mutation = Mutation {
             key,
             version: self.clock.tick(now_ms),
             op,
             db: self.selected as u16,
+            base,
         };
         // A fresh local version is always the newest: no need to look up the key's own.
         debug_assert!(
@@ -1016,6 +1055,33 @@ impl Keyspace {
 
     // ----- replication -----
 
+    /// What this store holds of one key of database `db`, as a mutation carrying its
+    /// version: the whole value of a live key, a delete for a deleted one (`None` when it
+    /// knows nothing of it). Applied by a partner, it repairs the key.
+    pub fn key_repair(&self, db: u16, key: &[u8], now_ms: u64) -> Option<Mutation> {
+        let keys = self.dbs.get(usize::from(db))?;
+        let shard = Self::shard_of(key);
+        if let Some((key, entry)) = keys.shards[shard].get_key_value(key)
+            && !entry.is_expired(now_ms)
+        {
+            return Some(Mutation {
+                key: key.clone(),
+                version: entry.version,
+                op: entry.value.whole(entry.expires_at_ms),
+                db,
+                base: None,
+            });
+        }
+        let (key, version) = keys.tombstones[shard].get_key_value(key)?;
+        Some(Mutation {
+            key: key.clone(),
+            version: *version,
+            op: Op::Delete,
+            db,
+            base: None,
+        })
+    }
+
     /// Part of a full copy of the store: every live key of the shards from `cursor` on, in
     /// every database, until about `max_keys`, as mutations carrying the keys' own
     /// versions. Returns the next cursor, `None` at the end.
@@ -1046,6 +1112,7 @@ impl Keyspace {
                 version: entry.version,
                 op: entry.value.whole(entry.expires_at_ms),
                 db: db as u16,
+                base: None,
             }));
         }
         mutations
@@ -1069,6 +1136,24 @@ impl Keyspace {
         digest
     }
 
+    /// Every key of one shard in every database with its version, live keys and deletes
+    /// alike, without values: what anti-entropy compares before it sends values.
+    pub fn shard_versions(&self, shard: usize, now_ms: u64) -> Vec<KeyVersion> {
+        let mut versions = Vec::new();
+        for (db, keys) in self.dbs.iter().enumerate() {
+            let db = db as u16;
+            let live = keys.shards[shard]
+                .iter()
+                .filter(|(_, entry)| !entry.is_expired(now_ms))
+                .map(|(key, entry)| (db, key.clone(), entry.version));
+            let deleted = keys.tombstones[shard]
+                .iter()
+                .map(|(key, version)| (db, key.clone(), *version));
+            versions.extend(live.chain(deleted));
+        }
+        versions
+    }
+
     /// Everything one shard holds in every database, as mutations carrying their versions:
     /// live keys as full values, deleted keys as deletes. Applied by a partner, it repairs
     /// the shard.
@@ -1083,6 +1168,7 @@ impl Keyspace {
                         version: *version,
                         op: Op::Delete,
                         db: db as u16,
+                        base: None,
                     }),
             );
         }
