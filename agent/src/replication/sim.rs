@@ -872,6 +872,22 @@ fn agents_pair_in_every_seeded_join_order_on_simulated_time() {
     play_seeds(seeded_joins);
 }
 
+/// A simulation whose multicast (in memory) loses up to `drop` of the datagrams, and
+/// doubles and reorders up to `other` of them, at rates `rng` picks.
+fn lossy(rng: &mut rand::rngs::SmallRng, seed: u64, drop: f64, other: f64) -> (Sim, FaultRates) {
+    use rand::RngExt;
+    let rates = FaultRates {
+        drop: rng.random_range(0.0..drop),
+        duplicate: rng.random_range(0.0..other),
+        reorder: rng.random_range(0.0..other),
+    };
+    let faults = Faults::new(rates, seed);
+    (
+        Sim::with(Stream::Memory, Datagrams::Memory, Some(faults)),
+        rates,
+    )
+}
+
 /// A pair in one subnet replicating by multicast that loses, doubles and reorders
 /// datagrams at rates the seed picks, with writers on both sides while the seed cuts and
 /// heals their link. Every write acknowledged by the partner (not given up on after the
@@ -880,16 +896,7 @@ fn agents_pair_in_every_seeded_join_order_on_simulated_time() {
 async fn seeded_faults(seed: u64) -> Vec<String> {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let rates = FaultRates {
-        drop: rng.random_range(0.0..0.3),
-        duplicate: rng.random_range(0.0..0.2),
-        reorder: rng.random_range(0.0..0.2),
-    };
-    let mut sim = Sim::with(
-        Stream::Memory,
-        Datagrams::Memory,
-        Some(Faults::new(rates, seed)),
-    );
+    let (mut sim, rates) = lossy(&mut rng, seed, 0.3, 0.2);
     sim.join("a", "10.1.0.0/24");
     sim.join("b", "10.1.0.0/24");
     sim.settle(&format!("seed {seed}: a pair")).await;
@@ -978,16 +985,7 @@ async fn seeded_nemesis(seed: u64) -> Vec<String> {
     use rand::{RngExt, SeedableRng};
     use std::collections::BTreeSet;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let rates = FaultRates {
-        drop: rng.random_range(0.0..0.1),
-        duplicate: rng.random_range(0.0..0.1),
-        reorder: rng.random_range(0.0..0.1),
-    };
-    let mut sim = Sim::with(
-        Stream::Memory,
-        Datagrams::Memory,
-        Some(Faults::new(rates, seed)),
-    );
+    let (mut sim, rates) = lossy(&mut rng, seed, 0.1, 0.1);
     let n = rng.random_range(4..=6);
     let subnets = ["10.1.0.0/24", "10.2.0.0/24"];
     let mut subnet_of = BTreeMap::new();

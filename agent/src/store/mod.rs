@@ -250,10 +250,9 @@ impl SessionStore {
         let selected = keyspace.selected();
         let mut applied = Applied::default();
         for mutation in mutations {
-            let (db, key) = (mutation.db, mutation.key.clone());
             match keyspace.apply(mutation) {
                 Applies::Newer => applied.newer += 1,
-                Applies::OnAnotherValue => {
+                Applies::OnAnotherValue(db, key) => {
                     applied.newer += 1;
                     applied.diverged.push((db, key));
                 }

@@ -272,15 +272,16 @@ impl Default for Limits {
 }
 
 /// What applying one of the partner's mutations came to ([`Keyspace::apply`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applies {
     /// The key held the same or a newer version: nothing changed.
     Older,
     /// Applied, and the key took the mutation's version.
     Newer,
     /// A delta made on another version than the one held here: applied to the value
-    /// here, which kept its version; the partner's whole value is to be fetched.
-    OnAnotherValue,
+    /// here, which kept its version; the partner's whole value of the key (database,
+    /// key) is to be fetched.
+    OnAnotherValue(u16, Bytes),
 }
 
 /// Why a command was refused.
@@ -751,6 +752,7 @@ impl Keyspace {
         if mutation.version <= current {
             return Applies::Older;
         }
+        let mutation_db = mutation.db;
         let Mutation {
             key,
             version,
@@ -760,8 +762,8 @@ impl Keyspace {
         } = mutation;
         match base {
             Some(base) if base != current => {
-                self.write(key, current, op, Source::Partner);
-                Applies::OnAnotherValue
+                self.write(key.clone(), current, op, Source::Partner);
+                Applies::OnAnotherValue(mutation_db, key)
             }
             _ => {
                 self.write(key, version, op, Source::Partner);
