@@ -460,15 +460,7 @@ impl Sim {
 
     /// The length of the list `key` (0 without it).
     pub(super) fn list_len(&self, on: &str, key: &str) -> usize {
-        self.agents[on]
-            .sessions
-            .store
-            .run(|ks, now| {
-                ks.list_at(key.as_bytes(), now)
-                    .unwrap()
-                    .map_or(0, |list| list.len())
-            })
-            .value
+        self.list(on, key).len()
     }
 
     pub(super) fn get(&self, on: &str, key: &str) -> Option<Bytes> {
