@@ -229,10 +229,9 @@ impl Inner {
             Exchange::Versions { shards, keys } => self.compare_versions(outbound, &shards, keys),
             Exchange::RepairRequest(shards) => self.send_repairs(outbound, &shards).await,
             Exchange::Fetch(keys) => {
-                let now = self.store.now_ms();
                 let mutations = self
                     .store
-                    .run(|ks, _| {
+                    .run(|ks, now| {
                         keys.iter()
                             .filter_map(|(db, key)| ks.key_repair(*db, key, now))
                             .collect::<Vec<_>>()
