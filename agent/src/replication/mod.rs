@@ -265,7 +265,7 @@ impl WriteSink for LinkShared {
         let count = writes.len() as u64;
         let actions = {
             let mut core = self.core.lock();
-            let actions = core.on_write(std::mem::take(writes), tokio::time::Instant::now());
+            let actions = core.on_write(writes.split(), tokio::time::Instant::now());
             if let Some(lag) = &self.lag {
                 lag.set(core.behind() as f64);
             }

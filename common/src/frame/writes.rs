@@ -50,6 +50,23 @@ impl Writes {
         self.bytes.len()
     }
 
+    /// Takes the mutations, leaving these empty. The buffer's spare room stays for the
+    /// next ones: one allocation of [`Writes::SPARE`] bytes serves the holds of many
+    /// writes, where a fresh buffer per hold grew by reallocation at every write.
+    pub fn split(&mut self) -> Writes {
+        let taken = Writes {
+            bytes: self.bytes.split(),
+            count: std::mem::take(&mut self.count),
+        };
+        if self.bytes.capacity() < Self::SPARE / 16 {
+            self.bytes.reserve(Self::SPARE);
+        }
+        taken
+    }
+
+    /// The room [`Writes::split`] keeps ahead of the writes.
+    pub const SPARE: usize = 64 * 1024;
+
     /// Forgets the mutations (the buffer stays for the next ones).
     pub fn clear(&mut self) {
         self.bytes.clear();
@@ -205,6 +222,24 @@ mod tests {
                 .collect();
             assert_eq!(decoded, all);
         }
+    }
+
+    /// Split off while the buffer fills again, each part keeps exactly its own writes.
+    #[test]
+    fn split_parts_keep_their_writes_while_the_buffer_fills_again() {
+        let all = mutations(500);
+        let mut writes = Writes::default();
+        let mut parts = Vec::new();
+        for chunk in all.chunks(7) {
+            chunk.iter().for_each(|m| writes.push(m));
+            parts.push(writes.split());
+            assert!(writes.is_empty() && writes.encoded_len() == 0);
+        }
+        let decoded: Vec<Mutation> = parts
+            .iter()
+            .flat_map(|part| part.to_mutations().unwrap())
+            .collect();
+        assert_eq!(decoded, all);
     }
 
     #[test]
